@@ -1,0 +1,84 @@
+"""The agent definition: one YAML file in ``agents/``.
+
+The fields of LocalAI's own example (``name``, ``description``, ``model``, ``system_prompt``,
+``actions``, ``skills``) plus what users of such systems reach for next (``max_steps``,
+``parameters``, an ``llm`` block, a run ``timeout``). Unknown fields are an error, so a typo is
+reported rather than silently ignored (a gap of LocalAI's config, localai-agents.md §10.6).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, StringConstraints, field_validator
+
+from schemas.common import Strict, Token
+from schemas.tools import TOOL_RUNNER_TOOLS
+
+EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+
+RESERVED_PARAMETERS = frozenset({"model", "messages", "stream", "tools", "tool_choice", "functions", "n"})
+"""LLM request fields an agent's ``parameters`` may not set: the runner owns them."""
+
+
+class LLMSettings(Strict):
+    """Where this agent's model is served (any OpenAI-compatible server).
+
+    - ``base_url``: e.g. ``http://localhost:11434/v1`` (Ollama) or ``https://api.openai.com/v1``.
+    - ``api_key_env``: the *name* of an environment variable holding the key. The key itself is
+      never written in the file.
+    - ``timeout``: seconds to wait for the server between streamed bytes (default from settings).
+    """
+
+    base_url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$")] | None = None
+    api_key_env: EnvVarName | None = None
+    timeout: float | None = Field(default=None, gt=0, le=3600)
+
+
+class AgentDefinition(Strict):
+    """One agent.
+
+    - ``name``: subject-safe name, unique in the directory.
+    - ``model``: model name sent to the LLM server; default: the ``LLM_MODEL`` setting.
+    - ``actions``: tools this agent may call (``read_file``, ``list_dir``, ``http_request``).
+    - ``skills``: skill names; each is ``agents/skills/NAME.md``, offered through ``load_skill``.
+    - ``max_steps``: most LLM calls in one run (the last one is offered no tools).
+    - ``parameters``: passed through to the LLM request (``temperature``, ``max_tokens``, ...).
+    - ``timeout``: the run's time budget in seconds; past it the run fails.
+    - ``tool_timeout``: budget in seconds for one tool call, retries included.
+    """
+
+    name: Token
+    description: str = ""
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    llm: LLMSettings | None = None
+    system_prompt: str = ""
+    actions: list[Token] = Field(default_factory=list)
+    skills: list[Token] = Field(default_factory=list)
+    max_steps: int = Field(default=10, ge=1, le=100)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    timeout: float = Field(default=600.0, gt=0, le=86400)
+    tool_timeout: float = Field(default=60.0, gt=0, le=3600)
+
+    @field_validator("actions")
+    @classmethod
+    def _known_tools(cls, actions: list[str]) -> list[str]:
+        unknown = [a for a in actions if a not in TOOL_RUNNER_TOOLS]
+        if unknown:
+            known = ", ".join(sorted(TOOL_RUNNER_TOOLS))
+            raise ValueError(f"unknown tool(s) {', '.join(map(repr, unknown))}; known tools: {known}")
+        if len(set(actions)) != len(actions):
+            raise ValueError("a tool is listed twice")
+        return actions
+
+    @field_validator("parameters")
+    @classmethod
+    def _no_reserved(cls, parameters: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted(set(parameters) & RESERVED_PARAMETERS)
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)} cannot be set in parameters: the runner sets them")
+        return parameters
+
+    def public_view(self) -> dict[str, Any]:
+        """What the HTTP API shows of this agent: everything but secrets (only the key's env var name)."""
+        return self.model_dump(mode="json")

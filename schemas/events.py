@@ -1,0 +1,260 @@
+"""Run events: the native vocabulary every dialect (native SSE, LocalAI, OpenAI) is a view of.
+
+Each event is stored on ``runs.{tenant}.{agent}.{run_id}`` in stream RUN_EVENTS as the compact
+JSON of a :data:`RunEvent`, with header ``Agentstream-Event: <type>``. Its stream sequence is its
+identity: the SSE ``id:`` field, so ``Last-Event-ID`` resumes exactly where a client was.
+
+Envelope: ``{type, run_id, tenant, agent, message_id, attempt, ts, data}`` (design card, "Run
+events"). Exactly one terminal event (``run.completed``, ``run.failed``, ``run.cancelled``) per run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, TypeAdapter
+
+from schemas.common import ErrorInfo, MessageId, Strict, Token, ToolCallRef, Usage
+
+# Event type names, in one place.
+RUN_QUEUED = "run.queued"
+RUN_STARTED = "run.started"
+RUN_RETRYING = "run.retrying"
+MESSAGE_DELTA = "message.delta"
+TOOL_CALL = "tool.call"
+TOOL_RESULT = "tool.result"
+MESSAGE_COMPLETED = "message.completed"
+RUN_COMPLETED = "run.completed"
+RUN_FAILED = "run.failed"
+RUN_CANCELLED = "run.cancelled"
+
+TERMINAL_TYPES = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
+ALL_TYPES = (
+    RUN_QUEUED,
+    RUN_STARTED,
+    RUN_RETRYING,
+    MESSAGE_DELTA,
+    TOOL_CALL,
+    TOOL_RESULT,
+    MESSAGE_COMPLETED,
+    RUN_COMPLETED,
+    RUN_FAILED,
+    RUN_CANCELLED,
+)
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+def is_terminal(event_type: str) -> bool:
+    """True for the three event types that end a run."""
+    return event_type in TERMINAL_TYPES
+
+
+# ----------------------------------------------------------------------------------------------
+# data payloads
+
+
+class RunQueuedData(Strict):
+    """``run.queued``: the user's message, as accepted."""
+
+    message: str | None = None
+    history_length: int = 0
+    client_tools: list[str] = Field(default_factory=list, description="names of client-side tools")
+    conversation_id: str | None = None
+
+
+class RunStartedData(Strict):
+    """``run.started``: which runner took the run, and which attempt this is (1-based)."""
+
+    runner: str
+    attempt: int
+
+
+class RunRetryingData(Strict):
+    """``run.retrying``: an earlier attempt died; ``attempt`` is the new one (issue 5)."""
+
+    attempt: int
+    reason: str
+
+
+class MessageDeltaData(Strict):
+    """``message.delta``: a fragment of the model's text in LLM step ``step`` (1-based).
+
+    Fragments are coalesced by time and size, so one event may hold many model tokens.
+    """
+
+    step: int
+    text: str
+
+
+class ToolCallData(Strict):
+    """``tool.call``: the model asked for a tool.
+
+    ``arguments`` is the JSON text exactly as the model produced it. ``client`` is true for a
+    client-side tool (OpenAI ``tools`` in the request), which the client executes, not us.
+    """
+
+    step: int
+    tool_call_id: str
+    name: str
+    arguments: str
+    client: bool = False
+
+
+class ToolResultData(Strict):
+    """``tool.result``: how a tool call ended.
+
+    ``ok`` and ``output`` (the tool's JSON result) on success, ``error`` otherwise; ``ms`` is the
+    wall time in milliseconds including retries, ``attempts`` how many invocations it took,
+    ``runner`` the id of the tool runner that answered (None for runner-local tools).
+    ``truncated`` is true when ``output`` was cut to fit the event size limit (the model saw it all).
+    """
+
+    step: int
+    tool_call_id: str
+    name: str
+    ok: bool
+    output: Any = None
+    error: ErrorInfo | None = None
+    ms: float
+    attempts: int = 1
+    runner: str | None = None
+    truncated: bool = False
+
+
+class MessageCompletedData(Strict):
+    """``message.completed``: the final answer.
+
+    ``finish_reason`` follows OpenAI: ``stop``, ``length`` (max tokens hit), ``tool_calls`` (the
+    model called client-side tools, listed in ``tool_calls``).
+    """
+
+    text: str
+    finish_reason: FinishReason = "stop"
+    tool_calls: list[ToolCallRef] = Field(default_factory=list)
+    steps: int
+
+
+class RunCompletedData(Strict):
+    """``run.completed``: the run ended normally."""
+
+    reason: str = "completed"
+    usage: Usage = Field(default_factory=Usage)
+    steps: int = 0
+    duration_ms: float = 0.0
+
+
+class RunFailedData(Strict):
+    """``run.failed``: the run ended in error; ``error.type`` is machine-readable."""
+
+    reason: str
+    error: ErrorInfo
+    usage: Usage = Field(default_factory=Usage)
+    steps: int = 0
+    duration_ms: float = 0.0
+
+
+class RunCancelledData(Strict):
+    """``run.cancelled``: the run was stopped on request (or its client went away)."""
+
+    reason: str
+    usage: Usage = Field(default_factory=Usage)
+    steps: int = 0
+    duration_ms: float = 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# envelopes
+
+
+class _Envelope(Strict):
+    run_id: Token
+    tenant: Token
+    agent: Token
+    message_id: MessageId
+    attempt: int = Field(ge=0, description="attempt number; 0 for events written before any runner took the run")
+    ts: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+class RunQueued(_Envelope):
+    type: Literal["run.queued"] = RUN_QUEUED
+    data: RunQueuedData
+
+
+class RunStarted(_Envelope):
+    type: Literal["run.started"] = RUN_STARTED
+    data: RunStartedData
+
+
+class RunRetrying(_Envelope):
+    type: Literal["run.retrying"] = RUN_RETRYING
+    data: RunRetryingData
+
+
+class MessageDelta(_Envelope):
+    type: Literal["message.delta"] = MESSAGE_DELTA
+    data: MessageDeltaData
+
+
+class ToolCall(_Envelope):
+    type: Literal["tool.call"] = TOOL_CALL
+    data: ToolCallData
+
+
+class ToolResult(_Envelope):
+    type: Literal["tool.result"] = TOOL_RESULT
+    data: ToolResultData
+
+
+class MessageCompleted(_Envelope):
+    type: Literal["message.completed"] = MESSAGE_COMPLETED
+    data: MessageCompletedData
+
+
+class RunCompleted(_Envelope):
+    type: Literal["run.completed"] = RUN_COMPLETED
+    data: RunCompletedData
+
+
+class RunFailed(_Envelope):
+    type: Literal["run.failed"] = RUN_FAILED
+    data: RunFailedData
+
+
+class RunCancelled(_Envelope):
+    type: Literal["run.cancelled"] = RUN_CANCELLED
+    data: RunCancelledData
+
+
+RunEvent = Annotated[
+    Union[
+        RunQueued,
+        RunStarted,
+        RunRetrying,
+        MessageDelta,
+        ToolCall,
+        ToolResult,
+        MessageCompleted,
+        RunCompleted,
+        RunFailed,
+        RunCancelled,
+    ],
+    Field(discriminator="type"),
+]
+"""Any run event; validate with :data:`run_event_adapter`."""
+
+run_event_adapter: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)
+
+EVENT_CLASSES: dict[str, type[_Envelope]] = {
+    RUN_QUEUED: RunQueued,
+    RUN_STARTED: RunStarted,
+    RUN_RETRYING: RunRetrying,
+    MESSAGE_DELTA: MessageDelta,
+    TOOL_CALL: ToolCall,
+    TOOL_RESULT: ToolResult,
+    MESSAGE_COMPLETED: MessageCompleted,
+    RUN_COMPLETED: RunCompleted,
+    RUN_FAILED: RunFailed,
+    RUN_CANCELLED: RunCancelled,
+}

@@ -1,0 +1,75 @@
+"""The run request: what is published to ``agents.{tenant}.{agent}.run`` (stream AGENT_RUNS).
+
+The tenant and agent of a run come from the subject, never from this payload (design card). The
+``Nats-Msg-Id`` header of the message must be the ``run_id``: it makes a publish retried by a
+client or an edge a no-op inside the stream's duplicate window.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from schemas.common import ChatMessage, FunctionTool, MessageId, Strict, Token
+
+
+def new_run_id() -> str:
+    """A fresh run id: 32 lowercase hex characters (a random UUID, subject-safe)."""
+    return uuid.uuid4().hex
+
+
+def run_id_for(tenant: str, agent: str, message_id: str) -> str:
+    """The run id a client's ``message_id`` maps to, the same on every edge and after restarts.
+
+    A UUID5 over ``tenant/agent/message_id``, as 32 hex characters: posting the same message id
+    twice names the same run, so the second post is answered with the first run (issue 5, item 6).
+    """
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"agentstream:{tenant}/{agent}/{message_id}").hex
+
+
+class RunRequest(Strict):
+    """A request to run an agent once.
+
+    Fields:
+    - ``run_id``: subject-safe id of the run; also the message's ``Nats-Msg-Id``.
+    - ``message_id``: the client's id for the message (idempotency key; echoed in every event).
+    - ``message``: the user's message. May be omitted when ``history`` ends the conversation
+      (e.g. with tool results sent back by an OpenAI client).
+    - ``history``: earlier turns, OpenAI message shape, passed to the model after the agent's own
+      system prompt.
+    - ``tools``: client-side tools (OpenAI function definitions) the model may call; such a call
+      ends the run with ``finish_reason: "tool_calls"`` and is answered by the client.
+    - ``parameters``: per-run overrides of the agent's LLM parameters (e.g. ``max_tokens``).
+    - ``conversation_id``: free text grouping runs into a conversation.
+    - ``submitted_at``: when the edge accepted it (UTC).
+    """
+
+    run_id: Token
+    message_id: MessageId
+    message: str | None = None
+    history: list[ChatMessage] = Field(default_factory=list)
+    tools: list[FunctionTool] = Field(default_factory=list)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    conversation_id: str | None = Field(default=None, max_length=200)
+    submitted_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @model_validator(mode="after")
+    def _has_input(self) -> "RunRequest":
+        if (self.message is None or not self.message.strip()) and not self.history:
+            raise ValueError("a run needs a non-empty 'message' or a 'history'")
+        return self
+
+
+class RunControl(Strict):
+    """A signal for a run, published to ``control.{tenant}.{run_id}`` (stream RUN_CONTROL).
+
+    ``action``: ``cancel`` (stop the run wherever it is, end it ``run.cancelled``); ``reason``:
+    shown in the terminal event. Stored, so a runner that takes the run later still obeys it.
+    """
+
+    action: Literal["cancel"] = "cancel"
+    reason: str = Field(default="cancelled by request", max_length=500)
+    requested_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))

@@ -1,0 +1,175 @@
+"""Every NATS subject, stream and consumer name agentstream uses, built and validated in one place.
+
+Subjects (design card, "Subjects"):
+
+====================================  ============================================================
+``agents.{tenant}.{agent}.run``       a run request, stored in stream ``AGENT_RUNS`` (work queue)
+``runs.{tenant}.{agent}.{run_id}``    that run's events, stored in stream ``RUN_EVENTS``
+``live.runs.{tenant}.{agent}.{run}``  the same events re-published by the server (core, at-most-once)
+``tools.{tenant}.{tool}``             one tool invocation (core request/reply, queue group per tool)
+``control.{tenant}.{run_id}``         cancel and other signals for a run, stored in stream ``RUN_CONTROL``
+====================================  ============================================================
+
+Every token (tenant, agent, tool, run id) must match ``[A-Za-z0-9_-]{1,64}``. Anything else is
+refused with :class:`SubjectTokenError` before it can reach NATS: a ``.`` would add a token, ``*``
+and ``>`` are wildcards, whitespace breaks the protocol line (nats-notes.md §2.2).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+# Streams and consumers.
+AGENT_RUNS_STREAM = "AGENT_RUNS"
+RUN_EVENTS_STREAM = "RUN_EVENTS"
+RUN_CONTROL_STREAM = "RUN_CONTROL"
+AGENT_RUNNERS_CONSUMER = "agent-runners"
+
+# Subject prefixes (first token of each family).
+_RUN_REQUEST_PREFIX = "agents"
+_RUN_EVENTS_PREFIX = "runs"
+_LIVE_PREFIX = "live"
+_TOOLS_PREFIX = "tools"
+_CONTROL_PREFIX = "control"
+
+# Wildcards that cover each family; used by stream and consumer definitions.
+RUN_REQUESTS_ALL = f"{_RUN_REQUEST_PREFIX}.*.*.run"
+RUN_EVENTS_ALL = f"{_RUN_EVENTS_PREFIX}.*.*.*"
+LIVE_RUN_EVENTS_ALL = f"{_LIVE_PREFIX}.{_RUN_EVENTS_PREFIX}.*.*.*"
+CONTROL_ALL = f"{_CONTROL_PREFIX}.*.*"
+
+# Republish mapping for RUN_EVENTS (source -> destination); server-side, see streams.py.
+RUN_EVENTS_REPUBLISH_SRC = f"{_RUN_EVENTS_PREFIX}.>"
+RUN_EVENTS_REPUBLISH_DEST = f"{_LIVE_PREFIX}.{_RUN_EVENTS_PREFIX}.>"
+
+# Queue group shared by every tool runner for one tool (one group per tool subject).
+TOOL_QUEUE_GROUP = "tool-runners"
+
+
+class SubjectTokenError(ValueError):
+    """A tenant, agent, tool or run id that cannot be a subject token.
+
+    Attributes: ``field`` (which token: "tenant", "agent", "tool", "run_id"), ``value`` (what was
+    given). The message says what is allowed.
+    """
+
+    def __init__(self, field: str, value: object):
+        self.field = field
+        self.value = value
+        shown = repr(value) if not isinstance(value, str) or len(value) <= 80 else repr(value[:80] + "...")
+        super().__init__(
+            f"{field} {shown} is not a valid name: use 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"
+        )
+
+
+def is_token(value: object) -> bool:
+    """True when ``value`` is a str usable as one subject token (``[A-Za-z0-9_-]{1,64}``)."""
+    return isinstance(value, str) and _TOKEN_RE.fullmatch(value) is not None
+
+
+def token(value: object, field: str) -> str:
+    """Return ``value`` if it is a valid subject token, else raise :class:`SubjectTokenError`.
+
+    ``field`` names the token in the error ("tenant", "agent", "tool", "run_id").
+    """
+    if not is_token(value):
+        raise SubjectTokenError(field, value)
+    return value  # type: ignore[return-value]
+
+
+def run_request(tenant: str, agent: str) -> str:
+    """Subject of a run request: ``agents.{tenant}.{agent}.run`` (stream AGENT_RUNS)."""
+    return f"{_RUN_REQUEST_PREFIX}.{token(tenant, 'tenant')}.{token(agent, 'agent')}.run"
+
+
+def run_events(tenant: str, agent: str, run_id: str) -> str:
+    """Subject of one run's events: ``runs.{tenant}.{agent}.{run_id}`` (stream RUN_EVENTS)."""
+    return (
+        f"{_RUN_EVENTS_PREFIX}.{token(tenant, 'tenant')}.{token(agent, 'agent')}."
+        f"{token(run_id, 'run_id')}"
+    )
+
+
+def run_events_of_run(tenant: str, run_id: str) -> str:
+    """Filter for one run's events when its agent is not known: ``runs.{tenant}.*.{run_id}``."""
+    return f"{_RUN_EVENTS_PREFIX}.{token(tenant, 'tenant')}.*.{token(run_id, 'run_id')}"
+
+
+def run_events_of_agent(tenant: str, agent: str) -> str:
+    """Filter for every run of one agent: ``runs.{tenant}.{agent}.*``."""
+    return f"{_RUN_EVENTS_PREFIX}.{token(tenant, 'tenant')}.{token(agent, 'agent')}.*"
+
+
+def run_events_of_tenant(tenant: str) -> str:
+    """Filter for every run of one tenant: ``runs.{tenant}.*.*``."""
+    return f"{_RUN_EVENTS_PREFIX}.{token(tenant, 'tenant')}.*.*"
+
+
+def live_of(events_subject: str) -> str:
+    """The core subject the server re-publishes a RUN_EVENTS subject (or filter) to."""
+    return f"{_LIVE_PREFIX}.{events_subject}"
+
+
+def tool(tenant: str, tool_name: str) -> str:
+    """Subject of a tool invocation: ``tools.{tenant}.{tool}`` (core request/reply)."""
+    return f"{_TOOLS_PREFIX}.{token(tenant, 'tenant')}.{token(tool_name, 'tool')}"
+
+
+def tool_all_tenants(tool_name: str) -> str:
+    """What a tool runner subscribes to for one tool: ``tools.*.{tool}``."""
+    return f"{_TOOLS_PREFIX}.*.{token(tool_name, 'tool')}"
+
+
+def control(tenant: str, run_id: str) -> str:
+    """Subject of control signals (cancel) for a run: ``control.{tenant}.{run_id}``."""
+    return f"{_CONTROL_PREFIX}.{token(tenant, 'tenant')}.{token(run_id, 'run_id')}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunSubject:
+    """The parts of a ``runs.{tenant}.{agent}.{run_id}`` or ``agents.{tenant}.{agent}.run`` subject."""
+
+    tenant: str
+    agent: str
+    run_id: str | None = None
+
+
+def parse_run_request(subject: str) -> RunSubject:
+    """Split ``agents.{tenant}.{agent}.run``; raises SubjectTokenError on any other shape.
+
+    The tenant of a run always comes from here, never from the payload (design card).
+    """
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != _RUN_REQUEST_PREFIX or parts[3] != "run":
+        raise SubjectTokenError("subject", subject)
+    return RunSubject(token(parts[1], "tenant"), token(parts[2], "agent"))
+
+
+def parse_run_events(subject: str) -> RunSubject:
+    """Split ``runs.{tenant}.{agent}.{run_id}`` (or its ``live.`` form) into its tokens."""
+    parts = subject.split(".")
+    if parts and parts[0] == _LIVE_PREFIX:
+        parts = parts[1:]
+    if len(parts) != 4 or parts[0] != _RUN_EVENTS_PREFIX:
+        raise SubjectTokenError("subject", subject)
+    return RunSubject(token(parts[1], "tenant"), token(parts[2], "agent"), token(parts[3], "run_id"))
+
+
+def parse_tool(subject: str) -> tuple[str, str]:
+    """Split ``tools.{tenant}.{tool}`` into ``(tenant, tool)``."""
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != _TOOLS_PREFIX:
+        raise SubjectTokenError("subject", subject)
+    return token(parts[1], "tenant"), token(parts[2], "tool")
+
+
+def parse_control(subject: str) -> tuple[str, str]:
+    """Split ``control.{tenant}.{run_id}`` into ``(tenant, run_id)``."""
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != _CONTROL_PREFIX:
+        raise SubjectTokenError("subject", subject)
+    return token(parts[1], "tenant"), token(parts[2], "run_id")
