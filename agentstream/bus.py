@@ -1,0 +1,121 @@
+"""Connecting to NATS the way every long-lived agentstream process should.
+
+nats-py's defaults suit scripts, not services (nats-notes.md §1.1, §3 #5): it gives up after 60
+reconnect attempts and notices a dead connection only after ~4 minutes. Services here reconnect
+forever, ping every 10 s, and keep retrying the first connection too, so components can start in
+any order (compose starts them together).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+import nats
+from nats.aio.client import Client as NATS
+
+from agentstream.settings import Settings
+from schemas import streams
+
+log = logging.getLogger(__name__)
+
+
+async def connect(
+    settings: Settings,
+    name: str,
+    *,
+    wait: float | None = None,
+    on_reconnected=None,
+    on_disconnected=None,
+) -> NATS:
+    """Connect to ``settings.nats_servers`` as client ``name``; retry until connected.
+
+    ``wait``: give up after this many seconds (``TimeoutError``); None waits forever.
+    ``on_reconnected`` / ``on_disconnected``: optional coroutines called on those transitions.
+    """
+
+    async def error_cb(err: Exception) -> None:
+        log.warning("nats: %s: %s", type(err).__name__, err)
+
+    holder: dict[str, NATS] = {}
+
+    async def disconnected_cb() -> None:
+        nc = holder.get("nc")
+        if nc is not None and (nc.is_closed or getattr(nc, "_agentstream_closing", False)):
+            return
+        log.warning("nats: disconnected; reconnecting")
+        if on_disconnected:
+            await on_disconnected()
+
+    async def reconnected_cb() -> None:
+        log.info("nats: reconnected")
+        if on_reconnected:
+            await on_reconnected()
+
+    loop = asyncio.get_running_loop()
+    deadline = None if wait is None else loop.time() + wait
+    delay = 0.1
+    while True:
+        try:
+            holder["nc"] = await nats.connect(
+                servers=settings.nats_servers,
+                name=name,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+                ping_interval=10,
+                max_outstanding_pings=3,
+                pending_size=16 * 1024 * 1024,
+                error_cb=error_cb,
+                disconnected_cb=disconnected_cb,
+                reconnected_cb=reconnected_cb,
+            )
+            return holder["nc"]
+        except Exception as err:  # noqa: BLE001 - any failure to connect is retried
+            if deadline is not None and loop.time() + delay > deadline:
+                raise TimeoutError(f"could not connect to NATS at {settings.nats_servers}: {err}") from err
+            log.warning("nats: cannot connect to %s (%s); retrying", ",".join(settings.nats_servers), err)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+
+async def declare(nc: NATS, settings: Settings, *, runner_consumer: bool = False) -> None:
+    """Declare the streams (and the shared runner consumer if asked). Idempotent; retried while
+    JetStream is not yet available (a server that just started)."""
+    js = nc.jetstream()
+    configs = streams.stream_configs(
+        run_dedupe_window=settings.run_dedupe_window,
+        events_max_age=settings.run_events_max_age,
+    )
+    delay = 0.1
+    for attempt in range(50):
+        try:
+            await streams.ensure_streams(js, configs)
+            if runner_consumer:
+                await streams.ensure_runner_consumer(
+                    js, streams.runner_consumer_config(ack_wait=settings.runner_ack_wait)
+                )
+            return
+        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as err:
+            log.warning("jetstream not ready (%s); retrying", err)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    raise RuntimeError("JetStream did not become available: is the server started with -js?")
+
+
+async def close(nc: NATS, timeout: float = 5.0) -> None:
+    """Flush what is still buffered (up to ``timeout`` seconds), then close the connection.
+
+    Used at shutdown after a component has finished its own work; unlike ``drain()`` it never
+    waits on subscriptions nobody reads any more (e.g. a pull subscription's expired requests).
+    """
+    if nc.is_closed:
+        return
+    nc._agentstream_closing = True  # type: ignore[attr-defined]  # read by disconnected_cb
+    try:
+        await asyncio.wait_for(nc.flush(), timeout)
+    except Exception as err:  # noqa: BLE001 - disconnected: nothing more to flush
+        log.debug("flush before close failed: %s", err)
+    await nc.close()

@@ -1,0 +1,226 @@
+"""Reading stored run events from RUN_EVENTS, by subject filter and sequence.
+
+Reads use the stream's direct-get API (ADR-31), batched: one request returns up to ``batch``
+messages matching a (wildcard) subject from a start sequence, then an end-of-batch status
+(``204 EOB``). A run's whole history is usually one round trip. nats-py 2.16 exposes only the
+single-message form, so the batch request is made here on the documented wire format:
+``$JS.API.DIRECT.GET.<stream>`` with ``{"seq", "next_by_subj", "batch"}`` (needs server ≥ 2.11).
+
+Writes (:func:`append`) are conditional on the subject's last sequence
+(``Nats-Expected-Last-Subject-Sequence``), which makes each run's subject single-writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import nats.errors
+import orjson
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.js.errors import APIError, BadRequestError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+from schemas import headers as H
+from schemas import subjects
+
+log = logging.getLogger(__name__)
+
+DIRECT_GET = "$JS.API.DIRECT.GET.{stream}"
+_WRONG_LAST_SEQUENCE = 10071
+APPEND_RETRY_SECONDS = 300.0
+
+
+class EventLogError(Exception):
+    """The stream could not be read (no responders, timeout, an error status)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One stored run event: its stream ``seq``, ``subject``, ``type`` (header) and raw JSON ``data``."""
+
+    seq: int
+    subject: str
+    type: str
+    data: bytes
+    last_seq: int | None = None  # previous seq on the same subject, when the server says
+    msg_id: str | None = None  # the Nats-Msg-Id it was written with
+
+    def json(self) -> dict:
+        """The event envelope as a dict."""
+        return orjson.loads(self.data)
+
+    @classmethod
+    def from_message(cls, subject: str, headers: dict[str, str] | None, data: bytes) -> "StoredEvent":
+        """Build from a direct-get or re-published message (headers carry sequence and subject)."""
+        hdrs = headers or {}
+        ev_type = hdrs.get(H.EVENT_TYPE)
+        if not ev_type:
+            try:
+                ev_type = orjson.loads(data).get("type", "")
+            except orjson.JSONDecodeError:
+                ev_type = ""
+        last = hdrs.get(H.LAST_SEQUENCE)
+        return cls(
+            seq=int(hdrs[H.SEQUENCE]),
+            subject=hdrs.get(H.SUBJECT, subject),
+            type=ev_type,
+            data=data,
+            last_seq=int(last) if last is not None and last.isdigit() else None,
+            msg_id=hdrs.get(H.MSG_ID),
+        )
+
+
+async def read_batch(
+    nc: NATS,
+    filter_subject: str,
+    after_seq: int = 0,
+    *,
+    batch: int = 256,
+    timeout: float = 5.0,
+    stream: str = subjects.RUN_EVENTS_STREAM,
+) -> tuple[list[StoredEvent], int]:
+    """Up to ``batch`` events on ``filter_subject`` with sequence > ``after_seq``.
+
+    Returns ``(events, pending)``: ``pending`` is how many more matching events the stream holds
+    after the last one returned. Raises EventLogError.
+    """
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        request = orjson.dumps({"seq": after_seq + 1, "next_by_subj": filter_subject, "batch": batch})
+        await nc.publish(DIRECT_GET.format(stream=stream), request, reply=inbox)
+        events: list[StoredEvent] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise EventLogError(f"timed out reading {filter_subject}")
+            try:
+                msg = await sub.next_msg(timeout=remaining)
+            except TimeoutError:
+                raise EventLogError(f"timed out reading {filter_subject}") from None
+            hdrs = msg.headers or {}
+            status = hdrs.get(H.STATUS)
+            if status:
+                if status == "204":  # end of batch
+                    return events, int(hdrs.get(H.NUM_PENDING, "0") or 0)
+                if status == "404":  # nothing (more) matches
+                    return events, 0
+                if status == "503":
+                    raise EventLogError("no JetStream responders for RUN_EVENTS (is the stream declared?)")
+                raise EventLogError(f"direct get of {filter_subject} failed: {status} {hdrs.get(H.DESCRIPTION, '')}")
+            events.append(StoredEvent.from_message(msg.subject, hdrs, msg.data))
+    except NoRespondersError:
+        raise EventLogError("no JetStream responders for RUN_EVENTS") from None
+    finally:
+        await sub.unsubscribe()
+
+
+async def read_all(nc: NATS, filter_subject: str, after_seq: int = 0, *, batch: int = 256) -> AsyncIterator[StoredEvent]:
+    """Every event on ``filter_subject`` after ``after_seq``, in stream order, paging as needed."""
+    last = after_seq
+    while True:
+        events, pending = await read_batch(nc, filter_subject, last, batch=batch)
+        for ev in events:
+            yield ev
+        if not events or pending == 0:
+            return
+        last = events[-1].seq
+
+
+async def read_list(nc: NATS, filter_subject: str, after_seq: int = 0) -> list[StoredEvent]:
+    """:func:`read_all` as a list."""
+    return [ev async for ev in read_all(nc, filter_subject, after_seq)]
+
+
+async def last_event(nc: NATS, filter_subject: str, *, timeout: float = 5.0) -> StoredEvent | None:
+    """The latest event on ``filter_subject`` (wildcards allowed), or None if there is none."""
+    try:
+        msg = await nc.request(
+            f"{DIRECT_GET.format(stream=subjects.RUN_EVENTS_STREAM)}.{filter_subject}", b"", timeout=timeout
+        )
+    except NoRespondersError:
+        raise EventLogError("no JetStream responders for RUN_EVENTS") from None
+    except TimeoutError:
+        raise EventLogError(f"timed out reading {filter_subject}") from None
+    hdrs = msg.headers or {}
+    status = hdrs.get(H.STATUS)
+    if status == "404":
+        return None
+    if status:
+        raise EventLogError(f"direct get of {filter_subject} failed: {status} {hdrs.get(H.DESCRIPTION, '')}")
+    return StoredEvent.from_message(msg.subject, hdrs, msg.data)
+
+
+async def first_event(nc: NATS, filter_subject: str) -> StoredEvent | None:
+    """The earliest event on ``filter_subject``, or None."""
+    events, _ = await read_batch(nc, filter_subject, 0, batch=1)
+    return events[0] if events else None
+
+
+class WriteConflict(Exception):
+    """The subject's last sequence was not the expected one: another writer stored an event first."""
+
+
+class _Transient(Exception):
+    pass
+
+
+async def append(
+    nc: NATS,
+    subject: str,
+    payload: bytes,
+    *,
+    event_type: str,
+    msg_id: str,
+    expected_last_seq: int,
+    retry_seconds: float = APPEND_RETRY_SECONDS,
+) -> int:
+    """Store one event on ``subject`` if the subject's last sequence is ``expected_last_seq``
+    (0: the subject must be empty). Returns the event's stream sequence.
+
+    Raises WriteConflict when another writer got there first. Transport failures (timeouts, no
+    responders while NATS restarts) are retried with the same ``msg_id`` for ``retry_seconds``;
+    if an earlier try was in fact stored, the conflict it causes is recognised by the stored
+    event's ``Nats-Msg-Id`` and counted as success.
+    """
+    js = nc.jetstream()
+    headers = {
+        H.MSG_ID: msg_id,
+        H.EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected_last_seq),
+        H.EVENT_TYPE: event_type,
+    }
+    async for attempt in AsyncRetrying(
+        stop=stop_after_delay(retry_seconds),
+        wait=wait_exponential_jitter(initial=0.05, max=2.0),
+        retry=retry_if_exception_type(_Transient),
+        reraise=True,
+    ):
+        with attempt:
+            try:
+                ack = await js.publish(subject, payload, headers=headers, timeout=5.0)
+                return ack.seq
+            except BadRequestError as err:
+                if err.err_code != _WRONG_LAST_SEQUENCE:
+                    raise
+                try:
+                    stored = await last_event(nc, subject)
+                except EventLogError as read_err:
+                    raise _Transient(str(read_err)) from None
+                if stored is not None and stored.msg_id == msg_id:
+                    return stored.seq  # an earlier try of this very publish was stored
+                raise WriteConflict(f"{subject}: another writer stored event {stored.seq if stored else '?'}") from None
+            except APIError as err:
+                if err.code and int(err.code) >= 500:
+                    raise _Transient(str(err)) from None
+                raise
+            except (nats.errors.TimeoutError, NoRespondersError, nats.errors.ConnectionClosedError,
+                    nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError) as err:
+                log.warning("storing %s on %s: %s; retrying", event_type, subject, type(err).__name__)
+                raise _Transient(str(err)) from None
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,111 @@
+"""A run's state, computed from its stored events (the events are the only record of a run).
+
+``queued`` → ``running`` → ``completed`` | ``failed`` | ``cancelled``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+from agentstream.eventlog import StoredEvent
+from schemas import events as E
+
+QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
+_TERMINAL_STATUS = {E.RUN_COMPLETED: COMPLETED, E.RUN_FAILED: FAILED, E.RUN_CANCELLED: CANCELLED}
+
+
+@dataclass
+class ToolCallRecord:
+    """One tool call of a run, with its result once known."""
+
+    tool_call_id: str
+    name: str
+    arguments: str
+    step: int
+    ok: bool | None = None
+    output: Any = None
+    error: dict | None = None
+    ms: float | None = None
+    runner: str | None = None
+
+
+@dataclass
+class RunRecord:
+    """What is known about a run. Times are ISO 8601 UTC strings; ``last_event_id`` is the stream
+    sequence of its latest event (resume its SSE stream after it)."""
+
+    run_id: str
+    tenant: str
+    agent: str
+    message_id: str
+    status: str = QUEUED
+    message: str | None = None
+    conversation_id: str | None = None
+    attempts: int = 0
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    answer: str | None = None
+    finish_reason: str | None = None
+    error: dict | None = None
+    reason: str | None = None
+    usage: dict | None = None
+    steps: int = 0
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    last_event_id: int = 0
+    events: int = 0
+
+    @property
+    def finished(self) -> bool:
+        """True once a terminal event is stored."""
+        return self.status in (COMPLETED, FAILED, CANCELLED)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON shape for ``GET /api/runs/{run_id}``."""
+        return asdict(self)
+
+
+def fold(events: Iterable[StoredEvent]) -> RunRecord | None:
+    """The record of the run whose events are given in stream order; None if there are none."""
+    record: RunRecord | None = None
+    calls: dict[str, ToolCallRecord] = {}
+    for ev in events:
+        body = ev.json()
+        data = body.get("data") or {}
+        if record is None:
+            record = RunRecord(
+                run_id=body["run_id"], tenant=body["tenant"], agent=body["agent"], message_id=body["message_id"],
+                created_at=body.get("ts"),
+            )
+        record.events += 1
+        record.last_event_id = ev.seq
+        t = ev.type
+        if t == E.RUN_QUEUED:
+            record.message = data.get("message")
+            record.conversation_id = data.get("conversation_id")
+            record.created_at = body.get("ts")
+        elif t in (E.RUN_STARTED, E.RUN_RETRYING):
+            record.status = RUNNING if not record.finished else record.status
+            record.attempts = max(record.attempts, int(data.get("attempt") or body.get("attempt") or 0))
+            record.started_at = record.started_at or body.get("ts")
+        elif t == E.TOOL_CALL:
+            call = ToolCallRecord(data["tool_call_id"], data["name"], data.get("arguments", ""), data.get("step", 0))
+            calls[f"{call.step}:{call.tool_call_id}"] = call
+            record.tool_calls.append(call)
+        elif t == E.TOOL_RESULT:
+            call = calls.get(f"{data.get('step', 0)}:{data['tool_call_id']}")
+            if call is not None:
+                call.ok, call.output, call.error = data.get("ok"), data.get("output"), data.get("error")
+                call.ms, call.runner = data.get("ms"), data.get("runner")
+        elif t == E.MESSAGE_COMPLETED:
+            record.answer = data.get("text")
+            record.finish_reason = data.get("finish_reason")
+        elif t in _TERMINAL_STATUS:
+            record.status = _TERMINAL_STATUS[t]
+            record.finished_at = body.get("ts")
+            record.reason = data.get("reason")
+            record.error = data.get("error")
+            record.usage = data.get("usage")
+            record.steps = data.get("steps", 0)
+    return record

@@ -1,0 +1,41 @@
+"""Running one component as a process: logging, the event loop (uvloop when available) and
+SIGTERM/SIGINT turned into a stop event, so every component shuts down the same graceful way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Awaitable, Callable
+
+from agentstream.settings import Settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(settings: Settings) -> None:
+    """Log to stderr at ``LOG_LEVEL``; quiet the chattiest libraries."""
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+    for noisy in ("httpx", "httpcore", "hypercorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(main: Callable[[asyncio.Event], Awaitable[None]], settings: Settings) -> int:
+    """Run ``main(stop)`` until it returns; SIGTERM or SIGINT sets ``stop``. Returns the exit code."""
+    setup_logging(settings)
+
+    async def wrapper() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up
+
+        uvloop.run(wrapper())
+    except ImportError:
+        asyncio.run(wrapper())
+    return 0

@@ -1,0 +1,188 @@
+"""Every setting of every component, read from environment variables, with defaults that work on a
+fresh machine. The README's configuration table lists the same names (a test checks it).
+
+Durations are seconds, sizes are bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+"""The project checkout (or the directory the packages were installed from)."""
+
+
+def _setting(env: str, default: Any, help: str) -> Any:
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All configuration. Build with :meth:`from_env`; every field maps to one environment variable."""
+
+    # -- NATS
+    nats_url: str | None = _setting(
+        "NATS_URL", None,
+        "NATS server URL(s), comma-separated. Unset: `agentstream up` starts an embedded server; "
+        "a component started alone uses nats://127.0.0.1:4222.",
+    )
+    data_dir: Path = _setting(
+        "AGENTSTREAM_DATA_DIR", Path(".agentstream"),
+        "Where `agentstream up` keeps the embedded server's JetStream store and logs.",
+    )
+    nats_port: int = _setting(
+        "AGENTSTREAM_NATS_PORT", 4222,
+        "Port for the embedded nats-server; a free port is used if it is taken.",
+    )
+    # -- agents
+    agents_dir: Path = _setting(
+        "AGENTS_DIR", REPO_ROOT / "agents", "Directory of agent YAML files (skills in its `skills/`)."
+    )
+    # -- edge
+    edge_bind: str = _setting("EDGE_BIND", "127.0.0.1:8080", "host:port the edge listens on.")
+    keys_file: Path | None = _setting(
+        "KEYS_FILE", None,
+        "YAML file mapping API keys to tenants. Unset: one tenant, `default`, no key needed.",
+    )
+    sse_heartbeat: float = _setting("SSE_HEARTBEAT", 15.0, "Seconds between SSE comment heartbeats.")
+    edge_max_body: int = _setting("EDGE_MAX_BODY", 1024 * 1024, "Largest request body the edge accepts (bytes); larger is a 413.")
+    edge_watch_buffer: int = _setting(
+        "EDGE_WATCH_BUFFER", 256,
+        "Events buffered per SSE client before the edge stops buffering and re-reads from the stream.",
+    )
+    # -- LLM
+    llm_base_url: str | None = _setting(
+        "LLM_BASE_URL", None,
+        "OpenAI-compatible base URL (…/v1). Unset: the built-in deterministic model.",
+    )
+    llm_api_key: str | None = _setting("LLM_API_KEY", None, "API key sent as `Authorization: Bearer` to the LLM server.")
+    llm_model: str = _setting("LLM_MODEL", "builtin", "Model name for agents whose YAML names none.")
+    llm_timeout: float = _setting("LLM_TIMEOUT", 120.0, "Seconds to wait for the LLM server (connect, and between streamed bytes).")
+    llm_max_attempts: int = _setting("LLM_MAX_ATTEMPTS", 5, "Attempts per LLM call on connect errors, 429 and 5xx (exponential backoff with jitter).")
+    llm_stream_usage: bool = _setting(
+        "LLM_STREAM_USAGE", True, "Ask the LLM server for usage in streamed responses (`stream_options.include_usage`)."
+    )
+    builtin_model_bind: str = _setting(
+        "BUILTIN_MODEL_BIND", "127.0.0.1:8081",
+        "host:port of the built-in model started by `agentstream up` (a free port if taken).",
+    )
+    builtin_model_token_delay: float = _setting(
+        "BUILTIN_MODEL_TOKEN_DELAY", 0.02, "Seconds between tokens streamed by the built-in model."
+    )
+    # -- agent runner
+    runner_id: str = _setting("RUNNER_ID", "", "Name of this runner process in events and logs (default host-pid).")
+    runner_concurrency: int = _setting("AGENT_RUNNER_CONCURRENCY", 16, "Runs one agent runner works on at once.")
+    runner_ack_wait: float = _setting(
+        "AGENT_RUNNER_ACK_WAIT", 30.0,
+        "Seconds without a progress signal before a run is handed to another runner.",
+    )
+    delta_flush_interval: float = _setting(
+        "DELTA_FLUSH_INTERVAL", 0.02, "Most seconds text deltas wait to be coalesced into one event."
+    )
+    delta_flush_bytes: int = _setting("DELTA_FLUSH_BYTES", 4096, "Coalesced text that triggers an immediate event (bytes).")
+    event_max_bytes: int = _setting(
+        "EVENT_MAX_BYTES", 900 * 1024, "Largest event stored; bigger tool outputs are truncated in the event (bytes)."
+    )
+    tool_progress_interval: float = _setting(
+        "TOOL_PROGRESS_INTERVAL", 1.0,
+        "Seconds between a tool runner's progress signals; 3 missed ones mean it died and the call is retried.",
+    )
+    # -- streams
+    run_dedupe_window: float = _setting(
+        "RUN_DEDUPE_WINDOW", 300.0, "Seconds during which a repeated run submission is recognised by JetStream."
+    )
+    run_events_max_age: float = _setting("RUN_EVENTS_MAX_AGE", 7 * 86400.0, "Seconds run events are kept.")
+    # -- tool runner
+    tool_root: Path | None = _setting(
+        "TOOL_ROOT", None, "Directory read_file and list_dir are confined to. Default: where the tool runner started."
+    )
+    tool_read_max_bytes: int = _setting("TOOL_READ_MAX_BYTES", 256 * 1024, "Largest file read_file reads (bytes).")
+    tool_list_max_entries: int = _setting("TOOL_LIST_MAX_ENTRIES", 1000, "Most entries list_dir returns.")
+    tool_http_max_bytes: int = _setting("TOOL_HTTP_MAX_BYTES", 256 * 1024, "Largest response body http_request returns (bytes).")
+    tool_http_timeout: float = _setting("TOOL_HTTP_TIMEOUT", 20.0, "Longest an http_request may take (seconds).")
+    tool_http_allow_private: bool = _setting(
+        "TOOL_HTTP_ALLOW_PRIVATE", False,
+        "Let http_request reach loopback, private and link-local addresses (off: refused, also after redirects).",
+    )
+    tool_runner_concurrency: int = _setting("TOOL_RUNNER_CONCURRENCY", 32, "Tool calls one tool runner executes at once.")
+    # -- all
+    shutdown_grace: float = _setting(
+        "SHUTDOWN_GRACE", 30.0, "Seconds a stopping component lets in-flight work finish before handing it back."
+    )
+    log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR.")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Read every field from ``environ`` (default ``os.environ``); ``overrides`` win.
+
+        Raises ``ValueError`` naming the variable when a value cannot be parsed.
+        """
+        env = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[f.name] = _parse(hints[f.name], raw)
+            except ValueError as err:
+                raise ValueError(f"{name}={raw!r}: {err}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """``NATS_URL`` split on commas, or the local default."""
+        if not self.nats_url:
+            return ["nats://127.0.0.1:4222"]
+        return [u.strip() for u in self.nats_url.split(",") if u.strip()]
+
+    @property
+    def runner_name(self) -> str:
+        """``RUNNER_ID`` or ``{hostname}-{pid}``."""
+        return self.runner_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables (for starting child processes)."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            out[f.metadata["env"]] = str(value)
+        return out
+
+
+def documented() -> list[tuple[str, str, str]]:
+    """``(env var, default, help)`` for every setting, for the README and ``agentstream config``."""
+    rows = []
+    for f in fields(Settings):
+        default = f.default if f.default is not MISSING else ""
+        rows.append((f.metadata["env"], "" if default is None else str(default), f.metadata["help"]))
+    return rows
+
+
+def _parse(hint: Any, raw: str) -> Any:
+    text = str(hint)
+    if hint is bool or text == "bool":
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if hint is int:
+        return int(raw)
+    if hint is float:
+        return float(raw)
+    if "Path" in text:
+        return Path(raw)
+    return raw
