@@ -1,0 +1,217 @@
+"""The tool runner: each tool as a NATS micro-service endpoint on ``tools.*.{tool}`` in one queue
+group, so any number of tool runners share the calls and each can be scaled alone.
+
+Calls are executed concurrently (up to TOOL_RUNNER_CONCURRENCY; a micro endpoint alone would
+handle one request at a time, nats-notes.md §1.3). A call repeated with the same idempotency key
+(``{run_id}:{tool_call_id}``) while it runs or shortly after is answered with the first result,
+not executed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import httpx
+import nats.micro
+import orjson
+from nats.aio.client import Client as NATS
+from nats.micro.request import Request
+from pydantic import ValidationError
+
+from agentstream.settings import Settings
+from schemas import headers as H
+from schemas import subjects
+from schemas.common import ErrorInfo
+from schemas.tools import TOOL_RUNNER_TOOLS, ToolCallRequest, ToolCallResult
+from tool_runner.errors import ToolError
+from tool_runner.tools import ToolContext, registry
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "agentstream-tool-runner"
+SERVICE_VERSION = "0.1.0"
+RESULT_CACHE_SECONDS = 600.0
+RESULT_CACHE_SIZE = 10_000
+
+
+class ToolRunner:
+    """Serves the tools on one NATS connection. ``start()``, then ``stop(grace)`` (seconds)."""
+
+    def __init__(self, settings: Settings, nc: NATS):
+        self.settings = settings
+        self.nc = nc
+        self.id = settings.runner_name
+        root = settings.tool_root or Path.cwd()
+        self.root = root.resolve()
+        self._tools = registry()
+        self._slots = asyncio.Semaphore(settings.tool_runner_concurrency)
+        self._tasks: set[asyncio.Task] = set()
+        self._inflight: dict[str, asyncio.Future] = {}
+        self._done: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._service = None
+        self._http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+        self.ctx = ToolContext(settings=settings, root=self.root, http=self._http)
+
+    async def start(self) -> None:
+        """Register the micro service and one endpoint per tool."""
+        self._service = await nats.micro.add_service(
+            self.nc,
+            name=SERVICE_NAME,
+            version=SERVICE_VERSION,
+            description="agentstream tools (read_file, list_dir, http_request)",
+            metadata={"runner": self.id, "root": self.root.name},
+            queue_group=subjects.TOOL_QUEUE_GROUP,
+        )
+        for name in self._tools:
+            await self._service.add_endpoint(
+                name=name,
+                subject=subjects.tool_all_tenants(name),
+                handler=self._on_request,
+                queue_group=subjects.TOOL_QUEUE_GROUP,
+            )
+        log.info("tool runner %s serving %s (root: %s)", self.id, ", ".join(self._tools), self.root)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking calls, let running ones finish for up to ``grace`` seconds, then close."""
+        if self._service is not None:
+            await self._service.stop()
+        if self._tasks:
+            log.info("waiting up to %.0f s for %d tool call(s)", grace, len(self._tasks))
+            _, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+        await self._http.aclose()
+
+    async def _on_request(self, request: Request) -> None:
+        # Runs on the endpoint's (serial) subscription task: hand off at once, bounded by _slots.
+        await self._slots.acquire()
+        task = asyncio.create_task(self._serve(request))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _serve(self, request: Request) -> None:
+        try:
+            tenant, tool_name = subjects.parse_tool(request.subject)
+            call = ToolCallRequest.model_validate_json(request.data)
+        except (ValueError, ValidationError) as err:
+            await _respond_error(request, "400", f"bad tool request: {err}")
+            return
+        if tool_name not in self._tools:
+            await _respond_error(request, "404", f"unknown tool {tool_name!r}")
+            return
+        key = f"{tenant}:{(request.headers or {}).get(H.TOOL_CALL_ID) or call.run_id + ':' + call.tool_call_id}"
+        progress = None
+        if (request.headers or {}).get(H.TOOL_PROGRESS) == "1" and request._msg.reply:
+            progress = asyncio.create_task(self._progress(request._msg.reply, call.progress_interval))
+        try:
+            payload = await self._result_for(key, tool_name, call)
+        finally:
+            if progress is not None:
+                progress.cancel()
+        try:
+            await request.respond(payload, headers={H.RUNNER: self.id})
+        except Exception as err:  # noqa: BLE001 - connection gone; the caller retries
+            log.warning("could not send result of %s: %s", key, err)
+
+    async def _progress(self, reply: str, interval: float) -> None:
+        hdrs = {H.TOOL_PROGRESS: "1", H.RUNNER: self.id}
+        try:
+            while True:
+                await self.nc.publish(reply, b"", headers=hdrs)
+                await asyncio.sleep(interval)
+        except asyncio.CancelledError:
+            pass
+        except Exception as err:  # noqa: BLE001
+            log.debug("progress to %s stopped: %s", reply, err)
+
+    async def _result_for(self, key: str, tool_name: str, call: ToolCallRequest) -> bytes:
+        """The serialized result for this idempotency key: cached, joined while running, or new."""
+        now = time.monotonic()
+        cached = self._done.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        running = self._inflight.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            result = await self._execute(tool_name, call)
+            payload = orjson.dumps(result.model_dump(mode="json"))
+            future.set_result(payload)
+            self._remember(key, payload)
+            return payload
+        except BaseException as err:
+            if not future.done():
+                future.set_exception(err)
+                future.exception()  # mark retrieved
+            raise
+        finally:
+            self._inflight.pop(key, None)
+
+    def _remember(self, key: str, payload: bytes) -> None:
+        self._done[key] = (time.monotonic() + RESULT_CACHE_SECONDS, payload)
+        self._done.move_to_end(key)
+        while len(self._done) > RESULT_CACHE_SIZE:
+            self._done.popitem(last=False)
+
+    async def _execute(self, tool_name: str, call: ToolCallRequest) -> ToolCallResult:
+        started = time.perf_counter()
+        spec = TOOL_RUNNER_TOOLS[tool_name]
+        try:
+            args = spec.args.model_validate(call.arguments)
+            async with asyncio.timeout(call.timeout):
+                output = await self._tools[tool_name](args, self.ctx)
+            return self._result(call, started, output=output)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in err.errors()
+            )
+            return self._result(call, started, error=ErrorInfo(type="invalid_arguments", message=problems))
+        except ToolError as err:
+            return self._result(call, started, error=ErrorInfo(type=err.type, message=err.message))
+        except TimeoutError:
+            msg = f"{tool_name} did not finish within {call.timeout:g} s"
+            return self._result(call, started, error=ErrorInfo(type="timeout", message=msg))
+        except Exception as err:  # noqa: BLE001 - a tool bug must not kill the runner
+            log.exception("tool %s failed", tool_name)
+            return self._result(call, started, error=ErrorInfo(type="internal_error", message=f"{type(err).__name__}: {err}"))
+
+    def _result(self, call: ToolCallRequest, started: float, *, output=None, error=None) -> ToolCallResult:
+        return ToolCallResult(
+            tool_call_id=call.tool_call_id,
+            ok=error is None,
+            output=output,
+            error=error,
+            ms=round((time.perf_counter() - started) * 1000, 3),
+            runner=self.id,
+        )
+
+
+async def _respond_error(request: Request, code: str, description: str) -> None:
+    try:
+        await request.respond_error(code, description)
+    except Exception as err:  # noqa: BLE001
+        log.warning("could not send error reply: %s", err)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Connect, serve tools until ``stop`` is set, then shut down gracefully."""
+    from agentstream.bus import close, connect  # noqa: PLC0415
+
+    nc = await connect(settings, f"tool-runner {settings.runner_name}")
+    runner = ToolRunner(settings, nc)
+    await runner.start()
+    print(f"tool-runner ready: {runner.id}", flush=True)
+    await stop.wait()
+    log.info("stopping")
+    await runner.stop(settings.shutdown_grace)
+    await close(nc)
