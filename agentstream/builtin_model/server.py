@@ -1,0 +1,192 @@
+"""The built-in model as a real OpenAI-compatible HTTP server (Quart on Hypercorn).
+
+Endpoints: ``POST /v1/chat/completions`` (streaming and not, tool calls, ``max_tokens``,
+``stream_options.include_usage``), ``GET /v1/models``, ``GET /healthz``, and for tests and
+curious users ``GET /debug/requests`` (the last requests it received, and how many streams are
+open now). What it answers is decided by :mod:`agentstream.builtin_model.policy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from quart import Quart, Response, request
+
+from agentstream import openai_format as oai
+from agentstream import sse
+from agentstream.builtin_model.policy import Options, Reply, count_prompt_tokens, decide, tokens_of
+from agentstream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "builtin"
+RECORD_SIZE = 2000
+
+
+def create_app(settings: Settings) -> Quart:
+    """The model server app; ``settings.builtin_model_token_delay`` is the default token pace."""
+    app = Quart("agentstream.builtin_model")
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.config["BODY_TIMEOUT"] = 60
+    app.config["MAX_CONTENT_LENGTH"] = 32 * 1024 * 1024
+    records: deque[dict[str, Any]] = deque(maxlen=RECORD_SIZE)
+    counter = itertools.count(1)
+    state = {"active": 0}
+
+    def error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None):
+        return Response(oai.dumps(oai.error_body(message, type_, param)), status=status, content_type="application/json")
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"ok": True}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": MODEL_NAME, "object": "model", "created": 0, "owned_by": "agentstream"}]}
+
+    @app.get("/debug/requests")
+    async def debug_requests():
+        return {"active": state["active"], "requests": list(records)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions():
+        raw = await request.get_data()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return error(400, "request body is not valid JSON")
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return error(400, "'messages' must be a list", param="messages")
+        model = str(body.get("model") or MODEL_NAME)
+        try:
+            opts = Options.from_model(model)
+        except ValueError as err:
+            return error(400, str(err), param="model")
+        record = {
+            "n": next(counter),
+            "t": time.time(),
+            "model": model,
+            "stream": bool(body.get("stream")),
+            "messages": body["messages"],
+            "tools": [t.get("function", {}).get("name") for t in body.get("tools") or []],
+            "parameters": {k: v for k, v in body.items() if k not in ("messages", "tools", "model", "stream")},
+            "disconnected": False,
+            "finished": False,
+        }
+        records.append(record)
+        if opts.hang:
+            await asyncio.Event().wait()
+        if opts.first_delay:
+            await asyncio.sleep(opts.first_delay)
+        if opts.fail:
+            record["finished"] = True
+            return error(opts.fail, f"built-in model told to fail with {opts.fail}", "server_error" if opts.fail >= 500 else "rate_limit_error")
+        tools = body.get("tools") or None
+        reply = decide(body["messages"], tools, opts)
+        delay = settings.builtin_model_token_delay if opts.delay is None else opts.delay
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        prompt_tokens = count_prompt_tokens(body["messages"], tools)
+        completion_id = oai.new_id()
+        created = oai.now()
+        if not body.get("stream"):
+            content, calls, finish, n = _complete(reply, max_tokens)
+            if delay:
+                await asyncio.sleep(delay * n)
+            record["finished"] = True
+            return oai.chat_completion(
+                completion_id, created, model, content=content, finish_reason=finish,
+                usage_=oai.usage(prompt_tokens, n), tool_calls=calls,
+            )
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        async def stream():
+            state["active"] += 1
+            try:
+                async for frame in _stream(reply, completion_id, created, model, delay, max_tokens,
+                                           prompt_tokens, include_usage, opts.fail_after):
+                    yield frame
+                record["finished"] = True
+            except asyncio.CancelledError:
+                record["disconnected"] = True
+                raise
+            finally:
+                state["active"] -= 1
+
+        response = Response(stream(), headers=sse.HEADERS)
+        response.timeout = None
+        return response
+
+    return app
+
+
+def _complete(reply: Reply, max_tokens: int | None) -> tuple[str | None, list | None, str, int]:
+    """Non-streaming: (content, tool_calls, finish_reason, completion tokens)."""
+    if reply.tool_calls:
+        calls = [
+            {"id": oai.new_tool_call_id(), "type": "function",
+             "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+            for c in reply.tool_calls
+        ]
+        return None, calls, "tool_calls", sum(len(tokens_of(c["function"]["arguments"])) for c in calls)
+    tokens = tokens_of(reply.text)
+    finish = "stop"
+    if max_tokens is not None and len(tokens) > max_tokens:
+        tokens, finish = tokens[:max_tokens], "length"
+    return "".join(tokens), None, finish, len(tokens)
+
+
+async def _stream(reply, completion_id, created, model, delay, max_tokens, prompt_tokens, include_usage, fail_after):
+    def chunk(**kw) -> bytes:
+        return sse.frame(oai.dumps(oai.chat_chunk(completion_id, created, model, with_usage_field=include_usage, **kw)))
+
+    yield chunk(delta={"role": "assistant", "content": ""})
+    completion_tokens = 0
+    if reply.tool_calls:
+        finish = "tool_calls"
+        for index, call in enumerate(reply.tool_calls):
+            args = json.dumps(call.arguments)
+            pieces = [args[i : i + 12] for i in range(0, len(args), 12)] or [""]
+            first = oai.tool_call_delta_first(index, oai.new_tool_call_id(), call.name, "")
+            yield chunk(delta={"tool_calls": [first]})
+            for piece in pieces:
+                if delay:
+                    await asyncio.sleep(delay)
+                yield chunk(delta={"tool_calls": [oai.tool_call_delta_more(index, piece)]})
+            completion_tokens += len(tokens_of(args))
+    else:
+        finish = "stop"
+        tokens = tokens_of(reply.text)
+        if max_tokens is not None and len(tokens) > max_tokens:
+            tokens, finish = tokens[:max_tokens], "length"
+        for i, tok in enumerate(tokens):
+            if fail_after is not None and i >= fail_after:
+                yield sse.frame(oai.dumps(oai.error_body("built-in model told to fail mid-stream", "server_error")))
+                yield sse.DONE
+                return
+            if delay:
+                await asyncio.sleep(delay)
+            yield chunk(delta={"content": tok})
+            completion_tokens += 1
+    yield chunk(finish_reason=finish)
+    if include_usage:
+        yield sse.frame(oai.dumps(oai.chat_usage_chunk(completion_id, created, model, oai.usage(prompt_tokens, completion_tokens))))
+    yield sse.DONE
+
+
+async def serve(settings: Settings, stop: asyncio.Event, *, bind: str | None = None, fallback: bool = True) -> None:
+    """Serve the built-in model on ``bind`` (default BUILTIN_MODEL_BIND) until ``stop``; prints
+    ``builtin-model ready: <base url>`` once listening."""
+    from agentstream.httpserve import listen, serve_app  # noqa: PLC0415
+
+    sock = listen(bind or settings.builtin_model_bind, fallback_to_free_port=fallback)
+
+    def ready(url: str) -> None:
+        print(f"builtin-model ready: {url}/v1", flush=True)
+
+    await serve_app(create_app(settings), sock, stop, on_ready=ready, graceful_timeout=1.0)
