@@ -1,0 +1,171 @@
+"""Writing one run's events to ``runs.{tenant}.{agent}.{run_id}``: in order, exactly once, by
+exactly one writer.
+
+- **Order and single writer.** Every publish carries ``Nats-Expected-Last-Subject-Sequence``: the
+  sequence of the run's previous event. If another attempt of the run (a runner that took over
+  after this one was presumed dead) wrote in between, the server refuses the publish and this
+  writer raises :class:`OwnershipLost`: the stale attempt stops without writing anything more.
+- **Exactly once.** Each event has a ``Nats-Msg-Id`` of ``{run_id}:{attempt}:{n}``. A publish
+  whose acknowledgement was lost (timeout, NATS restart) is retried; if the first try was in fact
+  stored, the server's "wrong last sequence" answer is checked against the stored event's id and
+  treated as success.
+- **Coalescing.** Text deltas are buffered and written at most every ``flush_interval`` seconds
+  (or as soon as ``flush_bytes`` accumulate), so a fast model does not become one JetStream
+  message per token; the first delta after a quiet spell goes out at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from nats.aio.client import Client as NATS
+from pydantic import BaseModel
+
+from agentstream.eventlog import WriteConflict, append
+from schemas import events as E
+
+OwnershipLost = WriteConflict
+"""Another attempt of this run wrote to its subject: this attempt must stop, silently."""
+
+
+class RunEventWriter:
+    """Writes the events of one run attempt.
+
+    ``subject``: the run's event subject; ``envelope``: ``run_id, tenant, agent, message_id,
+    attempt``; ``last_seq``: sequence of the run's latest stored event (0 if none).
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        subject: str,
+        envelope: dict[str, Any],
+        last_seq: int,
+        *,
+        flush_interval: float = 0.02,
+        flush_bytes: int = 4096,
+        event_max_bytes: int = 900 * 1024,
+    ):
+        self.nc = nc
+        self.subject = subject
+        self.envelope = envelope
+        self.last_seq = last_seq
+        self.flush_interval = flush_interval
+        self.flush_bytes = flush_bytes
+        self.event_max_bytes = event_max_bytes
+        self._n = 0
+        self._lock = asyncio.Lock()
+        self._buf: list[str] = []
+        self._buf_bytes = 0
+        self._buf_step = 0
+        self._flush_task: asyncio.Task | None = None
+        self._last_publish = 0.0
+        self._failed: BaseException | None = None
+        self._inflight: asyncio.Task | None = None
+
+    # -- public API
+
+    async def emit(self, event_type: str, data: BaseModel) -> int:
+        """Write one event (after any buffered text); returns its stream sequence.
+
+        Raises OwnershipLost, or the last transport error after retrying for 5 minutes.
+        """
+        await self.flush()
+        return await self._publish(event_type, data)
+
+    async def delta(self, step: int, text: str) -> None:
+        """Buffer a text fragment of LLM step ``step``; it is written soon (see module doc)."""
+        if self._failed is not None:
+            raise self._failed
+        if self._buf and step != self._buf_step:
+            await self.flush()
+        self._buf.append(text)
+        self._buf_step = step
+        self._buf_bytes += len(text)
+        if self._buf_bytes >= self.flush_bytes:
+            await self.flush()
+        elif self._flush_task is None:
+            wait = max(0.0, self._last_publish + self.flush_interval - time.monotonic())
+            self._flush_task = asyncio.create_task(self._flush_later(wait))
+
+    async def flush(self) -> None:
+        """Write any buffered text now."""
+        task, self._flush_task = self._flush_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self._failed is not None:
+            raise self._failed
+        if self._buf:
+            text, step = "".join(self._buf), self._buf_step
+            self._buf, self._buf_bytes = [], 0
+            await self._publish(E.MESSAGE_DELTA, E.MessageDeltaData(step=step, text=text))
+
+    async def close(self) -> None:
+        """Stop any pending flush without writing (the attempt is being abandoned)."""
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            self._flush_task = None
+
+    # -- internals
+
+    async def _flush_later(self, wait: float) -> None:
+        try:
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._flush_task = None
+            if self._buf:
+                text, step = "".join(self._buf), self._buf_step
+                self._buf, self._buf_bytes = [], 0
+                await self._publish(E.MESSAGE_DELTA, E.MessageDeltaData(step=step, text=text))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as err:  # noqa: BLE001 - surfaced on the next delta/emit
+            self._failed = err
+
+    def _encode(self, event_type: str, data: BaseModel) -> bytes:
+        cls = E.EVENT_CLASSES[event_type]
+        event = cls(**self.envelope, data=data)
+        payload = event.model_dump_json().encode()
+        if len(payload) > self.event_max_bytes and isinstance(data, E.ToolResultData):
+            shown = orjson.dumps(data.output)[: self.event_max_bytes // 2].decode("utf-8", "ignore")
+            data = data.model_copy(update={"output": shown, "truncated": True})
+            payload = cls(**self.envelope, data=data).model_dump_json().encode()
+        return payload
+
+    async def _publish(self, event_type: str, data: BaseModel) -> int:
+        async with self._lock:
+            await self._settle()
+            self._n += 1
+            msg_id = f"{self.envelope['run_id']}:{self.envelope['attempt']}:{self._n}"
+            payload = self._encode(event_type, data)
+            # The write runs as its own task: if this coroutine is cancelled (run cancelled, timed
+            # out), the write still completes, and the next emit waits for it (_settle), so the
+            # run's sequence chain stays known and the terminal event can follow.
+            self._inflight = asyncio.create_task(
+                append(self.nc, self.subject, payload, event_type=event_type, msg_id=msg_id,
+                       expected_last_seq=self.last_seq)
+            )
+            seq = await asyncio.shield(self._inflight)
+            self._inflight = None
+            self.last_seq = seq
+            self._last_publish = time.monotonic()
+            return seq
+
+    async def _settle(self) -> None:
+        """Wait for a write interrupted by a cancellation, and take its sequence."""
+        task, self._inflight = self._inflight, None
+        if task is None:
+            return
+        try:
+            self.last_seq = await task
+        except OwnershipLost:
+            raise
+        except Exception:  # noqa: BLE001 - it was not stored; the chain is unchanged
+            pass

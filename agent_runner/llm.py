@@ -1,0 +1,288 @@
+"""One OpenAI-compatible chat client for every LLM server (OpenAI, Ollama, LocalAI, vLLM,
+llama.cpp's server, the built-in model): httpx, streaming, tool calls, retries.
+
+Only the common subset of the protocol is relied on: ``POST {base_url}/chat/completions`` with
+``stream: true``; ``data:`` events of ``chat.completion.chunk`` objects ending with ``[DONE]``;
+tool calls as ``delta.tool_calls`` fragments keyed by ``index``. Deviations seen in the wild are
+tolerated: a missing ``index`` (matched by id, or appended), a whole tool call in one delta, a
+JSON body answered to a streaming request (LocalAI #1187), ``usage`` only on the last chunk or
+not at all, ``reasoning_content`` (ignored: never mixed into the answer).
+
+Connect errors, 408, 429 and 5xx are retried (tenacity: exponential backoff with jitter,
+honouring ``Retry-After``) as long as nothing has been streamed yet; a failure after the first
+streamed token ends the call with :class:`LLMError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import httpx
+import httpx_sse
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from schemas.common import Usage
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+class LLMError(Exception):
+    """The LLM call failed for good. ``type``: ``llm_unreachable``, ``llm_http_error``,
+    ``llm_stream_error``, ``llm_bad_response``; ``status``: HTTP status if any."""
+
+    def __init__(self, type: str, message: str, status: int | None = None, retryable: bool = False):
+        super().__init__(message)
+        self.type = type
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+        self.retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class LLMEndpoint:
+    """Where and how to call a model: ``base_url`` (…/v1), ``model``, ``api_key``, ``timeout`` (s)."""
+
+    base_url: str
+    model: str
+    api_key: str | None = None
+    timeout: float = 120.0
+
+    @property
+    def chat_url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+
+@dataclass
+class ToolCallAccum:
+    """A tool call assembled from streamed fragments."""
+
+    id: str | None = None
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass
+class StepResult:
+    """One LLM call's outcome: the text, tool calls (in index order), finish reason, usage."""
+
+    text: str = ""
+    tool_calls: list[ToolCallAccum] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    attempts: int = 1
+
+
+class LLMClient:
+    """Shared by every run of an agent runner (one connection pool).
+
+    ``max_attempts``: attempts per call for retryable failures.
+    """
+
+    def __init__(self, *, max_attempts: int = 5, stream_usage: bool = True, connect_timeout: float = 10.0):
+        self.max_attempts = max_attempts
+        self.stream_usage = stream_usage
+        self._connect_timeout = connect_timeout
+        self._http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            trust_env=True,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def chat(
+        self,
+        endpoint: LLMEndpoint,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        parameters: dict[str, Any] | None = None,
+        on_text: Callable[[str], Awaitable[None]] | None = None,
+    ) -> StepResult:
+        """Call the model once, streaming; ``on_text`` gets each text fragment as it arrives.
+
+        Raises LLMError when the call fails for good (after retries).
+        """
+        body: dict[str, Any] = {**(parameters or {}), "model": endpoint.model, "messages": messages, "stream": True}
+        if self.stream_usage:
+            body["stream_options"] = {"include_usage": True}
+        if tools:
+            body["tools"] = tools
+        headers = {"Accept": "text/event-stream"}
+        if endpoint.api_key:
+            headers["Authorization"] = f"Bearer {endpoint.api_key}"
+        streamed = {"any": False}
+
+        def retryable(err: BaseException) -> bool:
+            return isinstance(err, LLMError) and err.retryable and not streamed["any"]
+
+        attempt_no = 0
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=_RetryAfterOrBackoff(wait_exponential_jitter(initial=0.5, max=10.0, jitter=1.0)),
+            retry=retry_if_exception(retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                attempt_no += 1
+                result = await self._once(endpoint, body, headers, on_text, streamed)
+                result.attempts = attempt_no
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _once(self, endpoint, body, headers, on_text, streamed) -> StepResult:
+        timeout = httpx.Timeout(connect=self._connect_timeout, read=endpoint.timeout, write=30.0, pool=30.0)
+        try:
+            async with self._http.stream("POST", endpoint.chat_url, json=body, headers=headers, timeout=timeout) as resp:
+                if resp.status_code != 200:
+                    text = (await resp.aread())[:2000].decode("utf-8", "replace")
+                    err = LLMError(
+                        "llm_http_error",
+                        f"{endpoint.chat_url} answered HTTP {resp.status_code}: {_error_message(text)}",
+                        status=resp.status_code,
+                        retryable=resp.status_code in RETRY_STATUSES,
+                    )
+                    err.retry_after = _retry_after(resp.headers.get("retry-after"))
+                    raise err
+                ctype = resp.headers.get("content-type", "")
+                if "text/event-stream" not in ctype:
+                    # Some servers answer a streaming request with one JSON body.
+                    return await self._from_json(await resp.aread(), on_text, streamed)
+                return await self._from_stream(resp, on_text, streamed)
+        except httpx.TimeoutException as err:
+            raise LLMError("llm_unreachable", f"{endpoint.chat_url}: timed out ({type(err).__name__})", retryable=True) from None
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
+            raise LLMError("llm_unreachable", f"{endpoint.chat_url}: {type(err).__name__}: {err}", retryable=True) from None
+
+    async def _from_stream(self, resp: httpx.Response, on_text, streamed) -> StepResult:
+        result = StepResult()
+        calls: dict[int, ToolCallAccum] = {}
+        text_parts: list[str] = []
+        event_source = httpx_sse.EventSource(resp)
+        async for sse in event_source.aiter_sse():
+            data = sse.data
+            if not data:
+                continue
+            if data.strip() == "[DONE]":
+                break
+            try:
+                chunk = json.loads(data)
+            except json.JSONDecodeError:
+                raise LLMError("llm_bad_response", f"unparseable stream event: {data[:200]!r}") from None
+            if not isinstance(chunk, dict):
+                continue
+            if chunk.get("error"):
+                err = chunk["error"]
+                message = err.get("message") if isinstance(err, dict) else str(err)
+                raise LLMError("llm_stream_error", f"the model server reported an error mid-stream: {message}")
+            if chunk.get("usage"):
+                result.usage = _usage(chunk["usage"])
+            for choice in chunk.get("choices") or []:
+                if choice.get("index", 0) != 0:
+                    continue
+                delta = choice.get("delta") or {}
+                content = delta.get("content")
+                if isinstance(content, str) and content:
+                    text_parts.append(content)
+                    streamed["any"] = True
+                    if on_text is not None:
+                        await on_text(content)
+                for tc in delta.get("tool_calls") or []:
+                    streamed["any"] = True
+                    _merge_tool_call(calls, tc)
+                if choice.get("finish_reason"):
+                    result.finish_reason = choice["finish_reason"]
+        result.text = "".join(text_parts)
+        result.tool_calls = [calls[i] for i in sorted(calls)]
+        if result.tool_calls and result.finish_reason in (None, "stop"):
+            result.finish_reason = "tool_calls"
+        return result
+
+    async def _from_json(self, raw: bytes, on_text, streamed) -> StepResult:
+        try:
+            body = json.loads(raw)
+            choice = body["choices"][0]
+            message = choice.get("message") or {}
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise LLMError("llm_bad_response", f"neither an event stream nor a chat completion: {raw[:200]!r}") from None
+        result = StepResult(text=message.get("content") or "", finish_reason=choice.get("finish_reason"))
+        if body.get("usage"):
+            result.usage = _usage(body["usage"])
+        for call in message.get("tool_calls") or []:
+            fn = call.get("function") or {}
+            args = fn.get("arguments", "")
+            result.tool_calls.append(
+                ToolCallAccum(call.get("id"), fn.get("name", ""), args if isinstance(args, str) else json.dumps(args))
+            )
+        if result.text:
+            streamed["any"] = True
+            if on_text is not None:
+                await on_text(result.text)
+        return result
+
+
+class _RetryAfterOrBackoff:
+    """tenacity wait: the server's ``Retry-After`` (capped at 30 s) if it gave one, else backoff."""
+
+    def __init__(self, backoff):
+        self.backoff = backoff
+
+    def __call__(self, retry_state) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, LLMError) and exc.retry_after is not None:
+            return min(exc.retry_after, 30.0)
+        return self.backoff(retry_state)
+
+
+def _merge_tool_call(calls: dict[int, ToolCallAccum], tc: dict[str, Any]) -> None:
+    index = tc.get("index")
+    if not isinstance(index, int):
+        # No index (some servers): continue the call with this id, else start a new one.
+        index = next((i for i, c in calls.items() if tc.get("id") and c.id == tc.get("id")), None)
+        if index is None:
+            index = len(calls) if tc.get("id") or not calls else max(calls)
+    call = calls.setdefault(index, ToolCallAccum())
+    if tc.get("id") and not call.id:
+        call.id = tc["id"]
+    fn = tc.get("function") or {}
+    name = fn.get("name")
+    if name and name != call.name:
+        call.name = name if not call.name else call.name + name
+    args = fn.get("arguments")
+    if isinstance(args, dict):  # a few servers send an object
+        args = json.dumps(args)
+    if args:
+        call.arguments += args
+
+
+def _usage(raw: dict[str, Any]) -> Usage:
+    p = int(raw.get("prompt_tokens") or 0)
+    c = int(raw.get("completion_tokens") or 0)
+    return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=int(raw.get("total_tokens") or p + c))
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _error_message(text: str) -> str:
+    try:
+        body = json.loads(text)
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            return str(err.get("message") or err)[:500]
+        return str(err)[:500]
+    except (ValueError, AttributeError):
+        return text.strip()[:500] or "(empty body)"

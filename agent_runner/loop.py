@@ -1,0 +1,210 @@
+"""The agent loop: LLM step → tool calls (concurrently) → LLM step … up to ``max_steps``.
+
+Every step is written as events through the run's :class:`RunEventWriter`: text deltas while the
+model streams, ``tool.call`` once a step's calls are complete, ``tool.result`` as each finishes,
+``message.completed`` with the final answer. The last allowed step is offered no server-side
+tools, so the model has to answer. The terminal event is the caller's job (agent_runner.runner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent_runner.event_writer import RunEventWriter
+from agent_runner.llm import LLMClient, LLMEndpoint, ToolCallAccum
+from agent_runner.tool_client import ToolClient, ToolOutcome
+from agentstream.agents import Skill
+from agentstream.openai_format import new_tool_call_id
+from schemas import events as E
+from schemas.agents import RESERVED_PARAMETERS, AgentDefinition
+from schemas.common import ErrorInfo, FunctionCall, ToolCallRef, Usage
+from schemas.runs import RunRequest
+from schemas.tools import BUILTIN_AGENT_TOOLS, LOAD_SKILL, TOOL_RUNNER_TOOLS, json_schema_for_llm
+
+log = logging.getLogger(__name__)
+
+
+class MaxStepsExceeded(Exception):
+    """The model still asked for tools after its last allowed step."""
+
+
+@dataclass
+class RunContext:
+    """Everything one run attempt needs. ``usage`` and ``steps`` grow as it goes (also on failure)."""
+
+    tenant: str
+    agent: AgentDefinition
+    request: RunRequest
+    writer: RunEventWriter
+    llm: LLMClient
+    endpoint: LLMEndpoint
+    tools: ToolClient
+    skills: list[Skill]
+    usage: Usage = field(default_factory=Usage)
+    steps: int = 0
+
+
+def system_prompt(agent: AgentDefinition, skills: list[Skill]) -> str:
+    """The agent's system prompt, plus the list of skills it can load (names and one-liners)."""
+    prompt = agent.system_prompt.strip()
+    if skills:
+        lines = "\n".join(f"- {s.name}: {s.description}" for s in skills)
+        prompt = f"{prompt}\n\nSkills you can load with the load_skill tool when they are relevant:\n{lines}".strip()
+    return prompt
+
+
+def initial_messages(agent: AgentDefinition, skills: list[Skill], request: RunRequest) -> list[dict[str, Any]]:
+    """System prompt first, then the request's history, then its message."""
+    messages: list[dict[str, Any]] = []
+    prompt = system_prompt(agent, skills)
+    if prompt:
+        messages.append({"role": "system", "content": prompt})
+    messages.extend(m.model_dump(mode="json", exclude_none=True) for m in request.history)
+    if request.message is not None and request.message.strip():
+        messages.append({"role": "user", "content": request.message})
+    return messages
+
+
+def tool_definitions(agent: AgentDefinition, skills: list[Skill]) -> list[dict[str, Any]]:
+    """OpenAI ``tools`` for the agent's actions, plus ``load_skill`` when it has skills."""
+    defs = [TOOL_RUNNER_TOOLS[name].function_definition() for name in agent.actions]
+    if skills:
+        params = json_schema_for_llm(LOAD_SKILL.args)
+        params["properties"]["name"]["enum"] = [s.name for s in skills]
+        defs.append(LOAD_SKILL.function_definition(params))
+    return defs
+
+
+def llm_parameters(agent: AgentDefinition, request: RunRequest) -> dict[str, Any]:
+    """The agent's parameters with the run's overrides on top; reserved fields dropped."""
+    merged = {**agent.parameters, **request.parameters}
+    return {k: v for k, v in merged.items() if k not in RESERVED_PARAMETERS}
+
+
+async def run_agent(ctx: RunContext) -> E.MessageCompletedData:
+    """Run the loop to its final answer (already written as ``message.completed``).
+
+    Raises LLMError, MaxStepsExceeded, OwnershipLost; CancelledError on cancel or timeout.
+    """
+    agent, request, writer = ctx.agent, ctx.request, ctx.writer
+    messages = initial_messages(agent, ctx.skills, request)
+    server_tools = tool_definitions(agent, ctx.skills)
+    client_tools = [t.model_dump(mode="json") for t in request.tools]
+    client_tool_names = {t.function.get("name") for t in request.tools}
+    parameters = llm_parameters(agent, request)
+
+    for step in range(1, agent.max_steps + 1):
+        ctx.steps = step
+        last = step == agent.max_steps
+        offered = ([] if last else server_tools) + client_tools
+
+        async def on_text(text: str, _step: int = step) -> None:
+            await writer.delta(_step, text)
+
+        result = await ctx.llm.chat(ctx.endpoint, messages, tools=offered or None, parameters=parameters, on_text=on_text)
+        ctx.usage = ctx.usage + result.usage
+        await writer.flush()
+
+        if not result.tool_calls:
+            finish = result.finish_reason if result.finish_reason in ("stop", "length", "content_filter") else "stop"
+            done = E.MessageCompletedData(text=result.text, finish_reason=finish, steps=step)
+            await writer.emit(E.MESSAGE_COMPLETED, done)
+            return done
+
+        calls = [_normalise(c) for c in result.tool_calls]
+        if last and any(c.name not in client_tool_names for c in calls):
+            raise MaxStepsExceeded(
+                f"the model still called tools after its last allowed step ({agent.max_steps}); raise max_steps"
+            )
+        for call in calls:
+            await writer.emit(
+                E.TOOL_CALL,
+                E.ToolCallData(step=step, tool_call_id=call.id, name=call.name, arguments=call.arguments,
+                               client=call.name in client_tool_names),
+            )
+        server_calls = [c for c in calls if c.name not in client_tool_names]
+        client_calls = [c for c in calls if c.name in client_tool_names]
+        outcomes = await asyncio.gather(*(_execute(ctx, step, c) for c in server_calls))
+
+        if client_calls:
+            refs = [ToolCallRef(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in client_calls]
+            done = E.MessageCompletedData(text=result.text, finish_reason="tool_calls", tool_calls=refs, steps=step)
+            await writer.emit(E.MESSAGE_COMPLETED, done)
+            return done
+
+        messages.append(
+            {
+                "role": "assistant",
+                "content": result.text or None,
+                "tool_calls": [
+                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
+                ],
+            }
+        )
+        for call, outcome in zip(server_calls, outcomes):
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": tool_message_content(outcome)})
+    raise MaxStepsExceeded(f"no answer within max_steps ({agent.max_steps})")  # pragma: no cover - loop returns or raises
+
+
+def tool_message_content(outcome: ToolOutcome) -> str:
+    """What the model reads as a tool's answer: the output as JSON, or ``{"error": {type, message}}``."""
+    if outcome.ok:
+        return json.dumps(outcome.output, ensure_ascii=False)
+    return json.dumps({"error": outcome.error.model_dump() if outcome.error else {"type": "error", "message": "failed"}})
+
+
+def _normalise(call: ToolCallAccum) -> ToolCallAccum:
+    return ToolCallAccum(id=call.id or new_tool_call_id(), name=call.name, arguments=call.arguments or "{}")
+
+
+async def _execute(ctx: RunContext, step: int, call: ToolCallAccum) -> ToolOutcome:
+    """Run one server-side tool call and write its ``tool.result``."""
+    started = time.perf_counter()
+    try:
+        arguments = json.loads(call.arguments)
+        if not isinstance(arguments, dict):
+            raise ValueError("arguments must be a JSON object")
+    except ValueError as err:
+        outcome = ToolOutcome(ok=False, error=ErrorInfo(type="invalid_arguments", message=f"arguments are not a JSON object: {err}"))
+    else:
+        if call.name in BUILTIN_AGENT_TOOLS:
+            outcome = _load_skill(ctx, arguments)
+        elif call.name in ctx.agent.actions:
+            outcome = await ctx.tools.call(
+                ctx.tenant,
+                call.name,
+                run_id=ctx.request.run_id,
+                tool_call_id=call.id,
+                idempotency_key=f"{ctx.request.run_id}:{step}:{call.id}",
+                arguments=arguments,
+                budget=ctx.agent.tool_timeout,
+            )
+        else:
+            available = ", ".join([*ctx.agent.actions, *(["load_skill"] if ctx.skills else [])]) or "none"
+            outcome = ToolOutcome(
+                ok=False, error=ErrorInfo(type="unknown_tool", message=f"there is no tool {call.name!r}; available: {available}")
+            )
+    if not outcome.ms:
+        outcome.ms = round((time.perf_counter() - started) * 1000, 3)
+    await ctx.writer.emit(
+        E.TOOL_RESULT,
+        E.ToolResultData(
+            step=step, tool_call_id=call.id, name=call.name, ok=outcome.ok, output=outcome.output,
+            error=outcome.error, ms=outcome.ms, attempts=outcome.attempts, runner=outcome.runner,
+        ),
+    )
+    return outcome
+
+
+def _load_skill(ctx: RunContext, arguments: dict[str, Any]) -> ToolOutcome:
+    name = arguments.get("name")
+    for skill in ctx.skills:
+        if skill.name == name:
+            return ToolOutcome(ok=True, output={"name": skill.name, "text": skill.text})
+    known = ", ".join(s.name for s in ctx.skills) or "none"
+    return ToolOutcome(ok=False, error=ErrorInfo(type="unknown_skill", message=f"no skill {name!r}; this agent's skills: {known}"))

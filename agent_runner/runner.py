@@ -1,0 +1,374 @@
+"""The agent runner: pulls run requests from AGENT_RUNS through the one durable consumer all
+runners share, runs each (agent_runner.loop), writes its events, and acks the request only once
+the run's terminal event is stored.
+
+Guarantees, per run request:
+- a request whose run already ended (a duplicate, a redelivery after the terminal event) is acked
+  without running again;
+- while a run is held, ``in_progress`` is sent every third of the ack wait, so a long run is not
+  redelivered; a runner that dies stops sending it, and the request goes to another runner, which
+  writes ``run.retrying`` and runs it again (issue 5);
+- a stale attempt (its runner was presumed dead but was not) loses the run's subject to the new
+  attempt (agent_runner.event_writer) and stops without acking;
+- on shutdown, runs still going after the grace period are handed back (nak) for another runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from agent_runner.event_writer import OwnershipLost, RunEventWriter
+from agent_runner.llm import LLMClient, LLMEndpoint, LLMError
+from agent_runner.loop import MaxStepsExceeded, RunContext, run_agent
+from agent_runner.tool_client import ToolClient
+from agentstream import eventlog
+from agentstream.agents import AgentCatalog
+from agentstream.bus import declare
+from agentstream.runs import write_queued
+from agentstream.settings import Settings
+from schemas import events as E
+from schemas import subjects
+from schemas.agents import AgentDefinition
+from schemas.common import ErrorInfo, Usage
+from schemas.runs import RunControl, RunRequest
+
+log = logging.getLogger(__name__)
+
+
+class _Cancelled(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class AgentRunner:
+    """One agent runner process' work loop. ``start()``, then ``stop(grace)`` (seconds).
+
+    ``llm_base_url``: where agents without their own ``llm.base_url`` are served (LLM_BASE_URL,
+    or the built-in model's URL).
+    """
+
+    def __init__(self, settings: Settings, nc: NATS, catalog: AgentCatalog, *, llm_base_url: str):
+        self.settings = settings
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.catalog = catalog
+        self.llm_base_url = llm_base_url
+        self.id = settings.runner_name
+        self.llm = LLMClient(max_attempts=settings.llm_max_attempts, stream_usage=settings.llm_stream_usage)
+        self.tools = ToolClient(nc, progress_interval=settings.tool_progress_interval)
+        self._handlers: set[asyncio.Task] = set()
+        self._runs: dict[tuple[str, str], asyncio.Task] = {}
+        self._cancel_reasons: dict[tuple[str, str], str] = {}
+        self._stopping = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._pull_task: asyncio.Task | None = None
+        self._control_sub = None
+        self._psub = None
+
+    async def start(self) -> None:
+        """Declare streams and the shared consumer, subscribe to control signals, start pulling."""
+        await declare(self.nc, self.settings, runner_consumer=True)
+        self._control_sub = await self.nc.subscribe(subjects.CONTROL_ALL, cb=self._on_control)
+        self._psub = await self.js.pull_subscribe_bind(
+            durable=subjects.AGENT_RUNNERS_CONSUMER, stream=subjects.AGENT_RUNS_STREAM
+        )
+        self._pull_task = asyncio.create_task(self._pull_loop())
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop pulling; let running runs finish for ``grace`` seconds; hand the rest back."""
+        self._stopping.set()
+        self._slot_freed.set()
+        if self._pull_task is not None:
+            self._pull_task.cancel()
+            try:
+                await self._pull_task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        if self._handlers:
+            log.info("waiting up to %.0f s for %d run(s)", grace, len(self._handlers))
+            _, pending = await asyncio.wait(set(self._handlers), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=10)
+        for sub in (self._control_sub, self._psub):
+            if sub is not None:
+                try:
+                    await sub.unsubscribe()
+                except Exception:  # noqa: BLE001 - already closed
+                    pass
+        await self.llm.aclose()
+
+    @property
+    def active_runs(self) -> int:
+        """How many runs this runner holds now."""
+        return len(self._handlers)
+
+    # -- pulling
+
+    async def _pull_loop(self) -> None:
+        concurrency = self.settings.runner_concurrency
+        while not self._stopping.is_set():
+            free = concurrency - len(self._handlers)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                msgs = await self._psub.fetch(batch=free, timeout=1.0)
+            except TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - reconnecting, JetStream restarting...
+                log.warning("fetching run requests: %s: %s", type(err).__name__, err)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                task = asyncio.create_task(self._handle(msg))
+                self._handlers.add(task)
+                task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: asyncio.Task) -> None:
+        self._handlers.discard(task)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("run handler crashed", exc_info=task.exception())
+
+    # -- control
+
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            tenant, run_id = subjects.parse_control(msg.subject)
+            control = RunControl.model_validate_json(msg.data)
+        except (ValueError, ValidationError) as err:
+            log.warning("ignoring control message on %s: %s", msg.subject, err)
+            return
+        key = (tenant, run_id)
+        task = self._runs.get(key)
+        if task is not None and control.action == "cancel" and not task.done():
+            self._cancel_reasons[key] = control.reason
+            task.cancel()
+
+    async def _stored_cancel(self, tenant: str, run_id: str) -> str | None:
+        """The reason of a cancel request stored before this runner took the run, if any."""
+        try:
+            msg = await self.js.get_msg(subjects.RUN_CONTROL_STREAM, subject=subjects.control(tenant, run_id), direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        try:
+            control = RunControl.model_validate_json(msg.data)
+        except ValidationError:
+            return None
+        return control.reason if control.action == "cancel" else None
+
+    # -- one run
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        interval = max(self.settings.runner_ack_wait / 3, 0.2)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await msg.in_progress()
+            except Exception as err:  # noqa: BLE001 - reconnecting; the next one may pass
+                log.debug("in_progress failed: %s", err)
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            where = subjects.parse_run_request(msg.subject)
+        except subjects.SubjectTokenError as err:
+            log.error("terminating a request on an invalid subject %r: %s", msg.subject, err)
+            await msg.term()
+            return
+        try:
+            request = RunRequest.model_validate_json(msg.data)
+        except ValidationError as err:
+            await self._refuse_request(msg, where.tenant, where.agent, err)
+            return
+        keep_alive = asyncio.create_task(self._keep_alive(msg))
+        writer: RunEventWriter | None = None
+        try:
+            writer = await self._open(msg, where.tenant, where.agent, request)
+            if writer is None:
+                await msg.ack()  # the run already ended
+                return
+            await self._run(msg, where.tenant, where.agent, request, writer)
+            await msg.ack()
+        except OwnershipLost as err:
+            log.warning("run %s: another attempt took over (%s); stopping this one", request.run_id, err)
+        except asyncio.CancelledError:
+            # Shutdown: hand the run back for another runner; write nothing more.
+            if writer is not None:
+                await writer.close()
+            try:
+                await msg.nak()
+            except Exception:  # noqa: BLE001
+                pass
+            raise
+        finally:
+            keep_alive.cancel()
+
+    async def _open(self, msg: Msg, tenant: str, agent: str, request: RunRequest) -> RunEventWriter | None:
+        """Write ``run.queued`` if needed, then ``run.retrying`` (if an earlier attempt ran) and
+        ``run.started``. Returns None when the run already has its terminal event."""
+        subject = subjects.run_events(tenant, agent, request.run_id)
+        attempt = msg.metadata.num_delivered if msg.metadata else 1
+        last = await eventlog.last_event(self.nc, subject)
+        if last is None:
+            try:
+                await write_queued(self.nc, tenant, agent, request)
+            except eventlog.WriteConflict:
+                pass  # the edge wrote it meanwhile
+            last = await eventlog.last_event(self.nc, subject)
+        if last is None:
+            raise RuntimeError(f"{subject}: run.queued was stored but cannot be read back")
+        if E.is_terminal(last.type):
+            log.info("run %s already ended (%s); acking its request", request.run_id, last.type)
+            return None
+        envelope = {
+            "run_id": request.run_id, "tenant": tenant, "agent": agent,
+            "message_id": request.message_id, "attempt": attempt,
+        }
+        writer = RunEventWriter(
+            self.nc, subject, envelope, last.seq,
+            flush_interval=self.settings.delta_flush_interval,
+            flush_bytes=self.settings.delta_flush_bytes,
+            event_max_bytes=self.settings.event_max_bytes,
+        )
+        if last.type != E.RUN_QUEUED:
+            await writer.emit(
+                E.RUN_RETRYING,
+                E.RunRetryingData(attempt=attempt, reason=f"the previous attempt stopped after {last.type}"),
+            )
+        await writer.emit(E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt))
+        return writer
+
+    async def _run(self, msg: Msg, tenant: str, agent_name: str, request: RunRequest, writer: RunEventWriter) -> None:
+        started = time.perf_counter()
+        agent = self.catalog.get(agent_name)
+        key = (tenant, request.run_id)
+        ctx: RunContext | None = None
+
+        def duration() -> float:
+            return round((time.perf_counter() - started) * 1000, 3)
+
+        if agent is None:
+            await writer.emit(E.RUN_FAILED, E.RunFailedData(
+                reason="unknown agent",
+                error=ErrorInfo(type="unknown_agent", message=f"this runner has no agent {agent_name!r}"),
+                duration_ms=duration(),
+            ))
+            return
+        try:
+            endpoint = self.endpoint_for(agent)
+        except ValueError as err:
+            await writer.emit(E.RUN_FAILED, E.RunFailedData(
+                reason="configuration error", error=ErrorInfo(type="configuration_error", message=str(err)),
+                duration_ms=duration(),
+            ))
+            return
+        ctx = RunContext(
+            tenant=tenant, agent=agent, request=request, writer=writer, llm=self.llm, endpoint=endpoint,
+            tools=self.tools, skills=self.catalog.skills_of(agent),
+        )
+        loop_task = asyncio.create_task(run_agent(ctx))
+        self._runs[key] = loop_task
+        try:
+            stored = await self._stored_cancel(tenant, request.run_id)
+            if stored is not None:
+                self._cancel_reasons[key] = stored
+                loop_task.cancel()
+            try:
+                await asyncio.wait_for(loop_task, timeout=agent.timeout)
+            except TimeoutError:
+                await writer.close()
+                await writer.emit(E.RUN_FAILED, E.RunFailedData(
+                    reason="timed out",
+                    error=ErrorInfo(type="timeout", message=f"the run took longer than its budget of {agent.timeout:g} s"),
+                    usage=ctx.usage, steps=ctx.steps, duration_ms=duration(),
+                ))
+                return
+            except asyncio.CancelledError:
+                if key in self._cancel_reasons and loop_task.cancelled():
+                    raise _Cancelled(self._cancel_reasons[key]) from None
+                raise
+            await writer.emit(E.RUN_COMPLETED, E.RunCompletedData(
+                usage=ctx.usage, steps=ctx.steps, duration_ms=duration(),
+            ))
+        except _Cancelled as cancelled:
+            await writer.close()
+            await writer.emit(E.RUN_CANCELLED, E.RunCancelledData(
+                reason=cancelled.reason, usage=ctx.usage, steps=ctx.steps, duration_ms=duration(),
+            ))
+        except LLMError as err:
+            await writer.close()
+            await writer.emit(E.RUN_FAILED, E.RunFailedData(
+                reason="model call failed", error=ErrorInfo(type=err.type, message=err.message),
+                usage=ctx.usage, steps=ctx.steps, duration_ms=duration(),
+            ))
+        except MaxStepsExceeded as err:
+            await writer.close()
+            await writer.emit(E.RUN_FAILED, E.RunFailedData(
+                reason="max_steps reached", error=ErrorInfo(type="max_steps", message=str(err)),
+                usage=ctx.usage, steps=ctx.steps, duration_ms=duration(),
+            ))
+        except (OwnershipLost, asyncio.CancelledError):
+            raise
+        except Exception as err:  # noqa: BLE001 - a bug must still end the run
+            log.exception("run %s crashed", request.run_id)
+            await writer.close()
+            await writer.emit(E.RUN_FAILED, E.RunFailedData(
+                reason="internal error", error=ErrorInfo(type="internal_error", message=f"{type(err).__name__}: {err}"),
+                usage=ctx.usage if ctx else Usage(), steps=ctx.steps if ctx else 0, duration_ms=duration(),
+            ))
+        finally:
+            self._runs.pop(key, None)
+            self._cancel_reasons.pop(key, None)
+
+    def endpoint_for(self, agent: AgentDefinition) -> LLMEndpoint:
+        """Where this agent's model is: its ``llm`` block, else LLM_BASE_URL / the built-in model.
+
+        Raises ValueError when the agent names an API key variable that is not set.
+        """
+        llm = agent.llm
+        base_url = (llm.base_url if llm and llm.base_url else None) or self.llm_base_url
+        api_key = self.settings.llm_api_key
+        if llm and llm.api_key_env:
+            api_key = os.environ.get(llm.api_key_env)
+            if not api_key:
+                raise ValueError(f"agent {agent.name!r} takes its LLM API key from ${llm.api_key_env}, which is not set")
+        timeout = (llm.timeout if llm and llm.timeout else None) or self.settings.llm_timeout
+        return LLMEndpoint(base_url=base_url, model=agent.model or self.settings.llm_model, api_key=api_key, timeout=timeout)
+
+    async def _refuse_request(self, msg: Msg, tenant: str, agent: str, err: ValidationError) -> None:
+        """An unreadable run request: end its run ``run.failed`` if it names one, and drop it."""
+        run_id = (msg.headers or {}).get("Nats-Msg-Id", "")
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in err.errors())
+        log.error("invalid run request on %s: %s", msg.subject, problems)
+        if subjects.is_token(run_id):
+            request = RunRequest.model_construct(run_id=run_id, message_id=run_id, message=None)
+            subject = subjects.run_events(tenant, agent, run_id)
+            try:
+                last = await eventlog.last_event(self.nc, subject)
+                if last is None:
+                    await write_queued(self.nc, tenant, agent, request)
+                    last = await eventlog.last_event(self.nc, subject)
+                if last is not None and not E.is_terminal(last.type):
+                    writer = RunEventWriter(self.nc, subject, {
+                        "run_id": run_id, "tenant": tenant, "agent": agent, "message_id": run_id, "attempt": 1,
+                    }, last.seq)
+                    await writer.emit(E.RUN_FAILED, E.RunFailedData(
+                        reason="invalid run request", error=ErrorInfo(type="invalid_request", message=problems),
+                    ))
+            except (eventlog.WriteConflict, eventlog.EventLogError) as write_err:
+                log.warning("could not record the invalid request's failure: %s", write_err)
+        await msg.term()

@@ -1,0 +1,49 @@
+"""Starting and stopping one agent runner process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from agent_runner.runner import AgentRunner
+from agentstream.agents import load_agents
+from agentstream.bus import close, connect
+from agentstream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run until ``stop`` is set, then stop gracefully (SHUTDOWN_GRACE).
+
+    Without LLM_BASE_URL the built-in model is served in this process, on a free loopback port.
+    Prints ``agent-runner ready: <id>`` once pulling.
+    """
+    catalog = load_agents(settings.agents_dir)
+    for error in catalog.errors:
+        log.error("agent file problem: %s", error)
+    log.info("agents: %s", ", ".join(sorted(catalog.agents)) or "none")
+
+    model_stop = asyncio.Event()
+    model_task = None
+    base_url = settings.llm_base_url
+    if not base_url:
+        from agentstream.builtin_model.server import create_app  # noqa: PLC0415
+        from agentstream.httpserve import listen, serve_app, url_of  # noqa: PLC0415
+
+        sock = listen("127.0.0.1:0")
+        base_url = url_of(sock) + "/v1"
+        model_task = asyncio.create_task(serve_app(create_app(settings), sock, model_stop, graceful_timeout=1.0))
+        log.info("LLM_BASE_URL is not set: using the built-in stand-in model at %s", base_url)
+
+    nc = await connect(settings, f"agent-runner {settings.runner_name}")
+    runner = AgentRunner(settings, nc, catalog, llm_base_url=base_url)
+    await runner.start()
+    print(f"agent-runner ready: {runner.id}", flush=True)
+    await stop.wait()
+    log.info("stopping: %d run(s) in flight", runner.active_runs)
+    await runner.stop(settings.shutdown_grace)
+    await close(nc)
+    if model_task is not None:
+        model_stop.set()
+        await model_task

@@ -1,0 +1,164 @@
+"""Calling tools on tool runners: NATS request/reply on ``tools.{tenant}.{tool}``, with retries.
+
+Each attempt asks for progress messages (``Agentstream-Progress: 1``), so a tool runner that dies
+mid-call is noticed after three missed progress intervals instead of at the end of the tool's
+whole budget; the call is then retried on another tool runner of the queue group (tenacity:
+exponential backoff with jitter). "No responders" (no tool runner up) is retried the same way
+until the budget runs out. Every attempt carries the same idempotency key
+``{run_id}:{step}:{tool_call_id}``, so a tool runner that already has the result returns it
+instead of running the tool again.
+
+A tool's own failure is not retried: it is the tool's answer, and goes back to the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from nats.aio.client import Client as NATS
+from pydantic import ValidationError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+from schemas import headers as H
+from schemas import subjects
+from schemas.common import ErrorInfo
+from schemas.tools import ToolCallRequest, ToolCallResult
+
+log = logging.getLogger(__name__)
+
+
+class _Retry(Exception):
+    """An attempt that may succeed on another try (no responders, silent or dead tool runner)."""
+
+
+@dataclass
+class ToolOutcome:
+    """How a tool call ended: ``ok`` + ``output``, or ``error``; ``ms`` wall time over all
+    ``attempts``; ``runner``: the tool runner that answered."""
+
+    ok: bool
+    output: Any = None
+    error: ErrorInfo | None = None
+    ms: float = 0.0
+    attempts: int = 1
+    runner: str | None = None
+
+
+class ToolClient:
+    """Calls tools for one agent runner. ``progress_interval``: seconds asked between progress messages."""
+
+    def __init__(self, nc: NATS, *, progress_interval: float = 1.0):
+        self.nc = nc
+        self.progress_interval = progress_interval
+
+    async def call(
+        self,
+        tenant: str,
+        tool: str,
+        *,
+        run_id: str,
+        tool_call_id: str,
+        idempotency_key: str,
+        arguments: dict[str, Any],
+        budget: float,
+    ) -> ToolOutcome:
+        """Invoke ``tool`` with ``arguments``; never raises for tool or transport failures.
+
+        ``budget``: seconds for the whole call, retries included.
+        """
+        started = time.perf_counter()
+        subject = subjects.tool(tenant, tool)
+        deadline = time.monotonic() + budget
+        attempts = 0
+        last_problem = "no attempt made"
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_delay(budget),
+                wait=wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.2),
+                retry=retry_if_exception_type(_Retry),
+                reraise=True,
+            ):
+                with attempt:
+                    attempts += 1
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError
+                    request = ToolCallRequest(
+                        run_id=run_id,
+                        tool_call_id=tool_call_id,
+                        arguments=arguments,
+                        timeout=max(remaining - 0.05, 0.01),
+                        progress_interval=self.progress_interval,
+                    )
+                    try:
+                        result = await self._attempt(subject, idempotency_key, request, remaining)
+                    except _Retry as err:
+                        last_problem = str(err)
+                        log.info("tool %s call %s attempt %d: %s; retrying", tool, tool_call_id, attempts, err)
+                        raise
+        except (_Retry, TimeoutError):
+            ms = (time.perf_counter() - started) * 1000
+            return ToolOutcome(
+                ok=False,
+                error=ErrorInfo(type="tool_unavailable", message=f"{tool} gave no result within {budget:g} s ({last_problem})"),
+                ms=round(ms, 3),
+                attempts=attempts,
+            )
+        ms = (time.perf_counter() - started) * 1000
+        return ToolOutcome(
+            ok=result.ok, output=result.output, error=result.error, ms=round(ms, 3), attempts=attempts, runner=result.runner
+        )
+
+    async def _attempt(self, subject: str, key: str, request: ToolCallRequest, remaining: float) -> ToolCallResult:
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        try:
+            await self.nc.publish(
+                subject,
+                orjson.dumps(request.model_dump(mode="json")),
+                reply=inbox,
+                headers={H.TOOL_PROGRESS: "1", H.TOOL_CALL_ID: key},
+            )
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + remaining
+            silence = max(3 * self.progress_interval, 1.0)
+            while True:
+                wait = min(silence, deadline - loop.time())
+                if wait <= 0:
+                    raise TimeoutError
+                try:
+                    msg = await sub.next_msg(timeout=wait)
+                except TimeoutError:
+                    if loop.time() >= deadline:
+                        raise TimeoutError from None
+                    raise _Retry(f"no word from a tool runner for {silence:g} s") from None
+                hdrs = msg.headers or {}
+                if hdrs.get(H.STATUS) == "503":
+                    raise _Retry("no tool runner serves it")
+                if hdrs.get(H.TOOL_PROGRESS):
+                    continue
+                if hdrs.get(H.SERVICE_ERROR_CODE):
+                    return ToolCallResult(
+                        tool_call_id=request.tool_call_id,
+                        ok=False,
+                        error=ErrorInfo(type="tool_protocol_error", message=hdrs.get(H.SERVICE_ERROR, "tool runner error")),
+                        runner=hdrs.get(H.RUNNER),
+                    )
+                try:
+                    return ToolCallResult.model_validate_json(msg.data)
+                except ValidationError as err:
+                    return ToolCallResult(
+                        tool_call_id=request.tool_call_id,
+                        ok=False,
+                        error=ErrorInfo(type="tool_protocol_error", message=f"unreadable tool result: {err}"),
+                    )
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - connection closing
+                pass
