@@ -1,0 +1,1 @@
+"""The edge process: agentstream's HTTP API (Quart on Hypercorn), native, LocalAI and OpenAI dialects."""

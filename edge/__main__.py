@@ -1,0 +1,15 @@
+"""``python -m edge``: run one edge against ``NATS_URL``, listening on ``EDGE_BIND``."""
+
+from agentstream.runtime import run
+from agentstream.settings import Settings
+from edge.service import serve
+
+
+def main() -> int:
+    """Entry point; returns the exit code."""
+    settings = Settings.from_env()
+    return run(lambda stop: serve(settings, stop), settings)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

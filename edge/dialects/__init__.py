@@ -1,0 +1,1 @@
+"""Views of run events in other systems' vocabularies (LocalAI, OpenAI, llm-sse)."""

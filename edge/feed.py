@@ -1,0 +1,210 @@
+"""Run events for SSE clients: stored events first, then live ones, none lost, none twice.
+
+One :class:`LiveHub` per edge process holds a single core subscription to ``live.runs.>`` (the
+server re-publishes every stored event there) and hands each event to the watchers of its run or
+agent. An :class:`EventFeed` (one per SSE connection) registers a watcher *before* reading the
+stored events, then yields every event with a sequence above the last one it yielded, so the
+hand-over from stored to live has no hole and no repeat.
+
+The stream is the buffer (issue 5, "slow clients"): a watcher keeps at most ``buffer`` live
+events; a client too slow to take them makes its watcher overflow, the buffer is dropped, and the
+feed re-reads from the stream where the client is when it catches up. Memory per client stays
+bounded and nothing is dropped. The same re-read repairs gaps: a live event whose
+``Nats-Last-Sequence`` is not the last one yielded (a re-published message lost while the edge
+was reconnecting), a reconnect to NATS, and a periodic check at each heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import AsyncIterator
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from agentstream import eventlog
+from agentstream.eventlog import StoredEvent
+from schemas import events as E
+from schemas import subjects
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT = object()
+"""Yielded by a feed when nothing happened for one heartbeat interval."""
+
+
+class Watcher:
+    """A bounded mailbox of live events for one feed."""
+
+    __slots__ = ("key", "limit", "events", "overflowed", "ready")
+
+    def __init__(self, key: tuple[str, str, str], limit: int):
+        self.key = key
+        self.limit = limit
+        self.events: deque[StoredEvent] = deque()
+        self.overflowed = False
+        self.ready = asyncio.Event()
+
+    def offer(self, event: StoredEvent) -> None:
+        if not self.overflowed:
+            if len(self.events) >= self.limit:
+                self.overflowed = True
+                self.events.clear()
+            else:
+                self.events.append(event)
+        self.ready.set()
+
+    def resync(self) -> None:
+        """Ask the feed to re-read from the stream (after a reconnect)."""
+        self.overflowed = True
+        self.events.clear()
+        self.ready.set()
+
+    def take(self) -> tuple[list[StoredEvent], bool]:
+        """The buffered events and whether the feed must re-read; clears both."""
+        events, overflowed = list(self.events), self.overflowed
+        self.events.clear()
+        self.overflowed = False
+        self.ready.clear()
+        return events, overflowed
+
+
+class LiveHub:
+    """Fans re-published events out to watchers, by ``("run", tenant, run_id)`` or
+    ``("agent", tenant, agent)``."""
+
+    def __init__(self, nc: NATS):
+        self.nc = nc
+        self._watchers: dict[tuple[str, str, str], set[Watcher]] = {}
+        self._sub = None
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(subjects.LIVE_RUN_EVENTS_ALL, cb=self._on_msg)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:  # noqa: BLE001
+                pass
+
+    @property
+    def watchers(self) -> int:
+        """Watchers registered now (one per open feed)."""
+        return sum(len(s) for s in self._watchers.values())
+
+    def register(self, key: tuple[str, str, str], limit: int) -> Watcher:
+        watcher = Watcher(key, limit)
+        self._watchers.setdefault(key, set()).add(watcher)
+        return watcher
+
+    def unregister(self, watcher: Watcher) -> None:
+        group = self._watchers.get(watcher.key)
+        if group is not None:
+            group.discard(watcher)
+            if not group:
+                del self._watchers[watcher.key]
+
+    def resync_all(self) -> None:
+        """After a NATS reconnect: every feed re-reads what it may have missed."""
+        for group in self._watchers.values():
+            for watcher in group:
+                watcher.resync()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        try:
+            parts = msg.subject.split(".")  # live.runs.{tenant}.{agent}.{run_id}
+            tenant, agent, run_id = parts[2], parts[3], parts[4]
+            event = StoredEvent.from_message(msg.subject, msg.headers, msg.data)
+        except (IndexError, KeyError, ValueError) as err:
+            log.warning("ignoring live message on %s: %s", msg.subject, err)
+            return
+        for key in (("run", tenant, run_id), ("agent", tenant, agent)):
+            group = self._watchers.get(key)
+            if group:
+                for watcher in group:
+                    watcher.offer(event)
+
+
+class EventFeed:
+    """The events of one run (``scope="run"``) or of all runs of one agent (``scope="agent"``),
+    after sequence ``after``: stored ones, then live ones. A run feed ends after the run's
+    terminal event. Yields :class:`StoredEvent` or :data:`HEARTBEAT` every ``heartbeat`` seconds
+    of silence.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        hub: LiveHub,
+        *,
+        scope: str,
+        tenant: str,
+        name: str,
+        filter_subject: str,
+        after: int,
+        heartbeat: float,
+        buffer: int,
+    ):
+        self.nc = nc
+        self.hub = hub
+        self.scope = scope
+        self.key = (scope, tenant, name)
+        self.filter_subject = filter_subject
+        self.last = after
+        self.heartbeat = heartbeat
+        self.buffer = buffer
+
+    async def __aiter__(self) -> AsyncIterator[StoredEvent | object]:
+        watcher = self.hub.register(self.key, self.buffer)
+        try:
+            async for ev in self._stored():
+                yield ev
+                if self._ends(ev):
+                    return
+            while True:
+                try:
+                    await asyncio.wait_for(watcher.ready.wait(), timeout=self.heartbeat)
+                except TimeoutError:
+                    yield HEARTBEAT
+                    # A cheap check that nothing was missed (e.g. while NATS reconnected).
+                    async for ev in self._stored():
+                        yield ev
+                        if self._ends(ev):
+                            return
+                    continue
+                events, must_reread = watcher.take()
+                if must_reread:
+                    async for ev in self._stored():
+                        yield ev
+                        if self._ends(ev):
+                            return
+                    continue
+                for ev in events:
+                    if ev.seq <= self.last:
+                        continue
+                    if self.scope == "run" and ev.last_seq is not None and ev.last_seq > self.last:
+                        # A hole: something between the last yielded event and this one.
+                        async for stored in self._stored():
+                            yield stored
+                            if self._ends(stored):
+                                return
+                        continue
+                    self.last = ev.seq
+                    yield ev
+                    if self._ends(ev):
+                        return
+        finally:
+            self.hub.unregister(watcher)
+
+    async def _stored(self) -> AsyncIterator[StoredEvent]:
+        async for ev in eventlog.read_all(self.nc, self.filter_subject, self.last):
+            if ev.seq <= self.last:
+                continue
+            self.last = ev.seq
+            yield ev
+
+    def _ends(self, ev: StoredEvent) -> bool:
+        return self.scope == "run" and E.is_terminal(ev.type)
