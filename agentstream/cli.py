@@ -1,0 +1,103 @@
+"""The ``agentstream`` command.
+
+    agentstream up                    everything on this machine (embedded NATS unless NATS_URL)
+    agentstream edge                  one edge             (same as: python -m edge)
+    agentstream agent-runner          one agent runner     (python -m agent_runner)
+    agentstream tool-runner           one tool runner      (python -m tool_runner)
+    agentstream model                 the built-in model   (python -m agentstream.builtin_model)
+    agentstream chat AGENT MESSAGE    submit a message and watch the run
+    agentstream agents check [DIR]    validate agent files; exit 1 on errors
+    agentstream config                every setting, its environment variable and default
+
+Components read their configuration from environment variables (``agentstream config``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from agentstream.settings import Settings, documented
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="agentstream", description="Run YAML-defined LLM agents as services.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start NATS (embedded), the built-in model, edge, agent runner and tool runner")
+    sub.add_parser("edge", help="run one edge (HTTP API)")
+    sub.add_parser("agent-runner", help="run one agent runner")
+    sub.add_parser("tool-runner", help="run one tool runner")
+    sub.add_parser("model", help="serve the built-in deterministic model")
+    chat = sub.add_parser("chat", help="send a message to an agent and watch the run")
+    chat.add_argument("agent")
+    chat.add_argument("message")
+    chat.add_argument("--url", default=os.environ.get("AGENTSTREAM_URL", "http://127.0.0.1:8080"),
+                      help="edge URL (AGENTSTREAM_URL; default http://127.0.0.1:8080)")
+    chat.add_argument("--key", default=os.environ.get("AGENTSTREAM_API_KEY"), help="API key (AGENTSTREAM_API_KEY)")
+    chat.add_argument("--message-id", help="idempotency key: the same id names the same run")
+    agents = sub.add_parser("agents", help="agent definitions")
+    agents_sub = agents.add_subparsers(dest="agents_command", required=True)
+    check = agents_sub.add_parser("check", help="validate a directory of agent YAML files")
+    check.add_argument("directory", nargs="?", help="default: AGENTS_DIR")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    sub.add_parser("config", help="list every setting with its environment variable and default")
+    args = parser.parse_args(argv)
+
+    if args.command == "config":
+        for env, default, help_ in documented():
+            print(f"{env}={default}\n    {help_}")
+        return 0
+    try:
+        settings = Settings.from_env()
+    except ValueError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        return 2
+    if args.command == "agents":
+        return _agents_check(Path(args.directory) if args.directory else settings.agents_dir, args.json)
+    if args.command == "chat":
+        from agentstream.chat_cli import chat as run_chat  # noqa: PLC0415
+
+        return run_chat(args.url, args.agent, args.message, api_key=args.key, message_id=args.message_id)
+
+    from agentstream.runtime import run  # noqa: PLC0415
+
+    if args.command == "up":
+        from agentstream.supervisor import Supervisor  # noqa: PLC0415
+
+        return run(lambda stop: Supervisor(settings).run(stop), settings)
+    if args.command == "edge":
+        from edge.service import serve  # noqa: PLC0415
+    elif args.command == "agent-runner":
+        from agent_runner.service import serve  # noqa: PLC0415
+    elif args.command == "tool-runner":
+        from tool_runner.service import serve  # noqa: PLC0415
+    else:
+        from agentstream.builtin_model.server import serve  # noqa: PLC0415
+    return run(lambda stop: serve(settings, stop), settings)
+
+
+def _agents_check(directory: Path, as_json: bool) -> int:
+    from agentstream.agents import load_agents  # noqa: PLC0415
+
+    catalog = load_agents(directory)
+    if as_json:
+        print(json.dumps({
+            "directory": str(directory),
+            "agents": sorted(catalog.agents),
+            "skills": sorted(catalog.skills),
+            "errors": [e.as_dict() for e in catalog.errors],
+        }, indent=2))
+    else:
+        for error in catalog.errors:
+            print(f"error: {error}")
+        print(f"{len(catalog.agents)} agent(s) valid: {', '.join(sorted(catalog.agents)) or 'none'}; "
+              f"{len(catalog.errors)} error(s)")
+    return 1 if catalog.errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

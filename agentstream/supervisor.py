@@ -1,0 +1,154 @@
+"""``agentstream up``: everything on one machine, each component its own OS process.
+
+1. nats-server with JetStream (embedded, unless NATS_URL points at a server),
+2. the built-in model (unless LLM_BASE_URL is set),
+3. the edge, one agent runner and one tool runner,
+
+each with its output prefixed by its name. A component that exits on its own is restarted (with a
+growing pause). Ctrl-C (or SIGTERM) stops the components gracefully, then the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+from agentstream.natsserver import EmbeddedNats
+from agentstream.settings import Settings
+
+COLORS = {"edge": "36", "agent-runner": "35", "tool-runner": "33", "builtin-model": "32", "nats": "34"}
+
+
+def _prefix(name: str) -> str:
+    label = f"{name:>13} |"
+    if sys.stdout.isatty() and name in COLORS:
+        return f"\x1b[{COLORS[name]}m{label}\x1b[0m "
+    return label + " "
+
+
+@dataclass
+class Component:
+    """A child process: its name, module, extra environment; the running process and its ready URL."""
+
+    name: str
+    module: str
+    env: dict[str, str] = field(default_factory=dict)
+    proc: asyncio.subprocess.Process | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ready_line: str | None = None
+    restarts: int = 0
+
+
+class Supervisor:
+    """Starts, watches and stops the components. ``settings``: the environment's settings."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.nats: EmbeddedNats | None = None
+        self.components: list[Component] = []
+        self.stopping = False
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Run until ``stop``; returns the exit code."""
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        if not self.settings.nats_url:
+            self.nats = EmbeddedNats(self.settings.data_dir / "nats", port=self.settings.nats_port)
+            url = await asyncio.to_thread(self.nats.start)
+            env["NATS_URL"] = url
+            self._say("nats", f"embedded nats-server with JetStream on {url} (store: {self.nats.store_dir})")
+        else:
+            self._say("nats", f"using NATS_URL={self.settings.nats_url}")
+        try:
+            if not self.settings.llm_base_url:
+                model = Component("builtin-model", "agentstream.builtin_model")
+                await self._start(model, env)
+                await self._wait_ready(model)
+                env["LLM_BASE_URL"] = model.ready_line.split("ready: ", 1)[1].strip()
+                self._say("builtin-model", "LLM_BASE_URL is not set: agents use the built-in stand-in model (see README)")
+            for name, module in (("tool-runner", "tool_runner"), ("agent-runner", "agent_runner"), ("edge", "edge")):
+                await self._start(Component(name, module), env)
+            for comp in self.components:
+                await self._wait_ready(comp)
+            edge = next(c for c in self.components if c.name == "edge")
+            url = edge.ready_line.split("ready: ", 1)[1].strip()
+            print(
+                f"\nagentstream is up: {url}\n"
+                f"  curl -s -X POST {url}/api/agents/programmer-helper/chat -H 'Content-Type: application/json' "
+                "-d '{\"message\": \"How many lines does pyproject.toml have?\"}'\n"
+                f"  curl -N {url}/api/runs/RUN_ID/events\n"
+                "  agentstream chat programmer-helper \"What does README.md say?\"\n"
+                "Ctrl-C stops everything.\n",
+                flush=True,
+            )
+            await stop.wait()
+        finally:
+            await self.shutdown()
+        return 0
+
+    async def _start(self, comp: Component, env: dict[str, str]) -> None:
+        if comp not in self.components:
+            self.components.append(comp)
+        comp.ready.clear()
+        comp.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", comp.module,
+            env={**env, **comp.env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        asyncio.create_task(self._pump(comp, comp.proc, env))
+
+    async def _pump(self, comp: Component, proc: asyncio.subprocess.Process, env: dict[str, str]) -> None:
+        assert proc.stdout is not None
+        prefix = _prefix(comp.name)
+        async for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if not comp.ready.is_set() and line.startswith(f"{comp.name} ready: "):
+                comp.ready_line = line
+                comp.ready.set()
+            sys.stdout.write(prefix + line + "\n")
+            sys.stdout.flush()
+        code = await proc.wait()
+        if not self.stopping:
+            comp.restarts += 1
+            pause = min(2 ** comp.restarts, 30)
+            self._say(comp.name, f"exited with {code}; restarting in {pause} s")
+            await asyncio.sleep(pause)
+            if not self.stopping:
+                await self._start(comp, env)
+
+    async def _wait_ready(self, comp: Component, timeout: float = 60.0) -> None:
+        try:
+            await asyncio.wait_for(comp.ready.wait(), timeout)
+        except TimeoutError:
+            raise RuntimeError(f"{comp.name} did not become ready within {timeout:g} s") from None
+
+    async def shutdown(self) -> None:
+        """SIGTERM the components (edge first), wait for them, then stop nats-server."""
+        if self.stopping:
+            return
+        self.stopping = True
+        order = {"edge": 0, "agent-runner": 1, "tool-runner": 2, "builtin-model": 3}
+        grace = self.settings.shutdown_grace + 5
+        for comp in sorted(self.components, key=lambda c: order.get(c.name, 9)):
+            proc = comp.proc
+            if proc is None or proc.returncode is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+            except TimeoutError:
+                self._say(comp.name, f"did not stop within {grace:g} s; killing it")
+                proc.kill()
+                await proc.wait()
+        if self.nats is not None:
+            started = time.monotonic()
+            await asyncio.to_thread(self.nats.stop)
+            self._say("nats", f"stopped ({time.monotonic() - started:.1f} s)")
+
+    def _say(self, name: str, text: str) -> None:
+        sys.stdout.write(_prefix(name) + text + "\n")
+        sys.stdout.flush()
