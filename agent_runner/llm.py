@@ -125,7 +125,7 @@ class LLMClient:
         attempt_no = 0
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts),
-            wait=_RetryAfterOrBackoff(wait_exponential_jitter(initial=0.5, max=10.0, jitter=1.0)),
+            wait=_RetryAfterOrBackoff(wait_exponential_jitter(multiplier=0.5, max=10.0, jitter=1.0)),
             retry=retry_if_exception(retryable),
             reraise=True,
         )

@@ -79,7 +79,7 @@ class ToolClient:
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_delay(budget),
-                wait=wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.2),
+                wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.2),
                 retry=retry_if_exception_type(_Retry),
                 reraise=True,
             ):

@@ -44,10 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     check = agents_sub.add_parser("check", help="validate a directory of agent YAML files")
     check.add_argument("directory", nargs="?", help="default: AGENTS_DIR")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
-    sub.add_parser("config", help="list every setting with its environment variable and default")
+    config = sub.add_parser("config", help="list every setting with its environment variable and default")
+    config.add_argument("--markdown", action="store_true", help="as a Markdown table (for the README)")
     args = parser.parse_args(argv)
 
     if args.command == "config":
+        if args.markdown:
+            print("| variable | default | what |\n|---|---|---|")
+            for env, default, help_ in documented():
+                print(f"| `{env}` | {f'`{default}`' if default else '(unset)'} | {help_} |")
+            return 0
         for env, default, help_ in documented():
             print(f"{env}={default}\n    {help_}")
         return 0

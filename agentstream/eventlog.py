@@ -197,7 +197,7 @@ async def append(
     }
     async for attempt in AsyncRetrying(
         stop=stop_after_delay(retry_seconds),
-        wait=wait_exponential_jitter(initial=0.05, max=2.0),
+        wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
         retry=retry_if_exception_type(_Transient),
         reraise=True,
     ):

@@ -77,7 +77,7 @@ async def submit(nc: NATS, tenant: str, agent: str, request: RunRequest, *, time
     async def publish_request():
         async for attempt in AsyncRetrying(
             stop=stop_after_delay(timeout),
-            wait=wait_exponential_jitter(initial=0.05, max=1.0),
+            wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
             retry=retry_if_exception_type((nats.errors.TimeoutError, nats.errors.NoRespondersError,
                                            nats.errors.ConnectionReconnectingError)),
             reraise=True,

@@ -100,13 +100,17 @@ class Settings:
     tool_root: Path | None = _setting(
         "TOOL_ROOT", None, "Directory read_file and list_dir are confined to. Default: where the tool runner started."
     )
-    tool_read_max_bytes: int = _setting("TOOL_READ_MAX_BYTES", 256 * 1024, "Largest file read_file reads (bytes).")
+    tool_read_max_bytes: int = _setting("TOOL_READ_MAX_BYTES", 256 * 1024, "Most bytes of a file read_file returns; a longer file is cut (its lines are still counted).")
     tool_list_max_entries: int = _setting("TOOL_LIST_MAX_ENTRIES", 1000, "Most entries list_dir returns.")
     tool_http_max_bytes: int = _setting("TOOL_HTTP_MAX_BYTES", 256 * 1024, "Largest response body http_request returns (bytes).")
     tool_http_timeout: float = _setting("TOOL_HTTP_TIMEOUT", 20.0, "Longest an http_request may take (seconds).")
     tool_http_allow_private: bool = _setting(
         "TOOL_HTTP_ALLOW_PRIVATE", False,
         "Let http_request reach loopback, private and link-local addresses (off: refused, also after redirects).",
+    )
+    tool_http_allow_hosts: str = _setting(
+        "TOOL_HTTP_ALLOW_HOSTS", "",
+        "Comma-separated host or host:port http_request may reach even if they are not public (e.g. an internal docs server).",
     )
     tool_runner_concurrency: int = _setting("TOOL_RUNNER_CONCURRENCY", 32, "Tool calls one tool runner executes at once.")
     # -- all
@@ -166,6 +170,8 @@ def documented() -> list[tuple[str, str, str]]:
     rows = []
     for f in fields(Settings):
         default = f.default if f.default is not MISSING else ""
+        if isinstance(default, Path) and default.is_absolute() and default.is_relative_to(REPO_ROOT):
+            default = f"<checkout>/{default.relative_to(REPO_ROOT).as_posix()}"
         rows.append((f.metadata["env"], "" if default is None else str(default), f.metadata["help"]))
     return rows
 

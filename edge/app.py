@@ -319,7 +319,7 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
         body = await json_body(CancelBody, optional=True)
         record = fold(await run_events(t, run_id))
         if record.finished:
-            raise ApiError(409, "conflict", f"run {run_id} already ended: {record.status}", "run_id", status=record.status)
+            raise ApiError(409, "conflict", f"run {run_id} already ended: {record.status}", "run_id", run_status=record.status)
         control = RunControl(reason=body.reason)
         try:
             await state.bus().jetstream().publish(

@@ -169,6 +169,7 @@ class RunCancelledData(Strict):
 
 
 class _Envelope(Strict):
+    type: str
     run_id: Token
     tenant: Token
     agent: Token

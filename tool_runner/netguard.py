@@ -61,5 +61,5 @@ async def resolve_allowed(host: str, port: int, *, allow_private: bool) -> str:
     raise ToolError(
         "address_refused",
         f"{host} resolves only to non-public addresses: {', '.join(refused)}; "
-        "the operator can allow them with TOOL_HTTP_ALLOW_PRIVATE=true",
+        "the operator can allow them with TOOL_HTTP_ALLOW_HOSTS or TOOL_HTTP_ALLOW_PRIVATE=true",
     )

@@ -40,7 +40,11 @@ class Options:
     - ``tokens``: answer with exactly this many words instead of the usual sentence
     - ``fail``: answer every request with this HTTP status (e.g. 500, 429)
     - ``fail_after``: stream this many tokens, then an error event (a failure mid-stream)
+    - ``fail_first``: answer the first N requests naming this exact model with HTTP 500, then
+      normally (a flaky server, for retry tests)
+    - ``no_stream``: answer with one JSON body even when streaming was asked (some servers do)
     - ``hang``: never answer (1)
+    - ``tag``: ignored; tells requests apart in ``/debug/requests``
     """
 
     delay: float | None = None
@@ -48,6 +52,8 @@ class Options:
     tokens: int | None = None
     fail: int | None = None
     fail_after: int | None = None
+    fail_first: int = 0
+    no_stream: bool = False
     hang: bool = False
 
     @classmethod
@@ -61,10 +67,12 @@ class Options:
             key, _, value = item.partition("=")
             if key in ("delay", "first_delay"):
                 setattr(opts, key, float(value))
-            elif key in ("tokens", "fail", "fail_after"):
+            elif key in ("tokens", "fail", "fail_after", "fail_first"):
                 setattr(opts, key, int(value))
-            elif key == "hang":
-                opts.hang = value not in ("0", "false", "")
+            elif key == "tag":
+                pass
+            elif key in ("hang", "no_stream"):
+                setattr(opts, key, value not in ("0", "false", ""))
             else:
                 raise ValueError(f"unknown built-in model option {key!r}")
         return opts

@@ -38,6 +38,7 @@ def create_app(settings: Settings) -> Quart:
     records: deque[dict[str, Any]] = deque(maxlen=RECORD_SIZE)
     counter = itertools.count(1)
     state = {"active": 0}
+    seen_per_model: dict[str, int] = {}
 
     def error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None):
         return Response(oai.dumps(oai.error_body(message, type_, param)), status=status, content_type="application/json")
@@ -84,9 +85,11 @@ def create_app(settings: Settings) -> Quart:
             await asyncio.Event().wait()
         if opts.first_delay:
             await asyncio.sleep(opts.first_delay)
-        if opts.fail:
+        seen_per_model[model] = seen_per_model.get(model, 0) + 1
+        fail = opts.fail or (500 if seen_per_model[model] <= opts.fail_first else None)
+        if fail:
             record["finished"] = True
-            return error(opts.fail, f"built-in model told to fail with {opts.fail}", "server_error" if opts.fail >= 500 else "rate_limit_error")
+            return error(fail, f"built-in model told to fail with {fail}", "server_error" if fail >= 500 else "invalid_request_error")
         tools = body.get("tools") or None
         reply = decide(body["messages"], tools, opts)
         delay = settings.builtin_model_token_delay if opts.delay is None else opts.delay
@@ -94,7 +97,7 @@ def create_app(settings: Settings) -> Quart:
         prompt_tokens = count_prompt_tokens(body["messages"], tools)
         completion_id = oai.new_id()
         created = oai.now()
-        if not body.get("stream"):
+        if not body.get("stream") or opts.no_stream:
             content, calls, finish, n = _complete(reply, max_tokens)
             if delay:
                 await asyncio.sleep(delay * n)

@@ -46,7 +46,8 @@ async def _request(args: HttpRequestArgs, ctx: ToolContext, timeout: float) -> d
     redirects: list[str] = []
     for _hop in range(MAX_REDIRECTS + 1):
         port = url.port or (443 if url.scheme == "https" else 80)
-        address = await resolve_allowed(url.host, port, allow_private=ctx.settings.tool_http_allow_private)
+        allowed = ctx.settings.tool_http_allow_private or _listed(url.host, port, ctx.settings.tool_http_allow_hosts)
+        address = await resolve_allowed(url.host, port, allow_private=allowed)
         request = ctx.http.build_request(
             method,
             url.copy_with(host=address),
@@ -85,6 +86,12 @@ async def _request(args: HttpRequestArgs, ctx: ToolContext, timeout: float) -> d
             "redirects": redirects,
         }
     raise ToolError("too_many_redirects", f"more than {MAX_REDIRECTS} redirects starting at {args.url}")
+
+
+def _listed(host: str, port: int, allow_hosts: str) -> bool:
+    """True when TOOL_HTTP_ALLOW_HOSTS names ``host`` or ``host:port``."""
+    entries = {e.strip().lower() for e in allow_hosts.split(",") if e.strip()}
+    return host.lower() in entries or f"{host.lower()}:{port}" in entries
 
 
 def _parse_url(raw: str) -> httpx.URL:

@@ -1,0 +1,20 @@
+# One image for every agentstream component; compose.yaml picks the command.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    AGENTS_DIR=/app/agents
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY schemas ./schemas
+COPY agentstream ./agentstream
+COPY edge ./edge
+COPY agent_runner ./agent_runner
+COPY tool_runner ./tool_runner
+RUN pip install --no-cache-dir . && useradd --create-home --uid 1000 agentstream
+COPY agents ./agents
+
+USER agentstream
+EXPOSE 8080
+CMD ["python", "-m", "edge"]

@@ -1,0 +1,38 @@
+# agentstream: two commands on a fresh machine with Python 3.11+ and pip.
+#   make run    create .venv if missing, install, start everything (agentstream up)
+#   make test   create .venv if missing, install the test extras, run the whole suite
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run test schemas check clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(BIN)/agentstream up
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Regenerate schemas/json/*.schema.json from the models (a test fails when they drift).
+schemas: $(VENV)/.installed-run
+	$(BIN)/python -m schemas.jsonschema
+
+# Validate the agent files.
+check: $(VENV)/.installed-run
+	$(BIN)/agentstream agents check
+
+clean:
+	rm -rf $(VENV) .agentstream .pytest_cache

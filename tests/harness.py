@@ -1,0 +1,183 @@
+"""Starting real agentstream processes for tests: nats-server, the built-in model, edges, agent
+runners and tool runners, each a separate OS process on free ports, logs kept in a directory.
+
+Nothing here is a fake: the processes are the ones ``agentstream up`` starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from agentstream.natsserver import EmbeddedNats, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_AGENTS = Path(__file__).resolve().parent / "agents"
+
+
+class Proc:
+    """One component process (``python -m module``), its log file and its ``<name> ready:`` line."""
+
+    def __init__(self, name: str, module: str, env: dict[str, str], log_dir: Path, ready_prefix: str):
+        self.name = name
+        self.module = module
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.ready_prefix = ready_prefix
+        self.proc: subprocess.Popen | None = None
+        self.ready_line: str | None = None
+
+    def start(self, timeout: float = 30.0) -> "Proc":
+        log = open(self.log_path, "ab")
+        offset = log.tell()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+            with open(self.log_path, "rb") as fh:
+                fh.seek(offset)
+                for line in fh.read().decode("utf-8", "replace").splitlines():
+                    if line.startswith(self.ready_prefix):
+                        self.ready_line = line
+                        return self
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"{self.name} not ready within {timeout:g} s:\n{self.tail()}")
+
+    @property
+    def ready_value(self) -> str:
+        """What follows ``ready: `` on the ready line (a URL or a runner id)."""
+        assert self.ready_line is not None
+        return self.ready_line.split("ready: ", 1)[1].strip()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not exit. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class System:
+    """A running agentstream: one nats-server and any number of components."""
+
+    base: Path
+    env: dict[str, str]
+    nats: EmbeddedNats
+    procs: list[Proc] = field(default_factory=list)
+    edge_url: str = ""
+    model_url: str = ""
+    _counter: int = 0
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        return {**self.env, **{k: str(v) for k, v in extra.items()}}
+
+    def _proc(self, name: str, module: str, ready: str, **env: str) -> Proc:
+        self._counter += 1
+        proc = Proc(f"{name}-{self._counter}", module, self._env(**env), self.base, ready)
+        self.procs.append(proc)
+        return proc.start()
+
+    def start_model(self, **env: str) -> Proc:
+        proc = self._proc("model", "agentstream.builtin_model", "builtin-model ready: ",
+                          BUILTIN_MODEL_BIND=f"127.0.0.1:{free_port()}", **env)
+        self.model_url = proc.ready_value
+        self.env["LLM_BASE_URL"] = self.model_url
+        return proc
+
+    def start_edge(self, **env: str) -> Proc:
+        proc = self._proc("edge", "edge", "edge ready: ", EDGE_BIND=f"127.0.0.1:{free_port()}", **env)
+        url = proc.ready_value
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"edge not healthy:\n{proc.tail()}")
+        if not self.edge_url:
+            self.edge_url = url
+        return proc
+
+    def start_agent_runner(self, runner_id: str | None = None, **env: str) -> Proc:
+        rid = runner_id or f"agent-runner-{len(self.procs) + 1}"
+        return self._proc("agent-runner", "agent_runner", "agent-runner ready: ", RUNNER_ID=rid, **env)
+
+    def start_tool_runner(self, runner_id: str | None = None, **env: str) -> Proc:
+        rid = runner_id or f"tool-runner-{len(self.procs) + 1}"
+        return self._proc("tool-runner", "tool_runner", "tool-runner ready: ", RUNNER_ID=rid, **env)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate(timeout=10)
+        self.nats.stop()
+
+    def logs(self) -> str:
+        return "\n\n".join(f"== {p.name}\n{p.tail()}" for p in self.procs)
+
+
+def make_agents_dir(target: Path) -> Path:
+    """The shipped agents plus the test agents (tests/agents), in one directory."""
+    shutil.copytree(REPO / "agents", target)
+    for path in TEST_AGENTS.glob("*.yaml"):
+        shutil.copy(path, target / path.name)
+    return target
+
+
+def new_system(base: Path, **env: str) -> System:
+    """A nats-server on a free port with JetStream under ``base``; components start on demand."""
+    base.mkdir(parents=True, exist_ok=True)
+    agents = make_agents_dir(base / "agents") if not (base / "agents").exists() else base / "agents"
+    nats = EmbeddedNats(base / "nats-store", port=0, log_path=base / "nats.log")
+    url = nats.start()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT"))}
+    system_env = {
+        **clean,
+        "PYTHONUNBUFFERED": "1",
+        "NATS_URL": url,
+        "AGENTS_DIR": str(agents),
+        "TOOL_ROOT": str(REPO),
+        "BUILTIN_MODEL_TOKEN_DELAY": "0.002",
+        "LOG_LEVEL": "INFO",
+        "SHUTDOWN_GRACE": "5",
+        **env,
+    }
+    return System(base=base, env=system_env, nats=nats)

@@ -1,0 +1,143 @@
+"""Components as separate processes: start in any order, share the work, survive a tool runner
+dying mid-call, and stop cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import threading
+import time
+
+import httpx
+import pytest
+
+from agentstream.natsserver import EmbeddedNats, free_port
+from tests.conftest import read_events, submit
+from tests.harness import new_system
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    systems = []
+
+    def make(**env):
+        s = new_system(tmp_path / f"sys{len(systems)}", **env)
+        systems.append(s)
+        return s
+
+    yield make
+    for s in systems:
+        s.stop()
+
+
+async def test_edge_started_before_nats_reports_503_then_works(tmp_path, fresh):
+    port = free_port()
+    sysm = fresh()
+    sysm.nats.stop()  # this test brings its own server, on a port known in advance
+    sysm.env["NATS_URL"] = f"nats://127.0.0.1:{port}"
+    edge_port = free_port()
+    from tests.harness import Proc
+
+    edge = Proc("edge-early", "edge", {**sysm.env, "EDGE_BIND": f"127.0.0.1:{edge_port}"}, sysm.base, "edge ready: ")
+    sysm.procs.append(edge)
+    edge.start()
+    url = f"http://127.0.0.1:{edge_port}"
+    async with httpx.AsyncClient(base_url=url) as client:
+        health = await client.get("/healthz")
+        assert health.status_code == 503
+        resp = await client.post("/api/agents/programmer-helper/chat", json={"message": "hi"})
+        assert resp.status_code == 503 and resp.json()["error"]["type"] == "unavailable"
+
+        late = EmbeddedNats(tmp_path / "late-nats", port=port, fallback=False)
+        late.start()
+        try:
+            sysm.start_model()
+            sysm.start_tool_runner()
+            sysm.start_agent_runner()
+            deadline = time.monotonic() + 20
+            while (await client.get("/healthz")).status_code != 200:
+                assert time.monotonic() < deadline, edge.tail()
+                await asyncio.sleep(0.1)
+            accepted = await submit(client, "programmer-helper", "What is in pyproject.toml?")
+            events = await asyncio.wait_for(read_events(client, accepted["run_id"]), 30)
+            assert events[-1]["event"] == "run.completed"
+        finally:
+            for p in sysm.procs:
+                p.terminate(5)
+            late.stop()
+
+
+async def test_two_agent_runners_started_together_share_one_consumer(fresh):
+    sysm = fresh()
+    sysm.start_model()
+    sysm.start_tool_runner()
+    # Start both runners at once on a server where nothing is declared yet.
+    procs = await asyncio.gather(
+        asyncio.to_thread(sysm.start_agent_runner, "runner-x"),
+        asyncio.to_thread(sysm.start_agent_runner, "runner-y"),
+    )
+    assert all(p.alive() for p in procs)
+    sysm.start_edge()
+    async with httpx.AsyncClient(base_url=sysm.edge_url) as client:
+        runs = [await submit(client, "slow-talker", f"story {i}") for i in range(6)]
+        streams = await asyncio.wait_for(asyncio.gather(*(read_events(client, r["run_id"]) for r in runs)), 60)
+    runners = set()
+    for events in streams:
+        assert events[-1]["event"] == "run.completed"
+        runners.add(next(e["data"]["data"]["runner"] for e in events if e["event"] == "run.started"))
+    assert runners <= {"runner-x", "runner-y"}
+
+
+class _Slow(http.server.BaseHTTPRequestHandler):
+    arrived = threading.Event()
+    hits = 0
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802
+        type(self).hits += 1
+        type(self).arrived.set()
+        time.sleep(2.0)
+        body = b"slow answer"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+async def test_tool_runner_killed_mid_call_the_call_is_retried_on_another(fresh):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/slow"
+    sysm = fresh(TOOL_HTTP_ALLOW_PRIVATE="true", TOOL_PROGRESS_INTERVAL="0.2")
+    try:
+        sysm.start_model()
+        doomed = sysm.start_tool_runner("tools-doomed")
+        sysm.start_agent_runner()
+        sysm.start_edge()
+        async with httpx.AsyncClient(base_url=sysm.edge_url) as client:
+            accepted = await submit(client, "fetcher", f"Please fetch {url}")
+            assert await asyncio.to_thread(_Slow.arrived.wait, 20)  # the only tool runner has the call
+            sysm.start_tool_runner("tools-survivor")
+            doomed.kill()  # kill -9 while it waits on the slow server
+            events = await asyncio.wait_for(read_events(client, accepted["run_id"]), 60)
+    finally:
+        server.shutdown()
+    result = next(e["data"]["data"] for e in events if e["event"] == "tool.result")
+    assert result["ok"] is True, result
+    assert result["runner"] == "tools-survivor"
+    assert result["attempts"] >= 2
+    assert result["output"]["body"] == "slow answer"
+    assert events[-1]["event"] == "run.completed"
+    assert "slow answer" in next(e["data"]["data"]["text"] for e in events if e["event"] == "message.completed")
+
+
+def test_every_component_exits_0_on_sigterm(fresh):
+    sysm = fresh()
+    procs = [sysm.start_model(), sysm.start_tool_runner(), sysm.start_agent_runner(), sysm.start_edge()]
+    for proc in reversed(procs):
+        started = time.monotonic()
+        assert proc.terminate(timeout=15) == 0, proc.tail()
+        assert time.monotonic() - started < 10

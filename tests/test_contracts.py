@@ -1,0 +1,166 @@
+"""The contracts in schemas/: subject validation, JSON Schema files, the AsyncAPI document — and a
+service that knows only the AsyncAPI document running an agent over bare nats-py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from pathlib import Path
+
+import jsonschema
+import nats
+import pytest
+import yaml
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from schemas import subjects
+from schemas.jsonschema import JSON_DIR, generate
+
+SCHEMAS = Path(subjects.__file__).resolve().parent
+ASYNCAPI = SCHEMAS / "asyncapi.yaml"
+
+
+# -- subjects
+
+@pytest.mark.parametrize("bad", ["a.b", "*", ">", "a b", "", "x" * 65, "tab\there", "new\nline", "é", None, 7])
+def test_unsafe_tokens_are_refused_before_nats(bad):
+    assert not subjects.is_token(bad)
+    with pytest.raises(subjects.SubjectTokenError) as err:
+        subjects.run_request("tenant", bad)
+    assert err.value.field == "agent"
+    with pytest.raises(subjects.SubjectTokenError):
+        subjects.run_events(bad, "agent", "run")
+    with pytest.raises(subjects.SubjectTokenError):
+        subjects.tool("tenant", bad)
+    with pytest.raises(subjects.SubjectTokenError):
+        subjects.control("tenant", bad)
+
+
+@pytest.mark.parametrize("good", ["a", "A-b_9", "x" * 64, "programmer-helper"])
+def test_safe_tokens_build_subjects(good):
+    assert subjects.run_request(good, good) == f"agents.{good}.{good}.run"
+    parsed = subjects.parse_run_events(subjects.run_events("t", good, "r1"))
+    assert (parsed.tenant, parsed.agent, parsed.run_id) == ("t", good, "r1")
+    assert subjects.parse_run_events("live." + subjects.run_events("t", good, "r1")).agent == good
+
+
+@pytest.mark.parametrize("parse,bad", [
+    (subjects.parse_run_request, "agents.t.a"),
+    (subjects.parse_run_request, "agents.t.a.b.run"),
+    (subjects.parse_run_request, "agents.t.*.run"),
+    (subjects.parse_run_request, "runs.t.a.run"),
+    (subjects.parse_run_events, "runs.t.a"),
+    (subjects.parse_run_events, "runs.t.a.r.x"),
+    (subjects.parse_run_events, "runs.t.>.r"),
+    (subjects.parse_tool, "tools.t"),
+    (subjects.parse_tool, "tools.t.a b"),
+    (subjects.parse_control, "control.t.r.x"),
+])
+def test_parsers_refuse_other_shapes(parse, bad):
+    with pytest.raises(subjects.SubjectTokenError):
+        parse(bad)
+
+
+# -- JSON Schema files
+
+def test_committed_json_schemas_match_the_models():
+    generated = generate()
+    on_disk = {p.name: p.read_text() for p in JSON_DIR.glob("*.schema.json")}
+    assert set(on_disk) == set(generated), "run: python -m schemas.jsonschema"
+    for name, text in generated.items():
+        assert on_disk[name] == text, f"{name} drifted from its model: run python -m schemas.jsonschema"
+
+
+def test_every_shipped_agent_validates_against_the_agent_schema():
+    schema = json.loads((JSON_DIR / "agent-definition.schema.json").read_text())
+    for path in (SCHEMAS.parent / "agents").glob("*.yaml"):
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+
+
+# -- AsyncAPI
+
+def _asyncapi() -> dict:
+    return yaml.safe_load(ASYNCAPI.read_text())
+
+
+def test_asyncapi_names_every_subject_family_and_its_schema():
+    doc = _asyncapi()
+    assert doc["asyncapi"].startswith("3.")
+    addresses = {c["address"] for c in doc["channels"].values() if c.get("address")}
+    assert addresses == {
+        "agents.{tenant}.{agent}.run", "runs.{tenant}.{agent}.{run_id}", "live.runs.{tenant}.{agent}.{run_id}",
+        "tools.{tenant}.{tool}", "control.{tenant}.{run_id}",
+    }
+    # The addresses are the ones the code builds.
+    assert subjects.run_request("T", "A") == "agents.{tenant}.{agent}.run".format(tenant="T", agent="A")
+    assert subjects.run_events("T", "A", "R") == "runs.{tenant}.{agent}.{run_id}".format(tenant="T", agent="A", run_id="R")
+    assert subjects.tool("T", "X") == "tools.{tenant}.{tool}".format(tenant="T", tool="X")
+    assert subjects.control("T", "R") == "control.{tenant}.{run_id}".format(tenant="T", run_id="R")
+    for name, message in doc["components"]["messages"].items():
+        payload = message["payload"]
+        if "schema" in payload:
+            ref = payload["schema"]["$ref"]
+            assert (SCHEMAS / ref).is_file(), f"{name}: {ref} missing"
+    for op in doc["operations"].values():
+        assert op["action"] in ("send", "receive")
+        assert op.get("x-publishers") or op.get("x-subscribers")
+
+
+def _payload_schema(doc: dict, message: str) -> dict:
+    return json.loads((SCHEMAS / doc["components"]["messages"][message]["payload"]["schema"]["$ref"]).read_text())
+
+
+async def test_a_service_runs_an_agent_from_the_asyncapi_document_alone(system):
+    """Uses only: the AsyncAPI document, the JSON Schema files it references, and bare nats-py."""
+    doc = _asyncapi()
+    submit_op = doc["operations"]["submitRun"]
+    request_channel = doc["channels"][submit_op["channel"]["$ref"].split("/")[-1]]
+    events_channel = doc["channels"]["runEvents"]
+    request_schema = _payload_schema(doc, "RunRequest")
+    event_schema = _payload_schema(doc, "RunEvent")
+    terminal = set(events_channel["x-jetstream"]["terminal-event-types"])
+
+    def fill(address: str, **params: str) -> str:
+        return re.sub(r"\{(\w+)\}", lambda m: params[m.group(1)], address)
+
+    tenant, agent, run_id = "other-language-svc", "programmer-helper", uuid.uuid4().hex
+    request = {"run_id": run_id, "message_id": f"svc-{run_id}", "message": "What is the first line of pyproject.toml?"}
+    jsonschema.validate(request, request_schema)
+
+    nc = await nats.connect(system.env["NATS_URL"])
+    try:
+        js = nc.jetstream()
+        events_subject = fill(events_channel["address"], tenant=tenant, agent=agent, run_id=run_id)
+        received: list[dict] = []
+        done = asyncio.Event()
+
+        async def on_event(msg):
+            event = json.loads(msg.data)
+            received.append(event)
+            if event["type"] in terminal:
+                done.set()
+
+        sub = await js.subscribe(
+            events_subject, stream=events_channel["x-jetstream"]["stream"], cb=on_event, ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        ack = await js.publish(
+            fill(request_channel["address"], tenant=tenant, agent=agent),
+            json.dumps(request).encode(),
+            headers={"Nats-Msg-Id": run_id},
+        )
+        assert ack.stream == request_channel["x-jetstream"]["stream"]
+        await asyncio.wait_for(done.wait(), 30)
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+
+    for event in received:
+        jsonschema.validate(event, event_schema)
+        assert event["tenant"] == tenant and event["run_id"] == run_id
+    types = [e["type"] for e in received]
+    assert types[0] == "run.queued" and types[-1] == "run.completed"
+    answer = next(e["data"]["text"] for e in received if e["type"] == "message.completed")
+    assert (SCHEMAS.parent / "pyproject.toml").read_text().splitlines()[0] in answer

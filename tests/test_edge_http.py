@@ -1,0 +1,194 @@
+"""The edge's HTTP contract: bad input gets its documented error (status + JSON naming the field),
+tenants are isolated, the LocalAI views work, health reflects the NATS connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from httpx_sse import aconnect_sse
+
+from tests.conftest import ALICE_KEY, BOB_KEY, read_events, submit
+
+
+def _error(resp: httpx.Response, status: int, field: str | None) -> dict:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()["error"]
+    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["type"], str)
+    assert body["field"] == field, body
+    return body
+
+
+async def test_malformed_json_is_400_naming_the_body(api):
+    resp = await api.post("/api/agents/programmer-helper/chat", content=b"{not json", headers={"Content-Type": "application/json"})
+    _error(resp, 400, "body")
+
+
+async def test_body_that_is_not_an_object_is_400(api):
+    resp = await api.post("/api/agents/programmer-helper/chat", json=["hello"])
+    _error(resp, 400, "body")
+
+
+async def test_missing_message_is_422(api):
+    _error(await api.post("/api/agents/programmer-helper/chat", json={}), 422, "message")
+
+
+async def test_empty_message_is_422(api):
+    _error(await api.post("/api/agents/programmer-helper/chat", json={"message": "   "}), 422, "message")
+
+
+async def test_wrong_type_is_422(api):
+    _error(await api.post("/api/agents/programmer-helper/chat", json={"message": 42}), 422, "message")
+
+
+async def test_unknown_field_is_422(api):
+    body = _error(await api.post("/api/agents/programmer-helper/chat", json={"message": "hi", "mesage_id": "x"}), 422, "mesage_id")
+    assert "unknown field" in body["message"]
+
+
+async def test_unknown_agent_is_404(api):
+    _error(await api.post("/api/agents/no-such-agent/chat", json={"message": "hi"}), 404, "name")
+    _error(await api.get("/api/agents/no-such-agent"), 404, "name")
+
+
+@pytest.mark.parametrize("name", ["a.b", "*", ">", "a b", "x" * 65])
+async def test_subject_unsafe_agent_name_is_400(api, name):
+    resp = await api.post(f"/api/agents/{httpx.URL(path=name).path}/chat", json={"message": "hi"})
+    _error(resp, 400, "name")
+
+
+@pytest.mark.parametrize("run_id", ["a.b", "*", ">", "x" * 65])
+async def test_subject_unsafe_run_id_is_400(api, run_id):
+    _error(await api.get(f"/api/runs/{run_id}"), 400, "run_id")
+    _error(await api.get(f"/api/runs/{run_id}/events"), 400, "run_id")
+
+
+async def test_unknown_run_is_404(api):
+    _error(await api.get("/api/runs/0123456789abcdef0123456789abcdef"), 404, "run_id")
+    _error(await api.get("/api/runs/0123456789abcdef0123456789abcdef/events"), 404, "run_id")
+
+
+async def test_bad_last_event_id_is_400(api):
+    accepted = await submit(api, "programmer-helper", "hello")
+    resp = await api.get(f"/api/runs/{accepted['run_id']}/events", headers={"Last-Event-ID": "yesterday"})
+    _error(resp, 400, "Last-Event-ID")
+
+
+async def test_oversized_body_is_413(api):
+    resp = await api.post("/api/agents/programmer-helper/chat", json={"message": "x" * (2 * 1024 * 1024)})
+    _error(resp, 413, "body")
+
+
+async def test_oversized_message_id_is_422(api):
+    _error(await api.post("/api/agents/programmer-helper/chat", json={"message": "hi", "message_id": "m" * 201}), 422, "message_id")
+
+
+async def test_missing_and_unknown_keys_are_401(system):
+    async with httpx.AsyncClient(base_url=system.edge_url) as anon:
+        _error(await anon.post("/api/agents/programmer-helper/chat", json={"message": "hi"}), 401, "Authorization")
+        resp = await anon.get("/api/agents", headers={"Authorization": "Bearer not-a-key"})
+        _error(resp, 401, "Authorization")
+        assert resp.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_another_tenants_run_is_404(api, system):
+    accepted = await submit(api, "programmer-helper", "What is in pyproject.toml?")
+    await asyncio.wait_for(read_events(api, accepted["run_id"]), 30)
+    async with httpx.AsyncClient(base_url=system.edge_url, headers={"Authorization": f"Bearer {BOB_KEY}"}) as bob:
+        _error(await bob.get(f"/api/runs/{accepted['run_id']}"), 404, "run_id")
+        _error(await bob.get(f"/api/runs/{accepted['run_id']}/events"), 404, "run_id")
+        _error(await bob.post(f"/api/runs/{accepted['run_id']}/cancel"), 404, "run_id")
+        # bob may use only programmer-helper (keys file), and sees only that one
+        listing = (await bob.get("/api/agents")).json()
+        assert listing["agents"] == ["programmer-helper"]
+        _error(await bob.post("/api/agents/slow-talker/chat", json={"message": "hi"}), 404, "name")
+
+
+async def test_the_same_message_id_in_two_tenants_is_two_runs(api, system):
+    mine = await submit(api, "programmer-helper", "hi", message_id="shared-id")
+    async with httpx.AsyncClient(base_url=system.edge_url, headers={"Authorization": f"Bearer {BOB_KEY}"}) as bob:
+        theirs = await submit(bob, "programmer-helper", "hi", message_id="shared-id")
+    assert mine["run_id"] != theirs["run_id"]
+
+
+async def test_api_key_query_parameter_works_for_eventsource(system):
+    async with httpx.AsyncClient(base_url=system.edge_url, headers={"Authorization": f"Bearer {ALICE_KEY}"}) as api:
+        accepted = await submit(api, "programmer-helper", "hello")
+    async with httpx.AsyncClient(base_url=system.edge_url) as browserlike:
+        async with aconnect_sse(browserlike, "GET", f"/api/runs/{accepted['run_id']}/events?api_key={ALICE_KEY}") as src:
+            assert src.response.status_code == 200
+            first = await anext(src.aiter_sse())
+            assert first.event == "run.queued"
+
+
+async def test_agents_listing_and_detail(api):
+    listing = (await api.get("/api/agents")).json()
+    assert "programmer-helper" in listing["agents"]
+    assert listing["agentCount"] == len(listing["agents"])
+    assert listing["statuses"]["programmer-helper"] is True
+    detail = (await api.get("/api/agents/programmer-helper")).json()
+    assert detail["active"] is True
+    assert detail["actions"] == ["read_file", "list_dir", "http_request"]
+    assert detail["skills"] == ["go-analyzer", "code-review"]
+
+
+async def test_status_history_is_built_from_stored_events(api):
+    accepted = await submit(api, "programmer-helper", "What is in agents/web-reader.yaml?")
+    await asyncio.wait_for(read_events(api, accepted["run_id"]), 30)
+    status = (await api.get("/api/agents/programmer-helper/status")).json()
+    assert status["Name"] == "programmer-helper"
+    newest = status["runs"][0]
+    assert newest["run_id"] == accepted["run_id"]
+    assert newest["status"] == "completed"
+    assert newest["tool_calls"][0]["name"] == "read_file"
+    assert any("Action taken: read_file" in h and "web-reader.yaml" in h for h in status["History"])
+
+
+async def test_localai_agent_stream_shows_a_run_in_localai_terms(api, system):
+    received: list[tuple[str, dict | str]] = []
+
+    async def watch():
+        async with aconnect_sse(api, "GET", "/api/agents/programmer-helper/sse") as src:
+            assert src.response.status_code == 200
+            async for sse in src.aiter_sse():
+                if not sse.data:
+                    continue
+                try:
+                    payload = json.loads(sse.data)
+                except json.JSONDecodeError:
+                    payload = sse.data
+                received.append((sse.event, payload))
+                if sse.event == "json_message_status" and payload.get("status") == "completed" \
+                        and payload.get("run_id") == run["run_id"]:
+                    return
+
+    run = {}
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.3)  # the stream starts "now": connect before submitting
+    run.update(await submit(api, "programmer-helper", "How many lines does pyproject.toml have?"))
+    await asyncio.wait_for(watcher, 30)
+    mine = [(e, p) for e, p in received if not isinstance(p, dict) or p.get("run_id") in (None, run["run_id"])]
+    names = [e for e, _ in mine]
+    assert names[0] == "json_message"
+    assert mine[0][1]["sender"] == "user" and mine[0][1]["id"] == f"{run['message_id']}-user"
+    assert "stream_event" in names and "status" in names
+    tool_calls = [p for e, p in mine if e == "stream_event" and p["type"] == "tool_call"]
+    assert tool_calls and tool_calls[0]["tool_name"] == "read_file"
+    agent_msg = [p for e, p in mine if e == "json_message" and p["sender"] == "agent"]
+    assert agent_msg and agent_msg[0]["id"] == f"{run['message_id']}-agent"
+    assert names[-1] == "json_message_status"
+
+
+async def test_healthz_is_200_when_connected(api):
+    resp = await api.get("/healthz")
+    assert resp.status_code == 200
+    assert resp.json()["nats"] == "connected"
+
+
+async def test_unknown_route_and_method_are_json(api):
+    _error(await api.get("/api/nope"), 404, None)
+    _error(await api.delete("/api/agents"), 405, None)

@@ -1,0 +1,76 @@
+"""What ships around the code: compose.yaml and its Dockerfile, the Makefile, CI, the README."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+
+import yaml
+
+from agentstream.settings import documented
+from tests.harness import REPO
+
+
+def _compose() -> dict:
+    return yaml.safe_load((REPO / "compose.yaml").read_text())
+
+
+def _is_entry_point(command: list[str]) -> bool:
+    """``python -m <module>`` with a runnable module, or ``agentstream <component>``."""
+    if command[:2] == ["python", "-m"] and len(command) == 3:
+        module = command[2]
+        spec = importlib.util.find_spec(module)
+        if spec is None:
+            return False
+        return spec.submodule_search_locations is None or importlib.util.find_spec(f"{module}.__main__") is not None
+    if command and command[0] == "agentstream":
+        return len(command) == 2 and command[1] in ("up", "edge", "agent-runner", "tool-runner", "model")
+    return False
+
+
+def test_compose_services_run_real_entry_points():
+    services = _compose()["services"]
+    assert set(services) == {"nats", "edge", "agent-runner", "tool-runner"}
+    for name in ("edge", "agent-runner", "tool-runner"):
+        svc = services[name]
+        assert _is_entry_point(svc["command"]), f"{name}: {svc['command']} is not an entry point"
+        assert svc["environment"]["NATS_URL"] == "nats://nats:4222"
+        assert svc["build"] == "." and svc["image"] == services["edge"]["image"]  # one image
+    assert services["edge"]["command"][-1] == "edge"
+    assert services["agent-runner"]["command"][-1] == "agent_runner"
+    assert services["tool-runner"]["command"][-1] == "tool_runner"
+    assert not _is_entry_point(["python", "-m", "no_such_module"])
+
+
+def test_compose_nats_has_jetstream_and_a_volume():
+    compose = _compose()
+    nats = compose["services"]["nats"]
+    assert nats["image"].startswith("nats:")
+    assert "--jetstream" in nats["command"] or "-js" in nats["command"]
+    store = nats["command"][nats["command"].index("--store_dir") + 1]
+    assert any(v.split(":")[1] == store and v.split(":")[0] in compose["volumes"] for v in nats["volumes"])
+
+
+def test_scalable_services_can_be_scaled():
+    services = _compose()["services"]
+    for name in ("agent-runner", "tool-runner"):
+        assert "container_name" not in services[name]
+        assert "ports" not in services[name]  # fixed host ports would collide when scaled
+
+
+def test_dockerfile_copies_every_package():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for package in ("schemas", "agentstream", "edge", "agent_runner", "tool_runner", "agents"):
+        assert re.search(rf"^COPY {package} ", dockerfile, re.M), package
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    assert "make run" in readme and "make test" in readme
+    assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = (REPO / "README.md").read_text()
+    for env, _default, _help in documented():
+        assert f"`{env}`" in readme, f"{env} is not documented in README.md"

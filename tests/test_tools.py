@@ -1,0 +1,208 @@
+"""The tools themselves, on a real filesystem and against real HTTP servers on loopback."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agentstream.settings import Settings
+from schemas.tools import HttpRequestArgs, ListDirArgs, ReadFileArgs
+from tool_runner.errors import ToolError
+from tool_runner.netguard import refusal_reason
+from tool_runner.tools import ToolContext
+from tool_runner.tools.files import list_dir, read_file
+from tool_runner.tools.http import http_request
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "main.go").write_text("package main\n\nfunc main() {}\n")
+    (tmp_path / "notes.txt").write_text("one\ntwo\nthree\nfour\nfive")  # no final newline
+    (tmp_path / "blob.bin").write_bytes(b"\x00\x01\x02binary")
+    (tmp_path / "big.txt").write_text("x" * 5000 + "\n" + "y" * 10 + "\n")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("top secret\n")
+    os.symlink(outside / "secret.txt", tmp_path / "leak.txt")
+    os.symlink(outside, tmp_path / "leakdir")
+    os.symlink(tmp_path / "notes.txt", tmp_path / "inside-link.txt")
+    return tmp_path.resolve()
+
+
+def ctx_for(root: Path, **settings) -> ToolContext:
+    return ToolContext(settings=Settings.from_env({}, **settings), root=root, http=httpx.AsyncClient(trust_env=False))
+
+
+async def test_read_file_returns_content_and_real_line_count(root):
+    out = await read_file(ReadFileArgs(path="src/main.go"), ctx_for(root))
+    assert out["content"] == "package main\n\nfunc main() {}\n"
+    assert out["total_lines"] == 3 and out["size"] == (root / "src" / "main.go").stat().st_size and out["truncated"] is False
+    notes = await read_file(ReadFileArgs(path="notes.txt"), ctx_for(root))
+    assert notes["total_lines"] == 5
+
+
+async def test_read_file_line_range(root):
+    out = await read_file(ReadFileArgs(path="notes.txt", start_line=2, end_line=3), ctx_for(root))
+    assert out["content"] == "two\nthree\n"
+    assert (out["start_line"], out["end_line"], out["total_lines"]) == (2, 3, 5)
+    with pytest.raises(ToolError) as err:
+        await read_file(ReadFileArgs(path="notes.txt", start_line=9), ctx_for(root))
+    assert err.value.type == "invalid_range"
+
+
+async def test_read_file_size_cap_truncates_but_counts_all_lines(root):
+    out = await read_file(ReadFileArgs(path="big.txt"), ctx_for(root, tool_read_max_bytes=100))
+    assert out["truncated"] is True and len(out["content"]) == 100
+    assert out["total_lines"] == 2
+
+
+@pytest.mark.parametrize("path,kind", [
+    ("../outside/secret.txt", "invalid_path"),
+    ("src/../../etc/passwd", "invalid_path"),
+    ("/etc/passwd", "invalid_path"),
+    ("~/.ssh/id_rsa", "invalid_path"),
+    ("", "invalid_path"),
+    ("leak.txt", "outside_root"),
+    ("leakdir/secret.txt", "outside_root"),
+    ("missing.txt", "not_found"),
+    ("blob.bin", "binary_file"),
+    ("src", "not_a_file"),
+])
+async def test_read_file_refusals(root, path, kind):
+    with pytest.raises(ToolError) as err:
+        await read_file(ReadFileArgs(path=path), ctx_for(root))
+    assert err.value.type == kind
+
+
+async def test_a_symlink_inside_the_root_is_followed(root):
+    out = await read_file(ReadFileArgs(path="inside-link.txt"), ctx_for(root))
+    assert out["total_lines"] == 5 and out["path"] == "notes.txt"
+
+
+async def test_list_dir_lists_without_following_symlinks(root):
+    out = await list_dir(ListDirArgs(path="."), ctx_for(root))
+    entries = {e["name"]: e for e in out["entries"]}
+    assert entries["src"]["type"] == "dir"
+    assert entries["notes.txt"] == {"name": "notes.txt", "type": "file", "size": 23}
+    assert entries["leakdir"]["type"] == "symlink"
+    assert [e["name"] for e in out["entries"]] == sorted(entries)
+    with pytest.raises(ToolError) as err:
+        await list_dir(ListDirArgs(path="leakdir"), ctx_for(root))
+    assert err.value.type == "outside_root"
+    capped = await list_dir(ListDirArgs(path="."), ctx_for(root, tool_list_max_entries=2))
+    assert len(capped["entries"]) == 2 and capped["truncated"] is True
+
+
+# -- http_request against real local servers
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_GET(self):  # noqa: N802
+        if self.path == "/ok":
+            body = b"<html><title>hello</title>ok</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path == "/big":
+            body = b"z" * 100_000
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path.startswith("/redirect?to="):
+            self.send_response(302)
+            self.send_header("Location", self.path.split("=", 1)[1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/slow":
+            time.sleep(2)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+
+@pytest.fixture
+def web():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+async def test_http_request_refuses_loopback_by_default(web, root):
+    with pytest.raises(ToolError) as err:
+        await http_request(HttpRequestArgs(url=f"{web}/ok"), ctx_for(root))
+    assert err.value.type == "address_refused"
+    assert "loopback" in err.value.message
+
+
+async def test_http_request_refuses_names_that_resolve_to_loopback(web, root):
+    port = web.rsplit(":", 1)[1]
+    with pytest.raises(ToolError) as err:
+        await http_request(HttpRequestArgs(url=f"http://localhost:{port}/ok"), ctx_for(root))
+    assert err.value.type == "address_refused"
+
+
+async def test_http_request_refuses_a_redirect_to_a_private_address(web, root):
+    port = web.rsplit(":", 1)[1]
+    ctx = ctx_for(root, tool_http_allow_hosts=f"127.0.0.1:{port}")  # the first hop is allowed...
+    ok = await http_request(HttpRequestArgs(url=f"{web}/ok"), ctx)
+    assert ok["status"] == 200
+    with pytest.raises(ToolError) as err:  # ...but not where it redirects to
+        await http_request(HttpRequestArgs(url=f"{web}/redirect?to=http://localhost:{port}/ok"), ctx)
+    assert err.value.type == "address_refused"
+
+
+async def test_http_request_when_the_operator_allows_private_addresses(web, root):
+    ctx = ctx_for(root, tool_http_allow_private=True)
+    out = await http_request(HttpRequestArgs(url=f"{web}/redirect?to=/ok"), ctx)
+    assert out["status"] == 200 and "hello" in out["body"]
+    assert out["url"].endswith("/ok") and out["redirects"] == [f"{web}/redirect?to=/ok"]
+    assert out["headers"]["content-type"].startswith("text/html")
+
+
+async def test_http_request_caps_the_body(web, root):
+    out = await http_request(HttpRequestArgs(url=f"{web}/big"), ctx_for(root, tool_http_allow_private=True, tool_http_max_bytes=1000))
+    assert out["bytes"] == 1000 and out["truncated"] is True
+
+
+async def test_http_request_times_out(web, root):
+    ctx = ctx_for(root, tool_http_allow_private=True)
+    started = time.monotonic()
+    with pytest.raises(ToolError) as err:
+        await http_request(HttpRequestArgs(url=f"{web}/slow", timeout=0.3), ctx)
+    assert err.value.type == "timeout"
+    assert time.monotonic() - started < 1.5
+
+
+async def test_http_request_rejects_other_schemes(root):
+    with pytest.raises(ToolError) as err:
+        await http_request(HttpRequestArgs(url="file:///etc/passwd"), ctx_for(root))
+    assert err.value.type == "invalid_url"
+
+
+@pytest.mark.parametrize("address,reason", [
+    ("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.1.2.3", "private"), ("192.168.0.1", "private"),
+    ("172.16.5.4", "private"), ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
+    ("::ffff:127.0.0.1", "loopback"), ("100.64.1.1", "shared (CGNAT)"), ("0.0.0.0", "unspecified"),
+    ("224.0.0.1", "multicast"), ("fd00::1", "private"), ("93.184.216.34", None), ("2606:4700::1111", None),
+])
+def test_address_policy(address, reason):
+    assert refusal_reason(address) == reason
