@@ -50,6 +50,10 @@ class Settings:
     )
     sse_heartbeat: float = _setting("SSE_HEARTBEAT", 15.0, "Seconds between SSE comment heartbeats.")
     edge_max_body: int = _setting("EDGE_MAX_BODY", 1024 * 1024, "Largest request body the edge accepts (bytes); larger is a 413.")
+    edge_cors_origins: str = _setting(
+        "EDGE_CORS_ORIGINS", "",
+        "Comma-separated origins (https://app.example) whose browser pages may call the API, or `*`. Unset: same-origin only.",
+    )
     edge_watch_buffer: int = _setting(
         "EDGE_WATCH_BUFFER", 256,
         "Events buffered per SSE client before the edge stops buffering and re-reads from the stream.",

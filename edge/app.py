@@ -14,6 +14,7 @@ import orjson
 from nats.aio.client import Client as NATS
 from pydantic import Field, ValidationError
 from quart import Quart, Response, request
+from quart_cors import cors
 from werkzeug.exceptions import HTTPException
 
 from agentstream import eventlog, sse
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 200_000
 MAX_EVENT_ID = 2**63 - 1
+SIMPLE_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
+"""Content types a browser sends cross-origin without a CORS preflight (Fetch standard)."""
 
 
 class ChatBody(Strict):
@@ -83,6 +86,16 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
         catalog=catalog or load_agents(settings.agents_dir),
     )
     app.extensions["agentstream"] = state
+    origins = [o.strip() for o in settings.edge_cors_origins.split(",") if o.strip()]
+    if origins:
+        cors(
+            app,
+            allow_origin="*" if "*" in origins else origins,
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            allow_methods=["GET", "POST", "OPTIONS"],
+            expose_headers=["X-Run-Id"],
+            max_age=600,
+        )
     background: list[asyncio.Task] = []
 
     @app.before_serving
@@ -139,6 +152,11 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
             raise ApiError(400, "invalid_name", f"{run_id[:80]!r} is not a valid run id", "run_id")
 
     async def json_body(model, *, optional: bool = False):
+        if request.mimetype in SIMPLE_CONTENT_TYPES:
+            # A browser may send these cross-site without asking (no CORS preflight): refusing
+            # them keeps other web pages from starting runs on a local edge.
+            raise ApiError(415, "unsupported_media_type", "send the body as JSON with 'Content-Type: application/json'",
+                           "Content-Type")
         raw = await request.get_data()
         if not raw.strip():
             if optional:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import json
 import threading
 import time
 
@@ -141,3 +142,62 @@ def test_every_component_exits_0_on_sigterm(fresh):
         started = time.monotonic()
         assert proc.terminate(timeout=15) == 0, proc.tail()
         assert time.monotonic() - started < 10
+
+
+async def test_heartbeats_flow_while_the_model_is_silent(fresh):
+    sysm = fresh()
+    sysm.start_model()
+    sysm.start_agent_runner()
+    sysm.start_edge(SSE_HEARTBEAT="0.3")
+    async with httpx.AsyncClient(base_url=sysm.edge_url, timeout=30) as client:
+        accepted = await submit(client, "slow-starter", "hello")
+        raw = b""
+        async with client.stream("GET", f"/api/runs/{accepted['run_id']}/events") as resp:
+            async for chunk in resp.aiter_bytes():
+                raw += chunk
+    before_answer = raw.split(b"event: message.delta")[0]
+    assert before_answer.count(b": ping\n\n") >= 2, raw[:500]
+    assert raw.endswith(b"\n\n") and b"event: run.completed" in raw
+
+
+async def test_no_tool_runner_the_tool_error_reaches_the_model_and_the_run_ends(fresh):
+    sysm = fresh()
+    sysm.start_model()
+    sysm.start_agent_runner()
+    sysm.start_edge()
+    async with httpx.AsyncClient(base_url=sysm.edge_url) as client:
+        accepted = await submit(client, "impatient-fetcher", "fetch https://example.com/")
+        started = time.monotonic()
+        events = await asyncio.wait_for(read_events(client, accepted["run_id"]), 30)
+    result = next(e["data"]["data"] for e in events if e["event"] == "tool.result")
+    assert result["ok"] is False and result["error"]["type"] == "tool_unavailable"
+    assert result["attempts"] > 1  # retried while there was budget
+    assert time.monotonic() - started < 10
+    assert events[-1]["event"] == "run.completed"
+    answer = next(e["data"]["data"]["text"] for e in events if e["event"] == "message.completed")
+    assert "tool_unavailable" in answer
+
+
+async def test_agent_with_its_own_llm_block_uses_that_server_and_key(fresh):
+    sysm = fresh()
+    sysm.start_model()  # the default model server (LLM_BASE_URL)
+    other = sysm._proc("other-model", "agentstream.builtin_model", "builtin-model ready: ",
+                       BUILTIN_MODEL_BIND=f"127.0.0.1:{free_port()}")
+    (sysm.base / "agents" / "own-llm.yaml").write_text(
+        "name: own-llm\n"
+        "model: builtin\n"
+        f"llm: {{base_url: '{other.ready_value}', api_key_env: OWN_LLM_KEY}}\n"
+    )
+    sysm.start_agent_runner(OWN_LLM_KEY="sk-own-secret")
+    sysm.start_edge()
+    async with httpx.AsyncClient(base_url=sysm.edge_url) as client:
+        accepted = await submit(client, "own-llm", "hello own server")
+        events = await asyncio.wait_for(read_events(client, accepted["run_id"]), 30)
+        assert events[-1]["event"] == "run.completed"
+        seen_default = (await client.get(sysm.model_url.removesuffix("/v1") + "/debug/requests")).json()
+        seen_other = (await client.get(other.ready_value.removesuffix("/v1") + "/debug/requests")).json()
+    import hashlib
+
+    assert not any("hello own server" in json.dumps(r["messages"]) for r in seen_default["requests"])
+    mine = [r for r in seen_other["requests"] if "hello own server" in json.dumps(r["messages"])]
+    assert mine and mine[0]["auth_sha256"] == hashlib.sha256(b"Bearer sk-own-secret").hexdigest()[:16]

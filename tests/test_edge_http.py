@@ -192,3 +192,31 @@ async def test_healthz_is_200_when_connected(api):
 async def test_unknown_route_and_method_are_json(api):
     _error(await api.get("/api/nope"), 404, None)
     _error(await api.delete("/api/agents"), 405, None)
+
+
+async def test_form_and_text_bodies_are_refused_415(api):
+    for ctype in ("text/plain", "application/x-www-form-urlencoded"):
+        resp = await api.post("/api/agents/programmer-helper/chat", content=b'{"message": "hi"}', headers={"Content-Type": ctype})
+        _error(resp, 415, "Content-Type")
+
+
+async def test_no_cors_headers_by_default(api):
+    resp = await api.get("/api/agents", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in resp.headers
+
+
+async def test_cors_for_configured_origins(system):
+    edge = system.start_edge(EDGE_CORS_ORIGINS="https://app.example")
+    url = edge.ready_value
+    async with httpx.AsyncClient(base_url=url) as browser:
+        pre = await browser.options("/api/agents/programmer-helper/chat", headers={
+            "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert pre.status_code == 200
+        assert pre.headers["access-control-allow-origin"] == "https://app.example"
+        assert "POST" in pre.headers["access-control-allow-methods"]
+        assert "authorization" in pre.headers["access-control-allow-headers"].lower()
+        other = await browser.get("/api/agents", headers={"Origin": "https://evil.example",
+                                                           "Authorization": f"Bearer {ALICE_KEY}"})
+        assert "access-control-allow-origin" not in other.headers
+    edge.terminate()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
+import sys
 
 import yaml
 
@@ -74,3 +76,7 @@ def test_every_setting_is_documented_in_the_readme():
     readme = (REPO / "README.md").read_text()
     for env, _default, _help in documented():
         assert f"`{env}`" in readme, f"{env} is not documented in README.md"
+    table = readme.split("<!-- settings:start", 1)[1].split("-->", 1)[1].split("<!-- settings:end -->", 1)[0].strip()
+    generated = subprocess.run([sys.executable, "-m", "agentstream", "config", "--markdown"],
+                               capture_output=True, text=True, cwd=REPO, check=True).stdout.strip()
+    assert table == generated, "README settings table is stale: paste `agentstream config --markdown`"

@@ -140,3 +140,25 @@ async def test_cancel_stops_a_running_run(api):
     again = await api.post(f"/api/runs/{run_id}/cancel")
     assert again.status_code == 409
     assert again.json()["error"]["run_status"] == "cancelled"
+
+
+async def test_fast_model_deltas_are_coalesced(api):
+    accepted = await submit(api, "fast-talker", "go")
+    events = await asyncio.wait_for(read_events(api, accepted["run_id"]), 30)
+    deltas = [e for e in events if e["event"] == "message.delta"]
+    answer = next(e["data"]["data"]["text"] for e in events if e["event"] == "message.completed")
+    assert len(answer.split()) == 400
+    assert "".join(d["data"]["data"]["text"] for d in deltas) == answer
+    assert len(deltas) < 400 / 4, f"{len(deltas)} delta events for 400 tokens"
+
+
+async def test_skill_is_loaded_on_request(api):
+    accepted = await submit(api, "programmer-helper", "Use your go-analyzer skill on this project")
+    events = await asyncio.wait_for(read_events(api, accepted["run_id"]), 30)
+    call = next(e["data"]["data"] for e in events if e["event"] == "tool.call")
+    assert call["name"] == "load_skill" and '"go-analyzer"' in call["arguments"]
+    result = next(e["data"]["data"] for e in events if e["event"] == "tool.result")
+    assert result["ok"] is True and result["output"]["text"] == repo_file("agents/skills/go-analyzer.md")
+    assert result["runner"] is None  # load_skill runs inside the agent runner
+    answer = next(e["data"]["data"]["text"] for e in events if e["event"] == "message.completed")
+    assert "Analyse Go code" in answer

@@ -9,6 +9,7 @@ open now). What it answers is decided by :mod:`agentstream.builtin_model.policy`
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import logging
@@ -69,8 +70,11 @@ def create_app(settings: Settings) -> Quart:
             opts = Options.from_model(model)
         except ValueError as err:
             return error(400, str(err), param="model")
+        auth = request.headers.get("Authorization")
         record = {
             "n": next(counter),
+            # Never the key itself: a digest, so tests can tell which key was sent.
+            "auth_sha256": hashlib.sha256(auth.encode()).hexdigest()[:16] if auth else None,
             "t": time.time(),
             "model": model,
             "stream": bool(body.get("stream")),
