@@ -80,10 +80,16 @@ def tool_definitions(agent: AgentDefinition, skills: list[Skill]) -> list[dict[s
     return defs
 
 
+REQUEST_ONLY_PARAMETERS = frozenset({"tool_choice"})
+"""Set by a run request (an OpenAI client), never by an agent file; applies to the first step only."""
+
+
 def llm_parameters(agent: AgentDefinition, request: RunRequest) -> dict[str, Any]:
-    """The agent's parameters with the run's overrides on top; reserved fields dropped."""
+    """The agent's parameters with the run's overrides on top; fields the runner owns dropped
+    (a run may set ``tool_choice``, for its first step)."""
     merged = {**agent.parameters, **request.parameters}
-    return {k: v for k, v in merged.items() if k not in RESERVED_PARAMETERS}
+    return {k: v for k, v in merged.items() if k not in RESERVED_PARAMETERS or k in REQUEST_ONLY_PARAMETERS
+            and k in request.parameters}
 
 
 async def run_agent(ctx: RunContext) -> E.MessageCompletedData:
@@ -106,7 +112,13 @@ async def run_agent(ctx: RunContext) -> E.MessageCompletedData:
         async def on_text(text: str, _step: int = step) -> None:
             await writer.delta(_step, text)
 
-        result = await ctx.llm.chat(ctx.endpoint, messages, tools=offered or None, parameters=parameters, on_text=on_text)
+        step_parameters = parameters if step == 1 else {
+            k: v for k, v in parameters.items() if k not in REQUEST_ONLY_PARAMETERS
+        }
+        if not offered:
+            step_parameters = {k: v for k, v in step_parameters.items() if k != "tool_choice"}
+        result = await ctx.llm.chat(ctx.endpoint, messages, tools=offered or None, parameters=step_parameters,
+                                    on_text=on_text)
         ctx.usage = ctx.usage + result.usage
         await writer.flush()
 

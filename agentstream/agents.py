@@ -55,6 +55,8 @@ class AgentCatalog:
     agents: dict[str, AgentDefinition] = field(default_factory=dict)
     skills: dict[str, Skill] = field(default_factory=dict)
     errors: list[AgentFileError] = field(default_factory=list)
+    created: dict[str, int] = field(default_factory=dict)
+    """Agent name -> its file's modification time (Unix seconds), e.g. for ``/v1/models``."""
 
     def get(self, name: str) -> AgentDefinition | None:
         """The agent called ``name``, or None."""
@@ -139,6 +141,7 @@ def load_agents(directory: Path) -> AgentCatalog:
                 errors.append(AgentFileError(rel, "name", f"agent {agent.name!r} is already defined by another file"))
             else:
                 catalog.agents[agent.name] = agent
+                catalog.created[agent.name] = int(path.stat().st_mtime)
         catalog.errors.extend(errors)
     return catalog
 

@@ -59,8 +59,12 @@ async def serve_app(
     *,
     graceful_timeout: float = 5.0,
     on_ready: Callable[[str], Awaitable[None] | None] | None = None,
+    on_stop: Callable[[], None] | None = None,
 ) -> None:
-    """Serve ``app`` on ``sock`` until ``stop`` is set, then shut down gracefully."""
+    """Serve ``app`` on ``sock`` until ``stop`` is set, then shut down gracefully.
+
+    ``on_stop`` runs as soon as ``stop`` is set, before Hypercorn waits for open requests.
+    """
     config = Config()
     config.bind = [f"fd://{sock.fileno()}"]
     config.accesslog = None
@@ -72,4 +76,9 @@ async def serve_app(
         result = on_ready(url_of(sock))
         if asyncio.iscoroutine(result):
             await result
-    await serve(app, config, shutdown_trigger=stop.wait)
+    async def trigger() -> None:
+        await stop.wait()
+        if on_stop is not None:
+            on_stop()
+
+    await serve(app, config, shutdown_trigger=trigger)

@@ -38,13 +38,14 @@ HEARTBEAT = object()
 class Watcher:
     """A bounded mailbox of live events for one feed."""
 
-    __slots__ = ("key", "limit", "events", "overflowed", "ready")
+    __slots__ = ("key", "limit", "events", "overflowed", "closed", "ready")
 
     def __init__(self, key: tuple[str, str, str], limit: int):
         self.key = key
         self.limit = limit
         self.events: deque[StoredEvent] = deque()
         self.overflowed = False
+        self.closed = False
         self.ready = asyncio.Event()
 
     def offer(self, event: StoredEvent) -> None:
@@ -60,6 +61,11 @@ class Watcher:
         """Ask the feed to re-read from the stream (after a reconnect)."""
         self.overflowed = True
         self.events.clear()
+        self.ready.set()
+
+    def close(self) -> None:
+        """End the feed (the edge is shutting down; the client will resume elsewhere)."""
+        self.closed = True
         self.ready.set()
 
     def take(self) -> tuple[list[StoredEvent], bool]:
@@ -79,6 +85,7 @@ class LiveHub:
         self.nc = nc
         self._watchers: dict[tuple[str, str, str], set[Watcher]] = {}
         self._sub = None
+        self._closing = False
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(subjects.LIVE_RUN_EVENTS_ALL, cb=self._on_msg)
@@ -97,6 +104,8 @@ class LiveHub:
 
     def register(self, key: tuple[str, str, str], limit: int) -> Watcher:
         watcher = Watcher(key, limit)
+        if self._closing:
+            watcher.close()
         self._watchers.setdefault(key, set()).add(watcher)
         return watcher
 
@@ -106,6 +115,13 @@ class LiveHub:
             group.discard(watcher)
             if not group:
                 del self._watchers[watcher.key]
+
+    def close_all(self) -> None:
+        """End every feed now (shutdown): clients reconnect with ``Last-Event-ID``."""
+        self._closing = True
+        for group in self._watchers.values():
+            for watcher in group:
+                watcher.close()
 
     def resync_all(self) -> None:
         """After a NATS reconnect: every feed re-reads what it may have missed."""
@@ -160,6 +176,8 @@ class EventFeed:
     async def __aiter__(self) -> AsyncIterator[StoredEvent | object]:
         watcher = self.hub.register(self.key, self.buffer)
         try:
+            if watcher.closed:
+                return
             async for ev in self._stored():
                 yield ev
                 if self._ends(ev):
@@ -168,6 +186,8 @@ class EventFeed:
                 try:
                     await asyncio.wait_for(watcher.ready.wait(), timeout=self.heartbeat)
                 except TimeoutError:
+                    if watcher.closed:
+                        return
                     yield HEARTBEAT
                     # A cheap check that nothing was missed (e.g. while NATS reconnected).
                     async for ev in self._stored():
@@ -175,6 +195,8 @@ class EventFeed:
                         if self._ends(ev):
                             return
                     continue
+                if watcher.closed:
+                    return
                 events, must_reread = watcher.take()
                 if must_reread:
                     async for ev in self._stored():

@@ -26,4 +26,5 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     def ready(url: str) -> None:
         print(f"edge ready: {url}", flush=True)
 
-    await serve_app(app, sock, stop, on_ready=ready, graceful_timeout=min(settings.shutdown_grace, 10.0))
+    await serve_app(app, sock, stop, on_ready=ready, graceful_timeout=min(settings.shutdown_grace, 10.0),
+                    on_stop=app.extensions["agentstream"].begin_shutdown)

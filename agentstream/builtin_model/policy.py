@@ -43,6 +43,7 @@ class Options:
     - ``fail_first``: answer the first N requests naming this exact model with HTTP 500, then
       normally (a flaky server, for retry tests)
     - ``no_stream``: answer with one JSON body even when streaming was asked (some servers do)
+    - ``echo``: answer with the user's message, verbatim (newlines, emoji and all)
     - ``hang``: never answer (1)
     - ``tag``: ignored; tells requests apart in ``/debug/requests``
     """
@@ -54,6 +55,7 @@ class Options:
     fail_after: int | None = None
     fail_first: int = 0
     no_stream: bool = False
+    echo: bool = False
     hang: bool = False
 
     @classmethod
@@ -71,7 +73,7 @@ class Options:
                 setattr(opts, key, int(value))
             elif key == "tag":
                 pass
-            elif key in ("hang", "no_stream"):
+            elif key in ("hang", "no_stream", "echo"):
                 setattr(opts, key, value not in ("0", "false", ""))
             else:
                 raise ValueError(f"unknown built-in model option {key!r}")
@@ -118,6 +120,8 @@ def decide(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, o
     if last.get("role") == "tool":
         return Reply(text=_answer_from_tool_results(messages))
     question = _text_of(last.get("content"))
+    if opts.echo:
+        return Reply(text=question)
     if opts.tokens is not None:
         return Reply(text=_words(opts.tokens))
     plan = _plan_tool_call(question, offered)

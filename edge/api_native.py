@@ -1,0 +1,197 @@
+"""The native API (``/api/...``) and its LocalAI-compatible views, plus ``/healthz``."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from pydantic import Field
+from quart import Blueprint, Response
+
+from agentstream import eventlog, sse
+from agentstream.runs import SubmitError, submit
+from agentstream.runstate import RunRecord, fold
+from edge.dialects import localai
+from edge.errors import ApiError
+from edge.feed import HEARTBEAT
+from edge.history import recent_runs
+from edge.http import (
+    agent_for, agent_feed, check_run_id, int_arg, json_body, json_response, last_event_id, request_cancel,
+    run_events, run_feed, sse_response, state, tenant,
+)
+from schemas import subjects
+from schemas.agents import AgentDefinition
+from schemas.common import MessageId, Strict
+from schemas.events import is_terminal
+from schemas.runs import RunRequest, new_run_id, run_id_for
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 200_000
+
+bp = Blueprint("native", __name__)
+
+
+class ChatBody(Strict):
+    """``POST /api/agents/{name}/chat`` body (LocalAI-compatible, plus idempotency)."""
+
+    message: str = Field(max_length=MAX_MESSAGE_CHARS)
+    message_id: MessageId | None = None
+    conversation_id: str | None = Field(default=None, max_length=200)
+
+
+class CancelBody(Strict):
+    """``POST /api/runs/{run_id}/cancel`` body (optional)."""
+
+    reason: str = Field(default="cancelled by request", max_length=500)
+
+
+@bp.get("/healthz")
+async def healthz():
+    st = state()
+    if not st.healthy:
+        return json_response({"status": "starting", "nats": "disconnected"}, 503)
+    return json_response({"status": "ok", "nats": "connected", "watchers": st.hub.watchers if st.hub else 0})
+
+
+# -- agents
+
+@bp.get("/api/agents")
+async def list_agents():
+    t = tenant()
+    catalog = state().catalog
+    agents = [a for name, a in sorted(catalog.agents.items()) if t.may_use(name)]
+    return json_response({
+        "agents": [a.name for a in agents],
+        "agentCount": len(agents),
+        "actions": len({x for a in agents for x in a.actions}),
+        "connectors": 0,
+        "statuses": {a.name: True for a in agents},
+        "items": [_agent_summary(a) for a in agents],
+        "errors": [e.as_dict() for e in catalog.errors],
+    })
+
+
+@bp.get("/api/agents/<name>")
+async def get_agent(name: str):
+    agent = agent_for(tenant(), name)
+    return json_response({"active": True, **agent.public_view()})
+
+
+@bp.post("/api/agents/<name>/chat")
+async def chat(name: str):
+    t = tenant()
+    agent = agent_for(t, name)
+    body = await json_body(ChatBody)
+    if not body.message.strip():
+        raise ApiError(422, "invalid_request", "'message' must not be empty", "message")
+    if body.message_id is not None:
+        run_id, message_id = run_id_for(t.name, agent.name, body.message_id), body.message_id
+    else:
+        run_id = message_id = new_run_id()
+    req = RunRequest(run_id=run_id, message_id=message_id, message=body.message.strip(),
+                     conversation_id=body.conversation_id)
+    try:
+        submitted = await submit(state().bus(), t.name, agent.name, req)
+    except SubmitError as err:
+        log.error("submit failed: %s", err)
+        raise ApiError(503, "unavailable", "the run could not be stored; retry with the same message_id") from None
+    return json_response({
+        "status": "message_received",
+        "message_id": message_id,
+        "run_id": submitted.run_id,
+        "duplicate": submitted.duplicate,
+        "events_url": f"/api/runs/{submitted.run_id}/events",
+    }, 202)
+
+
+@bp.get("/api/agents/<name>/status")
+async def agent_status(name: str):
+    t = tenant()
+    agent = agent_for(t, name)
+    records = await recent_runs(state().bus(), t.name, agent.name, limit=int_arg("limit", 20, 1, 200))
+    return json_response({
+        "Name": agent.name,
+        "History": localai.status_history(records),
+        "runs": [_run_summary(r) for r in records],
+    })
+
+
+@bp.get("/api/agents/<name>/sse")
+async def agent_sse(name: str):
+    t = tenant()
+    agent = agent_for(t, name)
+    after = last_event_id()
+    if not after:  # start "now", like LocalAI's stream
+        latest = await eventlog.last_event(state().bus(), subjects.run_events_of_agent(t.name, agent.name))
+        after = latest.seq if latest else 0
+    feed = agent_feed(t.name, agent.name, after)
+
+    async def body():
+        yield sse.comment("agentstream: LocalAI agent stream")
+        async for item in feed:
+            if item is HEARTBEAT:
+                yield sse.PING
+                continue
+            frames = localai.render(item.json())
+            for i, (event, payload) in enumerate(frames):
+                data = payload if isinstance(payload, str) else orjson.dumps(payload)
+                yield sse.frame(data, event=event, id=item.seq if i == len(frames) - 1 else None)
+
+    return sse_response(body())
+
+
+# -- runs
+
+@bp.get("/api/runs/<run_id>")
+async def get_run(run_id: str):
+    record = fold(await run_events(tenant(), run_id))
+    return json_response({**record.as_dict(), "events_url": f"/api/runs/{run_id}/events"})
+
+
+@bp.get("/api/runs/<run_id>/events")
+async def run_sse(run_id: str):
+    t = tenant()
+    check_run_id(run_id)
+    after = last_event_id()
+    latest = await eventlog.last_event(state().bus(), subjects.run_events_of_run(t.name, run_id))
+    if latest is None:
+        raise ApiError(404, "not_found", f"no run {run_id!r}", "run_id")
+    if after and after >= latest.seq and is_terminal(latest.type):
+        # Nothing left and nothing will come: 204 tells EventSource to stop reconnecting.
+        return Response(b"", status=204)
+    feed = run_feed(t.name, run_id, latest.subject, after)
+
+    async def body():
+        async for item in feed:
+            yield sse.PING if item is HEARTBEAT else sse.frame(item.data, event=item.type, id=item.seq)
+
+    return sse_response(body())
+
+
+@bp.post("/api/runs/<run_id>/cancel")
+async def cancel_run(run_id: str):
+    t = tenant()
+    body = await json_body(CancelBody, optional=True)
+    record = fold(await run_events(t, run_id))
+    if record.finished:
+        raise ApiError(409, "conflict", f"run {run_id} already ended: {record.status}", "run_id", run_status=record.status)
+    await request_cancel(state(), t.name, run_id, body.reason)
+    return json_response({"status": "cancelling", "run_id": run_id, "events_url": f"/api/runs/{run_id}/events"}, 202)
+
+
+def _agent_summary(agent: AgentDefinition) -> dict:
+    return {
+        "name": agent.name, "description": agent.description, "model": agent.model,
+        "actions": agent.actions, "skills": agent.skills, "max_steps": agent.max_steps,
+    }
+
+
+def _run_summary(record: RunRecord) -> dict:
+    return {
+        "run_id": record.run_id, "message_id": record.message_id, "status": record.status,
+        "message": record.message, "answer": record.answer, "created_at": record.created_at,
+        "finished_at": record.finished_at, "attempts": record.attempts, "steps": record.steps,
+        "tool_calls": [{"name": c.name, "arguments": c.arguments, "ok": c.ok} for c in record.tool_calls],
+        "error": record.error,
+    }

@@ -1,0 +1,360 @@
+"""The OpenAI-compatible API: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``.
+
+``model`` names one of the caller's agents; the messages become a run of that agent through the
+bus, exactly as the native API does, and the response is a view of the run's events
+(edge.dialects.openai). The run id is in the ``X-Run-Id`` response header, so the agent's own
+work (its tool calls) can be watched on ``/api/runs/{run_id}/events``.
+
+Checklist: ``openai-streaming.md``. Deliberate choices where it leaves room:
+- ``n`` > 1 is refused (400, ``param: "n"``): an agent run produces one answer (I4).
+- The legacy ``functions`` parameter is refused (400): use ``tools``.
+- ``tool_choice``: ``"none"`` hides the client's tools; ``"required"`` or a named function
+  applies to the agent's first model call (where a client tool call ends the run).
+- ``max_tokens`` has no default (OpenAI's legacy completions default of 16 would cut agent answers).
+- A client that disconnects cancels its run (A10); so does an edge shutting down mid-stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from quart import Blueprint, Response
+
+from agentstream import openai_format as oai
+from agentstream import sse
+from agentstream.runs import SubmitError, submit
+from edge.dialects.openai import ChatStream, Collected, TextCompletionStream, collect, text_completion
+from edge.errors import ApiError, from_validation
+from edge.feed import HEARTBEAT
+from edge.state import EdgeState
+from edge.http import agent_for, json_object, json_response, request_cancel, run_feed, sse_response, state, tenant
+from schemas import events as E
+from schemas import subjects
+from schemas.agents import AgentDefinition
+from schemas.common import ChatMessage, FunctionTool
+from schemas.runs import RunRequest, new_run_id
+from schemas.tools import BUILTIN_AGENT_TOOLS
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("openai", __name__, url_prefix="/v1")
+
+PASS_THROUGH = frozenset({
+    "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "presence_penalty",
+    "frequency_penalty", "logit_bias", "response_format", "parallel_tool_calls", "user", "top_k", "min_p",
+    "repetition_penalty", "reasoning_effort",
+})
+"""Request fields passed on to the agent's model; other unknown fields are accepted and ignored."""
+
+_FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_background: set[asyncio.Task] = set()
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(_Lenient):
+    """``stream_options`` (F1): accepted on both endpoints."""
+
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+
+class ChatCompletionBody(_Lenient):
+    """The fields of ``POST /v1/chat/completions`` agentstream reads."""
+
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=None, ge=1)
+    tools: list[FunctionTool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    functions: list[Any] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+class CompletionBody(_Lenient):
+    """The fields of ``POST /v1/completions`` agentstream reads."""
+
+    model: str = Field(min_length=1)
+    prompt: str | list[str] = ""
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=None, ge=1)
+    best_of: int | None = Field(default=None, ge=1)
+    echo: bool | None = False
+    suffix: str | None = None
+    logprobs: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+def error_response(err: ApiError) -> Response:
+    """An ApiError in OpenAI's shape, ``{"error": {message, type, param, code}}`` (A7, A8):
+    validation errors are 400; deterministic failures say ``x-should-retry: false``."""
+    status = 400 if err.status == 422 else err.status
+    if status == 401:
+        kind = "authentication_error"
+    elif status == 429:
+        kind = "rate_limit_error"
+    elif status >= 500:
+        kind = "server_error"
+    else:
+        kind = "invalid_request_error"
+    code = err.extra.get("code") or err.type
+    headers = {"x-should-retry": "false"} if status < 500 and status not in (408, 409, 429) or err.extra.get("final") else {}
+    if err.extra.get("run_id"):
+        headers["X-Run-Id"] = err.extra["run_id"]
+    return json_response(oai.error_body(err.message, kind, err.field, code), status, headers)
+
+
+def _model(t, name: str) -> AgentDefinition:
+    try:
+        return agent_for(t, name, field="model")
+    except ApiError as err:
+        if err.status == 404:
+            raise ApiError(404, "model_not_found", f"the model {name!r} does not exist (models are your agents: "
+                           "GET /v1/models)", "model", code="model_not_found") from None
+        raise
+
+
+async def _body(model: type[BaseModel]) -> Any:
+    doc = await json_object()
+    try:
+        return model.model_validate(doc)
+    except ValidationError as err:
+        raise from_validation(err, status=400) from None
+
+
+def _parameters(body: BaseModel) -> dict[str, Any]:
+    extra = body.model_extra or {}
+    params = {k: v for k, v in extra.items() if k in PASS_THROUGH}
+    for key in ("max_tokens", "max_completion_tokens"):
+        if getattr(body, key, None) is not None:
+            params[key] = getattr(body, key)
+    return params
+
+
+def _client_tools(body: ChatCompletionBody, agent: AgentDefinition) -> list[FunctionTool]:
+    if body.tool_choice == "none" or not body.tools:
+        return []
+    taken = set(agent.actions) | set(BUILTIN_AGENT_TOOLS)
+    seen: set[str] = set()
+    for i, tool in enumerate(body.tools):
+        if tool.type != "function":
+            raise ApiError(400, "invalid_request", f"tools[{i}]: only function tools are supported", f"tools.{i}.type")
+        name = tool.function.get("name")
+        if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
+            raise ApiError(400, "invalid_request", f"tools[{i}].function.name must match ^[A-Za-z0-9_-]{{1,64}}$",
+                           f"tools.{i}.function.name")
+        if name in taken:
+            raise ApiError(400, "invalid_request", f"tool name {name!r} is taken by the agent's own tools", f"tools.{i}.function.name")
+        if name in seen:
+            raise ApiError(400, "invalid_request", f"tool name {name!r} is given twice", f"tools.{i}.function.name")
+        seen.add(name)
+    return list(body.tools)
+
+
+def _tool_choice(body: ChatCompletionBody, client_tools: list[FunctionTool]) -> Any:
+    choice = body.tool_choice
+    if choice in (None, "auto", "none"):
+        return None
+    if choice == "required":
+        if not client_tools:
+            raise ApiError(400, "invalid_request", "tool_choice 'required' needs tools", "tool_choice")
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        name = (choice.get("function") or {}).get("name")
+        if name not in {t.function.get("name") for t in client_tools}:
+            raise ApiError(400, "invalid_request", f"tool_choice names {name!r}, which is not in tools", "tool_choice")
+        return choice
+    raise ApiError(400, "invalid_request", "tool_choice must be 'none', 'auto', 'required' or a function", "tool_choice")
+
+
+def _split(messages: list[ChatMessage]) -> tuple[str | None, list[ChatMessage]]:
+    """(the last user message's text, the messages before it); (None, all) if the conversation
+    does not end with a plain-text user message (e.g. it ends with tool results)."""
+    last = messages[-1]
+    if last.role == "user" and isinstance(last.content, str) and last.content.strip():
+        return last.content, messages[:-1]
+    return None, messages
+
+
+async def _start_run(t, agent: AgentDefinition, request: RunRequest) -> str:
+    try:
+        submitted = await submit(state().bus(), t.name, agent.name, request)
+    except SubmitError as err:
+        log.error("submit failed: %s", err)
+        raise ApiError(503, "unavailable", "the run could not be stored; retry") from None
+    return submitted.run_id
+
+
+def _cancel_later(st: EdgeState, tenant_name: str, run_id: str, reason: str) -> None:
+    """Cancel a run without waiting (from a stream being torn down)."""
+
+    async def cancel() -> None:
+        try:
+            await request_cancel(st, tenant_name, run_id, reason)
+        except Exception as err:  # noqa: BLE001
+            log.warning("could not cancel run %s: %s", run_id, err)
+
+    task = asyncio.create_task(cancel())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _collect_run(tenant_name: str, agent: str, run_id: str) -> Collected:
+    """Wait for a run's end and fold its events; cancel the run if the caller goes away."""
+    st = state()
+    bodies = []
+    ended = False
+    try:
+        async for item in run_feed(tenant_name, run_id, subjects.run_events(tenant_name, agent, run_id)):
+            if item is HEARTBEAT:
+                continue
+            bodies.append(item.json())
+            if E.is_terminal(item.type):
+                ended = True
+                break
+    finally:
+        if not ended:
+            _cancel_later(st, tenant_name, run_id, "client disconnected")
+    return collect(bodies)
+
+
+def _failed(run: Collected, run_id: str) -> ApiError:
+    error = run.error["error"]
+    if run.error_type == "run_cancelled":
+        return ApiError(409, "run_cancelled", error["message"], None, code="run_cancelled", run_id=run_id)
+    upstream = (run.error_type or "").startswith("llm_") or run.error_type in ("tool_unavailable", "timeout")
+    return ApiError(502 if upstream else 500, run.error_type or "run_failed", error["message"], None,
+                    code=run.error_type or "run_failed", run_id=run_id, final=not upstream)
+
+
+def _stream(tenant_name: str, agent: str, run_id: str, renderer, first: bytes | None):
+    """The SSE body: the renderer's frames for the run's events, keep-alive comments in silences;
+    the run is cancelled if the stream ends before the run does (client gone, edge stopping).
+    Call inside the request (the feed and state are taken from it); iterate later."""
+    st = state()
+    feed = run_feed(tenant_name, run_id, subjects.run_events(tenant_name, agent, run_id))
+    return _stream_body(st, tenant_name, run_id, renderer, first, feed)
+
+
+async def _stream_body(st: EdgeState, tenant_name: str, run_id: str, renderer, first: bytes | None, feed):
+    complete = False
+    try:
+        if first is not None:
+            yield first
+        async for item in feed:
+            if item is HEARTBEAT:
+                yield sse.PING
+                continue
+            for frame in renderer.render(item.json()):
+                yield frame
+            if renderer.done:
+                complete = True
+                return
+        # The feed ended first: this edge is shutting down. An OpenAI stream cannot be resumed.
+        yield sse.frame(oai.dumps(oai.error_body(
+            "the server is restarting; retry the request", "server_error", None, "server_restarting")))
+        yield sse.DONE
+    finally:
+        if not complete:
+            _cancel_later(st, tenant_name, run_id, "client disconnected")
+
+
+@bp.post("/chat/completions")
+async def chat_completions():
+    t = tenant()
+    body: ChatCompletionBody = await _body(ChatCompletionBody)
+    agent = _model(t, body.model)
+    if body.n is not None and body.n > 1:
+        raise ApiError(400, "unsupported", "n > 1 is not supported: an agent run gives one answer", "n")
+    if body.functions:
+        raise ApiError(400, "unsupported", "the legacy 'functions' parameter is not supported; use 'tools'", "functions")
+    client_tools = _client_tools(body, agent)
+    parameters = _parameters(body)
+    choice = _tool_choice(body, client_tools)
+    if choice is not None:
+        parameters["tool_choice"] = choice
+    message, history = _split(body.messages)
+    run_id = new_run_id()
+    request = RunRequest(run_id=run_id, message_id=run_id, message=message, history=history,
+                         tools=client_tools, parameters=parameters)
+    await _start_run(t, agent, request)
+    completion_id, created = f"chatcmpl-{run_id}", oai.now()
+    headers = {"X-Run-Id": run_id}
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        renderer = ChatStream(completion_id, created, body.model, include_usage=include_usage)
+        return sse_response(_stream(t.name, agent.name, run_id, renderer, renderer.start()), headers)
+    run = await _collect_run(t.name, agent.name, run_id)
+    if run.error:
+        raise _failed(run, run_id)
+    content = run.text if run.text or not run.tool_calls else None
+    return json_response(oai.chat_completion(
+        completion_id, created, body.model, content=content, finish_reason=run.finish_reason, usage_=run.usage,
+        tool_calls=run.tool_calls or None,
+    ), headers=headers)
+
+
+@bp.post("/completions")
+async def completions():
+    t = tenant()
+    body: CompletionBody = await _body(CompletionBody)
+    agent = _model(t, body.model)
+    for name, bad, why in (
+        ("n", (body.n or 1) > 1, "n > 1 is not supported"),
+        ("best_of", (body.best_of or 1) > 1, "best_of > 1 is not supported"),
+        ("echo", bool(body.echo), "echo is not supported"),
+        ("suffix", body.suffix is not None, "suffix is not supported"),
+        ("logprobs", body.logprobs is not None, "logprobs are not supported"),
+    ):
+        if bad:
+            raise ApiError(400, "unsupported", why, name)
+    prompt = body.prompt
+    if isinstance(prompt, list):
+        if len(prompt) != 1:
+            raise ApiError(400, "unsupported", "give one prompt (a string, or a list of one string)", "prompt")
+        prompt = prompt[0]
+    if not prompt.strip():
+        raise ApiError(400, "invalid_request", "prompt must not be empty", "prompt")
+    run_id = new_run_id()
+    request = RunRequest(run_id=run_id, message_id=run_id, message=prompt, parameters=_parameters(body))
+    await _start_run(t, agent, request)
+    completion_id, created = f"cmpl-{run_id}", oai.now()
+    headers = {"X-Run-Id": run_id}
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        renderer = TextCompletionStream(completion_id, created, body.model, include_usage=include_usage)
+        return sse_response(_stream(t.name, agent.name, run_id, renderer, None), headers)
+    run = await _collect_run(t.name, agent.name, run_id)
+    if run.error:
+        raise _failed(run, run_id)
+    return json_response(text_completion(completion_id, created, body.model, run), headers=headers)
+
+
+def _model_object(agent: AgentDefinition) -> dict[str, Any]:
+    return {"id": agent.name, "object": "model", "created": state().catalog.created.get(agent.name, 0),
+            "owned_by": "agentstream"}
+
+
+@bp.get("/models")
+async def list_models():
+    t = tenant()
+    catalog = state().catalog
+    return json_response({"object": "list", "data": [
+        _model_object(a) for name, a in sorted(catalog.agents.items()) if t.may_use(name)
+    ]})
+
+
+@bp.get("/models/<path:model_id>")
+async def get_model(model_id: str):
+    return json_response(_model_object(_model(tenant(), model_id)))
+

@@ -1,0 +1,196 @@
+"""Run events rendered as OpenAI chat and text completions, streamed or whole.
+
+The rules come from ``openai-streaming.md`` (section letters in brackets). A streamed response is:
+one role chunk ``{"role": "assistant", "content": ""}`` (D5), content deltas (D6), spec-exact
+``tool_calls`` deltas for client-side tools (E1-E7), one finish chunk with an empty delta (D3,
+D7), the usage chunk with ``choices: []`` if asked for (F2), ``data: [DONE]`` (G1). A failure
+after the first byte is ``data: {"error": {...}}`` then ``[DONE]`` (H1). Frames are only
+``data:`` lines (B1-B4); keep-alives are comments (B5), written by the caller.
+
+The server-side work of the agent (its own tool calls, retries) stays out of this view: it is in
+the run's native event stream, whose id the response names in ``X-Run-Id``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentstream import openai_format as oai
+from agentstream import sse
+from schemas import events as E
+
+_FINISH = {"stop", "length", "tool_calls", "content_filter"}
+
+
+def error_for_run(body: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI error object for a ``run.failed`` / ``run.cancelled`` event."""
+    data = body.get("data") or {}
+    if body.get("type") == E.RUN_CANCELLED:
+        return oai.error_body(f"the run was cancelled: {data.get('reason', '')}".rstrip(": "), "cancelled", None, "run_cancelled")
+    error = data.get("error") or {}
+    return oai.error_body(error.get("message") or data.get("reason") or "the run failed", "server_error", None,
+                          error.get("type") or "run_failed")
+
+
+@dataclass
+class Collected:
+    """A whole run, as the non-streaming endpoints need it."""
+
+    text: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str = "stop"
+    usage: dict[str, int] = field(default_factory=lambda: oai.usage(0, 0))
+    error: dict[str, Any] | None = None
+    error_type: str | None = None
+
+
+def collect(bodies: list[dict[str, Any]]) -> Collected:
+    """Fold a run's events (envelopes, in order) into text, client tool calls, finish, usage."""
+    out = Collected()
+    parts: list[str] = []
+    for body in bodies:
+        t, data = body.get("type"), body.get("data") or {}
+        if t == E.MESSAGE_DELTA:
+            parts.append(data.get("text", ""))
+        elif t == E.TOOL_CALL and data.get("client"):
+            out.tool_calls.append({"id": data["tool_call_id"], "type": "function",
+                                   "function": {"name": data["name"], "arguments": data.get("arguments", "")}})
+        elif t == E.MESSAGE_COMPLETED:
+            reason = data.get("finish_reason")
+            out.finish_reason = reason if reason in _FINISH else "stop"
+        elif t == E.RUN_COMPLETED:
+            out.usage = _usage(data)
+        elif t in (E.RUN_FAILED, E.RUN_CANCELLED):
+            out.error = error_for_run(body)
+            out.error_type = (data.get("error") or {}).get("type") if t == E.RUN_FAILED else "run_cancelled"
+            out.usage = _usage(data)
+    out.text = "".join(parts)
+    return out
+
+
+def _usage(data: dict[str, Any]) -> dict[str, int]:
+    u = data.get("usage") or {}
+    return oai.usage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0)))
+
+
+class ChatStream:
+    """Frames of one streamed ``chat.completion.chunk`` response (all bytes, ready to write).
+
+    ``include_usage``: ``stream_options.include_usage`` was true (F2: then every chunk carries
+    ``"usage": null`` and one usage chunk precedes ``[DONE]``).
+    """
+
+    def __init__(self, completion_id: str, created: int, model: str, *, include_usage: bool):
+        self.id = completion_id
+        self.created = created
+        self.model = model
+        self.include_usage = include_usage
+        self.finished = False  # the finish chunk was sent
+        self.done = False  # [DONE] was sent
+        self._tool_index = 0
+
+    def _chunk(self, **kw: Any) -> bytes:
+        return sse.frame(oai.dumps(oai.chat_chunk(self.id, self.created, self.model,
+                                                  with_usage_field=self.include_usage, **kw)))
+
+    def start(self) -> bytes:
+        """The role chunk (D5)."""
+        return self._chunk(delta={"role": "assistant", "content": ""})
+
+    def render(self, body: dict[str, Any]) -> list[bytes]:
+        """Frames for one run event (an envelope); empty for events this view does not show."""
+        if self.done:
+            return []
+        t, data = body.get("type"), body.get("data") or {}
+        if t == E.MESSAGE_DELTA and not self.finished:
+            text = data.get("text", "")
+            return [self._chunk(delta={"content": text})] if text else []
+        if t == E.TOOL_CALL and data.get("client") and not self.finished:
+            index = self._tool_index
+            self._tool_index += 1
+            first = oai.tool_call_delta_first(index, data["tool_call_id"], data["name"], "")
+            frames = [self._chunk(delta={"tool_calls": [first]})]
+            if data.get("arguments"):
+                frames.append(self._chunk(delta={"tool_calls": [oai.tool_call_delta_more(index, data["arguments"])]}))
+            return frames
+        if t == E.MESSAGE_COMPLETED and not self.finished:
+            self.finished = True
+            reason = data.get("finish_reason")
+            return [self._chunk(delta={}, finish_reason=reason if reason in _FINISH else "stop")]
+        if t == E.RUN_COMPLETED:
+            frames = []
+            if not self.finished:  # a run that ended without an answer event: still one finish chunk (H5)
+                self.finished = True
+                frames.append(self._chunk(delta={}, finish_reason="stop"))
+            if self.include_usage:
+                frames.append(sse.frame(oai.dumps(oai.chat_usage_chunk(self.id, self.created, self.model, _usage(data)))))
+            self.done = True
+            return [*frames, sse.DONE]
+        if t in (E.RUN_FAILED, E.RUN_CANCELLED):
+            self.done = True
+            return [sse.frame(oai.dumps(error_for_run(body))), sse.DONE]
+        return []
+
+
+class TextCompletionStream:
+    """Frames of one streamed legacy ``text_completion`` response (J1: ``text`` in every chunk,
+    the same ``object`` as the non-streaming response)."""
+
+    def __init__(self, completion_id: str, created: int, model: str, *, include_usage: bool):
+        self.id = completion_id
+        self.created = created
+        self.model = model
+        self.include_usage = include_usage
+        self.finished = False
+        self.done = False
+
+    def _chunk(self, text: str, finish_reason: str | None) -> bytes:
+        chunk: dict[str, Any] = {
+            "id": self.id, "object": oai.TEXT_COMPLETION_OBJECT, "created": self.created, "model": self.model,
+            "system_fingerprint": None,
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+        }
+        if self.include_usage:
+            chunk["usage"] = None
+        return sse.frame(oai.dumps(chunk))
+
+    def render(self, body: dict[str, Any]) -> list[bytes]:
+        """Frames for one run event."""
+        if self.done:
+            return []
+        t, data = body.get("type"), body.get("data") or {}
+        if t == E.MESSAGE_DELTA and not self.finished:
+            text = data.get("text", "")
+            return [self._chunk(text, None)] if text else []
+        if t == E.MESSAGE_COMPLETED and not self.finished:
+            self.finished = True
+            reason = data.get("finish_reason")
+            return [self._chunk("", reason if reason in ("stop", "length", "content_filter") else "stop")]
+        if t == E.RUN_COMPLETED:
+            frames = []
+            if not self.finished:
+                self.finished = True
+                frames.append(self._chunk("", "stop"))
+            if self.include_usage:
+                frames.append(sse.frame(oai.dumps({
+                    "id": self.id, "object": oai.TEXT_COMPLETION_OBJECT, "created": self.created, "model": self.model,
+                    "system_fingerprint": None, "choices": [], "usage": _usage(data),
+                })))
+            self.done = True
+            return [*frames, sse.DONE]
+        if t in (E.RUN_FAILED, E.RUN_CANCELLED):
+            self.done = True
+            return [sse.frame(oai.dumps(error_for_run(body))), sse.DONE]
+        return []
+
+
+def text_completion(completion_id: str, created: int, model: str, run: Collected) -> dict[str, Any]:
+    """A non-streaming legacy completion (K5)."""
+    finish = run.finish_reason if run.finish_reason in ("stop", "length", "content_filter") else "stop"
+    return {
+        "id": completion_id, "object": oai.TEXT_COMPLETION_OBJECT, "created": created, "model": model,
+        "system_fingerprint": None,
+        "choices": [{"text": run.text, "index": 0, "logprobs": None, "finish_reason": finish}],
+        "usage": run.usage,
+    }
