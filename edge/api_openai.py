@@ -134,7 +134,7 @@ async def _body(model: type[BaseModel]) -> Any:
 
 def _parameters(body: BaseModel) -> dict[str, Any]:
     extra = body.model_extra or {}
-    params = {k: v for k, v in extra.items() if k in PASS_THROUGH}
+    params = {k: v for k, v in extra.items() if k in PASS_THROUGH and v is not None}
     for key in ("max_tokens", "max_completion_tokens"):
         if getattr(body, key, None) is not None:
             params[key] = getattr(body, key)
@@ -181,8 +181,12 @@ def _split(messages: list[ChatMessage]) -> tuple[str | None, list[ChatMessage]]:
     """(the last user message's text, the messages before it); (None, all) if the conversation
     does not end with a plain-text user message (e.g. it ends with tool results)."""
     last = messages[-1]
-    if last.role == "user" and isinstance(last.content, str) and last.content.strip():
-        return last.content, messages[:-1]
+    if last.role == "user":
+        content = last.content
+        if isinstance(content, list) and content and all(p.get("type") == "text" for p in content):
+            content = "".join(str(p.get("text", "")) for p in content)
+        if isinstance(content, str) and content.strip():
+            return content, messages[:-1]
     return None, messages
 
 

@@ -358,3 +358,64 @@ async def test_models(oai, system):
 
     async with httpx.AsyncClient(base_url=system.edge_url, headers={"Authorization": f"Bearer {BOB_KEY}"}) as bob:
         assert [m["id"] for m in (await bob.get("/v1/models")).json()["data"]] == ["programmer-helper"], "tenant-scoped"
+
+
+@pytest.mark.parametrize("extra", [
+    {},
+    {"tools": TOOLS},
+    {"tools": TOOLS, "tool_choice": "required"},
+    {"response_format": {"type": "json_object"}},
+    {"stream_options": {"include_usage": False, "include_obfuscation": True}},
+])
+async def test_stream_true_is_always_sse(oai, extra):
+    resp, raw, *_ = await raw_chat(oai, {"model": "plain", "stream": True, **extra,
+                                         "messages": [{"role": "user", "content": "hello"}]})
+    check_headers(resp)  # A1
+    check_chunks(check_framing(raw)[:-1], include_usage=False)
+
+
+async def test_a_failed_run_is_never_a_200(oai):
+    resp = await oai.post("/v1/chat/completions", json={"model": "failing-model", "messages": [{"role": "user", "content": "hi"}]})
+    err = _openai_error(resp, 502, None)  # K4: the model server failed: a retryable upstream error
+    assert err["type"] == "server_error" and "500" in err["message"]
+    assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["x-run-id"])
+
+
+async def test_conversation_reaches_the_model_after_the_agents_own_prompt(oai, system):
+    marker = f"conversation-{time.monotonic_ns()}"
+    resp = await oai.post("/v1/chat/completions", json={"model": "plain", "messages": [
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": [{"type": "text", "text": marker}]},
+    ]})
+    assert resp.status_code == 200
+    log = (await oai.get(system.model_url.removesuffix("/v1") + "/debug/requests")).json()["requests"]
+    sent = next(r for r in log if marker in json.dumps(r["messages"]))["messages"]
+    assert [m["role"] for m in sent] == ["system", "system", "user", "assistant", "user"]
+    assert sent[0]["content"] == "You are a plain assistant."  # the agent's own prompt first
+    assert sent[1]["content"] == "Answer in French." and sent[-1]["content"] == marker
+    run = (await oai.get(f"/api/runs/{resp.headers['x-run-id']}")).json()
+    assert run["message"] == marker
+
+
+async def test_client_gone_from_a_non_streaming_call_cancels_the_run(oai, system):
+    marker = f"gone-{time.monotonic_ns()}"
+    request = asyncio.create_task(oai.post("/v1/chat/completions", json={
+        "model": "slow-talker", "messages": [{"role": "user", "content": marker}]}))
+    model_url = system.model_url.removesuffix("/v1") + "/debug/requests"
+    deadline = time.monotonic() + 10
+    async with httpx.AsyncClient() as probe:
+        while not any(marker in json.dumps(r["messages"]) for r in (await probe.get(model_url)).json()["requests"]):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        request.cancel()  # the client hangs up while the model is still talking
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        while True:
+            mine = next(r for r in (await probe.get(model_url)).json()["requests"] if marker in json.dumps(r["messages"]))
+            if mine["disconnected"] or mine["finished"]:
+                break
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    assert mine["disconnected"] is True and mine["finished"] is False
