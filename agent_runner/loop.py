@@ -17,6 +17,7 @@ from typing import Any
 
 from agent_runner.event_writer import RunEventWriter
 from agent_runner.llm import LLMClient, LLMEndpoint, ToolCallAccum
+from agent_runner.resume import ResumePlan
 from agent_runner.tool_client import ToolClient, ToolOutcome
 from agentstream.agents import Skill
 from agentstream.openai_format import new_tool_call_id
@@ -92,19 +93,35 @@ def llm_parameters(agent: AgentDefinition, request: RunRequest) -> dict[str, Any
             and k in request.parameters}
 
 
-async def run_agent(ctx: RunContext) -> E.MessageCompletedData:
+async def run_agent(ctx: RunContext, plan: ResumePlan | None = None) -> E.MessageCompletedData:
     """Run the loop to its final answer (already written as ``message.completed``).
 
+    ``plan``: continue a run an earlier attempt left unfinished (agent_runner.resume).
     Raises LLMError, MaxStepsExceeded, OwnershipLost; CancelledError on cancel or timeout.
     """
     agent, request, writer = ctx.agent, ctx.request, ctx.writer
     messages = initial_messages(agent, ctx.skills, request)
     server_tools = tool_definitions(agent, ctx.skills)
     client_tools = [t.model_dump(mode="json") for t in request.tools]
-    client_tool_names = {t.function.get("name") for t in request.tools}
+    client_names = {t.function.get("name") for t in request.tools}
     parameters = llm_parameters(agent, request)
 
-    for step in range(1, agent.max_steps + 1):
+    step = 1
+    if plan is not None:
+        ctx.usage = plan.usage
+        for record in plan.finished:
+            messages.extend(step_messages(record.text, [_accum(c) for c in record.calls], record.results))
+        step = plan.step
+        if plan.pending is not None:
+            record = plan.pending
+            ctx.steps = step
+            done = await _finish_step(ctx, step, record.text, [_accum(c) for c in record.calls], record.results,
+                                      messages, client_names, record.usage)
+            if done is not None:
+                return done
+            step += 1
+
+    while step <= agent.max_steps:
         ctx.steps = step
         last = step == agent.max_steps
         offered = ([] if last else server_tools) + client_tools
@@ -124,46 +141,80 @@ async def run_agent(ctx: RunContext) -> E.MessageCompletedData:
 
         if not result.tool_calls:
             finish = result.finish_reason if result.finish_reason in ("stop", "length", "content_filter") else "stop"
-            done = E.MessageCompletedData(text=result.text, finish_reason=finish, steps=step)
+            done = E.MessageCompletedData(text=result.text, finish_reason=finish, steps=step, usage=result.usage)
             await writer.emit(E.MESSAGE_COMPLETED, done)
             return done
 
         calls = [_normalise(c) for c in result.tool_calls]
-        if last and any(c.name not in client_tool_names for c in calls):
+        if last and any(c.name not in client_names for c in calls):
             raise MaxStepsExceeded(
                 f"the model still called tools after its last allowed step ({agent.max_steps}); raise max_steps"
             )
-        for call in calls:
+        for i, call in enumerate(calls):
             await writer.emit(
                 E.TOOL_CALL,
                 E.ToolCallData(step=step, tool_call_id=call.id, name=call.name, arguments=call.arguments,
-                               client=call.name in client_tool_names),
+                               client=call.name in client_names, usage=result.usage if i == 0 else None),
             )
-        server_calls = [c for c in calls if c.name not in client_tool_names]
-        client_calls = [c for c in calls if c.name in client_tool_names]
-        outcomes = await asyncio.gather(*(_execute(ctx, step, c) for c in server_calls))
-
-        if client_calls:
-            refs = [ToolCallRef(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in client_calls]
-            done = E.MessageCompletedData(text=result.text, finish_reason="tool_calls", tool_calls=refs, steps=step)
-            await writer.emit(E.MESSAGE_COMPLETED, done)
+        done = await _finish_step(ctx, step, result.text, calls, {}, messages, client_names, result.usage)
+        if done is not None:
             return done
-
-        messages.append(
-            {
-                "role": "assistant",
-                "content": result.text or None,
-                "tool_calls": [
-                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
-                ],
-            }
-        )
-        for call, outcome in zip(server_calls, outcomes):
-            messages.append({"role": "tool", "tool_call_id": call.id, "content": tool_message_content(outcome)})
-    raise MaxStepsExceeded(f"no answer within max_steps ({agent.max_steps})")  # pragma: no cover - loop returns or raises
+        step += 1
+    raise MaxStepsExceeded(f"no answer within max_steps ({agent.max_steps})")
 
 
-def tool_message_content(outcome: ToolOutcome) -> str:
+async def _finish_step(
+    ctx: RunContext,
+    step: int,
+    text: str,
+    calls: list[ToolCallAccum],
+    known: dict[str, E.ToolResultData],
+    messages: list[dict[str, Any]],
+    client_names: set[str],
+    usage: Usage | None,
+) -> E.MessageCompletedData | None:
+    """Produce the step's missing tool results (server-side calls run concurrently; results already
+    stored are reused), then either end the run (client-side calls: the client executes them) or
+    add the step to ``messages`` and return None to go on."""
+    server_calls = [c for c in calls if c.name not in client_names]
+    client_calls = [c for c in calls if c.name in client_names]
+    outcomes = await asyncio.gather(*(
+        _reuse(known[c.id]) if c.id in known else _execute(ctx, step, c) for c in server_calls
+    ))
+    if client_calls:
+        refs = [ToolCallRef(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in client_calls]
+        done = E.MessageCompletedData(text=text, finish_reason="tool_calls", tool_calls=refs, steps=step, usage=usage)
+        await ctx.writer.emit(E.MESSAGE_COMPLETED, done)
+        return done
+    messages.extend(step_messages(text, calls, dict(zip((c.id for c in server_calls), outcomes))))
+    return None
+
+
+def step_messages(text: str, calls: list[ToolCallAccum], results: dict[str, Any]) -> list[dict[str, Any]]:
+    """A finished step as the model sees it next time: its assistant message (text and tool
+    calls), then one ``tool`` message per call (``results``: ToolOutcome or ToolResultData by id)."""
+    out: list[dict[str, Any]] = [{
+        "role": "assistant",
+        "content": text or None,
+        "tool_calls": [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls],
+    }]
+    for call in calls:
+        result = results.get(call.id)
+        content = tool_message_content(result) if result is not None else json.dumps(
+            {"error": {"type": "missing_result", "message": "no result was recorded for this call"}})
+        out.append({"role": "tool", "tool_call_id": call.id, "content": content})
+    return out
+
+
+async def _reuse(result: E.ToolResultData) -> E.ToolResultData:
+    return result
+
+
+def _accum(call: E.ToolCallData) -> ToolCallAccum:
+    return ToolCallAccum(id=call.tool_call_id, name=call.name, arguments=call.arguments)
+
+
+def tool_message_content(outcome: ToolOutcome | E.ToolResultData) -> str:
     """What the model reads as a tool's answer: the output as JSON, or ``{"error": {type, message}}``."""
     if outcome.ok:
         return json.dumps(outcome.output, ensure_ascii=False)

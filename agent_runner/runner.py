@@ -16,15 +16,18 @@ Guarantees, per run request:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from agent_runner import resume
 from agent_runner.event_writer import OwnershipLost, RunEventWriter
 from agent_runner.llm import LLMClient, LLMEndpoint, LLMError
 from agent_runner.loop import MaxStepsExceeded, RunContext, run_agent
@@ -38,9 +41,19 @@ from schemas import events as E
 from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.common import ErrorInfo, Usage
-from schemas.runs import RunControl, RunRequest
+from schemas.runs import DeadLetter, RunControl, RunRequest
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Opened:
+    """What a delivery of a run request turned into: a writer to continue the run with (None: the
+    run is already finished, nothing to do), the attempt number, and where to resume."""
+
+    writer: RunEventWriter | None
+    attempt: int
+    plan: resume.ResumePlan | None = None
 
 
 class _Cancelled(Exception):
@@ -195,20 +208,24 @@ class AgentRunner:
             await self._refuse_request(msg, where.tenant, where.agent, err)
             return
         keep_alive = asyncio.create_task(self._keep_alive(msg))
-        writer: RunEventWriter | None = None
+        opened: _Opened | None = None
         try:
-            writer = await self._open(msg, where.tenant, where.agent, request)
-            if writer is None:
-                await msg.ack()  # the run already ended
-                return
-            await self._run(msg, where.tenant, where.agent, request, writer)
+            opened = await self._open(msg, where.tenant, where.agent, request)
+            if opened.writer is not None:
+                await self._run(where.tenant, where.agent, request, opened)
             await msg.ack()
         except OwnershipLost as err:
             log.warning("run %s: another attempt took over (%s); stopping this one", request.run_id, err)
         except asyncio.CancelledError:
-            # Shutdown: hand the run back for another runner; write nothing more.
-            if writer is not None:
-                await writer.close()
+            # Shutdown: hand the run back. Say so in its events (it is not a failed attempt),
+            # then nak it, so another runner takes it at once.
+            if opened is not None and opened.writer is not None:
+                await opened.writer.close()
+                try:
+                    await asyncio.wait_for(opened.writer.emit(E.RUN_REQUEUED, E.RunRequeuedData(
+                        runner=self.id, attempt=opened.attempt, reason="the runner is shutting down")), 3.0)
+                except (Exception, asyncio.CancelledError) as err:  # noqa: BLE001 - it will count as a crash
+                    log.warning("run %s: could not record the hand-back: %s", request.run_id, err)
             try:
                 await msg.nak()
             except Exception:  # noqa: BLE001
@@ -217,9 +234,15 @@ class AgentRunner:
         finally:
             keep_alive.cancel()
 
-    async def _open(self, msg: Msg, tenant: str, agent: str, request: RunRequest) -> RunEventWriter | None:
-        """Write ``run.queued`` if needed, then ``run.retrying`` (if an earlier attempt ran) and
-        ``run.started``. Returns None when the run already has its terminal event."""
+    async def _open(self, msg: Msg, tenant: str, agent: str, request: RunRequest) -> "_Opened":
+        """Decide what this delivery does, and write its first events.
+
+        - the run already ended: nothing (the request is acked);
+        - it has died ``max_attempts`` times: ``run.failed`` and a dead letter (then acked);
+        - its answer is stored but not its end: just the terminal event;
+        - otherwise ``run.queued`` if missing, ``run.retrying`` if an earlier attempt ran (with
+          the step it resumes from), ``run.started``; the returned plan continues the run.
+        """
         subject = subjects.run_events(tenant, agent, request.run_id)
         attempt = msg.metadata.num_delivered if msg.metadata else 1
         last = await eventlog.last_event(self.nc, subject)
@@ -233,26 +256,59 @@ class AgentRunner:
             raise RuntimeError(f"{subject}: run.queued was stored but cannot be read back")
         if E.is_terminal(last.type):
             log.info("run %s already ended (%s); acking its request", request.run_id, last.type)
-            return None
-        envelope = {
-            "run_id": request.run_id, "tenant": tenant, "agent": agent,
-            "message_id": request.message_id, "attempt": attempt,
-        }
+            return _Opened(None, attempt)
         writer = RunEventWriter(
-            self.nc, subject, envelope, last.seq,
+            self.nc, subject,
+            {"run_id": request.run_id, "tenant": tenant, "agent": agent, "message_id": request.message_id,
+             "attempt": attempt},
+            last.seq,
             flush_interval=self.settings.delta_flush_interval,
             flush_bytes=self.settings.delta_flush_bytes,
             event_max_bytes=self.settings.event_max_bytes,
         )
-        if last.type != E.RUN_QUEUED:
-            await writer.emit(
-                E.RUN_RETRYING,
-                E.RunRetryingData(attempt=attempt, reason=f"the previous attempt stopped after {last.type}"),
-            )
-        await writer.emit(E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt))
-        return writer
+        if last.type == E.RUN_QUEUED:
+            await writer.emit(E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt))
+            return _Opened(writer, attempt)
 
-    async def _run(self, msg: Msg, tenant: str, agent_name: str, request: RunRequest, writer: RunEventWriter) -> None:
+        history = resume.fold(await eventlog.read_list(self.nc, subject))
+        if history.crashed_attempts >= self.settings.runner_max_attempts:
+            await self._give_up(writer, tenant, agent, request, msg, history.crashed_attempts)
+            return _Opened(None, attempt)
+        why = "it was handed back by a runner shutting down" if last.type == E.RUN_REQUEUED \
+            else f"the previous attempt stopped after {last.type}"
+        if history.completed is not None:
+            await writer.emit(E.RUN_RETRYING, E.RunRetryingData(
+                attempt=attempt, reason=why, resume_step=history.completed.steps))
+            await writer.emit(E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt))
+            usage = history.usage_before(history.completed.steps) + (history.completed.usage or Usage())
+            await writer.emit(E.RUN_COMPLETED, E.RunCompletedData(usage=usage, steps=history.completed.steps))
+            return _Opened(None, attempt)
+        continuation = resume.plan(history)
+        # resume_step: the first step whose text the new attempt writes again (a step whose model
+        # call completed keeps its text; only its missing tool results follow).
+        superseded = continuation.step + 1 if continuation.pending is not None else continuation.step
+        await writer.emit(E.RUN_RETRYING, E.RunRetryingData(attempt=attempt, reason=why, resume_step=superseded))
+        await writer.emit(E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt))
+        return _Opened(writer, attempt, continuation)
+
+    async def _give_up(self, writer: RunEventWriter, tenant: str, agent: str, request: RunRequest, msg: Msg,
+                       attempts: int) -> None:
+        """Keep the request in RUN_DEAD_LETTERS, then end the run ``run.failed``."""
+        reason = f"gave up after {attempts} attempts"
+        letter = DeadLetter(run_id=request.run_id, tenant=tenant, agent=agent, reason=reason, attempts=attempts,
+                            deliveries=msg.metadata.num_delivered if msg.metadata else attempts + 1,
+                            request=json.loads(msg.data))
+        await self.js.publish(subjects.dead_letter(tenant, agent, request.run_id), letter.model_dump_json().encode(),
+                              headers={"Nats-Msg-Id": f"{request.run_id}:dead"}, timeout=5.0)
+        log.error("run %s: %s; request kept as a dead letter", request.run_id, reason)
+        await writer.emit(E.RUN_FAILED, E.RunFailedData(
+            reason=reason,
+            error=ErrorInfo(type="gave_up", message=f"every attempt of this run stopped without finishing ({attempts} "
+                            "attempts: its runner crashed or was killed); the request is kept as a dead letter"),
+        ))
+
+    async def _run(self, tenant: str, agent_name: str, request: RunRequest, opened: "_Opened") -> None:
+        writer = opened.writer
         started = time.perf_counter()
         agent = self.catalog.get(agent_name)
         key = (tenant, request.run_id)
@@ -280,7 +336,7 @@ class AgentRunner:
             tenant=tenant, agent=agent, request=request, writer=writer, llm=self.llm, endpoint=endpoint,
             tools=self.tools, skills=self.catalog.skills_of(agent),
         )
-        loop_task = asyncio.create_task(run_agent(ctx))
+        loop_task = asyncio.create_task(run_agent(ctx, opened.plan))
         self._runs[key] = loop_task
         try:
             stored = await self._stored_cancel(tenant, request.run_id)

@@ -88,6 +88,7 @@ async def declare(nc: NATS, settings: Settings, *, runner_consumer: bool = False
     configs = streams.stream_configs(
         run_dedupe_window=settings.run_dedupe_window,
         events_max_age=settings.run_events_max_age,
+        dead_letter_max_age=settings.dead_letter_max_age,
     )
     delay = 0.1
     for attempt in range(50):

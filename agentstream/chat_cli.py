@@ -73,7 +73,10 @@ def chat(url: str, agent: str, message: str, *, api_key: str | None = None, mess
                         if kind == E.RUN_STARTED:
                             print(_dim(f"started on {data.get('runner')} (attempt {data.get('attempt')})"), file=out)
                         elif kind == E.RUN_RETRYING:
-                            print(_dim(f"retrying: attempt {data.get('attempt')} ({data.get('reason')})"), file=out)
+                            print(_dim(f"retrying: attempt {data.get('attempt')} ({data.get('reason')}); "
+                                       f"continuing from step {data.get('resume_step')}"), file=out)
+                        elif kind == E.RUN_REQUEUED:
+                            print(_dim(f"handed back by {data.get('runner')}: {data.get('reason')}"), file=out)
                         elif kind == E.TOOL_CALL:
                             print(f"→ {data.get('name')} {data.get('arguments')}", file=out)
                         elif kind == E.TOOL_RESULT:

@@ -85,6 +85,9 @@ def fold(events: Iterable[StoredEvent]) -> RunRecord | None:
             record.message = data.get("message")
             record.conversation_id = data.get("conversation_id")
             record.created_at = body.get("ts")
+        elif t == E.RUN_REQUEUED:
+            if not record.finished:
+                record.status = QUEUED
         elif t in (E.RUN_STARTED, E.RUN_RETRYING):
             record.status = RUNNING if not record.finished else record.status
             record.attempts = max(record.attempts, int(data.get("attempt") or body.get("attempt") or 0))

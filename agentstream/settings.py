@@ -84,6 +84,10 @@ class Settings:
         "AGENT_RUNNER_ACK_WAIT", 30.0,
         "Seconds without a progress signal before a run is handed to another runner.",
     )
+    runner_max_attempts: int = _setting(
+        "AGENT_RUNNER_MAX_ATTEMPTS", 3,
+        "Attempts of a run that may die (runner crashed or killed) before it ends run.failed and its request is kept as a dead letter.",
+    )
     delta_flush_interval: float = _setting(
         "DELTA_FLUSH_INTERVAL", 0.02, "Most seconds text deltas wait to be coalesced into one event."
     )
@@ -100,6 +104,7 @@ class Settings:
         "RUN_DEDUPE_WINDOW", 300.0, "Seconds during which a repeated run submission is recognised by JetStream."
     )
     run_events_max_age: float = _setting("RUN_EVENTS_MAX_AGE", 7 * 86400.0, "Seconds run events are kept.")
+    dead_letter_max_age: float = _setting("DEAD_LETTER_MAX_AGE", 30 * 86400.0, "Seconds dead letters (requests of runs given up on) are kept.")
     # -- tool runner
     tool_root: Path | None = _setting(
         "TOOL_ROOT", None, "Directory read_file and list_dir are confined to. Default: where the tool runner started."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import nats.js.errors
 import orjson
 from pydantic import Field
 from quart import Blueprint, Response
@@ -145,8 +146,20 @@ async def agent_sse(name: str):
 
 @bp.get("/api/runs/<run_id>")
 async def get_run(run_id: str):
-    record = fold(await run_events(tenant(), run_id))
-    return json_response({**record.as_dict(), "events_url": f"/api/runs/{run_id}/events"})
+    t = tenant()
+    record = fold(await run_events(t, run_id))
+    return json_response({**record.as_dict(), "dead_letter": await _dead_letter(t.name, run_id),
+                          "events_url": f"/api/runs/{run_id}/events"})
+
+
+async def _dead_letter(tenant_name: str, run_id: str) -> dict | None:
+    """The run's dead letter (the request of a run given up on), or None."""
+    try:
+        msg = await state().bus().jetstream().get_msg(
+            subjects.RUN_DEAD_LETTERS_STREAM, subject=subjects.dead_letter_of_run(tenant_name, run_id), direct=True)
+    except nats.js.errors.NotFoundError:
+        return None
+    return orjson.loads(msg.data)
 
 
 @bp.get("/api/runs/<run_id>/events")

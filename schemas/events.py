@@ -21,6 +21,7 @@ from schemas.common import ErrorInfo, MessageId, Strict, Token, ToolCallRef, Usa
 RUN_QUEUED = "run.queued"
 RUN_STARTED = "run.started"
 RUN_RETRYING = "run.retrying"
+RUN_REQUEUED = "run.requeued"
 MESSAGE_DELTA = "message.delta"
 TOOL_CALL = "tool.call"
 TOOL_RESULT = "tool.result"
@@ -34,6 +35,7 @@ ALL_TYPES = (
     RUN_QUEUED,
     RUN_STARTED,
     RUN_RETRYING,
+    RUN_REQUEUED,
     MESSAGE_DELTA,
     TOOL_CALL,
     TOOL_RESULT,
@@ -72,8 +74,23 @@ class RunStartedData(Strict):
 
 
 class RunRetryingData(Strict):
-    """``run.retrying``: an earlier attempt died; ``attempt`` is the new one (issue 5)."""
+    """``run.retrying``: an earlier attempt stopped without finishing; ``attempt`` is the new one.
 
+    ``resume_step``: text deltas of this LLM step and later ones written by earlier attempts are
+    superseded by what follows: a client showing the answer drops them. Everything before is kept,
+    and tool results already stored are reused, not run again (issue 5).
+    """
+
+    attempt: int
+    reason: str
+    resume_step: int = 1
+
+
+class RunRequeuedData(Strict):
+    """``run.requeued``: the runner holding the run is shutting down and handed it back; another
+    runner continues it (this does not count as a failed attempt)."""
+
+    runner: str
     attempt: int
     reason: str
 
@@ -100,6 +117,7 @@ class ToolCallData(Strict):
     name: str
     arguments: str
     client: bool = False
+    usage: Usage | None = Field(default=None, description="the usage of the step's LLM call, on its first tool call only")
 
 
 class ToolResultData(Strict):
@@ -134,6 +152,7 @@ class MessageCompletedData(Strict):
     finish_reason: FinishReason = "stop"
     tool_calls: list[ToolCallRef] = Field(default_factory=list)
     steps: int
+    usage: Usage | None = Field(default=None, description="the usage of the final step's LLM call")
 
 
 class RunCompletedData(Strict):
@@ -193,6 +212,11 @@ class RunRetrying(_Envelope):
     data: RunRetryingData
 
 
+class RunRequeued(_Envelope):
+    type: Literal["run.requeued"] = RUN_REQUEUED
+    data: RunRequeuedData
+
+
 class MessageDelta(_Envelope):
     type: Literal["message.delta"] = MESSAGE_DELTA
     data: MessageDeltaData
@@ -233,6 +257,7 @@ RunEvent = Annotated[
         RunQueued,
         RunStarted,
         RunRetrying,
+        RunRequeued,
         MessageDelta,
         ToolCall,
         ToolResult,
@@ -251,6 +276,7 @@ EVENT_CLASSES: dict[str, type[_Envelope]] = {
     RUN_QUEUED: RunQueued,
     RUN_STARTED: RunStarted,
     RUN_RETRYING: RunRetrying,
+    RUN_REQUEUED: RunRequeued,
     MESSAGE_DELTA: MessageDelta,
     TOOL_CALL: ToolCall,
     TOOL_RESULT: ToolResult,

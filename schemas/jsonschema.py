@@ -15,7 +15,7 @@ from pydantic import TypeAdapter
 
 from schemas.agents import AgentDefinition
 from schemas.events import RunEvent
-from schemas.runs import RunControl, RunRequest
+from schemas.runs import DeadLetter, RunControl, RunRequest
 from schemas.tools import ToolCallRequest, ToolCallResult
 
 JSON_DIR = Path(__file__).resolve().parent / "json"
@@ -24,6 +24,7 @@ MODELS: dict[str, Any] = {
     "run-request": RunRequest,
     "run-event": RunEvent,
     "run-control": RunControl,
+    "dead-letter": DeadLetter,
     "tool-call-request": ToolCallRequest,
     "tool-call-result": ToolCallResult,
     "agent-definition": AgentDefinition,

@@ -73,3 +73,17 @@ class RunControl(Strict):
     action: Literal["cancel"] = "cancel"
     reason: str = Field(default="cancelled by request", max_length=500)
     requested_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+class DeadLetter(Strict):
+    """A run given up on, kept on ``deadletter.{tenant}.{agent}.{run_id}`` (stream RUN_DEAD_LETTERS)
+    for inspection: why, after how many attempts, and the original request as it was submitted."""
+
+    run_id: Token
+    tenant: Token
+    agent: Token
+    reason: str
+    attempts: int
+    deliveries: int
+    request: dict[str, Any]
+    failed_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))

@@ -12,6 +12,8 @@ RUN_EVENTS     ``runs.*.*.*``             limits      every event, replayable; a
                                                       re-published to ``live.runs.>`` for live readers
 RUN_CONTROL    ``control.*.*``            limits      cancel requests, kept so a runner that takes the
                                                       run later still sees them
+RUN_DEAD_      ``deadletter.*.*.*``       limits      requests of runs given up on, for inspection
+LETTERS
 =============  =========================  ==========  ==================================================
 """
 
@@ -44,9 +46,10 @@ def stream_configs(
     run_dedupe_window: float = 300.0,
     events_max_age: float = 7 * 86400.0,
     control_max_age: float = 86400.0,
+    dead_letter_max_age: float = 30 * 86400.0,
     max_msg_size: int = 1024 * 1024,
 ) -> list[StreamConfig]:
-    """The three streams. Durations in seconds; ``max_msg_size`` in bytes (-1: server limit)."""
+    """The four streams. Durations in seconds; ``max_msg_size`` in bytes (-1: server limit)."""
     return [
         StreamConfig(
             name=subjects.AGENT_RUNS_STREAM,
@@ -82,6 +85,16 @@ def stream_configs(
             discard=DiscardPolicy.OLD,
             max_age=control_max_age,
             max_msgs_per_subject=16,
+            allow_direct=True,
+        ),
+        StreamConfig(
+            name=subjects.RUN_DEAD_LETTERS_STREAM,
+            description="agentstream requests of runs given up on",
+            subjects=[subjects.DEAD_LETTERS_ALL],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_age=dead_letter_max_age,
             allow_direct=True,
         ),
     ]

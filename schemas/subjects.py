@@ -8,6 +8,7 @@ Subjects (design card, "Subjects"):
 ``live.runs.{tenant}.{agent}.{run}``  the same events re-published by the server (core, at-most-once)
 ``tools.{tenant}.{tool}``             one tool invocation (core request/reply, queue group per tool)
 ``control.{tenant}.{run_id}``         cancel and other signals for a run, stored in stream ``RUN_CONTROL``
+``deadletter.{tenant}.{agent}.{run}`` the request of a run given up on, stored in ``RUN_DEAD_LETTERS``
 ====================================  ============================================================
 
 Every token (tenant, agent, tool, run id) must match ``[A-Za-z0-9_-]{1,64}``. Anything else is
@@ -27,6 +28,7 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 AGENT_RUNS_STREAM = "AGENT_RUNS"
 RUN_EVENTS_STREAM = "RUN_EVENTS"
 RUN_CONTROL_STREAM = "RUN_CONTROL"
+RUN_DEAD_LETTERS_STREAM = "RUN_DEAD_LETTERS"
 AGENT_RUNNERS_CONSUMER = "agent-runners"
 
 # Subject prefixes (first token of each family).
@@ -35,12 +37,14 @@ _RUN_EVENTS_PREFIX = "runs"
 _LIVE_PREFIX = "live"
 _TOOLS_PREFIX = "tools"
 _CONTROL_PREFIX = "control"
+_DEAD_LETTER_PREFIX = "deadletter"
 
 # Wildcards that cover each family; used by stream and consumer definitions.
 RUN_REQUESTS_ALL = f"{_RUN_REQUEST_PREFIX}.*.*.run"
 RUN_EVENTS_ALL = f"{_RUN_EVENTS_PREFIX}.*.*.*"
 LIVE_RUN_EVENTS_ALL = f"{_LIVE_PREFIX}.{_RUN_EVENTS_PREFIX}.*.*.*"
 CONTROL_ALL = f"{_CONTROL_PREFIX}.*.*"
+DEAD_LETTERS_ALL = f"{_DEAD_LETTER_PREFIX}.*.*.*"
 
 # Republish mapping for RUN_EVENTS (source -> destination); server-side, see streams.py.
 RUN_EVENTS_REPUBLISH_SRC = f"{_RUN_EVENTS_PREFIX}.>"
@@ -127,6 +131,18 @@ def tool_all_tenants(tool_name: str) -> str:
 def control(tenant: str, run_id: str) -> str:
     """Subject of control signals (cancel) for a run: ``control.{tenant}.{run_id}``."""
     return f"{_CONTROL_PREFIX}.{token(tenant, 'tenant')}.{token(run_id, 'run_id')}"
+
+
+def dead_letter(tenant: str, agent: str, run_id: str) -> str:
+    """Subject of a run's dead letter: ``deadletter.{tenant}.{agent}.{run_id}``."""
+    return (
+        f"{_DEAD_LETTER_PREFIX}.{token(tenant, 'tenant')}.{token(agent, 'agent')}.{token(run_id, 'run_id')}"
+    )
+
+
+def dead_letter_of_run(tenant: str, run_id: str) -> str:
+    """Filter for a run's dead letter when its agent is not known."""
+    return f"{_DEAD_LETTER_PREFIX}.{token(tenant, 'tenant')}.*.{token(run_id, 'run_id')}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,8 @@ def render(body: dict[str, Any]) -> list[tuple[str, dict[str, Any] | str]]:
         return [("json_message_status", {"status": "processing", **common})]
     if t == E.RUN_RETRYING:
         return [("json_message_status", {"status": "processing", "attempt": data.get("attempt"), **common})]
+    if t == E.RUN_REQUEUED:
+        return [("json_message_status", {"status": "queued", "reason": data.get("reason"), **common})]
     if t == E.MESSAGE_DELTA:
         return [("stream_event", {"type": "content", "content": data.get("text", ""), **common})]
     if t == E.TOOL_CALL:

@@ -48,11 +48,15 @@ class Collected:
 def collect(bodies: list[dict[str, Any]]) -> Collected:
     """Fold a run's events (envelopes, in order) into text, client tool calls, finish, usage."""
     out = Collected()
-    parts: list[str] = []
+    by_step: dict[int, str] = {}
     for body in bodies:
         t, data = body.get("type"), body.get("data") or {}
-        if t == E.MESSAGE_DELTA:
-            parts.append(data.get("text", ""))
+        if t == E.RUN_RETRYING:
+            resume = int(data.get("resume_step", 1))
+            by_step = {step: text for step, text in by_step.items() if step < resume}
+        elif t == E.MESSAGE_DELTA:
+            step = int(data.get("step", 1))
+            by_step[step] = by_step.get(step, "") + data.get("text", "")
         elif t == E.TOOL_CALL and data.get("client"):
             out.tool_calls.append({"id": data["tool_call_id"], "type": "function",
                                    "function": {"name": data["name"], "arguments": data.get("arguments", "")}})
@@ -65,13 +69,50 @@ def collect(bodies: list[dict[str, Any]]) -> Collected:
             out.error = error_for_run(body)
             out.error_type = (data.get("error") or {}).get("type") if t == E.RUN_FAILED else "run_cancelled"
             out.usage = _usage(data)
-    out.text = "".join(parts)
+    out.text = "".join(by_step[step] for step in sorted(by_step))
     return out
 
 
 def _usage(data: dict[str, Any]) -> dict[str, int]:
     u = data.get("usage") or {}
     return oai.usage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0)))
+
+
+class _Replay:
+    """Text already sent, per LLM step, so a run that restarts a step (``run.retrying``) does not
+    send the client the same words twice. If the new attempt writes something else than what was
+    sent, the stream cannot be corrected (there is no way to take text back in this protocol):
+    :meth:`text` then returns None and the caller ends the stream with an error."""
+
+    def __init__(self) -> None:
+        self.sent: dict[int, str] = {}
+        self.pending: dict[int, str] = {}
+
+    def restart(self, resume_step: int) -> None:
+        self.pending = {step: text for step, text in self.sent.items() if step >= resume_step and text}
+        for step in self.pending:
+            self.sent[step] = ""
+
+    def text(self, step: int, text: str) -> str | None:
+        """What of ``text`` (a delta of ``step``) is new to the client; None if it contradicts it."""
+        expected = self.pending.get(step)
+        if expected:
+            if expected.startswith(text):
+                self.pending[step] = expected[len(text):]
+                self.sent[step] = self.sent.get(step, "") + text
+                return ""
+            if not text.startswith(expected):
+                return None
+            self.pending[step] = ""
+            self.sent[step] = self.sent.get(step, "") + expected
+            text = text[len(expected):]
+        self.sent[step] = self.sent.get(step, "") + text
+        return text
+
+
+RESTART_DIVERGED = oai.error_body(
+    "the agent's run was interrupted and restarted, and its new answer differs from what was already sent; retry",
+    "server_error", None, "run_restarted")
 
 
 class ChatStream:
@@ -89,6 +130,7 @@ class ChatStream:
         self.finished = False  # the finish chunk was sent
         self.done = False  # [DONE] was sent
         self._tool_index = 0
+        self._replay = _Replay()
 
     def _chunk(self, **kw: Any) -> bytes:
         return sse.frame(oai.dumps(oai.chat_chunk(self.id, self.created, self.model,
@@ -103,8 +145,14 @@ class ChatStream:
         if self.done:
             return []
         t, data = body.get("type"), body.get("data") or {}
+        if t == E.RUN_RETRYING:
+            self._replay.restart(int(data.get("resume_step", 1)))
+            return []
         if t == E.MESSAGE_DELTA and not self.finished:
-            text = data.get("text", "")
+            text = self._replay.text(int(data.get("step", 1)), data.get("text", ""))
+            if text is None:
+                self.done = True
+                return [sse.frame(oai.dumps(RESTART_DIVERGED)), sse.DONE]
             return [self._chunk(delta={"content": text})] if text else []
         if t == E.TOOL_CALL and data.get("client") and not self.finished:
             index = self._tool_index
@@ -144,6 +192,7 @@ class TextCompletionStream:
         self.include_usage = include_usage
         self.finished = False
         self.done = False
+        self._replay = _Replay()
 
     def _chunk(self, text: str, finish_reason: str | None) -> bytes:
         chunk: dict[str, Any] = {
@@ -160,8 +209,14 @@ class TextCompletionStream:
         if self.done:
             return []
         t, data = body.get("type"), body.get("data") or {}
+        if t == E.RUN_RETRYING:
+            self._replay.restart(int(data.get("resume_step", 1)))
+            return []
         if t == E.MESSAGE_DELTA and not self.finished:
-            text = data.get("text", "")
+            text = self._replay.text(int(data.get("step", 1)), data.get("text", ""))
+            if text is None:
+                self.done = True
+                return [sse.frame(oai.dumps(RESTART_DIVERGED)), sse.DONE]
             return [self._chunk(text, None)] if text else []
         if t == E.MESSAGE_COMPLETED and not self.finished:
             self.finished = True

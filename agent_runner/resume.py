@@ -1,0 +1,127 @@
+"""Continuing a run from its stored events after an earlier attempt stopped (issue 5).
+
+The event log is the run's only state. Folding it gives, per LLM step, the text and tool calls the
+model produced and the tool results already stored. A new attempt then:
+
+- keeps every finished step (its tool results are reused, not executed again);
+- for the last step, if the model's call had completed (its ``tool.call`` events are stored),
+  executes only the tool calls that have no stored result (same idempotency keys), then goes on;
+  otherwise calls the model again for that step (its earlier text is superseded);
+- if ``message.completed`` is stored, only writes the terminal event: the answer is stored once.
+
+It also counts the attempts that died: started, then neither finished nor handed back
+(``run.requeued``); the runner gives up on a run after ``max_attempts`` of those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agentstream.eventlog import StoredEvent
+from schemas import events as E
+from schemas.common import Usage
+
+
+@dataclass
+class StepRecord:
+    """What is stored of one LLM step."""
+
+    step: int
+    text: str = ""
+    calls: list[E.ToolCallData] = field(default_factory=list)
+    results: dict[str, E.ToolResultData] = field(default_factory=dict)
+    usage: Usage | None = None
+
+
+@dataclass
+class RunHistory:
+    """A run's stored events, folded. ``crashed_attempts``: attempts that started and stopped
+    without a terminal event or a hand-back."""
+
+    steps: dict[int, StepRecord] = field(default_factory=dict)
+    completed: E.MessageCompletedData | None = None
+    terminal: str | None = None
+    crashed_attempts: int = 0
+    started_attempts: int = 0
+    last_type: str | None = None
+
+    @property
+    def last_step(self) -> int:
+        return max(self.steps, default=0)
+
+    def usage_before(self, step: int) -> Usage:
+        """Usage of the LLM calls of steps before ``step`` (and of ``step`` itself if its call completed)."""
+        total = Usage()
+        for number, record in self.steps.items():
+            if record.usage is not None and (number < step or number == step and record.calls):
+                total = total + record.usage
+        return total
+
+
+def fold(events: list[StoredEvent]) -> RunHistory:
+    """Fold a run's events (stream order, all attempts)."""
+    history = RunHistory()
+    open_attempt = False
+    for ev in events:
+        body = ev.json()
+        t, data = ev.type, body.get("data") or {}
+        history.last_type = t
+        if t == E.RUN_STARTED:
+            if open_attempt:
+                history.crashed_attempts += 1
+            open_attempt = True
+            history.started_attempts += 1
+        elif t == E.RUN_REQUEUED:
+            open_attempt = False
+        elif t == E.RUN_RETRYING:
+            resume = int(data.get("resume_step", 1))
+            for number, record in history.steps.items():
+                if number >= resume and not record.calls:
+                    record.text = ""  # an interrupted model call: what it wrote is superseded
+        elif t == E.MESSAGE_DELTA:
+            step = int(data["step"])
+            history.steps.setdefault(step, StepRecord(step)).text += data.get("text", "")
+        elif t == E.TOOL_CALL:
+            call = E.ToolCallData.model_validate(data)
+            record = history.steps.setdefault(call.step, StepRecord(call.step))
+            record.calls.append(call)
+            if call.usage is not None:
+                record.usage = call.usage
+        elif t == E.TOOL_RESULT:
+            result = E.ToolResultData.model_validate(data)
+            history.steps.setdefault(result.step, StepRecord(result.step)).results[result.tool_call_id] = result
+        elif t == E.MESSAGE_COMPLETED:
+            history.completed = E.MessageCompletedData.model_validate(data)
+        elif E.is_terminal(t):
+            history.terminal = t
+            open_attempt = False
+    if open_attempt:
+        history.crashed_attempts += 1
+    return history
+
+
+@dataclass
+class ResumePlan:
+    """Where a new attempt starts: ``step`` (the LLM step to continue), the finished steps before
+    it, and whether ``step``'s model call already completed (then only its missing tool results
+    are produced)."""
+
+    step: int
+    finished: list[StepRecord]
+    pending: StepRecord | None
+    usage: Usage
+
+
+def plan(history: RunHistory) -> ResumePlan:
+    """The plan for continuing ``history`` (which has no terminal and no ``message.completed``)."""
+    last = history.last_step
+    if last == 0:
+        return ResumePlan(step=1, finished=[], pending=None, usage=Usage())
+    finished = [history.steps[n] for n in sorted(history.steps) if n < last]
+    record = history.steps[last]
+    return ResumePlan(
+        step=last,
+        finished=finished,
+        pending=record if record.calls else None,
+        usage=history.usage_before(last),
+    )
