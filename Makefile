@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test schemas check docs clean
+.PHONY: run test soak schemas check docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,7 @@ clean:
 # Refresh the README's settings table from agentstream/settings.py (a test fails when it is stale).
 docs: $(VENV)/.installed-run
 	$(BIN)/python -c "import re,subprocess,sys; t=subprocess.run([sys.executable,'-m','agentstream','config','--markdown'],capture_output=True,text=True,check=True).stdout.strip(); p='README.md'; s=open(p).read(); s=re.sub(r'(<!-- settings:start[^>]*-->\n).*?(\n<!-- settings:end -->)', lambda m: m.group(1)+t+m.group(2), s, flags=re.S); open(p,'w').write(s)"
+
+# Opt-in soak test: SOAK_RUNS runs (default 1000) while runners are killed at random.
+soak: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m soak -s -p no:cacheprovider --timeout 1800 tests/test_soak.py

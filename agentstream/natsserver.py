@@ -43,7 +43,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(host: str, port: int) -> bool:
+    """True when a server could listen on ``host:port`` now (as nats-server does, with SO_REUSEADDR,
+    so connections lingering in TIME_WAIT from an earlier run do not count)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
             return True

@@ -52,7 +52,8 @@ async def healthz():
     st = state()
     if not st.healthy:
         return json_response({"status": "starting", "nats": "disconnected"}, 503)
-    return json_response({"status": "ok", "nats": "connected", "watchers": st.hub.watchers if st.hub else 0})
+    return json_response({"status": "ok", "nats": "connected", "watchers": st.hub.watchers if st.hub else 0,
+                          "overflows": st.hub.overflows if st.hub else 0})
 
 
 # -- agents

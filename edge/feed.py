@@ -38,9 +38,10 @@ HEARTBEAT = object()
 class Watcher:
     """A bounded mailbox of live events for one feed."""
 
-    __slots__ = ("key", "limit", "events", "overflowed", "closed", "ready")
+    __slots__ = ("key", "limit", "events", "overflowed", "closed", "ready", "hub")
 
-    def __init__(self, key: tuple[str, str, str], limit: int):
+    def __init__(self, key: tuple[str, str, str], limit: int, hub: "LiveHub | None" = None):
+        self.hub = hub
         self.key = key
         self.limit = limit
         self.events: deque[StoredEvent] = deque()
@@ -53,6 +54,8 @@ class Watcher:
             if len(self.events) >= self.limit:
                 self.overflowed = True
                 self.events.clear()
+                if self.hub is not None:
+                    self.hub.overflows += 1
             else:
                 self.events.append(event)
         self.ready.set()
@@ -86,6 +89,7 @@ class LiveHub:
         self._watchers: dict[tuple[str, str, str], set[Watcher]] = {}
         self._sub = None
         self._closing = False
+        self.overflows = 0  # times a watcher's buffer overflowed (a client too slow; it re-reads)
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(subjects.LIVE_RUN_EVENTS_ALL, cb=self._on_msg)
@@ -103,7 +107,7 @@ class LiveHub:
         return sum(len(s) for s in self._watchers.values())
 
     def register(self, key: tuple[str, str, str], limit: int) -> Watcher:
-        watcher = Watcher(key, limit)
+        watcher = Watcher(key, limit, self)
         if self._closing:
             watcher.close()
         self._watchers.setdefault(key, set()).add(watcher)

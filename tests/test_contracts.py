@@ -91,8 +91,9 @@ def test_asyncapi_names_every_subject_family_and_its_schema():
     addresses = {c["address"] for c in doc["channels"].values() if c.get("address")}
     assert addresses == {
         "agents.{tenant}.{agent}.run", "runs.{tenant}.{agent}.{run_id}", "live.runs.{tenant}.{agent}.{run_id}",
-        "tools.{tenant}.{tool}", "control.{tenant}.{run_id}",
+        "tools.{tenant}.{tool}", "control.{tenant}.{run_id}", "deadletter.{tenant}.{agent}.{run_id}",
     }
+    assert subjects.dead_letter("T", "A", "R") == "deadletter.{tenant}.{agent}.{run_id}".format(tenant="T", agent="A", run_id="R")
     # The addresses are the ones the code builds.
     assert subjects.run_request("T", "A") == "agents.{tenant}.{agent}.run".format(tenant="T", agent="A")
     assert subjects.run_events("T", "A", "R") == "runs.{tenant}.{agent}.{run_id}".format(tenant="T", agent="A", run_id="R")
