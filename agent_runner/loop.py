@@ -48,6 +48,13 @@ class RunContext:
     skills: list[Skill]
     usage: Usage = field(default_factory=Usage)
     steps: int = 0
+    extra_usage: Usage = field(default_factory=Usage)
+    """Usage spent outside this loop but on this run (an ensemble's members)."""
+
+    @property
+    def total_usage(self) -> Usage:
+        """What the run's terminal event reports."""
+        return self.usage + self.extra_usage
 
 
 def system_prompt(agent: AgentDefinition, skills: list[Skill]) -> str:

@@ -44,6 +44,8 @@ class RunHistory:
     crashed_attempts: int = 0
     started_attempts: int = 0
     last_type: str | None = None
+    members_started: dict[str, E.MemberStartedData] = field(default_factory=dict)
+    members_finished: dict[str, E.MemberFinishedData] = field(default_factory=dict)
 
     @property
     def last_step(self) -> int:
@@ -78,6 +80,12 @@ def fold(events: list[StoredEvent]) -> RunHistory:
             for number, record in history.steps.items():
                 if number >= resume and not record.calls:
                     record.text = ""  # an interrupted model call: what it wrote is superseded
+        elif t == E.MEMBER_STARTED:
+            started = E.MemberStartedData.model_validate(data)
+            history.members_started[started.member] = started
+        elif t == E.MEMBER_FINISHED:
+            finished = E.MemberFinishedData.model_validate(data)
+            history.members_finished[finished.member] = finished
         elif t == E.MESSAGE_DELTA:
             step = int(data["step"])
             history.steps.setdefault(step, StepRecord(step)).text += data.get("text", "")

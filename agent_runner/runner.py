@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import nats.errors
@@ -28,6 +29,7 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from agent_runner import resume
+from agent_runner.ensemble import MembersFailed, combined_message, question_of, run_members
 from agent_runner.event_writer import OwnershipLost, RunEventWriter
 from agent_runner.llm import LLMClient, LLMEndpoint, LLMError
 from agent_runner.loop import MaxStepsExceeded, RunContext, run_agent
@@ -54,6 +56,7 @@ class _Opened:
     writer: RunEventWriter | None
     attempt: int
     plan: resume.ResumePlan | None = None
+    history: resume.RunHistory | None = None
 
 
 class _Cancelled(Exception):
@@ -83,6 +86,7 @@ class AgentRunner:
         self._cancel_reasons: dict[tuple[str, str], str] = {}
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self._waiting = 0
         self._pull_task: asyncio.Task | None = None
         self._control_sub = None
         self._psub = None
@@ -131,7 +135,7 @@ class AgentRunner:
     async def _pull_loop(self) -> None:
         concurrency = self.settings.runner_concurrency
         while not self._stopping.is_set():
-            free = concurrency - len(self._handlers)
+            free = concurrency - len(self._handlers) + self._waiting
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -289,7 +293,7 @@ class AgentRunner:
         superseded = continuation.step + 1 if continuation.pending is not None else continuation.step
         await writer.emit(E.RUN_RETRYING, E.RunRetryingData(attempt=attempt, reason=why, resume_step=superseded))
         await writer.emit(E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt))
-        return _Opened(writer, attempt, continuation)
+        return _Opened(writer, attempt, continuation, history)
 
     async def _give_up(self, writer: RunEventWriter, tenant: str, agent: str, request: RunRequest, msg: Msg,
                        attempts: int) -> None:
@@ -324,8 +328,11 @@ class AgentRunner:
                 duration_ms=duration(),
             ))
             return
+        answering = self.catalog.get(agent.combiner) if agent.is_ensemble else agent
         try:
-            endpoint = self.endpoint_for(agent)
+            if answering is None:
+                raise ValueError(f"the ensemble's combiner {agent.combiner!r} is not an agent of this runner")
+            endpoint = self.endpoint_for(answering)
         except ValueError as err:
             await writer.emit(E.RUN_FAILED, E.RunFailedData(
                 reason="configuration error", error=ErrorInfo(type="configuration_error", message=str(err)),
@@ -333,10 +340,11 @@ class AgentRunner:
             ))
             return
         ctx = RunContext(
-            tenant=tenant, agent=agent, request=request, writer=writer, llm=self.llm, endpoint=endpoint,
-            tools=self.tools, skills=self.catalog.skills_of(agent),
+            tenant=tenant, agent=answering, request=request, writer=writer, llm=self.llm, endpoint=endpoint,
+            tools=self.tools, skills=self.catalog.skills_of(answering),
         )
-        loop_task = asyncio.create_task(run_agent(ctx, opened.plan))
+        work = self._ensemble(ctx, agent, opened) if agent.is_ensemble else run_agent(ctx, opened.plan)
+        loop_task = asyncio.create_task(work)
         self._runs[key] = loop_task
         try:
             stored = await self._stored_cancel(tenant, request.run_id)
@@ -350,7 +358,7 @@ class AgentRunner:
                 await writer.emit(E.RUN_FAILED, E.RunFailedData(
                     reason="timed out",
                     error=ErrorInfo(type="timeout", message=f"the run took longer than its budget of {agent.timeout:g} s"),
-                    usage=ctx.usage, steps=ctx.steps, duration_ms=duration(),
+                    usage=ctx.total_usage, steps=ctx.steps, duration_ms=duration(),
                 ))
                 return
             except asyncio.CancelledError:
@@ -358,24 +366,23 @@ class AgentRunner:
                     raise _Cancelled(self._cancel_reasons[key]) from None
                 raise
             await writer.emit(E.RUN_COMPLETED, E.RunCompletedData(
-                usage=ctx.usage, steps=ctx.steps, duration_ms=duration(),
+                usage=ctx.total_usage, steps=ctx.steps, duration_ms=duration(),
             ))
         except _Cancelled as cancelled:
             await writer.close()
             await writer.emit(E.RUN_CANCELLED, E.RunCancelledData(
-                reason=cancelled.reason, usage=ctx.usage, steps=ctx.steps, duration_ms=duration(),
+                reason=cancelled.reason, usage=ctx.total_usage, steps=ctx.steps, duration_ms=duration(),
             ))
-        except LLMError as err:
+        except (LLMError, MaxStepsExceeded, MembersFailed) as err:
+            kind, reason = {
+                LLMError: (getattr(err, "type", "llm_error"), "model call failed"),
+                MaxStepsExceeded: ("max_steps", "max_steps reached"),
+                MembersFailed: ("members_failed", "not enough members answered"),
+            }[type(err)]
             await writer.close()
             await writer.emit(E.RUN_FAILED, E.RunFailedData(
-                reason="model call failed", error=ErrorInfo(type=err.type, message=err.message),
-                usage=ctx.usage, steps=ctx.steps, duration_ms=duration(),
-            ))
-        except MaxStepsExceeded as err:
-            await writer.close()
-            await writer.emit(E.RUN_FAILED, E.RunFailedData(
-                reason="max_steps reached", error=ErrorInfo(type="max_steps", message=str(err)),
-                usage=ctx.usage, steps=ctx.steps, duration_ms=duration(),
+                reason=reason, error=ErrorInfo(type=kind, message=getattr(err, "message", None) or str(err)),
+                usage=ctx.total_usage, steps=ctx.steps, duration_ms=duration(),
             ))
         except (OwnershipLost, asyncio.CancelledError):
             raise
@@ -384,11 +391,35 @@ class AgentRunner:
             await writer.close()
             await writer.emit(E.RUN_FAILED, E.RunFailedData(
                 reason="internal error", error=ErrorInfo(type="internal_error", message=f"{type(err).__name__}: {err}"),
-                usage=ctx.usage if ctx else Usage(), steps=ctx.steps if ctx else 0, duration_ms=duration(),
+                usage=ctx.total_usage, steps=ctx.steps, duration_ms=duration(),
             ))
         finally:
             self._runs.pop(key, None)
             self._cancel_reasons.pop(key, None)
+
+    async def _ensemble(self, ctx: RunContext, ensemble: AgentDefinition, opened: "_Opened") -> E.MessageCompletedData:
+        """An ensemble run: its members as child runs, then the combiner in this run."""
+        history = opened.history or resume.RunHistory()
+        outcomes = await run_members(
+            self.nc, ctx.tenant, ensemble, ctx.request, ctx.writer,
+            started_before=history.members_started, finished_before=history.members_finished,
+            waiting=self._waiting_slot,
+        )
+        ctx.extra_usage = sum((o.finished.usage for _, o in outcomes), Usage())
+        message = combined_message(ensemble, question_of(ctx.request), outcomes)
+        ctx.request = ctx.request.model_copy(update={"message": message})
+        return await run_agent(ctx, opened.plan)
+
+    @asynccontextmanager
+    async def _waiting_slot(self):
+        """While a run only waits for others (an ensemble's members), it does not hold a slot:
+        with every slot held by waiting parents the members could never run."""
+        self._waiting += 1
+        self._slot_freed.set()
+        try:
+            yield
+        finally:
+            self._waiting -= 1
 
     def endpoint_for(self, agent: AgentDefinition) -> LLMEndpoint:
         """Where this agent's model is: its ``llm`` block, else LLM_BASE_URL / the built-in model.

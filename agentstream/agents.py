@@ -57,6 +57,8 @@ class AgentCatalog:
     errors: list[AgentFileError] = field(default_factory=list)
     created: dict[str, int] = field(default_factory=dict)
     """Agent name -> its file's modification time (Unix seconds), e.g. for ``/v1/models``."""
+    files: dict[str, str] = field(default_factory=dict)
+    """File name -> the agent it defines."""
 
     def get(self, name: str) -> AgentDefinition | None:
         """The agent called ``name``, or None."""
@@ -142,8 +144,27 @@ def load_agents(directory: Path) -> AgentCatalog:
             else:
                 catalog.agents[agent.name] = agent
                 catalog.created[agent.name] = int(path.stat().st_mtime)
+                catalog.files[rel] = agent.name
         catalog.errors.extend(errors)
+    _check_ensembles(catalog)
     return catalog
+
+
+def _check_ensembles(catalog: AgentCatalog) -> None:
+    """An ensemble's members and combiner must be agents of the directory, and not ensembles."""
+    for name, agent in list(catalog.agents.items()):
+        if not agent.is_ensemble:
+            continue
+        for field_name, names in (("members", agent.members), ("combiner", [agent.combiner])):
+            problems = [n for n in names if n not in catalog.agents]
+            nested = [n for n in names if n in catalog.agents and catalog.agents[n].is_ensemble]
+            if problems or nested:
+                reason = (f"no agent {', '.join(map(repr, problems))}" if problems
+                          else f"{', '.join(map(repr, nested))} is an ensemble; members and combiner must be plain agents")
+                file = next((f for f, n in catalog.files.items() if n == name), f"{name}.yaml")
+                catalog.errors.append(AgentFileError(file, field_name, reason))
+                del catalog.agents[name]
+                break
 
 
 def _reason(error: dict) -> str:

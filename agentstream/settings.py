@@ -50,6 +50,9 @@ class Settings:
     )
     sse_heartbeat: float = _setting("SSE_HEARTBEAT", 15.0, "Seconds between SSE comment heartbeats.")
     edge_max_body: int = _setting("EDGE_MAX_BODY", 1024 * 1024, "Largest request body the edge accepts (bytes); larger is a 413.")
+    process_default_agent: str = _setting(
+        "PROCESS_DEFAULT_AGENT", "trio", "The agent POST /api/process runs when the request names none (llm-sse's endpoint)."
+    )
     edge_cors_origins: str = _setting(
         "EDGE_CORS_ORIGINS", "",
         "Comma-separated origins (https://app.example) whose browser pages may call the API, or `*`. Unset: same-origin only.",

@@ -16,7 +16,6 @@ Checklist: ``openai-streaming.md``. Deliberate choices where it leaves room:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import Any
@@ -31,7 +30,7 @@ from edge.dialects.openai import ChatStream, Collected, TextCompletionStream, co
 from edge.errors import ApiError, from_validation
 from edge.feed import HEARTBEAT
 from edge.state import EdgeState
-from edge.http import agent_for, json_object, json_response, request_cancel, run_feed, sse_response, state, tenant
+from edge.http import agent_for, cancel_later, json_object, json_response, run_feed, sse_response, state, tenant
 from schemas import events as E
 from schemas import subjects
 from schemas.agents import AgentDefinition
@@ -51,7 +50,6 @@ PASS_THROUGH = frozenset({
 """Request fields passed on to the agent's model; other unknown fields are accepted and ignored."""
 
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_background: set[asyncio.Task] = set()
 
 
 class _Lenient(BaseModel):
@@ -199,20 +197,6 @@ async def _start_run(t, agent: AgentDefinition, request: RunRequest) -> str:
     return submitted.run_id
 
 
-def _cancel_later(st: EdgeState, tenant_name: str, run_id: str, reason: str) -> None:
-    """Cancel a run without waiting (from a stream being torn down)."""
-
-    async def cancel() -> None:
-        try:
-            await request_cancel(st, tenant_name, run_id, reason)
-        except Exception as err:  # noqa: BLE001
-            log.warning("could not cancel run %s: %s", run_id, err)
-
-    task = asyncio.create_task(cancel())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
 async def _collect_run(tenant_name: str, agent: str, run_id: str) -> Collected:
     """Wait for a run's end and fold its events; cancel the run if the caller goes away."""
     st = state()
@@ -228,7 +212,7 @@ async def _collect_run(tenant_name: str, agent: str, run_id: str) -> Collected:
                 break
     finally:
         if not ended:
-            _cancel_later(st, tenant_name, run_id, "client disconnected")
+            cancel_later(st, tenant_name, run_id, "client disconnected")
     return collect(bodies)
 
 
@@ -270,7 +254,7 @@ async def _stream_body(st: EdgeState, tenant_name: str, run_id: str, renderer, f
         yield sse.DONE
     finally:
         if not complete:
-            _cancel_later(st, tenant_name, run_id, "client disconnected")
+            cancel_later(st, tenant_name, run_id, "client disconnected")
 
 
 @bp.post("/chat/completions")

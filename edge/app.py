@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from agentstream.agents import AgentCatalog, load_agents
 from agentstream.bus import close
 from agentstream.settings import Settings
-from edge import api_native, api_openai
+from edge import api_llmsse, api_native, api_openai
 from edge.auth import Authenticator
 from edge.errors import ApiError
 from edge.state import EdgeState
@@ -49,6 +49,7 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
         )
     app.register_blueprint(api_native.bp)
     app.register_blueprint(api_openai.bp)
+    app.register_blueprint(api_llmsse.bp)
     background: list[asyncio.Task] = []
 
     @app.before_serving

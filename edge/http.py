@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any, AsyncIterator
 
 import orjson
@@ -17,6 +19,8 @@ from edge.state import EdgeState
 from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.runs import RunControl
+
+log = logging.getLogger(__name__)
 
 MAX_EVENT_ID = 2**63 - 1
 SIMPLE_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
@@ -147,6 +151,24 @@ async def request_cancel(st: EdgeState, tenant_name: str, run_id: str, reason: s
         raise
     except Exception as err:  # noqa: BLE001 - NATS down or slow
         raise ApiError(503, "unavailable", f"the cancel request could not be stored ({type(err).__name__}); retry") from None
+
+
+_background: set[asyncio.Task] = set()
+
+
+def cancel_later(st: EdgeState, tenant_name: str, run_id: str, reason: str) -> None:
+    """Cancel a run without waiting for it to be stored (from a stream being torn down because
+    its client went away: nobody will read the answer)."""
+
+    async def cancel() -> None:
+        try:
+            await request_cancel(st, tenant_name, run_id, reason)
+        except Exception as err:  # noqa: BLE001 - logged; the run's budget still ends it
+            log.warning("could not cancel run %s: %s", run_id, err)
+
+    task = asyncio.create_task(cancel())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

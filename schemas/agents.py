@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from schemas.common import Strict, Token
 from schemas.tools import TOOL_RUNNER_TOOLS
@@ -46,6 +46,14 @@ class AgentDefinition(Strict):
     - ``parameters``: passed through to the LLM request (``temperature``, ``max_tokens``, ...).
     - ``timeout``: the run's time budget in seconds; past it the run fails.
     - ``tool_timeout``: budget in seconds for one tool call, retries included.
+
+    An **ensemble** (issue 4) names ``members`` (agents asked the same question concurrently, each
+    as its own child run) and a ``combiner`` (the agent that answers from their answers):
+    - ``min_success``: members that must succeed for the combiner to run (default 1);
+    - ``member_timeout``: seconds a member may take; a slower one is cancelled and left out;
+    - ``combine_prompt``: how the combiner is asked, with ``{question}`` and ``{answers}`` (each
+      answer labelled with its member's name).
+    An ensemble has no model, prompt or tools of its own: those of its members and combiner apply.
     """
 
     name: Token
@@ -59,6 +67,36 @@ class AgentDefinition(Strict):
     parameters: dict[str, Any] = Field(default_factory=dict)
     timeout: float = Field(default=600.0, gt=0, le=86400)
     tool_timeout: float = Field(default=60.0, gt=0, le=3600)
+    members: list[Token] = Field(default_factory=list)
+    combiner: Token | None = None
+    min_success: int = Field(default=1, ge=1)
+    member_timeout: float = Field(default=300.0, gt=0, le=86400)
+    combine_prompt: str = "Question:\n{question}\n\nAnswers:\n\n{answers}"
+
+    @property
+    def is_ensemble(self) -> bool:
+        """True when this agent fans out to members and combines their answers."""
+        return bool(self.members)
+
+    @model_validator(mode="after")
+    def _ensemble_shape(self) -> "AgentDefinition":
+        if not self.members:
+            if self.combiner is not None:
+                raise ValueError("combiner is set but members is empty")
+            return self
+        if self.combiner is None:
+            raise ValueError("an ensemble (members: ...) needs a combiner")
+        if len(set(self.members)) != len(self.members):
+            raise ValueError("members lists an agent twice")
+        if self.min_success > len(self.members):
+            raise ValueError(f"min_success ({self.min_success}) is more than the {len(self.members)} members")
+        if self.actions or self.skills or self.system_prompt or self.model or self.llm:
+            raise ValueError("an ensemble has no model, system_prompt, actions or skills of its own: set them on its "
+                             "members and combiner")
+        for placeholder in ("{question}", "{answers}"):
+            if placeholder not in self.combine_prompt:
+                raise ValueError(f"combine_prompt must contain {placeholder}")
+        return self
 
     @field_validator("actions")
     @classmethod

@@ -22,6 +22,8 @@ RUN_QUEUED = "run.queued"
 RUN_STARTED = "run.started"
 RUN_RETRYING = "run.retrying"
 RUN_REQUEUED = "run.requeued"
+MEMBER_STARTED = "member.started"
+MEMBER_FINISHED = "member.finished"
 MESSAGE_DELTA = "message.delta"
 TOOL_CALL = "tool.call"
 TOOL_RESULT = "tool.result"
@@ -36,6 +38,8 @@ ALL_TYPES = (
     RUN_STARTED,
     RUN_RETRYING,
     RUN_REQUEUED,
+    MEMBER_STARTED,
+    MEMBER_FINISHED,
     MESSAGE_DELTA,
     TOOL_CALL,
     TOOL_RESULT,
@@ -93,6 +97,26 @@ class RunRequeuedData(Strict):
     runner: str
     attempt: int
     reason: str
+
+
+class MemberStartedData(Strict):
+    """``member.started`` (ensembles, issue 4): a member agent's child run was submitted."""
+
+    member: str
+    run_id: str
+
+
+class MemberFinishedData(Strict):
+    """``member.finished``: how a member's child run ended. ``status``: ``completed``, ``failed``,
+    ``cancelled`` or ``timeout`` (it did not end within ``member_timeout`` and was cancelled);
+    ``duration_ms`` from its submission; ``error`` when it did not complete."""
+
+    member: str
+    run_id: str
+    status: Literal["completed", "failed", "cancelled", "timeout"]
+    duration_ms: float
+    error: ErrorInfo | None = None
+    usage: Usage = Field(default_factory=Usage)
 
 
 class MessageDeltaData(Strict):
@@ -217,6 +241,16 @@ class RunRequeued(_Envelope):
     data: RunRequeuedData
 
 
+class MemberStarted(_Envelope):
+    type: Literal["member.started"] = MEMBER_STARTED
+    data: MemberStartedData
+
+
+class MemberFinished(_Envelope):
+    type: Literal["member.finished"] = MEMBER_FINISHED
+    data: MemberFinishedData
+
+
 class MessageDelta(_Envelope):
     type: Literal["message.delta"] = MESSAGE_DELTA
     data: MessageDeltaData
@@ -258,6 +292,8 @@ RunEvent = Annotated[
         RunStarted,
         RunRetrying,
         RunRequeued,
+        MemberStarted,
+        MemberFinished,
         MessageDelta,
         ToolCall,
         ToolResult,
@@ -277,6 +313,8 @@ EVENT_CLASSES: dict[str, type[_Envelope]] = {
     RUN_STARTED: RunStarted,
     RUN_RETRYING: RunRetrying,
     RUN_REQUEUED: RunRequeued,
+    MEMBER_STARTED: MemberStarted,
+    MEMBER_FINISHED: MemberFinished,
     MESSAGE_DELTA: MessageDelta,
     TOOL_CALL: ToolCall,
     TOOL_RESULT: ToolResult,

@@ -21,6 +21,12 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
+def member_run_id(parent_run_id: str, member: str) -> str:
+    """The run id of an ensemble member's child run: the same for every attempt of the parent, so
+    a parent that is retried finds its children instead of starting them again."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"agentstream:{parent_run_id}/member/{member}").hex
+
+
 def run_id_for(tenant: str, agent: str, message_id: str) -> str:
     """The run id a client's ``message_id`` maps to, the same on every edge and after restarts.
 
@@ -44,6 +50,7 @@ class RunRequest(Strict):
       ends the run with ``finish_reason: "tool_calls"`` and is answered by the client.
     - ``parameters``: per-run overrides of the agent's LLM parameters (e.g. ``max_tokens``).
     - ``conversation_id``: free text grouping runs into a conversation.
+    - ``parent_run_id``: set on the child runs of an ensemble's members.
     - ``submitted_at``: when the edge accepted it (UTC).
     """
 
@@ -54,6 +61,7 @@ class RunRequest(Strict):
     tools: list[FunctionTool] = Field(default_factory=list)
     parameters: dict[str, Any] = Field(default_factory=dict)
     conversation_id: str | None = Field(default=None, max_length=200)
+    parent_run_id: Token | None = Field(default=None, description="the ensemble run this run is a member of")
     submitted_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ _BACKTICKED = re.compile(r"`([^`\s]+)`")
 _PATH = re.compile(r"(?<![\w/.@-])((?:\.{0,2}/)?(?:[\w.-]+/)*[\w-][\w.-]*\.[A-Za-z0-9]{1,10})(?![\w/-])")
 _DIR_WORDS = re.compile(r"\b(list|ls|show)\b.*\b(dir|directory|folder|files|entries)\b", re.I | re.S)
 _WORD = re.compile(r"\S+\s*|\s+")
+_LABELLED = re.compile(r"^### ([\w.-]+)\n(.*?)(?=^### |\Z)", re.M | re.S)
 _NAMED_DIR = re.compile(
     r"\b(?:the\s+)?([\w.][\w./-]*)\s+(?:dir|directory|folder)\b|\b(?:dir|directory|folder)\s+`?([\w.][\w./-]*)", re.I
 )
@@ -127,7 +128,10 @@ def decide(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, o
     plan = _plan_tool_call(question, offered)
     if plan is not None:
         return Reply(tool_calls=[plan])
-    return Reply(text=_plain_answer(question))
+    labelled = _LABELLED.findall(question)
+    if len(labelled) >= 2:
+        return Reply(text=_combine(labelled))
+    return Reply(text=_plain_answer(question, _persona(messages)))
 
 
 def _plan_tool_call(question: str, offered: dict[str, dict]) -> ToolCallPlan | None:
@@ -183,14 +187,32 @@ def _first_json_object(text: str) -> dict[str, Any]:
     return {}
 
 
-def _plain_answer(question: str) -> str:
+def _plain_answer(question: str, persona: str = "") -> str:
     q = " ".join(question.split())
     if len(q) > 200:
         q = q[:200] + "…"
+    who = f" Following my instructions ({persona})," if persona else ""
     return (
-        f"You asked: \u201c{q}\u201d. I am agentstream's built-in stand-in model: ask me about a file "
+        f"You asked: \u201c{q}\u201d.{who} I am agentstream's built-in stand-in model: ask me about a file "
         "(for example README.md) or a URL and I will use my tools to answer."
     )
+
+
+def _persona(messages: list[dict[str, Any]]) -> str:
+    """The first sentence of the first system message, shortened: what the model was told to be."""
+    system = next((_text_of(m.get("content")) for m in messages if m.get("role") == "system"), "")
+    first = re.split(r"(?<=[.:!?])\s", " ".join(system.split()), maxsplit=1)[0] if system.strip() else ""
+    return first[:80].rstrip(".:") if first else ""
+
+
+def _combine(labelled: list[tuple[str, str]]) -> str:
+    """The answer to a combine prompt: which answers it combined, and the start of each."""
+    names = ", ".join(name for name, _ in labelled)
+    parts = []
+    for name, body in labelled:
+        body = " ".join(body.split())
+        parts.append(f"{name} said: {body[:100]}{'…' if len(body) > 100 else ''}")
+    return f"Combining {len(labelled)} answers ({names}). " + " ".join(parts)
 
 
 def _words(n: int) -> str:

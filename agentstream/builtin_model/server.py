@@ -85,10 +85,14 @@ def create_app(settings: Settings) -> Quart:
             "finished": False,
         }
         records.append(record)
-        if opts.hang:
-            await asyncio.Event().wait()
-        if opts.first_delay:
-            await asyncio.sleep(opts.first_delay)
+        try:
+            if opts.hang:
+                await asyncio.Event().wait()
+            if opts.first_delay:
+                await asyncio.sleep(opts.first_delay)
+        except asyncio.CancelledError:  # the client went away before we said anything
+            record["disconnected"] = True
+            raise
         seen_per_model[model] = seen_per_model.get(model, 0) + 1
         fail = opts.fail or (500 if seen_per_model[model] <= opts.fail_first else None)
         if fail:
@@ -104,7 +108,11 @@ def create_app(settings: Settings) -> Quart:
         if not body.get("stream") or opts.no_stream:
             content, calls, finish, n = _complete(reply, max_tokens)
             if delay:
-                await asyncio.sleep(delay * n)
+                try:
+                    await asyncio.sleep(delay * n)
+                except asyncio.CancelledError:
+                    record["disconnected"] = True
+                    raise
             record["finished"] = True
             return oai.chat_completion(
                 completion_id, created, model, content=content, finish_reason=finish,

@@ -18,6 +18,7 @@ from typing import Any
 
 from agentstream import openai_format as oai
 from agentstream import sse
+from edge.dialects.replay import Replay
 from schemas import events as E
 
 _FINISH = {"stop", "length", "tool_calls", "content_filter"}
@@ -78,38 +79,6 @@ def _usage(data: dict[str, Any]) -> dict[str, int]:
     return oai.usage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0)))
 
 
-class _Replay:
-    """Text already sent, per LLM step, so a run that restarts a step (``run.retrying``) does not
-    send the client the same words twice. If the new attempt writes something else than what was
-    sent, the stream cannot be corrected (there is no way to take text back in this protocol):
-    :meth:`text` then returns None and the caller ends the stream with an error."""
-
-    def __init__(self) -> None:
-        self.sent: dict[int, str] = {}
-        self.pending: dict[int, str] = {}
-
-    def restart(self, resume_step: int) -> None:
-        self.pending = {step: text for step, text in self.sent.items() if step >= resume_step and text}
-        for step in self.pending:
-            self.sent[step] = ""
-
-    def text(self, step: int, text: str) -> str | None:
-        """What of ``text`` (a delta of ``step``) is new to the client; None if it contradicts it."""
-        expected = self.pending.get(step)
-        if expected:
-            if expected.startswith(text):
-                self.pending[step] = expected[len(text):]
-                self.sent[step] = self.sent.get(step, "") + text
-                return ""
-            if not text.startswith(expected):
-                return None
-            self.pending[step] = ""
-            self.sent[step] = self.sent.get(step, "") + expected
-            text = text[len(expected):]
-        self.sent[step] = self.sent.get(step, "") + text
-        return text
-
-
 RESTART_DIVERGED = oai.error_body(
     "the agent's run was interrupted and restarted, and its new answer differs from what was already sent; retry",
     "server_error", None, "run_restarted")
@@ -130,7 +99,7 @@ class ChatStream:
         self.finished = False  # the finish chunk was sent
         self.done = False  # [DONE] was sent
         self._tool_index = 0
-        self._replay = _Replay()
+        self._replay = Replay()
 
     def _chunk(self, **kw: Any) -> bytes:
         return sse.frame(oai.dumps(oai.chat_chunk(self.id, self.created, self.model,
@@ -192,7 +161,7 @@ class TextCompletionStream:
         self.include_usage = include_usage
         self.finished = False
         self.done = False
-        self._replay = _Replay()
+        self._replay = Replay()
 
     def _chunk(self, text: str, finish_reason: str | None) -> bytes:
         chunk: dict[str, Any] = {

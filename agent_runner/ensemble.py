@@ -1,0 +1,177 @@
+"""Ensembles (issue 4): ask several member agents concurrently, then answer from their answers.
+
+The parent run submits one child run per member on the bus (``agents.{tenant}.{member}.run``), so
+members run concurrently on whichever agent runners are free, each with its own events under its
+own run id. It waits for them, each within ``member_timeout`` (a slower one is cancelled), writes
+``member.started`` / ``member.finished`` on its own stream, and if at least ``min_success``
+answered, runs the combiner agent in the parent run itself (its deltas and answer are the
+parent's) with the question and the answers labelled by member. Cancelling the parent cancels
+the children. Child run ids are derived from the parent's, so a retried parent finds its children
+instead of starting them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Callable
+
+from nats.aio.client import Client as NATS
+
+from agent_runner.event_writer import RunEventWriter
+from agentstream import eventlog
+from agentstream.runs import submit
+from agentstream.runstate import fold as fold_record
+from schemas import events as E
+from schemas import subjects
+from schemas.agents import AgentDefinition
+from schemas.common import ErrorInfo, Usage
+from schemas.runs import RunControl, RunRequest, member_run_id
+
+log = logging.getLogger(__name__)
+
+
+class MembersFailed(Exception):
+    """Fewer than ``min_success`` members answered; the message names each failure."""
+
+
+@dataclass
+class MemberOutcome:
+    """One member's end: its finished event data and, if it completed, its answer."""
+
+    finished: E.MemberFinishedData
+    answer: str | None = None
+
+
+def question_of(request: RunRequest) -> str:
+    """The question the members are asked: the request's message, or its last user message."""
+    if request.message:
+        return request.message
+    for message in reversed(request.history):
+        if message.role == "user":
+            content = message.content
+            if isinstance(content, list):
+                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            return content or ""
+    return ""
+
+
+def combined_message(ensemble: AgentDefinition, question: str, outcomes: list[tuple[str, MemberOutcome]]) -> str:
+    """The combiner's user message: ``combine_prompt`` with the question and the answers, each
+    under a ``### {member}`` heading, in the ensemble's member order."""
+    answers = "\n\n".join(f"### {member}\n{outcome.answer}" for member, outcome in outcomes if outcome.answer is not None)
+    return ensemble.combine_prompt.replace("{question}", question).replace("{answers}", answers)
+
+
+async def wait_for_end(nc: NATS, subject: str, timeout: float) -> eventlog.StoredEvent | None:
+    """The terminal event of the run on ``subject``, or None if it does not come within ``timeout``
+    seconds. Listens to the live re-publication and re-checks the stream every second."""
+    sub = await nc.subscribe(subjects.live_of(subject))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        while True:
+            last = await eventlog.last_event(nc, subject)
+            if last is not None and E.is_terminal(last.type):
+                return last
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                await sub.next_msg(timeout=min(1.0, remaining))
+            except TimeoutError:
+                pass
+    finally:
+        try:
+            await sub.unsubscribe()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+async def run_members(
+    nc: NATS,
+    tenant: str,
+    ensemble: AgentDefinition,
+    request: RunRequest,
+    writer: RunEventWriter,
+    *,
+    started_before: dict[str, E.MemberStartedData],
+    finished_before: dict[str, E.MemberFinishedData],
+    waiting: Callable[[], AbstractAsyncContextManager],
+) -> list[tuple[str, MemberOutcome]]:
+    """Run (or, on a retried parent, find) every member's child run and wait for them.
+
+    Returns ``[(member, outcome)]`` in member order. Raises MembersFailed when fewer than
+    ``min_success`` completed. ``waiting``: a context manager the runner uses to not count this
+    run against its concurrency while it only waits.
+    """
+    question = question_of(request)
+    outcomes: dict[str, MemberOutcome] = {}
+    child_ids = {m: member_run_id(request.run_id, m) for m in ensemble.members}
+    started_at = {m: time.perf_counter() for m in ensemble.members}
+    try:
+        for member in ensemble.members:
+            child = RunRequest(
+                run_id=child_ids[member], message_id=f"{request.message_id[:150]}:{member}", message=question,
+                history=request.history, conversation_id=request.conversation_id, parent_run_id=request.run_id,
+            )
+            await submit(nc, tenant, member, child)  # a repeat (retried parent) is recognised, not re-run
+            if member not in started_before:
+                await writer.emit(E.MEMBER_STARTED, E.MemberStartedData(member=member, run_id=child_ids[member]))
+        async with waiting():
+            results = await asyncio.gather(*(
+                _member_outcome(nc, tenant, member, child_ids[member], ensemble.member_timeout, started_at[member],
+                                finished_before.get(member))
+                for member in ensemble.members
+            ))
+        for member, outcome in zip(ensemble.members, results):
+            outcomes[member] = outcome
+            if member not in finished_before:
+                await writer.emit(E.MEMBER_FINISHED, outcome.finished)
+    except asyncio.CancelledError:
+        # The parent was cancelled (or timed out): so are the members still going.
+        for member in ensemble.members:
+            if member not in outcomes:
+                await _cancel_child(nc, tenant, child_ids[member], "the ensemble run was cancelled")
+        raise
+    ok = [m for m in ensemble.members if outcomes[m].finished.status == "completed"]
+    if len(ok) < ensemble.min_success:
+        failures = "; ".join(
+            f"{m} {outcomes[m].finished.status}" + (f" ({outcomes[m].finished.error.message})" if outcomes[m].finished.error else "")
+            for m in ensemble.members if m not in ok
+        )
+        raise MembersFailed(f"{len(ok)} of {len(ensemble.members)} members answered, {ensemble.min_success} needed: {failures}")
+    return [(m, outcomes[m]) for m in ensemble.members]
+
+
+async def _member_outcome(nc: NATS, tenant: str, member: str, run_id: str, timeout: float, started: float,
+                          finished_before: E.MemberFinishedData | None) -> MemberOutcome:
+    subject = subjects.run_events(tenant, member, run_id)
+    end = await wait_for_end(nc, subject, timeout)
+    duration = round((time.perf_counter() - started) * 1000, 3)
+    if end is None:
+        await _cancel_child(nc, tenant, run_id, f"the member did not answer within {timeout:g} s")
+        finished = E.MemberFinishedData(member=member, run_id=run_id, status="timeout", duration_ms=duration,
+                                        error=ErrorInfo(type="timeout", message=f"no answer within {timeout:g} s"))
+        return MemberOutcome(finished_before or finished)
+    record = fold_record(await eventlog.read_list(nc, subject))
+    status = record.status if record.status in ("completed", "failed", "cancelled") else "failed"
+    error = None
+    if status != "completed":
+        err = record.error or {}
+        error = ErrorInfo(type=err.get("type") or status, message=err.get("message") or record.reason or status)
+    usage = Usage(**{k: v for k, v in (record.usage or {}).items() if k in Usage.model_fields})
+    finished = finished_before or E.MemberFinishedData(member=member, run_id=run_id, status=status, duration_ms=duration,
+                                                       error=error, usage=usage)
+    return MemberOutcome(finished, record.answer if status == "completed" else None)
+
+
+async def _cancel_child(nc: NATS, tenant: str, run_id: str, reason: str) -> None:
+    try:
+        await nc.jetstream().publish(subjects.control(tenant, run_id),
+                                     RunControl(reason=reason).model_dump_json().encode(), timeout=5.0)
+    except Exception as err:  # noqa: BLE001 - best effort; the child's own budget still ends it
+        log.warning("could not cancel member run %s: %s", run_id, err)

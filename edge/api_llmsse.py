@@ -1,0 +1,79 @@
+"""``POST /api/process``: llm-sse's endpoint, done on the bus (issue 4).
+
+Body: ``{"message", "message_id", "conversation_id"?, "agent"?}``; ``agent`` picks the agent
+(an ensemble, typically), default ``PROCESS_DEFAULT_AGENT``. The same ``message_id`` names the same
+run, so a client that retries gets the run it started, not a second one. The answer streams as
+llm-sse frames (edge.dialects.llmsse) with ``: ping`` heartbeats and no time limit; a client that
+disconnects cancels the run, and with it the member runs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import BaseModel, ConfigDict, Field
+from quart import Blueprint
+
+from agentstream import sse
+from agentstream.runs import SubmitError, submit
+from edge.dialects.llmsse import ProcessStream
+from edge.errors import ApiError
+from edge.feed import HEARTBEAT
+from edge.http import agent_for, cancel_later, json_body, run_feed, sse_response, state, tenant
+from edge.state import EdgeState
+from schemas import subjects
+from schemas.common import MessageId
+from schemas.runs import RunRequest, run_id_for
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("llmsse", __name__)
+
+
+class ProcessBody(BaseModel):
+    """llm-sse's request (unknown fields are accepted, as llm-sse does), plus ``agent``."""
+
+    model_config = ConfigDict(extra="allow")
+    message: str = Field(min_length=1, max_length=200_000)
+    message_id: MessageId
+    conversation_id: str | None = Field(default=None, max_length=200)
+    agent: str | None = None
+
+
+@bp.post("/api/process")
+async def process():
+    t = tenant()
+    body: ProcessBody = await json_body(ProcessBody, status=400)
+    if not body.message.strip():
+        raise ApiError(400, "invalid_request", "'message' must not be empty", "message")
+    st = state()
+    agent = agent_for(t, body.agent or st.settings.process_default_agent, field="agent")
+    run_id = run_id_for(t.name, agent.name, body.message_id)
+    request = RunRequest(run_id=run_id, message_id=body.message_id, message=body.message.strip(),
+                         conversation_id=body.conversation_id)
+    try:
+        await submit(st.bus(), t.name, agent.name, request)
+    except SubmitError as err:
+        log.error("submit failed: %s", err)
+        raise ApiError(503, "unavailable", "the run could not be stored; retry with the same message_id") from None
+    renderer = ProcessStream(body.message_id, body.conversation_id, agent=agent.name,
+                             source=agent.combiner or agent.name, members=len(agent.members))
+    feed = run_feed(t.name, run_id, subjects.run_events(t.name, agent.name, run_id))
+    return sse_response(_body(st, t.name, run_id, renderer, feed), {"X-Run-Id": run_id})
+
+
+async def _body(st: EdgeState, tenant_name: str, run_id: str, renderer: ProcessStream, feed):
+    complete = False
+    try:
+        async for item in feed:
+            if item is HEARTBEAT:
+                yield sse.PING
+                continue
+            for frame in renderer.render(item.json()):
+                yield frame
+            if renderer.done:
+                complete = True
+                return
+    finally:
+        if not complete:  # the client went away (or this edge is stopping): nobody reads the answer
+            cancel_later(st, tenant_name, run_id, "client disconnected")

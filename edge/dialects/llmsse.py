@@ -1,0 +1,79 @@
+"""The llm-sse view of a run (``POST /api/process``), for clients of WolfusFlow/llm-sse.
+
+Frames are ``data: {"message_id", "conversation_id"?, "status", "source", "message"?, "final"?}``
+(llm-sse.md §3): ``Sending to <member>`` per member, ``<member> completed`` / ``failed`` /
+``timed out`` as each ends (llm-sse had no such frame), ``Combining via <combiner>``, one
+``Streaming`` frame per fragment of the combined answer, ``Completed`` with ``final: true``.
+Unlike llm-sse, an error frame carries the real ``message_id`` (and ``final: true``), and the
+stream has heartbeats (written by the caller).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from agentstream import sse
+from edge.dialects.replay import Replay
+from schemas import events as E
+
+_ENDED = {"completed": "completed", "failed": "failed", "cancelled": "was cancelled", "timeout": "timed out"}
+
+
+class ProcessStream:
+    """Frames for one run. ``source``: the name answering (the combiner of an ensemble, else the
+    agent); ``members``: how many members the agent has (0 for a plain agent)."""
+
+    def __init__(self, message_id: str, conversation_id: str | None, *, agent: str, source: str, members: int):
+        self.base: dict[str, Any] = {"message_id": message_id}
+        if conversation_id:
+            self.base["conversation_id"] = conversation_id
+        self.agent = agent
+        self.source = source
+        self.members = members
+        self.finished_members = 0
+        self.done = False
+        self._replay = Replay()
+
+    def _frame(self, **fields: Any) -> bytes:
+        return sse.frame(orjson.dumps({**self.base, **{k: v for k, v in fields.items() if v is not None}}))
+
+    def render(self, body: dict[str, Any]) -> list[bytes]:
+        """Frames for one run event."""
+        if self.done:
+            return []
+        t, data = body.get("type"), body.get("data") or {}
+        if t == E.RUN_STARTED and not self.members and data.get("attempt") == 1:
+            return [self._frame(status=f"Sending to {self.agent}", source=self.agent)]
+        if t == E.MEMBER_STARTED:
+            return [self._frame(status=f"Sending to {data['member']}", source=data["member"])]
+        if t == E.MEMBER_FINISHED:
+            self.finished_members += 1
+            error = (data.get("error") or {}).get("message")
+            frames = [self._frame(status=f"{data['member']} {_ENDED.get(data['status'], data['status'])}",
+                                  source=data["member"], message=error)]
+            if self.finished_members == self.members:
+                frames.append(self._frame(status=f"Combining via {self.source}", source=self.source))
+            return frames
+        if t == E.RUN_RETRYING:
+            self._replay.restart(int(data.get("resume_step", 1)))
+            return []
+        if t == E.MESSAGE_DELTA:
+            text = self._replay.text(int(data.get("step", 1)), data.get("text", ""))
+            if text is None:
+                self.done = True
+                return [self._frame(status="error", source=self.source, final=True,
+                                    message="the run was interrupted and restarted with a different answer; retry")]
+            return [self._frame(status="Streaming", source=self.source, message=text)] if text else []
+        if t == E.RUN_COMPLETED:
+            self.done = True
+            return [self._frame(status="Completed", source=self.source, final=True)]
+        if t in (E.RUN_FAILED, E.RUN_CANCELLED):
+            self.done = True
+            error = data.get("error") or {}
+            message = error.get("message") or data.get("reason") or "the run failed"
+            if t == E.RUN_CANCELLED:
+                message = f"the run was cancelled: {data.get('reason', '')}".rstrip(": ")
+            return [self._frame(status="error", source=self.source, message=message, final=True)]
+        return []
