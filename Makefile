@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test soak schemas check docs clean
+.PHONY: run test soak bench schemas check docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +44,7 @@ docs: $(VENV)/.installed-run
 # Opt-in soak test: SOAK_RUNS runs (default 1000) while runners are killed at random.
 soak: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m soak -s -p no:cacheprovider --timeout 1800 tests/test_soak.py
+
+# The benchmark: starts its own system, writes bench/results.json and bench/RESULTS.md (a few minutes).
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m bench

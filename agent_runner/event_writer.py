@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import orjson
 from nats.aio.client import Client as NATS
@@ -65,6 +65,24 @@ class RunEventWriter:
         self._last_publish = 0.0
         self._failed: BaseException | None = None
         self._inflight: asyncio.Task | None = None
+        self._opening: asyncio.Task | None = None
+
+    def open_later(self, find_last_seq: Callable[[], Awaitable[int]], first: tuple[str, BaseModel]) -> None:
+        """Let the run start before its subject is read: ``find_last_seq()`` (which may raise to
+        say this attempt must not go on) runs now, concurrently, and the ``first`` event is written
+        as soon as it returns; every other write waits for both. Used so a fresh run's model call
+        starts without waiting two NATS round trips (lower time to first token)."""
+
+        async def opening() -> None:
+            self.last_seq = await find_last_seq()
+            await self._append_now(*first)
+
+        self._opening = asyncio.create_task(opening())
+
+    async def opened(self) -> None:
+        """Wait until :meth:`open_later`'s work is done (re-raising what stopped it)."""
+        if self._opening is not None:
+            await asyncio.shield(self._opening)
 
     # -- public API
 
@@ -131,32 +149,40 @@ class RunEventWriter:
 
     def _encode(self, event_type: str, data: BaseModel) -> bytes:
         cls = E.EVENT_CLASSES[event_type]
-        event = cls(**self.envelope, data=data)
+        # The envelope was validated once (RunRequest, subject tokens) and ``data`` is a model
+        # already: construct without validating again (a hot path: every event).
+        event = cls.model_construct(**self.envelope, data=data)
         payload = event.model_dump_json().encode()
         if len(payload) > self.event_max_bytes and isinstance(data, E.ToolResultData):
             shown = orjson.dumps(data.output)[: self.event_max_bytes // 2].decode("utf-8", "ignore")
             data = data.model_copy(update={"output": shown, "truncated": True})
-            payload = cls(**self.envelope, data=data).model_dump_json().encode()
+            payload = cls.model_construct(**self.envelope, data=data).model_dump_json().encode()
         return payload
 
     async def _publish(self, event_type: str, data: BaseModel) -> int:
         async with self._lock:
-            await self._settle()
-            self._n += 1
-            msg_id = f"{self.envelope['run_id']}:{self.envelope['attempt']}:{self._n}"
-            payload = self._encode(event_type, data)
-            # The write runs as its own task: if this coroutine is cancelled (run cancelled, timed
-            # out), the write still completes, and the next emit waits for it (_settle), so the
-            # run's sequence chain stays known and the terminal event can follow.
-            self._inflight = asyncio.create_task(
-                append(self.nc, self.subject, payload, event_type=event_type, msg_id=msg_id,
-                       expected_last_seq=self.last_seq)
-            )
-            seq = await asyncio.shield(self._inflight)
-            self._inflight = None
-            self.last_seq = seq
-            self._last_publish = time.monotonic()
-            return seq
+            if self._opening is not None:
+                await asyncio.shield(self._opening)
+            return await self._append_now(event_type, data)
+
+    async def _append_now(self, event_type: str, data: BaseModel) -> int:
+        """Write one event now (the caller holds the lock, or is the opening)."""
+        await self._settle()
+        self._n += 1
+        msg_id = f"{self.envelope['run_id']}:{self.envelope['attempt']}:{self._n}"
+        payload = self._encode(event_type, data)
+        # The write runs as its own task: if this coroutine is cancelled (run cancelled, timed
+        # out), the write still completes, and the next emit waits for it (_settle), so the
+        # run's sequence chain stays known and the terminal event can follow.
+        self._inflight = asyncio.create_task(
+            append(self.nc, self.subject, payload, event_type=event_type, msg_id=msg_id,
+                   expected_last_seq=self.last_seq)
+        )
+        seq = await asyncio.shield(self._inflight)
+        self._inflight = None
+        self.last_seq = seq
+        self._last_publish = time.monotonic()
+        return seq
 
     async def _settle(self) -> None:
         """Wait for a write interrupted by a cancellation, and take its sequence."""

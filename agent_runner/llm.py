@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -24,6 +25,7 @@ import httpx
 import httpx_sse
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from agentstream.retry import first_then_retry
 from schemas.common import Usage
 
 log = logging.getLogger(__name__)
@@ -122,20 +124,27 @@ class LLMClient:
         def retryable(err: BaseException) -> bool:
             return isinstance(err, LLMError) and err.retryable and not streamed["any"]
 
-        attempt_no = 0
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts),
-            wait=_RetryAfterOrBackoff(wait_exponential_jitter(multiplier=0.5, max=10.0, jitter=1.0)),
-            retry=retry_if_exception(retryable),
-            reraise=True,
+        attempts = 0
+
+        async def attempt() -> StepResult:
+            nonlocal attempts
+            attempts += 1
+            result = await self._once(endpoint, body, headers, on_text, streamed)
+            result.attempts = attempts
+            return result
+
+        return await first_then_retry(
+            attempt,
+            retryable,
+            lambda: AsyncRetrying(
+                stop=stop_after_attempt(self.max_attempts - 1),
+                wait=_RetryAfterOrBackoff(wait_exponential_jitter(multiplier=0.5, max=10.0, jitter=1.0)),
+                retry=retry_if_exception(retryable),
+                reraise=True,
+            ),
+            first_wait=lambda err: min(err.retry_after, 30.0) if isinstance(err, LLMError) and err.retry_after is not None
+            else 0.25 + random.random() * 0.5,
         )
-        async for attempt in retrying:
-            with attempt:
-                attempt_no += 1
-                result = await self._once(endpoint, body, headers, on_text, streamed)
-                result.attempts = attempt_no
-                return result
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _once(self, endpoint, body, headers, on_text, streamed) -> StepResult:
         timeout = httpx.Timeout(connect=self._connect_timeout, read=endpoint.timeout, write=30.0, pool=30.0)
@@ -166,12 +175,14 @@ class LLMClient:
         calls: dict[int, ToolCallAccum] = {}
         text_parts: list[str] = []
         event_source = httpx_sse.EventSource(resp)
+        done = False
         async for sse in event_source.aiter_sse():
             data = sse.data
-            if not data:
-                continue
+            if not data or done:
+                continue  # after [DONE]: read to the end, so the connection goes back to the pool
             if data.strip() == "[DONE]":
-                break
+                done = True
+                continue
             try:
                 chunk = json.loads(data)
             except json.JSONDecodeError:

@@ -21,11 +21,13 @@ import logging
 import os
 import time
 from contextlib import asynccontextmanager
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from agent_runner import resume
@@ -47,6 +49,9 @@ from schemas.runs import DeadLetter, RunControl, RunRequest
 
 log = logging.getLogger(__name__)
 
+CANCELLED_MEMORY = 200_000
+"""How many cancelled runs a runner remembers (RUN_CONTROL keeps them a day anyway)."""
+
 
 @dataclass
 class _Opened:
@@ -57,6 +62,14 @@ class _Opened:
     attempt: int
     plan: resume.ResumePlan | None = None
     history: resume.RunHistory | None = None
+
+
+class _AlreadyEnded(Exception):
+    """The run this delivery is for has already ended: nothing to do but ack."""
+
+
+class _NotFresh(Exception):
+    """A first delivery for a run that already has events beyond ``run.queued``."""
 
 
 class _Cancelled(Exception):
@@ -84,6 +97,7 @@ class AgentRunner:
         self._handlers: set[asyncio.Task] = set()
         self._runs: dict[tuple[str, str], asyncio.Task] = {}
         self._cancel_reasons: dict[tuple[str, str], str] = {}
+        self._cancelled: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._waiting = 0
@@ -94,7 +108,18 @@ class AgentRunner:
     async def start(self) -> None:
         """Declare streams and the shared consumer, subscribe to control signals, start pulling."""
         await declare(self.nc, self.settings, runner_consumer=True)
-        self._control_sub = await self.nc.subscribe(subjects.CONTROL_ALL, cb=self._on_control)
+        # Every cancel request, stored and live, through one ordered consumer: a runner taking a run
+        # knows at once whether it was cancelled before (no lookup per run).
+        info = await self.js.stream_info(subjects.RUN_CONTROL_STREAM)
+        self._control_caught_up = asyncio.Event()
+        self._control_backlog_seq = info.state.last_seq
+        if info.state.messages == 0:
+            self._control_caught_up.set()
+        self._control_sub = await self.js.subscribe(
+            subjects.CONTROL_ALL, stream=subjects.RUN_CONTROL_STREAM, cb=self._on_control, ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        await asyncio.wait_for(self._control_caught_up.wait(), 60)
         self._psub = await self.js.pull_subscribe_bind(
             durable=subjects.AGENT_RUNNERS_CONSUMER, stream=subjects.AGENT_RUNS_STREAM
         )
@@ -165,28 +190,26 @@ class AgentRunner:
 
     async def _on_control(self, msg: Msg) -> None:
         try:
+            if msg.metadata.sequence.stream >= self._control_backlog_seq:
+                self._control_caught_up.set()
+        except Exception:  # noqa: BLE001 - no metadata: not from the stream
+            pass
+        try:
             tenant, run_id = subjects.parse_control(msg.subject)
             control = RunControl.model_validate_json(msg.data)
         except (ValueError, ValidationError) as err:
             log.warning("ignoring control message on %s: %s", msg.subject, err)
             return
+        if control.action != "cancel":
+            return
         key = (tenant, run_id)
+        self._cancelled[key] = control.reason
+        while len(self._cancelled) > CANCELLED_MEMORY:
+            self._cancelled.popitem(last=False)
         task = self._runs.get(key)
-        if task is not None and control.action == "cancel" and not task.done():
+        if task is not None and not task.done():
             self._cancel_reasons[key] = control.reason
             task.cancel()
-
-    async def _stored_cancel(self, tenant: str, run_id: str) -> str | None:
-        """The reason of a cancel request stored before this runner took the run, if any."""
-        try:
-            msg = await self.js.get_msg(subjects.RUN_CONTROL_STREAM, subject=subjects.control(tenant, run_id), direct=True)
-        except nats.js.errors.NotFoundError:
-            return None
-        try:
-            control = RunControl.model_validate_json(msg.data)
-        except ValidationError:
-            return None
-        return control.reason if control.action == "cancel" else None
 
     # -- one run
 
@@ -214,9 +237,20 @@ class AgentRunner:
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         opened: _Opened | None = None
         try:
-            opened = await self._open(msg, where.tenant, where.agent, request)
-            if opened.writer is not None:
-                await self._run(where.tenant, where.agent, request, opened)
+            opened = self._open_fresh(msg, where.tenant, where.agent, request)
+            if opened is not None:
+                try:
+                    await self._run(where.tenant, where.agent, request, opened)
+                except _AlreadyEnded:
+                    opened = None  # nothing to do: ack
+                except _NotFresh:
+                    opened = await self._open(msg, where.tenant, where.agent, request)
+                    if opened.writer is not None:
+                        await self._run(where.tenant, where.agent, request, opened)
+            else:
+                opened = await self._open(msg, where.tenant, where.agent, request)
+                if opened.writer is not None:
+                    await self._run(where.tenant, where.agent, request, opened)
             await msg.ack()
         except OwnershipLost as err:
             log.warning("run %s: another attempt took over (%s); stopping this one", request.run_id, err)
@@ -237,6 +271,49 @@ class AgentRunner:
             raise
         finally:
             keep_alive.cancel()
+
+    def _open_fresh(self, msg: Msg, tenant: str, agent: str, request: RunRequest) -> "_Opened | None":
+        """The fast path for a first delivery of a plain agent's run: its model call starts at
+        once, while ``run.queued`` (if missing) and ``run.started`` are written concurrently. If
+        the run turns out not to be fresh (it has more than ``run.queued``), the first write
+        raises :class:`_AlreadyEnded` or :class:`_NotFresh` and the caller takes the full path.
+        None when the fast path does not apply."""
+        attempt = msg.metadata.num_delivered if msg.metadata else 1
+        definition = self.catalog.get(agent)
+        if attempt != 1 or definition is None or definition.is_ensemble or (tenant, request.run_id) in self._cancelled:
+            return None
+        subject = subjects.run_events(tenant, agent, request.run_id)
+        writer = self._writer(subject, tenant, agent, request, attempt, 0)
+
+        async def find_last_seq() -> int:
+            last = await eventlog.last_event(self.nc, subject)
+            if last is None:
+                try:
+                    await write_queued(self.nc, tenant, agent, request)
+                except eventlog.WriteConflict:
+                    pass  # the edge wrote it meanwhile
+                last = await eventlog.last_event(self.nc, subject)
+            if last is None:
+                raise RuntimeError(f"{subject}: run.queued was stored but cannot be read back")
+            if E.is_terminal(last.type):
+                raise _AlreadyEnded(last.type)
+            if last.type != E.RUN_QUEUED:
+                raise _NotFresh(last.type)
+            return last.seq
+
+        writer.open_later(find_last_seq, (E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt)))
+        return _Opened(writer, attempt)
+
+    def _writer(self, subject: str, tenant: str, agent: str, request: RunRequest, attempt: int, last_seq: int) -> RunEventWriter:
+        return RunEventWriter(
+            self.nc, subject,
+            {"run_id": request.run_id, "tenant": tenant, "agent": agent, "message_id": request.message_id,
+             "attempt": attempt},
+            last_seq,
+            flush_interval=self.settings.delta_flush_interval,
+            flush_bytes=self.settings.delta_flush_bytes,
+            event_max_bytes=self.settings.event_max_bytes,
+        )
 
     async def _open(self, msg: Msg, tenant: str, agent: str, request: RunRequest) -> "_Opened":
         """Decide what this delivery does, and write its first events.
@@ -261,15 +338,7 @@ class AgentRunner:
         if E.is_terminal(last.type):
             log.info("run %s already ended (%s); acking its request", request.run_id, last.type)
             return _Opened(None, attempt)
-        writer = RunEventWriter(
-            self.nc, subject,
-            {"run_id": request.run_id, "tenant": tenant, "agent": agent, "message_id": request.message_id,
-             "attempt": attempt},
-            last.seq,
-            flush_interval=self.settings.delta_flush_interval,
-            flush_bytes=self.settings.delta_flush_bytes,
-            event_max_bytes=self.settings.event_max_bytes,
-        )
+        writer = self._writer(subject, tenant, agent, request, attempt, last.seq)
         if last.type == E.RUN_QUEUED:
             await writer.emit(E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt))
             return _Opened(writer, attempt)
@@ -347,7 +416,7 @@ class AgentRunner:
         loop_task = asyncio.create_task(work)
         self._runs[key] = loop_task
         try:
-            stored = await self._stored_cancel(tenant, request.run_id)
+            stored = self._cancelled.get(key)
             if stored is not None:
                 self._cancel_reasons[key] = stored
                 loop_task.cancel()
@@ -384,7 +453,7 @@ class AgentRunner:
                 reason=reason, error=ErrorInfo(type=kind, message=getattr(err, "message", None) or str(err)),
                 usage=ctx.total_usage, steps=ctx.steps, duration_ms=duration(),
             ))
-        except (OwnershipLost, asyncio.CancelledError):
+        except (OwnershipLost, asyncio.CancelledError, _AlreadyEnded, _NotFresh):
             raise
         except Exception as err:  # noqa: BLE001 - a bug must still end the run
             log.exception("run %s crashed", request.run_id)

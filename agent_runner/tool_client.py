@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
+from agentstream.retry import first_then_retry
 from schemas import headers as H
 from schemas import subjects
 from schemas.common import ErrorInfo
@@ -76,31 +77,38 @@ class ToolClient:
         deadline = time.monotonic() + budget
         attempts = 0
         last_problem = "no attempt made"
+
+        async def one() -> ToolCallResult:
+            nonlocal attempts, last_problem
+            attempts += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            request = ToolCallRequest(
+                run_id=run_id,
+                tool_call_id=tool_call_id,
+                arguments=arguments,
+                timeout=max(remaining - 0.05, 0.01),
+                progress_interval=self.progress_interval,
+            )
+            try:
+                return await self._attempt(subject, idempotency_key, request, remaining)
+            except _Retry as err:
+                last_problem = str(err)
+                log.info("tool %s call %s attempt %d: %s; retrying", tool, tool_call_id, attempts, err)
+                raise
+
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_delay(budget),
-                wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.2),
-                retry=retry_if_exception_type(_Retry),
-                reraise=True,
-            ):
-                with attempt:
-                    attempts += 1
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError
-                    request = ToolCallRequest(
-                        run_id=run_id,
-                        tool_call_id=tool_call_id,
-                        arguments=arguments,
-                        timeout=max(remaining - 0.05, 0.01),
-                        progress_interval=self.progress_interval,
-                    )
-                    try:
-                        result = await self._attempt(subject, idempotency_key, request, remaining)
-                    except _Retry as err:
-                        last_problem = str(err)
-                        log.info("tool %s call %s attempt %d: %s; retrying", tool, tool_call_id, attempts, err)
-                        raise
+            result = await first_then_retry(
+                one,
+                lambda err: isinstance(err, _Retry),
+                lambda: AsyncRetrying(
+                    stop=stop_after_delay(max(deadline - time.monotonic(), 0.0)),
+                    wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.2),
+                    retry=retry_if_exception_type(_Retry),
+                    reraise=True,
+                ),
+            )
         except (_Retry, TimeoutError):
             ms = (time.perf_counter() - started) * 1000
             return ToolOutcome(

@@ -14,6 +14,7 @@ import random
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
 from agentstream.settings import Settings
 from schemas import streams
@@ -79,6 +80,15 @@ async def connect(
             log.warning("nats: cannot connect to %s (%s); retrying", ",".join(settings.nats_servers), err)
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 2.0)
+
+
+def jetstream(nc: NATS) -> JetStreamContext:
+    """The connection's JetStream context, made once (creating one per call shows in profiles)."""
+    js = getattr(nc, "_agentstream_js", None)
+    if js is None:
+        js = nc.jetstream()
+        nc._agentstream_js = js  # type: ignore[attr-defined]
+    return js
 
 
 async def declare(nc: NATS, settings: Settings, *, runner_consumer: bool = False) -> None:

@@ -24,6 +24,8 @@ from nats.errors import NoRespondersError
 from nats.js.errors import APIError, BadRequestError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
+from agentstream.bus import jetstream
+from agentstream.retry import first_then_retry
 from schemas import headers as H
 from schemas import subjects
 
@@ -88,11 +90,11 @@ async def read_batch(
     Returns ``(events, pending)``: ``pending`` is how many more matching events the stream holds
     after the last one returned. Raises EventLogError.
     """
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
+    mux = await _BatchMux.of(nc)
+    token, replies = mux.open()
     try:
         request = orjson.dumps({"seq": after_seq + 1, "next_by_subj": filter_subject, "batch": batch})
-        await nc.publish(DIRECT_GET.format(stream=stream), request, reply=inbox)
+        await nc.publish(DIRECT_GET.format(stream=stream), request, reply=f"{mux.prefix}.{token}")
         events: list[StoredEvent] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -101,7 +103,7 @@ async def read_batch(
             if remaining <= 0:
                 raise EventLogError(f"timed out reading {filter_subject}")
             try:
-                msg = await sub.next_msg(timeout=remaining)
+                msg = await asyncio.wait_for(replies.get(), remaining)
             except TimeoutError:
                 raise EventLogError(f"timed out reading {filter_subject}") from None
             hdrs = msg.headers or {}
@@ -118,7 +120,49 @@ async def read_batch(
     except NoRespondersError:
         raise EventLogError("no JetStream responders for RUN_EVENTS") from None
     finally:
-        await sub.unsubscribe()
+        mux.close(token)
+
+
+class _BatchMux:
+    """One wildcard inbox subscription per connection for every batched read, replies routed by
+    the inbox's last token (what nats-py does for single-reply requests; a batch has many
+    replies). Saves a SUB/UNSUB round of protocol per read on hot paths (every SSE connection)."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.pending: dict[str, asyncio.Queue] = {}
+        self._next = 0
+
+    @classmethod
+    async def of(cls, nc: NATS) -> "_BatchMux":
+        mux = getattr(nc, "_agentstream_batch_mux", None)
+        if mux is not None:
+            return mux
+        lock = getattr(nc, "_agentstream_batch_lock", None)
+        if lock is None:
+            lock = nc._agentstream_batch_lock = asyncio.Lock()  # type: ignore[attr-defined]
+        async with lock:
+            mux = getattr(nc, "_agentstream_batch_mux", None)
+            if mux is None:
+                mux = cls(nc.new_inbox())
+                await nc.subscribe(f"{mux.prefix}.*", cb=mux._on_reply)
+                nc._agentstream_batch_mux = mux  # type: ignore[attr-defined]
+        return mux
+
+    def open(self) -> tuple[str, asyncio.Queue]:
+        self._next += 1
+        token = str(self._next)
+        queue: asyncio.Queue = asyncio.Queue()
+        self.pending[token] = queue
+        return token, queue
+
+    def close(self, token: str) -> None:
+        self.pending.pop(token, None)
+
+    async def _on_reply(self, msg) -> None:
+        queue = self.pending.get(msg.subject.rsplit(".", 1)[-1])
+        if queue is not None:
+            queue.put_nowait(msg)
 
 
 async def read_all(nc: NATS, filter_subject: str, after_seq: int = 0, *, batch: int = 256) -> AsyncIterator[StoredEvent]:
@@ -189,38 +233,43 @@ async def append(
     if an earlier try was in fact stored, the conflict it causes is recognised by the stored
     event's ``Nats-Msg-Id`` and counted as success.
     """
-    js = nc.jetstream()
+    js = jetstream(nc)
     headers = {
         H.MSG_ID: msg_id,
         H.EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected_last_seq),
         H.EVENT_TYPE: event_type,
     }
-    async for attempt in AsyncRetrying(
-        stop=stop_after_delay(retry_seconds),
-        wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
-        retry=retry_if_exception_type(_Transient),
-        reraise=True,
-    ):
-        with attempt:
-            try:
-                ack = await js.publish(subject, payload, headers=headers, timeout=5.0)
-                return ack.seq
-            except BadRequestError as err:
-                if err.err_code != _WRONG_LAST_SEQUENCE:
-                    raise
-                try:
-                    stored = await last_event(nc, subject)
-                except EventLogError as read_err:
-                    raise _Transient(str(read_err)) from None
-                if stored is not None and stored.msg_id == msg_id:
-                    return stored.seq  # an earlier try of this very publish was stored
-                raise WriteConflict(f"{subject}: another writer stored event {stored.seq if stored else '?'}") from None
-            except APIError as err:
-                if err.code and int(err.code) >= 500:
-                    raise _Transient(str(err)) from None
+
+    async def attempt() -> int:
+        try:
+            ack = await js.publish(subject, payload, headers=headers, timeout=5.0)
+            return ack.seq
+        except BadRequestError as err:
+            if err.err_code != _WRONG_LAST_SEQUENCE:
                 raise
-            except (nats.errors.TimeoutError, NoRespondersError, nats.errors.ConnectionClosedError,
-                    nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError) as err:
-                log.warning("storing %s on %s: %s; retrying", event_type, subject, type(err).__name__)
+            try:
+                stored = await last_event(nc, subject)
+            except EventLogError as read_err:
+                raise _Transient(str(read_err)) from None
+            if stored is not None and stored.msg_id == msg_id:
+                return stored.seq  # an earlier try of this very publish was stored
+            raise WriteConflict(f"{subject}: another writer stored event {stored.seq if stored else '?'}") from None
+        except APIError as err:
+            if err.code and int(err.code) >= 500:
                 raise _Transient(str(err)) from None
-    raise AssertionError("unreachable")  # pragma: no cover
+            raise
+        except (nats.errors.TimeoutError, NoRespondersError, nats.errors.ConnectionClosedError,
+                nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError) as err:
+            log.warning("storing %s on %s: %s; retrying", event_type, subject, type(err).__name__)
+            raise _Transient(str(err)) from None
+
+    return await first_then_retry(
+        attempt,
+        lambda err: isinstance(err, _Transient),
+        lambda: AsyncRetrying(
+            stop=stop_after_delay(retry_seconds),
+            wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
+            retry=retry_if_exception_type(_Transient),
+            reraise=True,
+        ),
+    )

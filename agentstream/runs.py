@@ -17,6 +17,8 @@ from nats.aio.client import Client as NATS
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from agentstream import eventlog
+from agentstream.bus import jetstream
+from agentstream.retry import first_then_retry
 from schemas import events as E
 from schemas import headers as H
 from schemas import subjects
@@ -70,20 +72,22 @@ async def submit(nc: NATS, tenant: str, agent: str, request: RunRequest, *, time
 
     ``timeout``: seconds to keep retrying while NATS is unreachable.
     """
-    js = nc.jetstream()
+    js = jetstream(nc)
     payload = request.model_dump_json().encode()
     subject = subjects.run_request(tenant, agent)
+    transient = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionReconnectingError)
 
     async def publish_request():
-        async for attempt in AsyncRetrying(
-            stop=stop_after_delay(timeout),
-            wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
-            retry=retry_if_exception_type((nats.errors.TimeoutError, nats.errors.NoRespondersError,
-                                           nats.errors.ConnectionReconnectingError)),
-            reraise=True,
-        ):
-            with attempt:
-                return await js.publish(subject, payload, headers={H.MSG_ID: request.run_id}, timeout=2.0)
+        return await first_then_retry(
+            lambda: js.publish(subject, payload, headers={H.MSG_ID: request.run_id}, timeout=2.0),
+            lambda err: isinstance(err, transient),
+            lambda: AsyncRetrying(
+                stop=stop_after_delay(timeout),
+                wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
+                retry=retry_if_exception_type(transient),
+                reraise=True,
+            ),
+        )
 
     async def queued() -> bool:
         try:

@@ -21,9 +21,22 @@ def setup_logging(settings: Settings) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard limit: an edge holds one per SSE client."""
+    try:
+        import resource  # noqa: PLC0415 - POSIX only
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def run(main: Callable[[asyncio.Event], Awaitable[None]], settings: Settings) -> int:
     """Run ``main(stop)`` until it returns; SIGTERM or SIGINT sets ``stop``. Returns the exit code."""
     setup_logging(settings)
+    raise_open_files_limit()
 
     async def wrapper() -> None:
         stop = asyncio.Event()

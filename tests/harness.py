@@ -154,18 +154,18 @@ class System:
         return "\n\n".join(f"== {p.name}\n{p.tail()}" for p in self.procs)
 
 
-def make_agents_dir(target: Path) -> Path:
-    """The shipped agents plus the test agents (tests/agents), in one directory."""
+def make_agents_dir(target: Path, extra: Path = TEST_AGENTS) -> Path:
+    """The shipped agents plus the agents in ``extra`` (default: tests/agents), in one directory."""
     shutil.copytree(REPO / "agents", target)
-    for path in TEST_AGENTS.glob("*.yaml"):
+    for path in extra.glob("*.yaml"):
         shutil.copy(path, target / path.name)
     return target
 
 
-def new_system(base: Path, **env: str) -> System:
+def new_system(base: Path, *, extra_agents: Path = TEST_AGENTS, **env: str) -> System:
     """A nats-server on a free port with JetStream under ``base``; components start on demand."""
     base.mkdir(parents=True, exist_ok=True)
-    agents = make_agents_dir(base / "agents") if not (base / "agents").exists() else base / "agents"
+    agents = make_agents_dir(base / "agents", extra_agents) if not (base / "agents").exists() else base / "agents"
     nats = EmbeddedNats(base / "nats-store", port=0, log_path=base / "nats.log")
     url = nats.start()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT"))}

@@ -122,10 +122,19 @@ def create_app(settings: Settings) -> Quart:
 
         async def stream():
             state["active"] += 1
+            pending = bytearray()
             try:
                 async for frame in _stream(reply, completion_id, created, model, delay, max_tokens,
                                            prompt_tokens, include_usage, opts.fail_after):
-                    yield frame
+                    if delay:
+                        yield frame  # paced: every token is its own write
+                        continue
+                    pending += frame  # flat out: as many events per write as fit in 16 KiB
+                    if len(pending) >= 16384:
+                        yield bytes(pending)
+                        pending.clear()
+                if pending:
+                    yield bytes(pending)
                 record["finished"] = True
             except asyncio.CancelledError:
                 record["disconnected"] = True

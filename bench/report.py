@@ -1,0 +1,146 @@
+"""``bench/RESULTS.md`` from ``bench/results.json``: tables, the targets of issue 6 and whether each
+was met, then the hand-written analysis in ``bench/analysis.md``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+
+
+def _f(x: Any, digits: int = 1) -> str:
+    try:
+        return f"{x:,.{digits}f}"
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def _met(ok: bool | None) -> str:
+    return "—" if ok is None else ("met" if ok else "**missed**")
+
+
+def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """``(target, wanted, measured, met)`` rows."""
+    rows = []
+    o = r.get("overhead", {})
+    if "realistic" in o:
+        x = o["realistic"]
+        rows.append(("realistic pace: total time vs direct", "≤ 1.02×", f"{_f(x['total_ratio_p50'], 3)}× p50",
+                     x["total_ratio_p50"] <= 1.02))
+        rows.append(("realistic pace: added time to first token", "≤ 5 ms p50", f"{_f(x['added_ttft_ms_p50'])} ms p50",
+                     x["added_ttft_ms_p50"] <= 5))
+    if "flat_out" in o:
+        x = o["flat_out"]
+        rows.append(("flat out: characters per second vs direct", "≥ 0.5×", f"{_f(x['chars_per_s_ratio_p50'], 2)}× p50",
+                     x["chars_per_s_ratio_p50"] >= 0.5))
+    s = r.get("submit_latency", {})
+    if "1_clients" in s:
+        rows.append(("submit → 202", "≤ 5 ms p50", f"{_f(s['1_clients']['to_202_ms']['p50'], 2)} ms",
+                     s["1_clients"]["to_202_ms"]["p50"] <= 5))
+        rows.append(("submit → first event", "≤ 10 ms p50", f"{_f(s['1_clients']['to_first_event_ms']['p50'], 2)} ms",
+                     s["1_clients"]["to_first_event_ms"]["p50"] <= 10))
+    if "50_clients" in s:
+        worst = max(s["50_clients"]["to_202_ms"]["p99"], s["50_clients"]["to_first_event_ms"]["p99"])
+        rows.append(("50 concurrent clients: submit → 202 and → first event", "≤ 50 ms p99", f"{_f(worst)} ms", worst <= 50))
+    t = r.get("run_throughput", {}).get("bench-one-step")
+    if t:
+        rows.append(("one-step runs per second, one runner", "≥ 300", _f(t["1_runner"]["runs_per_s"]),
+                     t["1_runner"]["runs_per_s"] >= 300))
+        cores = r.get("machine", {}).get("cores") or 0
+        rows.append(("two runners vs one", "≥ 1.6× where cores allow", f"{_f(t['scaling_ratio'], 2)}× ({cores} cores)",
+                     t["scaling_ratio"] >= 1.6 if cores >= 4 else None))
+    f = r.get("fan_out", {}).get("5000")
+    if f:
+        rows.append(("5,000 SSE clients on one edge: edge RSS", "≤ 600 MiB", f"{_f(f['edge_rss_mib_peak'], 0)} MiB peak",
+                     f["edge_rss_mib_peak"] <= 600))
+        rows.append(("5,000 SSE clients: events delivered per second", "≥ 20,000", _f(f["events_per_s"], 0),
+                     f["events_per_s"] >= 20000))
+    i = r.get("idle_streams")
+    if i:
+        rows.append(("idle streams: memory per stream", "near 60 KiB", f"{_f(i['kib_per_stream'])} KiB", None))
+    return rows
+
+
+def write_markdown(r: dict[str, Any], path: Path) -> None:
+    """Write the report."""
+    m = r.get("machine", {})
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {m.get('date')} on {m.get('cores')} cores ({m.get('cpu')}), Python {m.get('python')}, "
+        f"{m.get('nats_server')}, {m.get('platform')}. Everything (nats-server, the model server, the edge, the runners "
+        "and the load clients) shares this one machine. Regenerate with `make bench` (`bench/results.json` has every number).",
+        "",
+        "## Targets (issue 6)",
+        "",
+        "| target | wanted | measured | |",
+        "|---|---|---|---|",
+        *[f"| {a} | {b} | {c} | {_met(d)} |" for a, b, c, d in targets(r)],
+        "",
+    ]
+    if "nats_ceiling" in r:
+        n = r["nats_ceiling"]
+        lines += [
+            "## The broker's ceiling from Python (same machine)",
+            "",
+            "| operation | per second |", "|---|---|",
+            f"| JetStream publish, async (acks awaited together) | {_f(n['js_publish_async_per_s'], 0)} |",
+            f"| JetStream publish, one at a time | {_f(n['js_publish_sync_per_s'], 0)} |",
+            f"| core request/reply, one at a time | {_f(n['request_reply_sequential_per_s'], 0)} |",
+            f"| core request/reply, 100 concurrent | {_f(n['request_reply_100_concurrent_per_s'], 0)} |",
+            "",
+        ]
+    if "overhead" in r:
+        lines += ["## 1. Overhead vs calling the model directly", "",
+                  "The same streamed completion, read from the model server directly and through `/v1/chat/completions`.", "",
+                  "| pace | path | first token p50 / p99 (ms) | total p50 / p99 (ms) | chars/s p50 |", "|---|---|---|---|---|"]
+        for pace, row in r["overhead"].items():
+            for name in ("direct", "agentstream"):
+                x = row[name]
+                lines.append(f"| {pace} | {name} | {_f(x['ttft_ms']['p50'])} / {_f(x['ttft_ms']['p99'])} | "
+                             f"{_f(x['total_ms']['p50'])} / {_f(x['total_ms']['p99'])} | {_f(x['chars_per_s']['p50'], 0)} |")
+            lines.append(f"| {pace} | ratio | +{_f(row['added_ttft_ms_p50'])} ms | {_f(row['total_ratio_p50'], 3)}× / "
+                         f"{_f(row['total_ratio_p99'], 3)}× | {_f(row['chars_per_s_ratio_p50'], 2)}× |")
+        lines.append("")
+    if "submit_latency" in r:
+        lines += ["## 2. Submit latency", "", "| clients | → 202 p50 / p99 (ms) | → first SSE event p50 / p99 (ms) | samples |",
+                  "|---|---|---|---|"]
+        for key, x in r["submit_latency"].items():
+            lines.append(f"| {key.split('_')[0]} | {_f(x['to_202_ms']['p50'], 2)} / {_f(x['to_202_ms']['p99'], 2)} | "
+                         f"{_f(x['to_first_event_ms']['p50'], 2)} / {_f(x['to_first_event_ms']['p99'], 2)} | {x['to_202_ms']['n']} |")
+        lines.append("")
+    if "run_throughput" in r:
+        lines += ["## 3. Run throughput (a full queue drained by the runners)", "",
+                  "| agent | 1 runner (runs/s) | 2 runners (runs/s) | scaling |", "|---|---|---|---|"]
+        for agent, x in r["run_throughput"].items():
+            lines.append(f"| {agent} | {_f(x['1_runner']['runs_per_s'])} | {_f(x['2_runner']['runs_per_s'])} | "
+                         f"{_f(x['scaling_ratio'], 2)}× |")
+        lines.append("")
+    if "fan_out" in r:
+        lines += ["## 4. Event fan-out", "",
+                  "| SSE clients | runs watched | events delivered | events/s | all ended | errors | edge RSS before / connected / peak (MiB) |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, x in r["fan_out"].items():
+            lines.append(f"| {key} | {x['runs_watched']} | {x['events_delivered']:,} | {_f(x['events_per_s'], 0)} | "
+                         f"{x['all_ended']} | {x['errors']} | {_f(x['edge_rss_mib_before'], 0)} / "
+                         f"{_f(x['edge_rss_mib_connected'], 0)} / {_f(x['edge_rss_mib_peak'], 0)} |")
+        lines.append("")
+    if "idle_streams" in r:
+        x = r["idle_streams"]
+        lines += ["## 5. Concurrent idle streams (heartbeats every 2 s)", "",
+                  "| streams opened | held, receiving pings | errors | edge RSS before / with streams (MiB) | per stream |",
+                  "|---|---|---|---|---|",
+                  f"| {x['opened']} | {x['held_with_pings']} | {x['errors']} | {_f(x['edge_rss_mib_before'], 0)} / "
+                  f"{_f(x['edge_rss_mib_with_streams'], 0)} | {_f(x['kib_per_stream'])} KiB |", ""]
+    if "tool_throughput" in r:
+        x = r["tool_throughput"]
+        lines += ["## 6. Tool throughput (read_file over NATS, 128 in flight)", "",
+                  "| tool runners | calls/s | calls per runner |", "|---|---|---|"]
+        for key in ("1_tool_runner", "2_tool_runner"):
+            lines.append(f"| {key[0]} | {_f(x[key]['calls_per_s'], 0)} | {x[key]['by_runner']} |")
+        lines += [f"| scaling | {_f(x['scaling_ratio'], 2)}× | |", ""]
+    analysis = BENCH / "analysis.md"
+    if analysis.exists():
+        lines += [analysis.read_text().rstrip(), ""]
+    path.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,412 @@
+"""The benchmark: what the bus costs over calling the model directly, how many runs and streams one
+box holds, and whether more runners add capacity (issue 6).
+
+``make bench`` (``python -m bench``) starts a whole system (embedded nats-server, the built-in
+model as the zero-latency model server, edge, runners), runs every scenario and writes
+``bench/results.json`` and ``bench/RESULTS.md``. ``BENCH_QUICK=1`` runs smaller samples.
+It reports; it does not assert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+
+from bench.loadclient import LoadClients
+from tests.harness import REPO, System, new_system
+
+BENCH = Path(__file__).resolve().parent
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+
+
+def pct(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of ``values``."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[k]
+
+
+def dist(values: list[float]) -> dict[str, float]:
+    """p50/p99/mean/n of a sample."""
+    return {"p50": pct(values, 50), "p99": pct(values, 99), "mean": statistics.fmean(values) if values else float("nan"),
+            "n": len(values)}
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def stream_completion(client: httpx.AsyncClient, url: str, model: str, headers: dict | None = None) -> dict:
+    """One streamed chat completion: time to first content token, total time, characters."""
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "go"}]}
+    started = time.perf_counter()
+    ttft = None
+    chars = 0
+    async with client.stream("POST", url, json=body, headers=headers) as resp:
+        resp.raise_for_status()
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            for choice in chunk.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    if ttft is None:
+                        ttft = time.perf_counter() - started
+                    chars += len(text)
+    total = time.perf_counter() - started
+    return {"ttft": ttft, "total": total, "chars": chars}
+
+
+class Bench:
+    """One system, every scenario, the results."""
+
+    def __init__(self, base: Path):
+        self.system: System = new_system(base, extra_agents=BENCH / "agents", LOG_LEVEL="WARNING",
+                                         AGENT_RUNNER_CONCURRENCY="64", TOOL_RUNNER_CONCURRENCY="64")
+        self.results: dict[str, Any] = {}
+        self.runners = []
+        self.tools = []
+
+    # -- setup
+
+    def start(self) -> None:
+        s = self.system
+        s.start_model()
+        self.tools.append(s.start_tool_runner("tools-1"))
+        self.runners.append(s.start_agent_runner("runner-1"))
+        self.edge = s.start_edge(SSE_HEARTBEAT="15")
+
+    def stop(self) -> None:
+        self.system.stop()
+
+    @property
+    def edge_url(self) -> str:
+        return self.system.edge_url
+
+    # -- 0. the broker's own ceiling
+
+    async def nats_ceiling(self) -> None:
+        nc = await nats.connect(self.system.env["NATS_URL"])
+        js = nc.jetstream()
+        from nats.js.api import StorageType, StreamConfig
+
+        await js.add_stream(StreamConfig(name="BENCH", subjects=["bench.>"], storage=StorageType.FILE))
+        n = 5000 if QUICK else 20000
+        payload = b"x" * 300
+        started = time.perf_counter()
+        futures = [await js.publish_async("bench.p", payload) for _ in range(n)]
+        await asyncio.wait_for(asyncio.gather(*futures), 60)
+        async_rate = n / (time.perf_counter() - started)
+        started = time.perf_counter()
+        for _ in range(n // 10):
+            await js.publish("bench.s", payload)
+        sync_rate = (n // 10) / (time.perf_counter() - started)
+
+        async def responder(msg):
+            await msg.respond(msg.data)
+
+        await nc.subscribe("bench.echo", cb=responder)
+        started = time.perf_counter()
+        for _ in range(n // 10):
+            await nc.request("bench.echo", payload, timeout=5)
+        rr_sequential = (n // 10) / (time.perf_counter() - started)
+        started = time.perf_counter()
+        for _ in range(n // 100):
+            await asyncio.gather(*(nc.request("bench.echo", payload, timeout=5) for _ in range(100)))
+        rr_concurrent = n / (time.perf_counter() - started)
+        await js.delete_stream("BENCH")
+        await nc.close()
+        self.results["nats_ceiling"] = {
+            "js_publish_async_per_s": async_rate, "js_publish_sync_per_s": sync_rate,
+            "request_reply_sequential_per_s": rr_sequential, "request_reply_100_concurrent_per_s": rr_concurrent,
+        }
+
+    # -- 1. overhead vs direct
+
+    async def overhead(self) -> None:
+        model_url = self.system.model_url + "/chat/completions"
+        edge_url = self.edge_url + "/v1/chat/completions"
+        out = {}
+        async with httpx.AsyncClient(timeout=120) as client:
+            for pace, agent, model, n in (
+                ("realistic", "bench-realistic", "builtin:tokens=200,delay=0.02", 5 if QUICK else 15),
+                ("flat_out", "bench-flat", "builtin:tokens=2000,delay=0", 10 if QUICK else 40),
+            ):
+                for _ in range(2):  # warm both paths
+                    await stream_completion(client, model_url, model)
+                    await stream_completion(client, edge_url, agent)
+                direct, through = [], []
+                for _ in range(n):  # interleaved, so both see the same machine state
+                    direct.append(await stream_completion(client, model_url, model))
+                    through.append(await stream_completion(client, edge_url, agent))
+                row = {}
+                for name, sample in (("direct", direct), ("agentstream", through)):
+                    row[name] = {
+                        "ttft_ms": dist([s["ttft"] * 1000 for s in sample]),
+                        "total_ms": dist([s["total"] * 1000 for s in sample]),
+                        "chars_per_s": dist([s["chars"] / s["total"] for s in sample]),
+                        "chars": sample[0]["chars"],
+                    }
+                row["total_ratio_p50"] = row["agentstream"]["total_ms"]["p50"] / row["direct"]["total_ms"]["p50"]
+                row["total_ratio_p99"] = row["agentstream"]["total_ms"]["p99"] / row["direct"]["total_ms"]["p99"]
+                row["added_ttft_ms_p50"] = row["agentstream"]["ttft_ms"]["p50"] - row["direct"]["ttft_ms"]["p50"]
+                row["added_ttft_ms_p99"] = row["agentstream"]["ttft_ms"]["p99"] - row["direct"]["ttft_ms"]["p99"]
+                row["chars_per_s_ratio_p50"] = row["agentstream"]["chars_per_s"]["p50"] / row["direct"]["chars_per_s"]["p50"]
+                out[pace] = row
+        self.results["overhead"] = out
+
+    # -- 2. submit latency
+
+    async def submit_latency(self) -> None:
+        out = {}
+        per_client = 50 if QUICK else 200
+        for clients in (1, 50):
+            accepted, first_event = [], []
+            n = per_client if clients == 1 else max(4, per_client // 10)
+
+            async def one_client():
+                async with httpx.AsyncClient(base_url=self.edge_url, timeout=60) as client:
+                    for _ in range(n):
+                        started = time.perf_counter()
+                        resp = await client.post("/api/agents/bench-one-step/chat", json={"message": "hi"})
+                        accepted.append((time.perf_counter() - started) * 1000)
+                        run_id = resp.json()["run_id"]
+                        async with client.stream("GET", f"/api/runs/{run_id}/events") as stream:
+                            async for line in stream.aiter_lines():
+                                if line.startswith("data: "):
+                                    first_event.append((time.perf_counter() - started) * 1000)
+                                    break
+
+            await one_client()  # warm-up
+            accepted.clear()
+            first_event.clear()
+            await asyncio.gather(*(one_client() for _ in range(clients)))
+            out[f"{clients}_clients"] = {"to_202_ms": dist(accepted), "to_first_event_ms": dist(first_event)}
+        await self._drain()
+        self.results["submit_latency"] = out
+
+    async def _drain(self, timeout: float = 120) -> None:
+        """Wait until no run is queued or running (the work queue is empty)."""
+        nc = await nats.connect(self.system.env["NATS_URL"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = await nc.jetstream().stream_info("AGENT_RUNS")
+            if info.state.messages == 0:
+                break
+            await asyncio.sleep(0.2)
+        await nc.close()
+
+    # -- 3. run throughput
+
+    async def run_throughput(self) -> None:
+        out = {}
+        n = 300 if QUICK else 1500
+        for agent in ("bench-one-step", "bench-two-step"):
+            row = {}
+            for runners in (1, 2):
+                row[f"{runners}_runner"] = await self._drain_rate(agent, n if agent == "bench-one-step" else n // 2, runners)
+            row["scaling_ratio"] = row["2_runner"]["runs_per_s"] / row["1_runner"]["runs_per_s"]
+            out[agent] = row
+        self.results["run_throughput"] = out
+
+    async def _drain_rate(self, agent: str, n: int, runners: int) -> dict:
+        """Queue ``n`` runs with no runner up, then start ``runners`` runners and time the drain."""
+        for proc in self.runners:
+            proc.terminate(20)
+        self.runners.clear()
+        tenant = "default"
+        nc = await nats.connect(self.system.env["NATS_URL"], pending_size=64 * 1024 * 1024)
+        from agentstream.runs import submit
+        from schemas.runs import RunRequest, new_run_id
+
+        done = asyncio.Event()
+        ended = {"n": 0, "completed": 0}
+
+        async def on_event(msg):
+            kind = (msg.headers or {}).get("Agentstream-Event", "")
+            if kind in ("run.completed", "run.failed", "run.cancelled"):
+                ended["n"] += 1
+                ended["completed"] += kind == "run.completed"
+                if ended["n"] == n:
+                    done.set()
+
+        sub = await nc.subscribe(f"live.runs.{tenant}.{agent}.*", cb=on_event)
+        sem = asyncio.Semaphore(200)
+
+        async def submit_one():
+            async with sem:
+                await submit(nc, tenant, agent, RunRequest(run_id=new_run_id(), message_id=uuid.uuid4().hex,
+                                                           message="Read README.md please"))
+
+        await asyncio.gather(*(submit_one() for _ in range(n)))
+        started = time.perf_counter()
+        procs = await asyncio.gather(*(asyncio.to_thread(self.system.start_agent_runner, f"runner-{agent}-{runners}-{i}",
+                                                         AGENT_RUNNER_CONCURRENCY="64") for i in range(runners)))
+        ready = time.perf_counter()
+        self.runners.extend(procs)
+        await asyncio.wait_for(done.wait(), 600)
+        elapsed = time.perf_counter() - ready
+        await sub.unsubscribe()
+        await nc.close()
+        return {"runs": n, "completed": ended["completed"], "seconds": elapsed, "runs_per_s": n / elapsed,
+                "runner_start_s": ready - started}
+
+    # -- 4. event fan-out
+
+    async def fan_out(self) -> None:
+        out = {}
+        host, port = self.edge_url.removeprefix("http://").split(":")
+        sizes = (1, 100, 1000) if QUICK else (1, 100, 1000, 5000)
+        for clients in sizes:
+            runs = max(1, min(50, clients // 100))
+            for proc in self.runners:
+                proc.terminate(20)
+            self.runners.clear()
+            async with httpx.AsyncClient(base_url=self.edge_url, timeout=60) as client:
+                run_ids = [(await client.post("/api/agents/bench-stream/chat", json={"message": "go"})).json()["run_id"]
+                           for _ in range(runs)]
+            paths = [f"/api/runs/{run_ids[i % runs]}/events" for i in range(clients)]
+            rss_before = rss_mib(self.edge.proc.pid)
+            load = LoadClients(host, int(port), paths, processes=min(8, max(1, clients // 250)),
+                               end_marker=b"event: run.completed")
+            opened = await asyncio.to_thread(load.start)
+            rss_connected = rss_mib(self.edge.proc.pid)
+            load.go()
+            peak = rss_connected
+            self.runners.append(await asyncio.to_thread(self.system.start_agent_runner, f"runner-fan-{clients}",
+                                                        AGENT_RUNNER_CONCURRENCY="64"))
+            collector = asyncio.ensure_future(asyncio.to_thread(load.results, 600))
+            while not collector.done():
+                peak = max(peak, rss_mib(self.edge.proc.pid))
+                await asyncio.sleep(0.2)
+            stats = collector.result()
+            events = sum(s.events for s in stats)
+            first = min((s.first for s in stats if s.first), default=0)
+            last = max((s.last for s in stats if s.last), default=0)
+            errors = [s.error for s in stats if s.error]
+            out[str(clients)] = {
+                "clients": clients, "opened": opened, "runs_watched": runs, "events_delivered": events,
+                "events_per_s": events / (last - first) if last > first else float("nan"),
+                "window_s": last - first, "all_ended": all(s.ended for s in stats), "errors": len(errors),
+                "first_error": errors[0] if errors else "", "edge_rss_mib_before": rss_before,
+                "edge_rss_mib_connected": rss_connected, "edge_rss_mib_peak": peak,
+            }
+        self.results["fan_out"] = out
+
+    # -- 5. concurrent idle streams
+
+    async def idle_streams(self) -> None:
+        clients = 1000 if QUICK else 5000
+        host, port = self.edge_url.removeprefix("http://").split(":")
+        # An edge of its own with a short heartbeat, so heartbeats visibly flow.
+        edge = self.system.start_edge(SSE_HEARTBEAT="2")
+        host, port = edge.ready_value.removeprefix("http://").split(":")
+        before = rss_mib(edge.proc.pid)
+        load = LoadClients(host, int(port), ["/api/agents/bench-idle/sse"] * clients, processes=8)
+        opened = await asyncio.to_thread(load.start)
+        load.go()
+        await asyncio.sleep(7)
+        after = rss_mib(edge.proc.pid)
+        load.stop()
+        stats = await asyncio.to_thread(load.results, 300)
+        edge.terminate(20)
+        self.results["idle_streams"] = {
+            "streams": clients, "opened": opened, "held_with_pings": sum(1 for s in stats if s.pings >= 2),
+            "pings_received": sum(s.pings for s in stats), "errors": sum(1 for s in stats if s.error),
+            "edge_rss_mib_before": before, "edge_rss_mib_with_streams": after,
+            "kib_per_stream": (after - before) * 1024 / max(opened, 1),
+        }
+
+    # -- 6. tool throughput
+
+    async def tool_throughput(self) -> None:
+        from agent_runner.tool_client import ToolClient
+
+        out = {}
+        n = 1000 if QUICK else 4000
+        for count in (1, 2):
+            while len(self.tools) < count:
+                self.tools.append(self.system.start_tool_runner(f"tools-{len(self.tools) + 1}"))
+            nc = await nats.connect(self.system.env["NATS_URL"])
+            client = ToolClient(nc)
+            sem = asyncio.Semaphore(128)
+            runners: dict[str, int] = {}
+
+            async def call(i):
+                async with sem:
+                    outcome = await client.call("default", "read_file", run_id="bench", tool_call_id=f"c{count}-{i}",
+                                                idempotency_key=f"bench:{count}:{i}:{uuid.uuid4().hex}",
+                                                arguments={"path": "pyproject.toml"}, budget=30)
+                    runners[outcome.runner or "none"] = runners.get(outcome.runner or "none", 0) + 1
+                    return outcome.ok
+
+            await asyncio.gather(*(call(i) for i in range(200)))  # warm-up
+            runners.clear()
+            started = time.perf_counter()
+            oks = await asyncio.gather(*(call(i) for i in range(n)))
+            elapsed = time.perf_counter() - started
+            await nc.close()
+            out[f"{count}_tool_runner"] = {"calls": n, "ok": sum(oks), "calls_per_s": n / elapsed, "by_runner": runners}
+        out["scaling_ratio"] = out["2_tool_runner"]["calls_per_s"] / out["1_tool_runner"]["calls_per_s"]
+        self.results["tool_throughput"] = out
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    nats_bin = str(Path(sys.executable).parent / "nats-server")
+    version = subprocess.run([nats_bin, "--version"], capture_output=True, text=True).stdout.strip()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "nats_server": version,
+            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d"), "quick": QUICK}
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp:
+        bench = Bench(Path(tmp))
+        bench.start()
+        try:
+            for name in ("nats_ceiling", "overhead", "submit_latency", "run_throughput", "fan_out", "idle_streams",
+                         "tool_throughput"):
+                if os.environ.get("BENCH_ONLY") and name not in os.environ["BENCH_ONLY"].split(","):
+                    continue
+                started = time.perf_counter()
+                print(f"bench: {name} ...", flush=True)
+                await getattr(bench, name)()
+                print(f"bench: {name} done in {time.perf_counter() - started:.0f} s: "
+                      f"{json.dumps(bench.results.get(name), default=str)[:600]}", flush=True)
+        finally:
+            bench.stop()
+    results = {"machine": machine(), **bench.results}
+    out = BENCH / ("results.quick.json" if QUICK else "results.json")
+    previous = json.loads(out.read_text()) if out.exists() and os.environ.get("BENCH_ONLY") else {}
+    merged = {**previous, **results}
+    out.write_text(json.dumps(merged, indent=2, default=str) + "\n")
+    from bench.report import write_markdown
+
+    write_markdown(merged, BENCH / ("RESULTS.quick.md" if QUICK else "RESULTS.md"))
+    print(f"bench: wrote {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
