@@ -29,15 +29,20 @@ async def connect(
     wait: float | None = None,
     on_reconnected=None,
     on_disconnected=None,
+    on_slow_consumer=None,
 ) -> NATS:
     """Connect to ``settings.nats_servers`` as client ``name``; retry until connected.
 
     ``wait``: give up after this many seconds (``TimeoutError``); None waits forever.
-    ``on_reconnected`` / ``on_disconnected``: optional coroutines called on those transitions.
+    ``on_reconnected`` / ``on_disconnected``: optional coroutines called on those transitions;
+    ``on_slow_consumer``: called when the client dropped messages of a subscription that fell
+    behind (nats-notes.md §3 #2: this is the only sign of it).
     """
 
     async def error_cb(err: Exception) -> None:
         log.warning("nats: %s: %s", type(err).__name__, err)
+        if on_slow_consumer is not None and isinstance(err, nats.errors.SlowConsumerError):
+            await on_slow_consumer()
 
     holder: dict[str, NATS] = {}
 

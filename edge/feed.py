@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 HEARTBEAT = object()
 """Yielded by a feed when nothing happened for one heartbeat interval."""
 
+RECHECK_EVERY = 4
+"""A quiet feed re-reads the stream every this many heartbeats (a safety net, see EventFeed)."""
+
 
 class Watcher:
     """A bounded mailbox of live events for one feed."""
@@ -186,6 +189,7 @@ class EventFeed:
                 yield ev
                 if self._ends(ev):
                     return
+            quiet = 0
             while True:
                 try:
                     await asyncio.wait_for(watcher.ready.wait(), timeout=self.heartbeat)
@@ -193,12 +197,16 @@ class EventFeed:
                     if watcher.closed:
                         return
                     yield HEARTBEAT
-                    # A cheap check that nothing was missed (e.g. while NATS reconnected).
-                    async for ev in self._stored():
-                        yield ev
-                        if self._ends(ev):
-                            return
+                    quiet += 1
+                    if quiet % RECHECK_EVERY == 0:
+                        # A safety net: nothing can have been missed unless a re-published event was
+                        # lost without a reconnect or slow-consumer error (which re-read at once).
+                        async for ev in self._stored():
+                            yield ev
+                            if self._ends(ev):
+                                return
                     continue
+                quiet = 0
                 if watcher.closed:
                     return
                 events, must_reread = watcher.take()

@@ -54,10 +54,11 @@ class EdgeState:
         """Connect to NATS (retrying forever), declare the streams, start the live hub, mark ready."""
 
         async def on_reconnected() -> None:
+            # Re-published events may have been lost: every feed re-reads from the stream.
             if self.hub is not None:
                 self.hub.resync_all()
 
-        nc = await connect(self.settings, "edge", on_reconnected=on_reconnected)
+        nc = await connect(self.settings, "edge", on_reconnected=on_reconnected, on_slow_consumer=on_reconnected)
         await declare(nc, self.settings)
         hub = LiveHub(nc)
         await hub.start()
