@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import nats.errors
@@ -50,6 +50,8 @@ class StoredEvent:
     data: bytes
     last_seq: int | None = None  # previous seq on the same subject, when the server says
     msg_id: str | None = None  # the Nats-Msg-Id it was written with
+    sse_frame: bytes | None = field(default=None, compare=False, repr=False)
+    """Cache of the event's native SSE frame: built once, shared by every client watching it."""
 
     def json(self) -> dict:
         """The event envelope as a dict."""

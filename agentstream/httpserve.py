@@ -17,6 +17,11 @@ from hypercorn.config import Config
 
 log = logging.getLogger(__name__)
 
+BACKLOG = 2048
+"""Pending connections the kernel queues before the server accepts them (capped by the OS's
+``somaxconn``). Hypercorn's own default of 100 drops connection bursts: thousands of SSE clients
+reconnecting at once after an edge restart would wait for SYN retransmits."""
+
 
 def split_bind(bind: str) -> tuple[str, int]:
     """``"host:port"`` -> ``(host, port)``; ``[::1]:80`` for IPv6. Raises ValueError."""
@@ -41,7 +46,7 @@ def listen(bind: str, *, fallback_to_free_port: bool = False) -> socket.socket:
             raise
         log.warning("%s:%d is taken; using a free port", host, port)
         sock.bind((host, 0))
-    sock.listen(2048)
+    sock.listen(BACKLOG)
     sock.set_inheritable(True)
     return sock
 
@@ -71,6 +76,7 @@ async def serve_app(
     config.errorlog = logging.getLogger("hypercorn.error")  # our handlers, not a second stderr one
     config.graceful_timeout = graceful_timeout
     config.keep_alive_timeout = 75.0
+    config.backlog = BACKLOG  # Hypercorn calls listen() again with this
     config.h11_max_incomplete_size = 64 * 1024
     if on_ready is not None:
         result = on_ready(url_of(sock))

@@ -1,5 +1,5 @@
 """SSE load clients in separate processes: one Python process cannot hold thousands of streams and
-read them fast, so each worker process holds a share of the connections (plain asyncio sockets,
+read them fast, so each worker process holds a share of the connections (bare asyncio protocols,
 HTTP/1.1) and reports what it received.
 """
 
@@ -24,60 +24,92 @@ class StreamStats:
     error: str = ""
 
 
+HEADERS_TIMEOUT = 60.0
+"""Seconds a connection waits for its response headers before it counts as an error."""
+
+
+class _SSECounter(asyncio.Protocol):
+    """One SSE connection as a bare protocol: counts frames and pings as bytes arrive, with no
+    parsing and no task per read, so the load clients cost little next to the edge they load."""
+
+    def __init__(self, request: bytes, end_marker: bytes, on_headers):
+        self.request = request
+        self.end_marker = end_marker
+        self.on_headers = on_headers
+        self.stats = StreamStats()
+        self.head = b""
+        self.tail = b""
+        self.transport: asyncio.Transport | None = None
+        self.done = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(self.request)
+        asyncio.get_running_loop().call_later(HEADERS_TIMEOUT, self._headers_timeout)
+
+    def _headers_timeout(self) -> None:
+        if self.on_headers is not None:
+            self.stats.error = "headers: timeout"
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.on_headers is not None:
+            self.head += data
+            if b"\r\n\r\n" not in self.head:
+                return
+            head, _, data = self.head.partition(b"\r\n\r\n")
+            status = head.split(b"\r\n", 1)[0]
+            self.on_headers()
+            self.on_headers = None
+            if b" 200 " not in status:
+                self.stats.error = status.decode()
+                self.transport.close()
+                return
+        data = self.tail + data
+        n = data.count(b"\nid: ") + data.startswith(b"id: ")
+        if n:
+            now = time.time()
+            self.stats.events += n
+            self.stats.first = self.stats.first or now
+            self.stats.last = now
+        self.stats.pings += data.count(b": ping")
+        if self.end_marker and self.end_marker in data:
+            self.stats.ended = True
+            self.transport.close()
+        self.tail = data[-64:]
+
+    def connection_lost(self, exc) -> None:
+        if exc is not None and not self.stats.error:
+            self.stats.error = f"read: {type(exc).__name__}"
+        if self.on_headers is not None:
+            self.stats.error = self.stats.error or "headers: connection closed"
+            self.on_headers()
+            self.on_headers = None
+        if not self.done.done():
+            self.done.set_result(None)
+
+
 async def _one(host: str, port: int, path: str, headers: str, connected: asyncio.Event, counter: list[int],
                stop: asyncio.Event, end_marker: bytes) -> StreamStats:
-    stats = StreamStats()
+    def headers_in() -> None:
+        counter[0] += 1
+        if counter[0] == counter[1]:
+            connected.set()
+
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n{headers}\r\n".encode()
+    loop = asyncio.get_running_loop()
     try:
-        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+        _, proto = await loop.create_connection(lambda: _SSECounter(request, end_marker, headers_in), host, port)
     except OSError as err:
-        stats.error = f"connect: {err}"
-        counter[0] += 1
-        if counter[0] == counter[1]:
-            connected.set()
-        return stats
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n{headers}\r\n".encode())
-    await writer.drain()
-    try:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
-        if b" 200 " not in head.split(b"\r\n", 1)[0]:
-            stats.error = head.split(b"\r\n", 1)[0].decode()
-            return stats
-    except (asyncio.IncompleteReadError, TimeoutError, OSError) as err:
-        stats.error = f"headers: {type(err).__name__}"
-        return stats
-    finally:
-        counter[0] += 1
-        if counter[0] == counter[1]:
-            connected.set()
-    tail = b""
+        headers_in()
+        return StreamStats(error=f"connect: {err}")
     stop_task = asyncio.ensure_future(stop.wait())
     try:
-        while not stats.ended:
-            read = asyncio.ensure_future(reader.read(1 << 16))
-            done, _ = await asyncio.wait({read, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-            if read not in done:
-                read.cancel()
-                break
-            chunk = read.result()
-            if not chunk:
-                break
-            data = tail + chunk
-            now = time.time()
-            n = data.count(b"\nid: ") + data.startswith(b"id: ")
-            if n:
-                stats.events += n
-                stats.first = stats.first or now
-                stats.last = now
-            stats.pings += data.count(b": ping")
-            if end_marker and end_marker in data:
-                stats.ended = True
-            tail = data[-64:]
-    except (OSError, asyncio.IncompleteReadError) as err:
-        stats.error = f"read: {type(err).__name__}"
+        await asyncio.wait({proto.done, stop_task}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stop_task.cancel()
-        writer.close()
-    return stats
+        proto.transport.close()
+    return proto.stats
 
 
 def _worker(host: str, port: int, paths: list[str], headers: str, end_marker: bytes, ready, go, stop, results) -> None:

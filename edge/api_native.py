@@ -163,6 +163,16 @@ async def _dead_letter(tenant_name: str, run_id: str) -> dict | None:
     return orjson.loads(msg.data)
 
 
+def native_frame(ev: eventlog.StoredEvent) -> bytes:
+    """The event as the native stream frames it (``id:`` stream sequence, ``event:`` type, ``data:``
+    the envelope), built once per event however many clients watch the run."""
+    frame = ev.sse_frame
+    if frame is None:
+        frame = sse.frame(ev.data, event=ev.type, id=ev.seq)
+        object.__setattr__(ev, "sse_frame", frame)  # a cache on a frozen record
+    return frame
+
+
 @bp.get("/api/runs/<run_id>/events")
 async def run_sse(run_id: str):
     t = tenant()
@@ -177,8 +187,8 @@ async def run_sse(run_id: str):
     feed = run_feed(t.name, run_id, latest.subject, after)
 
     async def body():
-        async for item in feed:
-            yield sse.PING if item is HEARTBEAT else sse.frame(item.data, event=item.type, id=item.seq)
+        async for batch in feed.batches():
+            yield sse.PING if batch is HEARTBEAT else b"".join(map(native_frame, batch))
 
     return sse_response(body())
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from contextlib import aclosing
 from typing import AsyncIterator
 
 from nats.aio.client import Client as NATS
@@ -177,22 +178,36 @@ class EventFeed:
         self.key = (scope, tenant, name)
         self.filter_subject = filter_subject
         self.last = after
+        self._done = False
         self.heartbeat = heartbeat
         self.buffer = buffer
 
     async def __aiter__(self) -> AsyncIterator[StoredEvent | object]:
+        async with aclosing(self.batches()) as batches:
+            async for batch in batches:
+                if batch is HEARTBEAT:
+                    yield HEARTBEAT
+                else:
+                    for ev in batch:  # type: ignore[union-attr]
+                        yield ev
+
+    async def batches(self) -> AsyncIterator[list[StoredEvent] | object]:
+        """The feed, with every event available at one moment in one non-empty list (so a client
+        that fell behind gets them in one write, not one write each), or :data:`HEARTBEAT`."""
+        self._done = False
         watcher = self.hub.register(self.key, self.buffer)
         try:
             if watcher.closed:
                 return
-            async for ev in self._stored():
-                yield ev
-                if self._ends(ev):
-                    return
+            async for batch in self._stored():
+                yield batch
+            if self._done:
+                return
             quiet = 0
             while True:
                 try:
-                    await asyncio.wait_for(watcher.ready.wait(), timeout=self.heartbeat)
+                    async with asyncio.timeout(self.heartbeat):  # no task per wait, unlike wait_for
+                        await watcher.ready.wait()
                 except TimeoutError:
                     if watcher.closed:
                         return
@@ -201,44 +216,64 @@ class EventFeed:
                     if quiet % RECHECK_EVERY == 0:
                         # A safety net: nothing can have been missed unless a re-published event was
                         # lost without a reconnect or slow-consumer error (which re-read at once).
-                        async for ev in self._stored():
-                            yield ev
-                            if self._ends(ev):
-                                return
+                        async for batch in self._stored():
+                            yield batch
+                        if self._done:
+                            return
                     continue
                 quiet = 0
                 if watcher.closed:
                     return
                 events, must_reread = watcher.take()
                 if must_reread:
-                    async for ev in self._stored():
-                        yield ev
-                        if self._ends(ev):
-                            return
+                    async for batch in self._stored():
+                        yield batch
+                    if self._done:
+                        return
                     continue
+                out: list[StoredEvent] = []
                 for ev in events:
                     if ev.seq <= self.last:
                         continue
                     if self.scope == "run" and ev.last_seq is not None and ev.last_seq > self.last:
                         # A hole: something between the last yielded event and this one.
-                        async for stored in self._stored():
-                            yield stored
-                            if self._ends(stored):
-                                return
+                        if out:
+                            yield out
+                            out = []
+                        async for batch in self._stored():
+                            yield batch
+                        if self._done:
+                            return
                         continue
                     self.last = ev.seq
-                    yield ev
+                    out.append(ev)
                     if self._ends(ev):
-                        return
+                        self._done = True
+                        break
+                if out:
+                    yield out
+                if self._done:
+                    return
         finally:
             self.hub.unregister(watcher)
 
-    async def _stored(self) -> AsyncIterator[StoredEvent]:
-        async for ev in eventlog.read_all(self.nc, self.filter_subject, self.last):
-            if ev.seq <= self.last:
-                continue
-            self.last = ev.seq
-            yield ev
+    async def _stored(self) -> AsyncIterator[list[StoredEvent]]:
+        """Stored events after ``self.last``, a page at a time; stops after a run's terminal event."""
+        while True:
+            events, pending = await eventlog.read_batch(self.nc, self.filter_subject, self.last)
+            out: list[StoredEvent] = []
+            for ev in events:
+                if ev.seq <= self.last:
+                    continue
+                self.last = ev.seq
+                out.append(ev)
+                if self._ends(ev):
+                    self._done = True
+                    break
+            if out:
+                yield out
+            if self._done or not events or pending == 0:
+                return
 
     def _ends(self, ev: StoredEvent) -> bool:
         return self.scope == "run" and E.is_terminal(ev.type)
