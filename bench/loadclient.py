@@ -191,3 +191,54 @@ class LoadClients:
         for p in self.procs:
             p.join(10)
         return out
+
+
+class RawHTTP:
+    """A bare HTTP/1.1 keep-alive connection for latency measurements: a request costs the client
+    a few microseconds, so the time measured is the server's (httpx costs ~2.5 ms per request on
+    a small machine, as much as the edge itself). Only what the bench needs: JSON POSTs with a
+    ``Content-Length`` response, and reading the first event of an SSE response.
+    """
+
+    def __init__(self, host: str, port: int):
+        self.host = host
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def _connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def post_json(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """POST ``body`` (JSON bytes) to ``path``; returns ``(status, response body)``."""
+        if self.writer is None:
+            await self._connect()
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in lines if line.lower().startswith(b"content-length:"))
+        return int(lines[0].split(b" ", 2)[1]), await self.reader.readexactly(length)
+
+    async def first_event(self, path: str) -> bytes:
+        """GET the SSE stream at ``path`` on a connection of its own; returns its first frame with
+        a ``data:`` line, then closes the connection."""
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\nAccept: text/event-stream\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            if b" 200 " not in head.split(b"\r\n", 1)[0]:
+                raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
+            buf = b""
+            while b"\ndata: " not in buf and not buf.startswith(b"data: "):
+                chunk = await reader.read(1 << 16)
+                if not chunk:
+                    raise RuntimeError("stream ended before its first event")
+                buf += chunk
+            return buf
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -35,14 +35,16 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         rows.append(("flat out: characters per second vs direct", "≥ 0.5×", f"{_f(x['chars_per_s_ratio_p50'], 2)}× p50",
                      x["chars_per_s_ratio_p50"] >= 0.5))
     s = r.get("submit_latency", {})
-    if "1_clients" in s:
-        rows.append(("submit → 202", "≤ 5 ms p50", f"{_f(s['1_clients']['to_202_ms']['p50'], 2)} ms",
-                     s["1_clients"]["to_202_ms"]["p50"] <= 5))
-        rows.append(("submit → first event", "≤ 10 ms p50", f"{_f(s['1_clients']['to_first_event_ms']['p50'], 2)} ms",
-                     s["1_clients"]["to_first_event_ms"]["p50"] <= 10))
-    if "50_clients" in s:
-        worst = max(s["50_clients"]["to_202_ms"]["p99"], s["50_clients"]["to_first_event_ms"]["p99"])
-        rows.append(("50 concurrent clients: submit → 202 and → first event", "≤ 50 ms p99", f"{_f(worst)} ms", worst <= 50))
+    if "1_client" in s:
+        rows.append(("submit → 202", "≤ 5 ms p50", f"{_f(s['1_client']['to_202_ms']['p50'], 2)} ms",
+                     s["1_client"]["to_202_ms"]["p50"] <= 5))
+        rows.append(("submit → first event", "≤ 10 ms p50", f"{_f(s['1_client']['to_first_event_ms']['p50'], 2)} ms",
+                     s["1_client"]["to_first_event_ms"]["p50"] <= 10))
+    for key, label in (("50_clients", "50 clients, a message a second each"),
+                       ("50_clients_closed_loop", "50 clients, closed loop (saturation)")):
+        if key in s:
+            worst = max(s[key]["to_202_ms"]["p99"], s[key]["to_first_event_ms"]["p99"])
+            rows.append((f"{label}: submit → 202 and → first event", "≤ 50 ms p99", f"{_f(worst)} ms", worst <= 50))
     t = r.get("run_throughput", {}).get("bench-one-step")
     if t:
         rows.append(("one-step runs per second, one runner", "≥ 300", _f(t["1_runner"]["runs_per_s"]),
@@ -104,10 +106,17 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
                          f"{_f(row['total_ratio_p99'], 3)}× | {_f(row['chars_per_s_ratio_p50'], 2)}× |")
         lines.append("")
     if "submit_latency" in r:
-        lines += ["## 2. Submit latency", "", "| clients | → 202 p50 / p99 (ms) | → first SSE event p50 / p99 (ms) | samples |",
-                  "|---|---|---|---|"]
+        lines += ["## 2. Submit latency", "",
+                  "`POST /api/agents/bench-one-step/chat` → 202, and → the first event of `GET /api/runs/{id}/events`. "
+                  "`raw` is a bare HTTP/1.1 client (keep-alive for the POSTs, a new connection per stream), so the time "
+                  "is the server's; `httpx` is what a Python client using httpx sees. The runs started execute meanwhile.",
+                  "", "| clients | client | think time (mean) | submits/s | → 202 p50 / p99 (ms) | "
+                  "→ first SSE event p50 / p99 (ms) | samples |", "|---|---|---|---|---|---|---|"]
         for key, x in r["submit_latency"].items():
-            lines.append(f"| {key.split('_')[0]} | {_f(x['to_202_ms']['p50'], 2)} / {_f(x['to_202_ms']['p99'], 2)} | "
+            think = f"{x.get('think_s_mean', 0):g} s" if x.get("think_s_mean") else "none (closed loop)"
+            lines.append(f"| {x.get('clients', key.split('_')[0])} | {x.get('client', 'httpx')} | {think} | "
+                         f"{_f(x.get('submits_per_s', float('nan')), 0)} | "
+                         f"{_f(x['to_202_ms']['p50'], 2)} / {_f(x['to_202_ms']['p99'], 2)} | "
                          f"{_f(x['to_first_event_ms']['p50'], 2)} / {_f(x['to_first_event_ms']['p99'], 2)} | {x['to_202_ms']['n']} |")
         lines.append("")
     if "run_throughput" in r:

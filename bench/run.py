@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from typing import Any
 import httpx
 import nats
 
-from bench.loadclient import LoadClients
+from bench.loadclient import LoadClients, RawHTTP
 from tests.harness import REPO, System, new_system
 
 BENCH = Path(__file__).resolve().parent
@@ -178,30 +179,65 @@ class Bench:
     # -- 2. submit latency
 
     async def submit_latency(self) -> None:
+        """POST → 202 and POST → first SSE event, measured with a bare HTTP/1.1 client (so the
+        client's own cost is not counted) and, for one client, with httpx too (what a Python user
+        of httpx sees). 50 clients are run two ways: as users sending a message every second on
+        average (exponential think time; the runs they start execute meanwhile), and closed-loop
+        (each sends the next message the moment the last one's first event arrives), which
+        saturates the machine and measures queueing, not latency."""
+        host, port = self.edge_url.removeprefix("http://").split(":")
+        path = "/api/agents/bench-one-step/chat"
         out = {}
         per_client = 50 if QUICK else 200
-        for clients in (1, 50):
-            accepted, first_event = [], []
-            n = per_client if clients == 1 else max(4, per_client // 10)
 
-            async def one_client():
-                async with httpx.AsyncClient(base_url=self.edge_url, timeout=60) as client:
-                    for _ in range(n):
-                        started = time.perf_counter()
-                        resp = await client.post("/api/agents/bench-one-step/chat", json={"message": "hi"})
-                        accepted.append((time.perf_counter() - started) * 1000)
-                        run_id = resp.json()["run_id"]
-                        async with client.stream("GET", f"/api/runs/{run_id}/events") as stream:
-                            async for line in stream.aiter_lines():
-                                if line.startswith("data: "):
-                                    first_event.append((time.perf_counter() - started) * 1000)
-                                    break
+        async def raw_client(n: int, think: float, accepted: list, first_event: list):
+            conn = RawHTTP(host, int(port))
+            try:
+                for _ in range(n):
+                    if think:
+                        await asyncio.sleep(random.expovariate(1 / think))
+                    started = time.perf_counter()
+                    status, body = await conn.post_json(path, b'{"message":"hi"}')
+                    accepted.append((time.perf_counter() - started) * 1000)
+                    if status != 202:
+                        raise RuntimeError(f"submit answered {status}: {body[:200]!r}")
+                    await conn.first_event(f"/api/runs/{json.loads(body)['run_id']}/events")
+                    first_event.append((time.perf_counter() - started) * 1000)
+            finally:
+                conn.close()
 
-            await one_client()  # warm-up
-            accepted.clear()
-            first_event.clear()
-            await asyncio.gather(*(one_client() for _ in range(clients)))
-            out[f"{clients}_clients"] = {"to_202_ms": dist(accepted), "to_first_event_ms": dist(first_event)}
+        async def httpx_client(n: int, accepted: list, first_event: list):
+            async with httpx.AsyncClient(base_url=self.edge_url, timeout=60) as client:
+                for _ in range(n):
+                    started = time.perf_counter()
+                    resp = await client.post(path, json={"message": "hi"})
+                    accepted.append((time.perf_counter() - started) * 1000)
+                    async with client.stream("GET", f"/api/runs/{resp.json()['run_id']}/events") as stream:
+                        async for line in stream.aiter_lines():
+                            if line.startswith("data: "):
+                                first_event.append((time.perf_counter() - started) * 1000)
+                                break
+
+        await raw_client(20, 0, [], [])  # warm-up
+        await httpx_client(20, [], [])
+        for name, clients, n, think, kind in (
+            ("1_client", 1, per_client, 0.0, "raw"),
+            ("1_client_httpx", 1, per_client, 0.0, "httpx"),
+            ("50_clients", 50, max(4, per_client // 10), 1.0, "raw"),
+            ("50_clients_closed_loop", 50, max(4, per_client // 10), 0.0, "raw"),
+        ):
+            await self._drain()
+            accepted: list[float] = []
+            first_event: list[float] = []
+            started = time.perf_counter()
+            if kind == "httpx":
+                await httpx_client(n, accepted, first_event)
+            else:
+                await asyncio.gather(*(raw_client(n, think, accepted, first_event) for _ in range(clients)))
+            elapsed = time.perf_counter() - started
+            out[name] = {"clients": clients, "client": kind, "think_s_mean": think,
+                         "submits_per_s": len(accepted) / elapsed,
+                         "to_202_ms": dist(accepted), "to_first_event_ms": dist(first_event)}
         await self._drain()
         self.results["submit_latency"] = out
 
