@@ -62,7 +62,7 @@ class RunEventWriter:
         self._buf_bytes = 0
         self._buf_step = 0
         self._flush_task: asyncio.Task | None = None
-        self._last_publish = 0.0
+        self._last_delta = 0.0  # monotonic time the last message.delta was stored
         self._failed: BaseException | None = None
         self._inflight: asyncio.Task | None = None
         self._opening: asyncio.Task | None = None
@@ -103,11 +103,15 @@ class RunEventWriter:
         self._buf.append(text)
         self._buf_step = step
         self._buf_bytes += len(text)
-        if self._buf_bytes >= self.flush_bytes:
+        # Due is measured from the last *delta*: the first text of a run or step goes out at once,
+        # however recently run.started or a tool result was written (time to first token). A due
+        # flush is written here, inline, not left to the timer task: a model streaming flat out
+        # keeps this coroutine busy, and the task would only run once the stream pauses.
+        due = self._last_delta + self.flush_interval
+        if self._buf_bytes >= self.flush_bytes or time.monotonic() >= due:
             await self.flush()
         elif self._flush_task is None:
-            wait = max(0.0, self._last_publish + self.flush_interval - time.monotonic())
-            self._flush_task = asyncio.create_task(self._flush_later(wait))
+            self._flush_task = asyncio.create_task(self._flush_later(due - time.monotonic()))
 
     async def flush(self) -> None:
         """Write any buffered text now."""
@@ -181,7 +185,8 @@ class RunEventWriter:
         seq = await asyncio.shield(self._inflight)
         self._inflight = None
         self.last_seq = seq
-        self._last_publish = time.monotonic()
+        if event_type == E.MESSAGE_DELTA:
+            self._last_delta = time.monotonic()
         return seq
 
     async def _settle(self) -> None:

@@ -239,12 +239,17 @@ async def _stream_body(st: EdgeState, tenant_name: str, run_id: str, renderer, f
     try:
         if first is not None:
             yield first
-        async for item in feed:
-            if item is HEARTBEAT:
+        async for batch in feed.batches():
+            if batch is HEARTBEAT:
                 yield sse.PING
                 continue
-            for frame in renderer.render(item.json()):
-                yield frame
+            frames: list[bytes] = []
+            for item in batch:  # events that arrived together go out in one write
+                frames.extend(renderer.render(item.json()))
+                if renderer.done:
+                    break
+            if frames:
+                yield b"".join(frames)
             if renderer.done:
                 complete = True
                 return
