@@ -80,8 +80,16 @@ class StepResult:
     attempts: int = 1
 
 
+POOL_SHARD_CONNECTIONS = 8
+"""Requests in flight (and keep-alive connections) per httpx connection pool. httpcore 1.0.9 scans
+its whole pool on every request, quadratically and with a socket poll per idle connection
+(encode/httpcore#1035, unmerged): at 64 concurrent runs one pool of 64 connections cost a quarter
+of the runner's CPU. Several small pools, each request on the least busy one, keep the scan short."""
+
+
 class LLMClient:
-    """Shared by every run of an agent runner (one connection pool).
+    """Shared by every run of an agent runner (a few small connection pools, see
+    :data:`POOL_SHARD_CONNECTIONS`).
 
     ``max_attempts``: attempts per call for retryable failures.
     """
@@ -90,13 +98,22 @@ class LLMClient:
         self.max_attempts = max_attempts
         self.stream_usage = stream_usage
         self._connect_timeout = connect_timeout
-        self._http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
-            trust_env=True,
-        )
+        self._shards: list[list[Any]] = []  # [httpx.AsyncClient, requests in flight]
+
+    def _shard(self) -> list[Any]:
+        """The least busy connection pool, or a new one if every pool is full."""
+        best = min(self._shards, key=lambda shard: shard[1], default=None)
+        if best is None or best[1] >= POOL_SHARD_CONNECTIONS:
+            best = [httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=POOL_SHARD_CONNECTIONS),
+                trust_env=True,
+            ), 0]
+            self._shards.append(best)
+        return best
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for client, _ in self._shards:
+            await client.aclose()
 
     async def chat(
         self,
@@ -148,8 +165,10 @@ class LLMClient:
 
     async def _once(self, endpoint, body, headers, on_text, streamed) -> StepResult:
         timeout = httpx.Timeout(connect=self._connect_timeout, read=endpoint.timeout, write=30.0, pool=30.0)
+        shard = self._shard()
+        shard[1] += 1
         try:
-            async with self._http.stream("POST", endpoint.chat_url, json=body, headers=headers, timeout=timeout) as resp:
+            async with shard[0].stream("POST", endpoint.chat_url, json=body, headers=headers, timeout=timeout) as resp:
                 if resp.status_code != 200:
                     text = (await resp.aread())[:2000].decode("utf-8", "replace")
                     err = LLMError(
@@ -169,6 +188,8 @@ class LLMClient:
             raise LLMError("llm_unreachable", f"{endpoint.chat_url}: timed out ({type(err).__name__})", retryable=True) from None
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
             raise LLMError("llm_unreachable", f"{endpoint.chat_url}: {type(err).__name__}: {err}", retryable=True) from None
+        finally:
+            shard[1] -= 1
 
     async def _from_stream(self, resp: httpx.Response, on_text, streamed) -> StepResult:
         result = StepResult()
