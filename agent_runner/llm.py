@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import ssl
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -99,14 +100,17 @@ class LLMClient:
         self.stream_usage = stream_usage
         self._connect_timeout = connect_timeout
         self._shards: list[list[Any]] = []  # [httpx.AsyncClient, requests in flight]
+        self._tls: ssl.SSLContext | None = None  # one for every pool (loading CAs costs ~10 ms)
 
     def _shard(self) -> list[Any]:
         """The least busy connection pool, or a new one if every pool is full."""
         best = min(self._shards, key=lambda shard: shard[1], default=None)
         if best is None or best[1] >= POOL_SHARD_CONNECTIONS:
+            if self._tls is None:
+                self._tls = httpx.create_ssl_context(trust_env=True)
             best = [httpx.AsyncClient(
                 limits=httpx.Limits(max_connections=1000, max_keepalive_connections=POOL_SHARD_CONNECTIONS),
-                trust_env=True,
+                trust_env=True, verify=self._tls,
             ), 0]
             self._shards.append(best)
         return best
