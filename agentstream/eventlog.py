@@ -137,6 +137,7 @@ class _BatchMux:
 
     @classmethod
     async def of(cls, nc: NATS) -> "_BatchMux":
+        """The connection's multiplexer, subscribing its wildcard inbox on first use."""
         mux = getattr(nc, "_agentstream_batch_mux", None)
         if mux is not None:
             return mux
@@ -152,6 +153,7 @@ class _BatchMux:
         return mux
 
     def open(self) -> tuple[str, asyncio.Queue]:
+        """A new reply token and the queue its replies land in."""
         self._next += 1
         token = str(self._next)
         queue: asyncio.Queue = asyncio.Queue()
@@ -159,6 +161,7 @@ class _BatchMux:
         return token, queue
 
     def close(self, token: str) -> None:
+        """Forget ``token``; late replies to it are dropped."""
         self.pending.pop(token, None)
 
     async def _on_reply(self, msg) -> None:

@@ -174,17 +174,22 @@ class LoadClients:
         ]
 
     def start(self, timeout: float = 300) -> int:
+        """Start the worker processes; block until every connection has its response headers (or
+        failed); returns how many connections were attempted. ``timeout`` in seconds."""
         for p in self.procs:
             p.start()
         return sum(self.ready.get(timeout=timeout) for _ in self.procs)
 
     def go(self) -> None:
+        """Let the connections count what they read."""
         self.go_event.set()
 
     def stop(self) -> None:
+        """Close every connection now."""
         self.stop_event.set()
 
     def results(self, timeout: float = 300) -> list[StreamStats]:
+        """One :class:`StreamStats` per path (order not kept), waiting ``timeout`` seconds per worker."""
         out: list[StreamStats] = []
         for _ in self.procs:
             out.extend(StreamStats(**d) for d in self.results_q.get(timeout=timeout))
@@ -240,5 +245,6 @@ class RawHTTP:
             writer.close()
 
     def close(self) -> None:
+        """Close the keep-alive connection."""
         if self.writer is not None:
             self.writer.close()

@@ -91,6 +91,7 @@ class Bench:
     # -- setup
 
     def start(self) -> None:
+        """Start the model server, one tool runner, one agent runner and the edge."""
         s = self.system
         s.start_model()
         self.tools.append(s.start_tool_runner("tools-1"))
@@ -98,15 +99,19 @@ class Bench:
         self.edge = s.start_edge(SSE_HEARTBEAT="15")
 
     def stop(self) -> None:
+        """Stop every process of the system."""
         self.system.stop()
 
     @property
     def edge_url(self) -> str:
+        """``http://host:port`` of the main edge."""
         return self.system.edge_url
 
     # -- 0. the broker's own ceiling
 
     async def nats_ceiling(self) -> None:
+        """JetStream publish (async and one at a time) and core request/reply (sequential and 100
+        concurrent) rates from Python, on a stream of its own, deleted afterwards."""
         nc = await nats.connect(self.system.env["NATS_URL"])
         js = nc.jetstream()
         from nats.js.api import StorageType, StreamConfig
@@ -145,6 +150,8 @@ class Bench:
     # -- 1. overhead vs direct
 
     async def overhead(self) -> None:
+        """The same streamed completion read directly from the model server and through
+        ``/v1/chat/completions``, interleaved, at the realistic and flat-out paces."""
         model_url = self.system.model_url + "/chat/completions"
         edge_url = self.edge_url + "/v1/chat/completions"
         out = {}
@@ -255,6 +262,7 @@ class Bench:
     # -- 3. run throughput
 
     async def run_throughput(self) -> None:
+        """Completed runs per second draining a full queue with one and two agent runners."""
         out = {}
         n = 300 if QUICK else 1500
         for agent in ("bench-one-step", "bench-two-step"):
@@ -310,6 +318,8 @@ class Bench:
     # -- 4. event fan-out
 
     async def fan_out(self) -> None:
+        """Events per second delivered to 1, 100, 1,000 and 5,000 SSE clients watching runs, with the
+        edge's RSS (MiB) before, once connected and at peak."""
         out = {}
         host, port = self.edge_url.removeprefix("http://").split(":")
         sizes = (1, 100, 1000) if QUICK else (1, 100, 1000, 5000)
@@ -352,6 +362,7 @@ class Bench:
     # -- 5. concurrent idle streams
 
     async def idle_streams(self) -> None:
+        """5,000 idle agent streams held by an edge with 2 s heartbeats; memory per stream (KiB)."""
         clients = 1000 if QUICK else 5000
         host, port = self.edge_url.removeprefix("http://").split(":")
         # An edge of its own with a short heartbeat, so heartbeats visibly flow.
@@ -376,6 +387,7 @@ class Bench:
     # -- 6. tool throughput
 
     async def tool_throughput(self) -> None:
+        """``read_file`` calls per second over NATS, 128 in flight, with one and two tool runners."""
         from agent_runner.tool_client import ToolClient
 
         out = {}

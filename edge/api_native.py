@@ -49,6 +49,7 @@ class CancelBody(Strict):
 
 @bp.get("/healthz")
 async def healthz():
+    """``GET /healthz``: 200 ``{"status": "ok", ...}`` once connected to NATS, 503 before (issue 2)."""
     st = state()
     if not st.healthy:
         return json_response({"status": "starting", "nats": "disconnected"}, 503)
@@ -60,6 +61,7 @@ async def healthz():
 
 @bp.get("/api/agents")
 async def list_agents():
+    """``GET /api/agents``: the caller's tenant's agents, each with name, description, model, tools."""
     t = tenant()
     catalog = state().catalog
     agents = [a for name, a in sorted(catalog.agents.items()) if t.may_use(name)]
@@ -76,12 +78,16 @@ async def list_agents():
 
 @bp.get("/api/agents/<name>")
 async def get_agent(name: str):
+    """``GET /api/agents/{name}``: one agent's public view; 404 naming ``name`` if unknown."""
     agent = agent_for(tenant(), name)
     return json_response({"active": True, **agent.public_view()})
 
 
 @bp.post("/api/agents/<name>/chat")
 async def chat(name: str):
+    """``POST /api/agents/{name}/chat`` with ``{"message", "message_id"?, "conversation_id"?}`` → 202
+    ``{"status": "message_received", "message_id", "run_id", "duplicate", "events_url"}`` once the run
+    request is stored in JetStream; 400/404/413/422 for bad input, 503 if it cannot be stored."""
     t = tenant()
     agent = agent_for(t, name)
     body = await json_body(ChatBody)
@@ -109,6 +115,7 @@ async def chat(name: str):
 
 @bp.get("/api/agents/<name>/status")
 async def agent_status(name: str):
+    """``GET /api/agents/{name}/status``: the agent's status history, run by run, from stored events."""
     t = tenant()
     agent = agent_for(t, name)
     records = await recent_runs(state().bus(), t.name, agent.name, limit=int_arg("limit", 20, 1, 200))
@@ -121,6 +128,9 @@ async def agent_status(name: str):
 
 @bp.get("/api/agents/<name>/sse")
 async def agent_sse(name: str):
+    """``GET /api/agents/{name}/sse``: LocalAI's agent stream (``json_message``, ``json_message_status``,
+    ``stream_event``, ``json_error``; localai-agents.md) for every run of the agent, from now or
+    after ``Last-Event-ID``."""
     t = tenant()
     agent = agent_for(t, name)
     after = last_event_id()
@@ -147,6 +157,7 @@ async def agent_sse(name: str):
 
 @bp.get("/api/runs/<run_id>")
 async def get_run(run_id: str):
+    """``GET /api/runs/{run_id}``: the run's state folded from its events, plus its dead letter if any."""
     t = tenant()
     record = fold(await run_events(t, run_id))
     return json_response({**record.as_dict(), "dead_letter": await _dead_letter(t.name, run_id),
@@ -175,6 +186,9 @@ def native_frame(ev: eventlog.StoredEvent) -> bytes:
 
 @bp.get("/api/runs/<run_id>/events")
 async def run_sse(run_id: str):
+    """``GET /api/runs/{run_id}/events``: SSE, ``id:`` = stream sequence, ``event:`` = type, ``data:`` =
+    the envelope; replays from the start or after ``Last-Event-ID``; ends after the terminal event;
+    204 when ``Last-Event-ID`` is already the terminal event; 404 naming ``run_id`` if unknown."""
     t = tenant()
     check_run_id(run_id)
     after = last_event_id()
@@ -195,6 +209,8 @@ async def run_sse(run_id: str):
 
 @bp.post("/api/runs/<run_id>/cancel")
 async def cancel_run(run_id: str):
+    """``POST /api/runs/{run_id}/cancel``: 202 when the cancel is stored; 409 with the status if the run
+    already ended; 404 if unknown (issue 5, fault 8)."""
     t = tenant()
     body = await json_body(CancelBody, optional=True)
     record = fold(await run_events(t, run_id))

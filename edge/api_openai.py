@@ -264,6 +264,8 @@ async def _stream_body(st: EdgeState, tenant_name: str, run_id: str, renderer, f
 
 @bp.post("/chat/completions")
 async def chat_completions():
+    """``POST /v1/chat/completions``, streaming or not (openai-streaming.md is the checklist); the run id
+    is in the ``X-Run-Id`` header."""
     t = tenant()
     body: ChatCompletionBody = await _body(ChatCompletionBody)
     agent = _model(t, body.model)
@@ -299,6 +301,7 @@ async def chat_completions():
 
 @bp.post("/completions")
 async def completions():
+    """``POST /v1/completions`` (legacy text completions), streaming or not."""
     t = tenant()
     body: CompletionBody = await _body(CompletionBody)
     agent = _model(t, body.model)
@@ -340,6 +343,7 @@ def _model_object(agent: AgentDefinition) -> dict[str, Any]:
 
 @bp.get("/models")
 async def list_models():
+    """``GET /v1/models``: the tenant's agents as models."""
     t = tenant()
     catalog = state().catalog
     return json_response({"object": "list", "data": [
@@ -349,5 +353,6 @@ async def list_models():
 
 @bp.get("/models/<path:model_id>")
 async def get_model(model_id: str):
+    """``GET /v1/models/{model}``: one agent as a model; 404 naming ``model`` if unknown."""
     return json_response(_model_object(_model(tenant(), model_id)))
 

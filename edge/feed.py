@@ -54,6 +54,7 @@ class Watcher:
         self.ready = asyncio.Event()
 
     def offer(self, event: StoredEvent) -> None:
+        """Buffer one live event; past ``limit`` drop the buffer and mark the feed for a re-read."""
         if not self.overflowed:
             if len(self.events) >= self.limit:
                 self.overflowed = True
@@ -96,9 +97,11 @@ class LiveHub:
         self.overflows = 0  # times a watcher's buffer overflowed (a client too slow; it re-reads)
 
     async def start(self) -> None:
+        """Subscribe to ``live.runs.>`` (the stream's re-publish subject)."""
         self._sub = await self.nc.subscribe(subjects.LIVE_RUN_EVENTS_ALL, cb=self._on_msg)
 
     async def stop(self) -> None:
+        """Unsubscribe; errors of a connection already closed are ignored."""
         if self._sub is not None:
             try:
                 await self._sub.unsubscribe()
@@ -111,6 +114,7 @@ class LiveHub:
         return sum(len(s) for s in self._watchers.values())
 
     def register(self, key: tuple[str, str, str], limit: int) -> Watcher:
+        """A new watcher for ``key`` holding at most ``limit`` events (closed at once if shutting down)."""
         watcher = Watcher(key, limit, self)
         if self._closing:
             watcher.close()
@@ -118,6 +122,7 @@ class LiveHub:
         return watcher
 
     def unregister(self, watcher: Watcher) -> None:
+        """Forget ``watcher`` (its feed ended)."""
         group = self._watchers.get(watcher.key)
         if group is not None:
             group.discard(watcher)
