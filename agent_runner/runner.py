@@ -37,6 +37,7 @@ from agent_runner.llm import LLMClient, LLMEndpoint, LLMError
 from agent_runner.loop import MaxStepsExceeded, RunContext, run_agent
 from agent_runner.tool_client import ToolClient
 from agentstream import eventlog
+from agentstream.eventlog import StoredEvent
 from agentstream.agents import AgentCatalog
 from agentstream.bus import declare
 from agentstream.runs import write_queued
@@ -286,15 +287,7 @@ class AgentRunner:
         writer = self._writer(subject, tenant, agent, request, attempt, 0)
 
         async def find_last_seq() -> int:
-            last = await eventlog.last_event(self.nc, subject)
-            if last is None:
-                try:
-                    await write_queued(self.nc, tenant, agent, request)
-                except eventlog.WriteConflict:
-                    pass  # the edge wrote it meanwhile
-                last = await eventlog.last_event(self.nc, subject)
-            if last is None:
-                raise RuntimeError(f"{subject}: run.queued was stored but cannot be read back")
+            last = await self._last_event_or_queued(subject, tenant, agent, request)
             if E.is_terminal(last.type):
                 raise _AlreadyEnded(last.type)
             if last.type != E.RUN_QUEUED:
@@ -303,6 +296,20 @@ class AgentRunner:
 
         writer.open_later(find_last_seq, (E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt)))
         return _Opened(writer, attempt)
+
+    async def _last_event_or_queued(self, subject: str, tenant: str, agent: str, request: RunRequest) -> StoredEvent:
+        """The run's latest event, writing ``run.queued`` first if the run has none (the edge's
+        write was lost or has not landed). Raises RuntimeError if it still cannot be read."""
+        last = await eventlog.last_event(self.nc, subject)
+        if last is None:
+            try:
+                await write_queued(self.nc, tenant, agent, request)
+            except eventlog.WriteConflict:
+                pass  # the edge wrote it meanwhile
+            last = await eventlog.last_event(self.nc, subject)
+        if last is None:
+            raise RuntimeError(f"{subject}: run.queued was stored but cannot be read back")
+        return last
 
     def _writer(self, subject: str, tenant: str, agent: str, request: RunRequest, attempt: int, last_seq: int) -> RunEventWriter:
         return RunEventWriter(
@@ -326,15 +333,7 @@ class AgentRunner:
         """
         subject = subjects.run_events(tenant, agent, request.run_id)
         attempt = msg.metadata.num_delivered if msg.metadata else 1
-        last = await eventlog.last_event(self.nc, subject)
-        if last is None:
-            try:
-                await write_queued(self.nc, tenant, agent, request)
-            except eventlog.WriteConflict:
-                pass  # the edge wrote it meanwhile
-            last = await eventlog.last_event(self.nc, subject)
-        if last is None:
-            raise RuntimeError(f"{subject}: run.queued was stored but cannot be read back")
+        last = await self._last_event_or_queued(subject, tenant, agent, request)
         if E.is_terminal(last.type):
             log.info("run %s already ended (%s); acking its request", request.run_id, last.type)
             return _Opened(None, attempt)

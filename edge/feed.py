@@ -204,12 +204,15 @@ class EventFeed:
         try:
             if watcher.closed:
                 return
-            async for batch in self._stored():
-                yield batch
-            if self._done:
-                return
+            reread = True  # the stored events first
             quiet = 0
             while True:
+                if reread:
+                    async for batch in self._stored():
+                        yield batch
+                    if self._done:
+                        return
+                    reread = False
                 try:
                     async with asyncio.timeout(self.heartbeat):  # no task per wait, unlike wait_for
                         await watcher.ready.wait()
@@ -218,38 +221,25 @@ class EventFeed:
                         return
                     yield HEARTBEAT
                     quiet += 1
-                    if quiet % RECHECK_EVERY == 0:
-                        # A safety net: nothing can have been missed unless a re-published event was
-                        # lost without a reconnect or slow-consumer error (which re-read at once).
-                        async for batch in self._stored():
-                            yield batch
-                        if self._done:
-                            return
+                    # A safety net: nothing can have been missed unless a re-published event was
+                    # lost without a reconnect or slow-consumer error (which re-read at once).
+                    reread = quiet % RECHECK_EVERY == 0
                     continue
                 quiet = 0
                 if watcher.closed:
                     return
-                events, must_reread = watcher.take()
-                if must_reread:
-                    async for batch in self._stored():
-                        yield batch
-                    if self._done:
-                        return
+                events, reread = watcher.take()
+                if reread:
                     continue
                 out: list[StoredEvent] = []
                 for ev in events:
                     if ev.seq <= self.last:
                         continue
                     if self.scope == "run" and ev.last_seq is not None and ev.last_seq > self.last:
-                        # A hole: something between the last yielded event and this one.
-                        if out:
-                            yield out
-                            out = []
-                        async for batch in self._stored():
-                            yield batch
-                        if self._done:
-                            return
-                        continue
+                        # A hole: something between the last yielded event and this one. Every
+                        # live event was stored before it was re-published: re-read the rest.
+                        reread = True
+                        break
                     self.last = ev.seq
                     out.append(ev)
                     if self._ends(ev):

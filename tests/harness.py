@@ -6,6 +6,7 @@ Nothing here is a fake: the processes are the ones ``agentstream up`` starts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -125,11 +126,9 @@ class System:
         url = proc.ready_value
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # not listening yet
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                     break
-            except httpx.HTTPError:
-                pass
             time.sleep(0.05)
         else:
             raise RuntimeError(f"edge not healthy:\n{proc.tail()}")

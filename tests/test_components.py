@@ -94,7 +94,7 @@ class _Slow(http.server.BaseHTTPRequestHandler):
     hits = 0
 
     def log_message(self, *args):
-        pass
+        """Quiet: no request log on stderr."""
 
     def do_GET(self):  # noqa: N802
         type(self).hits += 1

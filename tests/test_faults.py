@@ -8,6 +8,7 @@ what it likes; each is bounded in time and cleans up after itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import json
 import socket
@@ -60,10 +61,8 @@ class Watch:
             remaining = deadline - time.monotonic()
             assert remaining > 0, [e["event"] for e in self.events]
             self._changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):  # the loop's assert reports the timeout
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
 
     async def finished(self, timeout: float = 60.0) -> list[dict]:
         await self.until(lambda evs: bool(evs) and evs[-1]["event"] in TERMINAL, timeout)
@@ -82,7 +81,7 @@ class Counter(http.server.BaseHTTPRequestHandler):
     lock = threading.Lock()
 
     def log_message(self, *args):
-        pass
+        """Quiet: no request log on stderr."""
 
     def do_GET(self):  # noqa: N802
         parsed = urllib.parse.urlparse(self.path)

@@ -102,8 +102,7 @@ async def test_errors_are_the_sdks_own(client, system):
     await bad_key.close()
     stream = await client.chat.completions.create(model="midstream-failure", messages=QUESTION, stream=True)
     with pytest.raises(openai.APIError) as mid:
-        async for _ in stream:
-            pass
+        [chunk async for chunk in stream]  # reading the stream must raise mid-way
     assert "mid-stream" in mid.value.message
 
 

@@ -104,8 +104,8 @@ async def test_list_dir_lists_without_following_symlinks(root):
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):  # quiet
-        pass
+    def log_message(self, *args):
+        """Quiet: no request log on stderr."""
 
     def do_GET(self):  # noqa: N802
         if self.path == "/ok":
