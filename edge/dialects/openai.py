@@ -22,6 +22,7 @@ from edge.dialects.replay import Replay
 from schemas import events as E
 
 _FINISH = {"stop", "length", "tool_calls", "content_filter"}
+_TEXT_FINISH = {"stop", "length", "content_filter"}
 
 
 def error_for_run(body: dict[str, Any]) -> dict[str, Any]:
@@ -84,12 +85,15 @@ RESTART_DIVERGED = oai.error_body(
     "server_error", None, "run_restarted")
 
 
-class ChatStream:
-    """Frames of one streamed ``chat.completion.chunk`` response (all bytes, ready to write).
+class _CompletionStream:
+    """What the chat and the text completion streams share: which run events become frames, and
+    when the stream ends. Subclasses say how a frame looks.
 
     ``include_usage``: ``stream_options.include_usage`` was true (F2: then every chunk carries
     ``"usage": null`` and one usage chunk precedes ``[DONE]``).
     """
+
+    finish_reasons: frozenset[str] = frozenset()
 
     def __init__(self, completion_id: str, created: int, model: str, *, include_usage: bool):
         self.id = completion_id
@@ -98,16 +102,19 @@ class ChatStream:
         self.include_usage = include_usage
         self.finished = False  # the finish chunk was sent
         self.done = False  # [DONE] was sent
-        self._tool_index = 0
         self._replay = Replay()
 
-    def _chunk(self, **kw: Any) -> bytes:
-        return sse.frame(oai.dumps(oai.chat_chunk(self.id, self.created, self.model,
-                                                  with_usage_field=self.include_usage, **kw)))
+    def _text(self, text: str) -> bytes:
+        raise NotImplementedError
 
-    def start(self) -> bytes:
-        """The role chunk (D5)."""
-        return self._chunk(delta={"role": "assistant", "content": ""})
+    def _finish(self, reason: str) -> bytes:
+        raise NotImplementedError
+
+    def _usage_chunk(self, usage: dict[str, int]) -> bytes:
+        raise NotImplementedError
+
+    def _client_tool_call(self, data: dict[str, Any]) -> list[bytes]:
+        return []
 
     def render(self, body: dict[str, Any]) -> list[bytes]:
         """Frames for one run event (an envelope); empty for events this view does not show."""
@@ -122,26 +129,20 @@ class ChatStream:
             if text is None:
                 self.done = True
                 return [sse.frame(oai.dumps(RESTART_DIVERGED)), sse.DONE]
-            return [self._chunk(delta={"content": text})] if text else []
+            return [self._text(text)] if text else []
         if t == E.TOOL_CALL and data.get("client") and not self.finished:
-            index = self._tool_index
-            self._tool_index += 1
-            first = oai.tool_call_delta_first(index, data["tool_call_id"], data["name"], "")
-            frames = [self._chunk(delta={"tool_calls": [first]})]
-            if data.get("arguments"):
-                frames.append(self._chunk(delta={"tool_calls": [oai.tool_call_delta_more(index, data["arguments"])]}))
-            return frames
+            return self._client_tool_call(data)
         if t == E.MESSAGE_COMPLETED and not self.finished:
             self.finished = True
             reason = data.get("finish_reason")
-            return [self._chunk(delta={}, finish_reason=reason if reason in _FINISH else "stop")]
+            return [self._finish(reason if reason in self.finish_reasons else "stop")]
         if t == E.RUN_COMPLETED:
             frames = []
             if not self.finished:  # a run that ended without an answer event: still one finish chunk (H5)
                 self.finished = True
-                frames.append(self._chunk(delta={}, finish_reason="stop"))
+                frames.append(self._finish("stop"))
             if self.include_usage:
-                frames.append(sse.frame(oai.dumps(oai.chat_usage_chunk(self.id, self.created, self.model, _usage(data)))))
+                frames.append(self._usage_chunk(_usage(data)))
             self.done = True
             return [*frames, sse.DONE]
         if t in (E.RUN_FAILED, E.RUN_CANCELLED):
@@ -150,18 +151,47 @@ class ChatStream:
         return []
 
 
-class TextCompletionStream:
-    """Frames of one streamed legacy ``text_completion`` response (J1: ``text`` in every chunk,
-    the same ``object`` as the non-streaming response)."""
+class ChatStream(_CompletionStream):
+    """Frames of one streamed ``chat.completion.chunk`` response (all bytes, ready to write)."""
+
+    finish_reasons = frozenset(_FINISH)
 
     def __init__(self, completion_id: str, created: int, model: str, *, include_usage: bool):
-        self.id = completion_id
-        self.created = created
-        self.model = model
-        self.include_usage = include_usage
-        self.finished = False
-        self.done = False
-        self._replay = Replay()
+        super().__init__(completion_id, created, model, include_usage=include_usage)
+        self._tool_index = 0
+
+    def _chunk(self, **kw: Any) -> bytes:
+        return sse.frame(oai.dumps(oai.chat_chunk(self.id, self.created, self.model,
+                                                  with_usage_field=self.include_usage, **kw)))
+
+    def start(self) -> bytes:
+        """The role chunk (D5)."""
+        return self._chunk(delta={"role": "assistant", "content": ""})
+
+    def _text(self, text: str) -> bytes:
+        return self._chunk(delta={"content": text})
+
+    def _finish(self, reason: str) -> bytes:
+        return self._chunk(delta={}, finish_reason=reason)
+
+    def _usage_chunk(self, usage: dict[str, int]) -> bytes:
+        return sse.frame(oai.dumps(oai.chat_usage_chunk(self.id, self.created, self.model, usage)))
+
+    def _client_tool_call(self, data: dict[str, Any]) -> list[bytes]:
+        index = self._tool_index
+        self._tool_index += 1
+        first = oai.tool_call_delta_first(index, data["tool_call_id"], data["name"], "")
+        frames = [self._chunk(delta={"tool_calls": [first]})]
+        if data.get("arguments"):
+            frames.append(self._chunk(delta={"tool_calls": [oai.tool_call_delta_more(index, data["arguments"])]}))
+        return frames
+
+
+class TextCompletionStream(_CompletionStream):
+    """Frames of one streamed legacy ``text_completion`` response (J1: ``text`` in every chunk,
+    the same ``object`` as the non-streaming response). Client tool calls are not shown."""
+
+    finish_reasons = frozenset(_TEXT_FINISH)
 
     def _chunk(self, text: str, finish_reason: str | None) -> bytes:
         chunk: dict[str, Any] = {
@@ -173,45 +203,22 @@ class TextCompletionStream:
             chunk["usage"] = None
         return sse.frame(oai.dumps(chunk))
 
-    def render(self, body: dict[str, Any]) -> list[bytes]:
-        """Frames for one run event."""
-        if self.done:
-            return []
-        t, data = body.get("type"), body.get("data") or {}
-        if t == E.RUN_RETRYING:
-            self._replay.restart(int(data.get("resume_step", 1)))
-            return []
-        if t == E.MESSAGE_DELTA and not self.finished:
-            text = self._replay.text(int(data.get("step", 1)), data.get("text", ""))
-            if text is None:
-                self.done = True
-                return [sse.frame(oai.dumps(RESTART_DIVERGED)), sse.DONE]
-            return [self._chunk(text, None)] if text else []
-        if t == E.MESSAGE_COMPLETED and not self.finished:
-            self.finished = True
-            reason = data.get("finish_reason")
-            return [self._chunk("", reason if reason in ("stop", "length", "content_filter") else "stop")]
-        if t == E.RUN_COMPLETED:
-            frames = []
-            if not self.finished:
-                self.finished = True
-                frames.append(self._chunk("", "stop"))
-            if self.include_usage:
-                frames.append(sse.frame(oai.dumps({
-                    "id": self.id, "object": oai.TEXT_COMPLETION_OBJECT, "created": self.created, "model": self.model,
-                    "system_fingerprint": None, "choices": [], "usage": _usage(data),
-                })))
-            self.done = True
-            return [*frames, sse.DONE]
-        if t in (E.RUN_FAILED, E.RUN_CANCELLED):
-            self.done = True
-            return [sse.frame(oai.dumps(error_for_run(body))), sse.DONE]
-        return []
+    def _text(self, text: str) -> bytes:
+        return self._chunk(text, None)
+
+    def _finish(self, reason: str) -> bytes:
+        return self._chunk("", reason)
+
+    def _usage_chunk(self, usage: dict[str, int]) -> bytes:
+        return sse.frame(oai.dumps({
+            "id": self.id, "object": oai.TEXT_COMPLETION_OBJECT, "created": self.created, "model": self.model,
+            "system_fingerprint": None, "choices": [], "usage": usage,
+        }))
 
 
 def text_completion(completion_id: str, created: int, model: str, run: Collected) -> dict[str, Any]:
     """A non-streaming legacy completion (K5)."""
-    finish = run.finish_reason if run.finish_reason in ("stop", "length", "content_filter") else "stop"
+    finish = run.finish_reason if run.finish_reason in _TEXT_FINISH else "stop"
     return {
         "id": completion_id, "object": oai.TEXT_COMPLETION_OBJECT, "created": created, "model": model,
         "system_fingerprint": None,
