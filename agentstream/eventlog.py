@@ -21,7 +21,7 @@ import nats.errors
 import orjson
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
-from nats.js.errors import APIError, BadRequestError
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from agentstream.bus import jetstream
@@ -263,8 +263,11 @@ async def append(
             if err.code and int(err.code) >= 500:
                 raise _Transient(str(err)) from None
             raise
-        except (nats.errors.TimeoutError, NoRespondersError, nats.errors.ConnectionClosedError,
+        except (nats.errors.TimeoutError, NoStreamResponseError, nats.errors.ConnectionClosedError,
                 nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError) as err:
+            # NoStreamResponseError: the server answered "no responders" (nats-py's js.publish
+            # turns NoRespondersError into it). Right after a nats-server restart that is
+            # JetStream still loading its streams, not a missing stream: retry.
             log.warning("storing %s on %s: %s; retrying", event_type, subject, type(err).__name__)
             raise _Transient(str(err)) from None
 

@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import dataclass
 
 import nats.errors
+from nats.js.errors import NoStreamResponseError
 from nats.aio.client import Client as NATS
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
@@ -75,7 +76,9 @@ async def submit(nc: NATS, tenant: str, agent: str, request: RunRequest, *, time
     js = jetstream(nc)
     payload = request.model_dump_json().encode()
     subject = subjects.run_request(tenant, agent)
-    transient = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionReconnectingError)
+    # NoStreamResponseError is "no responders" from js.publish: JetStream still loading after a
+    # nats-server restart (nats-py raises it instead of NoRespondersError).
+    transient = (nats.errors.TimeoutError, NoStreamResponseError, nats.errors.ConnectionReconnectingError)
 
     async def publish_request():
         return await first_then_retry(

@@ -17,9 +17,17 @@ import time
 import urllib.parse
 
 import httpx
+import nats
 import pytest
 from httpx_sse import aconnect_sse
 
+from agentstream import eventlog
+from agentstream.bus import declare
+from agentstream.runs import submit as submit_run
+from agentstream.settings import Settings
+from schemas import events as E
+from schemas import subjects
+from schemas.runs import RunRequest
 from tests.conftest import read_events, submit
 from tests.harness import new_system
 
@@ -182,7 +190,7 @@ async def test_nats_server_restart_loses_nothing_and_repeats_nothing(fresh):
         middle = ids[len(ids) // 2]
         rest = await asyncio.wait_for(read_events(client, run["run_id"], last_event_id=middle), 30)
         assert [e["id"] for e in rest] == [i for i in ids if i > middle]
-        assert types(events)[-1] == "run.completed"
+        assert types(events)[-1] == "run.completed", json.dumps(events[-1]["data"]["data"])
         answer = next(e["data"]["data"]["text"] for e in events if e["event"] == "message.completed")
         assert len(answer.split()) == 100
         # Everything reconnected by itself: a new run goes through.
@@ -341,3 +349,28 @@ async def test_rolling_restart_of_all_runners_under_load_loses_no_run(fresh):
         answer = next(e["data"]["data"]["text"] for e in events if e["event"] == "message.completed")
         assert len(answer.split()) == 100
     assert handed_back >= 1, "the restarts happened while runs were going"
+
+
+async def test_writes_while_jetstream_has_no_stream_yet_are_retried_not_failed(fresh):
+    # Right after a nats-server restart, JetStream answers publishes with "no responders" until it
+    # has loaded its streams (nats-py raises NoStreamResponseError). A run's events and a submit
+    # made in that window must wait for JetStream, not fail the run: here the streams are declared
+    # only after both writes have started.
+    sysm = fresh()
+    nc = await nats.connect(sysm.env["NATS_URL"])
+    try:
+        request = RunRequest(run_id="0123456789abcdef0123456789abcdef", message_id="m-1", message="hi")
+        submitted = asyncio.create_task(submit_run(nc, "default", "programmer-helper", request, timeout=20))
+        stored = asyncio.create_task(eventlog.append(
+            nc, subjects.run_events("default", "programmer-helper", "fedcba98765432100123456789abcdef"), b"{}",
+            event_type=E.RUN_STARTED, msg_id="x-1", expected_last_seq=0, retry_seconds=20))
+        await asyncio.sleep(0.5)
+        assert not submitted.done() and not stored.done(), "both wait for JetStream"
+        await declare(nc, Settings.from_env(sysm.env))
+        result = await asyncio.wait_for(submitted, 20)
+        assert result.run_id == request.run_id and not result.duplicate
+        assert await asyncio.wait_for(stored, 20) >= 1
+        info = await nc.jetstream().stream_info(subjects.AGENT_RUNS_STREAM)
+        assert info.state.messages == 1
+    finally:
+        await nc.close()
