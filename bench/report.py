@@ -64,6 +64,11 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     return rows
 
 
+def _share(value: float, ceiling: float | None) -> str:
+    """``value`` as a percentage of ``ceiling`` ("" without a ceiling)."""
+    return f"{value / ceiling:.0%}" if ceiling else "—"
+
+
 def write_markdown(r: dict[str, Any], path: Path) -> None:
     """Write the report."""
     m = r.get("machine", {})
@@ -93,6 +98,7 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
             f"| core request/reply, 100 concurrent | {_f(n['request_reply_100_concurrent_per_s'], 0)} |",
             "",
         ]
+    ceiling = r.get("nats_ceiling", {})
     if "overhead" in r:
         lines += ["## 1. Overhead vs calling the model directly", "",
                   "The same streamed completion, read from the model server directly and through `/v1/chat/completions`.", "",
@@ -109,7 +115,11 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         lines += ["## 2. Submit latency", "",
                   "`POST /api/agents/bench-one-step/chat` → 202, and → the first event of `GET /api/runs/{id}/events`. "
                   "`raw` is a bare HTTP/1.1 client (keep-alive for the POSTs, a new connection per stream), so the time "
-                  "is the server's; `httpx` is what a Python client using httpx sees. The runs started execute meanwhile.",
+                  "is the server's; `httpx` is what a Python client using httpx sees. The runs started execute meanwhile. "
+                  "A submit is two concurrent JetStream stores (the request and `run.queued`); the busiest row's "
+                  f"{_f(2 * max(x.get('submits_per_s', 0) for x in r['submit_latency'].values()), 0)} stores/s are "
+                  f"{_share(2 * max(x.get('submits_per_s', 0) for x in r['submit_latency'].values()), ceiling.get('js_publish_async_per_s'))} "
+                  "of the async JetStream publish ceiling.",
                   "", "| clients | client | think time (mean) | submits/s | → 202 p50 / p99 (ms) | "
                   "→ first SSE event p50 / p99 (ms) | samples |", "|---|---|---|---|---|---|---|"]
         for key, x in r["submit_latency"].items():
@@ -121,13 +131,25 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         lines.append("")
     if "run_throughput" in r:
         lines += ["## 3. Run throughput (a full queue drained by the runners)", "",
-                  "| agent | 1 runner (runs/s) | 2 runners (runs/s) | scaling |", "|---|---|---|---|"]
+                  "Events stored: the runners' JetStream writes during the drain (`run.started` to `run.completed`), "
+                  "read against the async JetStream publish ceiling above.", "",
+                  "| agent | 1 runner (runs/s) | 2 runners (runs/s) | scaling | events stored per run | "
+                  "events stored/s, 1 / 2 runners (share of ceiling) |", "|---|---|---|---|---|---|"]
         for agent, x in r["run_throughput"].items():
-            lines.append(f"| {agent} | {_f(x['1_runner']['runs_per_s'])} | {_f(x['2_runner']['runs_per_s'])} | "
-                         f"{_f(x['scaling_ratio'], 2)}× |")
+            one, two = x["1_runner"], x["2_runner"]
+            stores = "—"
+            if "events_stored_per_s" in one:
+                c = ceiling.get("js_publish_async_per_s")
+                stores = (f"{_f(one['events_stored_per_s'], 0)} ({_share(one['events_stored_per_s'], c)}) / "
+                          f"{_f(two['events_stored_per_s'], 0)} ({_share(two['events_stored_per_s'], c)})")
+            per_run = _f(one["events_stored_per_run"]) if "events_stored_per_run" in one else "—"
+            lines.append(f"| {agent} | {_f(one['runs_per_s'])} | {_f(two['runs_per_s'])} | "
+                         f"{_f(x['scaling_ratio'], 2)}× | {per_run} | {stores} |")
         lines.append("")
     if "fan_out" in r:
         lines += ["## 4. Event fan-out", "",
+                  "The broker sends each event to an edge once (one subscription to `live.runs.>`); the edge fans it "
+                  "out to its clients, so the number of clients costs the broker nothing.", "",
                   "| SSE clients | runs watched | events delivered | events/s | all ended | errors | edge RSS before / connected / peak (MiB) |",
                   "|---|---|---|---|---|---|---|"]
         for key, x in r["fan_out"].items():
@@ -144,11 +166,15 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
                   f"{_f(x['edge_rss_mib_with_streams'], 0)} | {_f(x['kib_per_stream'])} KiB |", ""]
     if "tool_throughput" in r:
         x = r["tool_throughput"]
+        c = ceiling.get("request_reply_100_concurrent_per_s")
         lines += ["## 6. Tool throughput (read_file over NATS, 128 in flight)", "",
-                  "| tool runners | calls/s | calls per runner |", "|---|---|---|"]
+                  "A tool call is one core NATS request/reply; the share is of the 100-concurrent request/reply "
+                  "ceiling above.", "",
+                  "| tool runners | calls/s | share of ceiling | calls per runner |", "|---|---|---|---|"]
         for key in ("1_tool_runner", "2_tool_runner"):
-            lines.append(f"| {key[0]} | {_f(x[key]['calls_per_s'], 0)} | {x[key]['by_runner']} |")
-        lines += [f"| scaling | {_f(x['scaling_ratio'], 2)}× | |", ""]
+            lines.append(f"| {key[0]} | {_f(x[key]['calls_per_s'], 0)} | {_share(x[key]['calls_per_s'], c)} | "
+                         f"{x[key]['by_runner']} |")
+        lines += [f"| scaling | {_f(x['scaling_ratio'], 2)}× | | |", ""]
     analysis = BENCH / "analysis.md"
     if analysis.exists():
         lines += [analysis.read_text().rstrip(), ""]

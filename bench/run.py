@@ -27,6 +27,7 @@ import httpx
 import nats
 
 from bench.loadclient import LoadClients, RawHTTP
+from schemas import subjects
 from tests.harness import REPO, System, new_system
 
 BENCH = Path(__file__).resolve().parent
@@ -303,6 +304,7 @@ class Bench:
                                                            message="Read README.md please"))
 
         await asyncio.gather(*(submit_one() for _ in range(n)))
+        stored_before = (await nc.jetstream().stream_info(subjects.RUN_EVENTS_STREAM)).state.last_seq
         started = time.perf_counter()
         procs = await asyncio.gather(*(asyncio.to_thread(self.system.start_agent_runner, f"runner-{agent}-{runners}-{i}",
                                                          AGENT_RUNNER_CONCURRENCY="64") for i in range(runners)))
@@ -310,10 +312,13 @@ class Bench:
         self.runners.extend(procs)
         await asyncio.wait_for(done.wait(), 600)
         elapsed = time.perf_counter() - ready
+        stored = (await nc.jetstream().stream_info(subjects.RUN_EVENTS_STREAM)).state.last_seq - stored_before
         await sub.unsubscribe()
         await nc.close()
         return {"runs": n, "completed": ended["completed"], "seconds": elapsed, "runs_per_s": n / elapsed,
-                "runner_start_s": ready - started}
+                "runner_start_s": ready - started,
+                # the runners' JetStream writes (run.started to run.completed), to read against the ceiling
+                "events_stored": stored, "events_stored_per_run": stored / n, "events_stored_per_s": stored / elapsed}
 
     # -- 4. event fan-out
 
