@@ -19,7 +19,7 @@ from agentstream.bus import close
 from agentstream.settings import Settings
 from edge import api_llmsse, api_native, api_openai
 from edge.auth import Authenticator
-from edge.bodylimit import DrainOversizedBody
+from edge.bodylimit import WholeBodyFirst
 from edge.errors import ApiError
 from edge.state import EdgeState
 
@@ -32,7 +32,7 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
     app.config["RESPONSE_TIMEOUT"] = None  # streams live as long as their run (Quart's default: 60 s)
     app.config["MAX_CONTENT_LENGTH"] = settings.edge_max_body
     app.config["BODY_TIMEOUT"] = 60
-    app.asgi_app = DrainOversizedBody(app.asgi_app, settings.edge_max_body)  # a 413 the client can read
+    app.asgi_app = WholeBodyFirst(app.asgi_app, settings.edge_max_body)  # answers the client can read
     state = EdgeState(
         settings=settings,
         auth=auth or Authenticator.from_file(settings.keys_file),

@@ -234,3 +234,38 @@ async def test_cors_for_configured_origins(system):
                                                            "Authorization": f"Bearer {ALICE_KEY}"})
         assert "access-control-allow-origin" not in other.headers
     edge.terminate()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status = int(head.split(b" ", 2)[1])
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    return status, await asyncio.wait_for(reader.readexactly(length), 10)
+
+
+async def test_an_early_error_keeps_the_connection_usable(system):
+    # The edge refuses some requests before reading their body (unknown agent, bad key). The body
+    # may still be on its way (sent after the headers, as httpx does, or delayed by a busy
+    # client); the answer must wait for it, or Hypercorn closes the keep-alive connection without
+    # saying so and the client's next request on it fails ("server disconnected").
+    host, port = system.edge_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        body = b'{"message": "hi"}'
+        for path, auth, status in (("/api/agents/no-such-agent/chat", ALICE_KEY, 404),
+                                   ("/api/agents/programmer-helper/chat", "not-a-key", 401)):
+            writer.write(f"POST {path} HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {auth}\r\n"
+                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+            await writer.drain()
+            await asyncio.sleep(0.3)  # the body comes later
+            writer.write(body)
+            await writer.drain()
+            got, _ = await _read_response(reader)
+            assert got == status
+        writer.write(f"GET /api/agents HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {ALICE_KEY}\r\n\r\n".encode())
+        await writer.drain()
+        got, listing = await _read_response(reader)
+        assert got == 200 and "programmer-helper" in json.loads(listing)["agents"]
+    finally:
+        writer.close()
