@@ -30,6 +30,11 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                      x["total_ratio_p50"] <= 1.02))
         rows.append(("realistic pace: added time to first token", "≤ 5 ms p50", f"{_f(x['added_ttft_ms_p50'])} ms p50",
                      x["added_ttft_ms_p50"] <= 5))
+    if "first_token" in o:
+        x = o["first_token"]
+        rows.append(("the same, from many short runs at that pace", "≤ 5 ms p50",
+                     f"{_f(x['added_ttft_ms_p50'])} ms p50 ({x['agentstream_ttft_ms']['n']} samples)",
+                     x["added_ttft_ms_p50"] <= 5))
     if "flat_out" in o:
         x = o["flat_out"]
         rows.append(("flat out: characters per second vs direct", "≥ 0.5×", f"{_f(x['chars_per_s_ratio_p50'], 2)}× p50",
@@ -104,12 +109,21 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
                   "The same streamed completion, read from the model server directly and through `/v1/chat/completions`.", "",
                   "| pace | path | first token p50 / p99 (ms) | total p50 / p99 (ms) | chars/s p50 |", "|---|---|---|---|---|"]
         for pace, row in r["overhead"].items():
+            if pace == "first_token":
+                continue
             for name in ("direct", "agentstream"):
                 x = row[name]
                 lines.append(f"| {pace} | {name} | {_f(x['ttft_ms']['p50'])} / {_f(x['ttft_ms']['p99'])} | "
                              f"{_f(x['total_ms']['p50'])} / {_f(x['total_ms']['p99'])} | {_f(x['chars_per_s']['p50'], 0)} |")
             lines.append(f"| {pace} | ratio | +{_f(row['added_ttft_ms_p50'])} ms | {_f(row['total_ratio_p50'], 3)}× / "
                          f"{_f(row['total_ratio_p99'], 3)}× | {_f(row['chars_per_s_ratio_p50'], 2)}× |")
+        if "first_token" in r["overhead"]:
+            x = r["overhead"]["first_token"]
+            lines += ["", f"Time to first token alone, from {x['agentstream_ttft_ms']['n']} short completions per path at "
+                      "the realistic pace (3 tokens at 50 tokens/s), interleaved: direct "
+                      f"{_f(x['direct_ttft_ms']['p50'])} / {_f(x['direct_ttft_ms']['p99'])} ms p50 / p99, agentstream "
+                      f"{_f(x['agentstream_ttft_ms']['p50'])} / {_f(x['agentstream_ttft_ms']['p99'])} ms, added "
+                      f"+{_f(x['added_ttft_ms_p50'])} ms p50."]
         lines.append("")
     if "submit_latency" in r:
         lines += ["## 2. Submit latency", "",
