@@ -3,8 +3,9 @@ box holds, and whether more runners add capacity (issue 6).
 
 ``make bench`` (``python -m bench``) starts a whole system (embedded nats-server, the built-in
 model as the zero-latency model server, edge, runners), runs every scenario and writes
-``bench/results.json`` and ``bench/RESULTS.md``. ``BENCH_QUICK=1`` runs smaller samples.
-It reports; it does not assert.
+``bench/results.json`` and ``bench/RESULTS.md``. ``BENCH_QUICK=1`` runs smaller samples,
+``BENCH_ONLY=a,b`` some scenarios (merged into the existing results), ``BENCH_OUT=dir`` writes
+the results elsewhere. It reports; it does not assert.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tests.harness import REPO, System, new_system
 
 BENCH = Path(__file__).resolve().parent
 QUICK = os.environ.get("BENCH_QUICK") == "1"
+OUT = Path(os.environ.get("BENCH_OUT") or BENCH)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -464,14 +466,15 @@ async def main() -> None:
         finally:
             bench.stop()
     results = {"machine": machine(), **bench.results}
-    out = BENCH / ("results.quick.json" if QUICK else "results.json")
+    OUT.mkdir(parents=True, exist_ok=True)
+    out = OUT / ("results.quick.json" if QUICK else "results.json")
     previous = json.loads(out.read_text()) if out.exists() and os.environ.get("BENCH_ONLY") else {}
     merged = {**previous, **results}
     out.write_text(json.dumps(merged, indent=2, default=str) + "\n")
     from bench.report import write_markdown
 
-    write_markdown(merged, BENCH / ("RESULTS.quick.md" if QUICK else "RESULTS.md"))
-    print(f"bench: wrote {out.relative_to(REPO)}")
+    write_markdown(merged, OUT / ("RESULTS.quick.md" if QUICK else "RESULTS.md"))
+    print(f"bench: wrote {out}")
 
 
 if __name__ == "__main__":
