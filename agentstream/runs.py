@@ -13,8 +13,8 @@ import asyncio
 from dataclasses import dataclass
 
 import nats.errors
-from nats.js.errors import NoStreamResponseError
 from nats.aio.client import Client as NATS
+from nats.js.errors import NoStreamResponseError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from agentstream import eventlog

@@ -70,7 +70,7 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
 
 
 def _share(value: float, ceiling: float | None) -> str:
-    """``value`` as a percentage of ``ceiling`` ("" without a ceiling)."""
+    """``value`` as a percentage of ``ceiling`` ("—" without a ceiling)."""
     return f"{value / ceiling:.0%}" if ceiling else "—"
 
 
@@ -126,13 +126,13 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
                       f"+{_f(x['added_ttft_ms_p50'])} ms p50."]
         lines.append("")
     if "submit_latency" in r:
+        submit_stores = 2 * max(x.get("submits_per_s", 0) for x in r["submit_latency"].values())
         lines += ["## 2. Submit latency", "",
                   "`POST /api/agents/bench-one-step/chat` → 202, and → the first event of `GET /api/runs/{id}/events`. "
                   "`raw` is a bare HTTP/1.1 client (keep-alive for the POSTs, a new connection per stream), so the time "
                   "is the server's; `httpx` is what a Python client using httpx sees. The runs started execute meanwhile. "
                   "A submit is two concurrent JetStream stores (the request and `run.queued`); the busiest row's "
-                  f"{_f(2 * max(x.get('submits_per_s', 0) for x in r['submit_latency'].values()), 0)} stores/s are "
-                  f"{_share(2 * max(x.get('submits_per_s', 0) for x in r['submit_latency'].values()), ceiling.get('js_publish_async_per_s'))} "
+                  f"{_f(submit_stores, 0)} stores/s are {_share(submit_stores, ceiling.get('js_publish_async_per_s'))} "
                   "of the async JetStream publish ceiling.",
                   "", "| clients | client | think time (mean) | submits/s | → 202 p50 / p99 (ms) | "
                   "→ first SSE event p50 / p99 (ms) | samples |", "|---|---|---|---|---|---|---|"]

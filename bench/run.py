@@ -158,18 +158,24 @@ class Bench:
         model_url = self.system.model_url + "/chat/completions"
         edge_url = self.edge_url + "/v1/chat/completions"
         out = {}
+
+        async def interleaved(model: str, agent: str, n: int, warm: int) -> tuple[list[dict], list[dict]]:
+            """``n`` completions each way, alternating, so both see the same machine state."""
+            for _ in range(warm):
+                await stream_completion(client, model_url, model)
+                await stream_completion(client, edge_url, agent)
+            direct, through = [], []
+            for _ in range(n):
+                direct.append(await stream_completion(client, model_url, model))
+                through.append(await stream_completion(client, edge_url, agent))
+            return direct, through
+
         async with httpx.AsyncClient(timeout=120) as client:
             for pace, agent, model, n in (
                 ("realistic", "bench-realistic", "builtin:tokens=200,delay=0.02", 5 if QUICK else 15),
                 ("flat_out", "bench-flat", "builtin:tokens=2000,delay=0", 10 if QUICK else 40),
             ):
-                for _ in range(2):  # warm both paths
-                    await stream_completion(client, model_url, model)
-                    await stream_completion(client, edge_url, agent)
-                direct, through = [], []
-                for _ in range(n):  # interleaved, so both see the same machine state
-                    direct.append(await stream_completion(client, model_url, model))
-                    through.append(await stream_completion(client, edge_url, agent))
+                direct, through = await interleaved(model, agent, n, warm=2)
                 row = {}
                 for name, sample in (("direct", direct), ("agentstream", through)):
                     row[name] = {
@@ -186,17 +192,11 @@ class Bench:
                 out[pace] = row
             # Time to first token alone, with many more samples than the 4-second runs above give:
             # short completions at the same pace, interleaved the same way.
-            model, agent, n = "builtin:tokens=3,delay=0.02", "bench-first-token", 30 if QUICK else 110
-            for _ in range(10):
-                await stream_completion(client, model_url, model)
-                await stream_completion(client, edge_url, agent)
-            direct, through = [], []
-            for _ in range(n):
-                direct.append((await stream_completion(client, model_url, model))["ttft"] * 1000)
-                through.append((await stream_completion(client, edge_url, agent))["ttft"] * 1000)
-            out["first_token"] = {"direct_ttft_ms": dist(direct), "agentstream_ttft_ms": dist(through),
-                                  "added_ttft_ms_p50": dist(through)["p50"] - dist(direct)["p50"],
-                                  "added_ttft_ms_p99": dist(through)["p99"] - dist(direct)["p99"]}
+            samples = await interleaved("builtin:tokens=3,delay=0.02", "bench-first-token", 30 if QUICK else 110, warm=10)
+            direct, through = (dist([s["ttft"] * 1000 for s in sample]) for sample in samples)
+            out["first_token"] = {"direct_ttft_ms": direct, "agentstream_ttft_ms": through,
+                                  "added_ttft_ms_p50": through["p50"] - direct["p50"],
+                                  "added_ttft_ms_p99": through["p99"] - direct["p99"]}
         self.results["overhead"] = out
 
     # -- 2. submit latency
