@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Callable
 
 from nats.aio.client import Client as NATS
 
@@ -87,7 +87,7 @@ async def wait_for_end(nc: NATS, subject: str, timeout: float) -> eventlog.Store
     finally:
         try:
             await sub.unsubscribe()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
 
@@ -173,5 +173,5 @@ async def _cancel_child(nc: NATS, tenant: str, run_id: str, reason: str) -> None
     try:
         await nc.jetstream().publish(subjects.control(tenant, run_id),
                                      RunControl(reason=reason).model_dump_json().encode(), timeout=5.0)
-    except Exception as err:  # noqa: BLE001 - best effort; the child's own budget still ends it
+    except Exception as err:  # best effort; the child's own budget still ends it
         log.warning("could not cancel member run %s: %s", run_id, err)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from nats.aio.client import Client as NATS
@@ -148,7 +149,7 @@ class RunEventWriter:
                 await self._publish(E.MESSAGE_DELTA, E.MessageDeltaData(step=step, text=text))
         except asyncio.CancelledError:
             raise
-        except BaseException as err:  # noqa: BLE001 - surfaced on the next delta/emit
+        except BaseException as err:  # surfaced on the next delta/emit
             self._failed = err
 
     def _encode(self, event_type: str, data: BaseModel) -> bytes:
@@ -198,5 +199,5 @@ class RunEventWriter:
             self.last_seq = await task
         except OwnershipLost:
             raise
-        except Exception:  # noqa: BLE001 - it was not stored; the chain is unchanged
+        except Exception:  # it was not stored; the chain is unchanged
             pass

@@ -96,8 +96,8 @@ def llm_parameters(agent: AgentDefinition, request: RunRequest) -> dict[str, Any
     """The agent's parameters with the run's overrides on top; fields the runner owns dropped
     (a run may set ``tool_choice``, for its first step)."""
     merged = {**agent.parameters, **request.parameters}
-    return {k: v for k, v in merged.items() if k not in RESERVED_PARAMETERS or k in REQUEST_ONLY_PARAMETERS
-            and k in request.parameters}
+    return {k: v for k, v in merged.items() if k not in RESERVED_PARAMETERS or (k in REQUEST_ONLY_PARAMETERS
+            and k in request.parameters)}
 
 
 async def run_agent(ctx: RunContext, plan: ResumePlan | None = None) -> E.MessageCompletedData:

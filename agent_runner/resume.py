@@ -55,7 +55,7 @@ class RunHistory:
         """Usage of the LLM calls of steps before ``step`` (and of ``step`` itself if its call completed)."""
         total = Usage()
         for number, record in self.steps.items():
-            if record.usage is not None and (number < step or number == step and record.calls):
+            if record.usage is not None and (number < step or (number == step and record.calls)):
                 total = total + record.usage
         return total
 

@@ -20,11 +20,10 @@ import json
 import logging
 import os
 import time
-from contextlib import asynccontextmanager
 from collections import OrderedDict
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -37,9 +36,9 @@ from agent_runner.llm import LLMClient, LLMEndpoint, LLMError
 from agent_runner.loop import MaxStepsExceeded, RunContext, run_agent
 from agent_runner.tool_client import ToolClient
 from agentstream import eventlog
-from agentstream.eventlog import StoredEvent
 from agentstream.agents import AgentCatalog
 from agentstream.bus import declare
+from agentstream.eventlog import StoredEvent
 from agentstream.runs import write_queued
 from agentstream.settings import Settings
 from schemas import events as E
@@ -134,7 +133,7 @@ class AgentRunner:
             self._pull_task.cancel()
             try:
                 await self._pull_task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            except (asyncio.CancelledError, Exception):
                 pass
         if self._handlers:
             log.info("waiting up to %.0f s for %d run(s)", grace, len(self._handlers))
@@ -147,7 +146,7 @@ class AgentRunner:
             if sub is not None:
                 try:
                     await sub.unsubscribe()
-                except Exception:  # noqa: BLE001 - already closed
+                except Exception:  # already closed
                     pass
         await self.llm.aclose()
 
@@ -172,7 +171,7 @@ class AgentRunner:
                 continue
             except asyncio.CancelledError:
                 raise
-            except Exception as err:  # noqa: BLE001 - reconnecting, JetStream restarting...
+            except Exception as err:  # reconnecting, JetStream restarting...
                 log.warning("fetching run requests: %s: %s", type(err).__name__, err)
                 await asyncio.sleep(0.5)
                 continue
@@ -193,7 +192,7 @@ class AgentRunner:
         try:
             if msg.metadata.sequence.stream >= self._control_backlog_seq:
                 self._control_caught_up.set()
-        except Exception:  # noqa: BLE001 - no metadata: not from the stream
+        except Exception:  # no metadata: not from the stream
             pass
         try:
             tenant, run_id = subjects.parse_control(msg.subject)
@@ -220,7 +219,7 @@ class AgentRunner:
             await asyncio.sleep(interval)
             try:
                 await msg.in_progress()
-            except Exception as err:  # noqa: BLE001 - reconnecting; the next one may pass
+            except Exception as err:  # reconnecting; the next one may pass
                 log.debug("in_progress failed: %s", err)
 
     async def _handle(self, msg: Msg) -> None:
@@ -263,17 +262,17 @@ class AgentRunner:
                 try:
                     await asyncio.wait_for(opened.writer.emit(E.RUN_REQUEUED, E.RunRequeuedData(
                         runner=self.id, attempt=opened.attempt, reason="the runner is shutting down")), 3.0)
-                except (Exception, asyncio.CancelledError) as err:  # noqa: BLE001 - it will count as a crash
+                except (Exception, asyncio.CancelledError) as err:  # it will count as a crash
                     log.warning("run %s: could not record the hand-back: %s", request.run_id, err)
             try:
                 await msg.nak()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
             raise
         finally:
             keep_alive.cancel()
 
-    def _open_fresh(self, msg: Msg, tenant: str, agent: str, request: RunRequest) -> "_Opened | None":
+    def _open_fresh(self, msg: Msg, tenant: str, agent: str, request: RunRequest) -> _Opened | None:
         """The fast path for a first delivery of a plain agent's run: its model call starts at
         once, while ``run.queued`` (if missing) and ``run.started`` are written concurrently. If
         the run turns out not to be fresh (it has more than ``run.queued``), the first write
@@ -322,7 +321,7 @@ class AgentRunner:
             event_max_bytes=self.settings.event_max_bytes,
         )
 
-    async def _open(self, msg: Msg, tenant: str, agent: str, request: RunRequest) -> "_Opened":
+    async def _open(self, msg: Msg, tenant: str, agent: str, request: RunRequest) -> _Opened:
         """Decide what this delivery does, and write its first events.
 
         - the run already ended: nothing (the request is acked);
@@ -379,7 +378,7 @@ class AgentRunner:
                             "attempts: its runner crashed or was killed); the request is kept as a dead letter"),
         ))
 
-    async def _run(self, tenant: str, agent_name: str, request: RunRequest, opened: "_Opened") -> None:
+    async def _run(self, tenant: str, agent_name: str, request: RunRequest, opened: _Opened) -> None:
         writer = opened.writer
         started = time.perf_counter()
         agent = self.catalog.get(agent_name)
@@ -454,7 +453,7 @@ class AgentRunner:
             ))
         except (OwnershipLost, asyncio.CancelledError, _AlreadyEnded, _NotFresh):
             raise
-        except Exception as err:  # noqa: BLE001 - a bug must still end the run
+        except Exception as err:  # a bug must still end the run
             log.exception("run %s crashed", request.run_id)
             await writer.close()
             await writer.emit(E.RUN_FAILED, E.RunFailedData(
@@ -465,7 +464,7 @@ class AgentRunner:
             self._runs.pop(key, None)
             self._cancel_reasons.pop(key, None)
 
-    async def _ensemble(self, ctx: RunContext, ensemble: AgentDefinition, opened: "_Opened") -> E.MessageCompletedData:
+    async def _ensemble(self, ctx: RunContext, ensemble: AgentDefinition, opened: _Opened) -> E.MessageCompletedData:
         """An ensemble run: its members as child runs, then the combiner in this run."""
         history = opened.history or resume.RunHistory()
         outcomes = await run_members(

@@ -28,8 +28,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     model_task = None
     base_url = settings.llm_base_url
     if not base_url:
-        from agentstream.builtin_model.server import create_app  # noqa: PLC0415
-        from agentstream.httpserve import listen, serve_app, url_of  # noqa: PLC0415
+        from agentstream.builtin_model.server import create_app
+        from agentstream.httpserve import listen, serve_app, url_of
 
         sock = listen("127.0.0.1:0")
         base_url = url_of(sock) + "/v1"

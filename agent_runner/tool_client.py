@@ -168,5 +168,5 @@ class ToolClient:
         finally:
             try:
                 await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - connection closing
+            except Exception:  # connection closing
                 pass

@@ -79,7 +79,7 @@ async def connect(
                 reconnected_cb=reconnected_cb,
             )
             return holder["nc"]
-        except Exception as err:  # noqa: BLE001 - any failure to connect is retried
+        except Exception as err:  # any failure to connect is retried
             if deadline is not None and loop.time() + delay > deadline:
                 raise TimeoutError(f"could not connect to NATS at {settings.nats_servers}: {err}") from err
             log.warning("nats: cannot connect to %s (%s); retrying", ",".join(settings.nats_servers), err)
@@ -132,6 +132,6 @@ async def close(nc: NATS, timeout: float = 5.0) -> None:
     nc._agentstream_closing = True  # type: ignore[attr-defined]  # read by disconnected_cb
     try:
         await asyncio.wait_for(nc.flush(), timeout)
-    except Exception as err:  # noqa: BLE001 - disconnected: nothing more to flush
+    except Exception as err:  # disconnected: nothing more to flush
         log.debug("flush before close failed: %s", err)
     await nc.close()

@@ -65,29 +65,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "agents":
         return _agents_check(Path(args.directory) if args.directory else settings.agents_dir, args.json)
     if args.command == "chat":
-        from agentstream.chat_cli import chat as run_chat  # noqa: PLC0415
+        from agentstream.chat_cli import chat as run_chat
 
         return run_chat(args.url, args.agent, args.message, api_key=args.key, message_id=args.message_id)
 
-    from agentstream.runtime import run  # noqa: PLC0415
+    from agentstream.runtime import run
 
     if args.command == "up":
-        from agentstream.supervisor import Supervisor  # noqa: PLC0415
+        from agentstream.supervisor import Supervisor
 
         return run(lambda stop: Supervisor(settings).run(stop), settings)
     if args.command == "edge":
-        from edge.service import serve  # noqa: PLC0415
+        from edge.service import serve
     elif args.command == "agent-runner":
-        from agent_runner.service import serve  # noqa: PLC0415
+        from agent_runner.service import serve
     elif args.command == "tool-runner":
-        from tool_runner.service import serve  # noqa: PLC0415
+        from tool_runner.service import serve
     else:
-        from agentstream.builtin_model.server import serve  # noqa: PLC0415
+        from agentstream.builtin_model.server import serve
     return run(lambda stop: serve(settings, stop), settings)
 
 
 def _agents_check(directory: Path, as_json: bool) -> int:
-    from agentstream.agents import load_agents  # noqa: PLC0415
+    from agentstream.agents import load_agents
 
     catalog = load_agents(directory)
     if as_json:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 import nats.errors
 import orjson
@@ -58,7 +58,7 @@ class StoredEvent:
         return orjson.loads(self.data)
 
     @classmethod
-    def from_message(cls, subject: str, headers: dict[str, str] | None, data: bytes) -> "StoredEvent":
+    def from_message(cls, subject: str, headers: dict[str, str] | None, data: bytes) -> StoredEvent:
         """Build from a direct-get or re-published message (headers carry sequence and subject)."""
         hdrs = headers or {}
         ev_type = hdrs.get(H.EVENT_TYPE)
@@ -136,7 +136,7 @@ class _BatchMux:
         self._next = 0
 
     @classmethod
-    async def of(cls, nc: NATS) -> "_BatchMux":
+    async def of(cls, nc: NATS) -> _BatchMux:
         """The connection's multiplexer, subscribing its wildcard inbox on first use."""
         mux = getattr(nc, "_agentstream_batch_mux", None)
         if mux is not None:

@@ -8,7 +8,8 @@ try is made directly, and only a failure that should be retried hands over to te
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from tenacity import AsyncRetrying
 
@@ -23,7 +24,7 @@ async def first_then_retry(attempt: Callable[[], Awaitable[T]], retryable: Calla
     decides the later waits, when to stop and what is retried)."""
     try:
         return await attempt()
-    except Exception as err:  # noqa: BLE001 - filtered just below
+    except Exception as err:  # filtered just below
         if not retryable(err):
             raise
         await asyncio.sleep(first_wait(err))

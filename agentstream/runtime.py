@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from agentstream.settings import Settings
 
@@ -24,7 +24,7 @@ def setup_logging(settings: Settings) -> None:
 def raise_open_files_limit() -> None:
     """Raise the soft limit on open files to the hard limit: an edge holds one per SSE client."""
     try:
-        import resource  # noqa: PLC0415 - POSIX only
+        import resource  # POSIX only
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if hard == resource.RLIM_INFINITY or soft < hard:
@@ -46,7 +46,7 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]], settings: Settings) ->
         await main(stop)
 
     try:
-        import uvloop  # noqa: PLC0415 - optional speed-up
+        import uvloop  # optional speed-up
 
         uvloop.run(wrapper())
     except ImportError:

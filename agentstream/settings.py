@@ -132,7 +132,7 @@ class Settings:
     log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR.")
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every field from ``environ`` (default ``os.environ``); ``overrides`` win.
 
         Raises ``ValueError`` naming the variable when a value cannot be parsed.

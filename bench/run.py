@@ -29,7 +29,7 @@ import nats
 
 from bench.loadclient import LoadClients, RawHTTP
 from schemas import subjects
-from tests.harness import REPO, System, new_system
+from tests.harness import System, new_system
 
 BENCH = Path(__file__).resolve().parent
 QUICK = os.environ.get("BENCH_QUICK") == "1"

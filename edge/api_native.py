@@ -17,8 +17,19 @@ from edge.errors import ApiError
 from edge.feed import HEARTBEAT
 from edge.history import recent_runs
 from edge.http import (
-    agent_for, agent_feed, check_run_id, int_arg, json_body, json_response, last_event_id, request_cancel,
-    run_events, run_feed, sse_response, state, tenant,
+    agent_feed,
+    agent_for,
+    check_run_id,
+    int_arg,
+    json_body,
+    json_response,
+    last_event_id,
+    request_cancel,
+    run_events,
+    run_feed,
+    sse_response,
+    state,
+    tenant,
 )
 from schemas import subjects
 from schemas.agents import AgentDefinition

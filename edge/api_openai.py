@@ -29,8 +29,8 @@ from agentstream.runs import SubmitError, submit
 from edge.dialects.openai import ChatStream, Collected, TextCompletionStream, collect, text_completion
 from edge.errors import ApiError, from_validation
 from edge.feed import HEARTBEAT
-from edge.state import EdgeState
 from edge.http import agent_for, cancel_later, json_object, json_response, run_feed, sse_response, state, tenant
+from edge.state import EdgeState
 from schemas import events as E
 from schemas import subjects
 from schemas.agents import AgentDefinition
@@ -106,7 +106,7 @@ def error_response(err: ApiError) -> Response:
     else:
         kind = "invalid_request_error"
     code = err.extra.get("code") or err.type
-    headers = {"x-should-retry": "false"} if status < 500 and status not in (408, 409, 429) or err.extra.get("final") else {}
+    headers = {"x-should-retry": "false"} if (status < 500 and status not in (408, 409, 429)) or err.extra.get("final") else {}
     if err.extra.get("run_id"):
         headers["X-Run-Id"] = err.extra["run_id"]
     return json_response(oai.error_body(err.message, kind, err.field, code), status, headers)

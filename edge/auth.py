@@ -57,7 +57,7 @@ class Authenticator:
         return self._by_digest is None
 
     @classmethod
-    def from_file(cls, path: Path | None) -> "Authenticator":
+    def from_file(cls, path: Path | None) -> Authenticator:
         """Load ``path`` (None: open, single tenant). Raises KeysFileError."""
         if path is None:
             return cls(None)

@@ -22,7 +22,8 @@ larger than that, or slower, is still refused by closing.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]

@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import AsyncIterator
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -42,9 +42,9 @@ RECHECK_EVERY = 4
 class Watcher:
     """A bounded mailbox of live events for one feed."""
 
-    __slots__ = ("key", "limit", "events", "overflowed", "closed", "ready", "hub")
+    __slots__ = ("closed", "events", "hub", "key", "limit", "overflowed", "ready")
 
-    def __init__(self, key: tuple[str, str, str], limit: int, hub: "LiveHub | None" = None):
+    def __init__(self, key: tuple[str, str, str], limit: int, hub: LiveHub | None = None):
         self.hub = hub
         self.key = key
         self.limit = limit
@@ -105,7 +105,7 @@ class LiveHub:
         if self._sub is not None:
             try:
                 await self._sub.unsubscribe()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
 
     @property

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -149,7 +150,7 @@ async def request_cancel(st: EdgeState, tenant_name: str, run_id: str, reason: s
         )
     except ApiError:
         raise
-    except Exception as err:  # noqa: BLE001 - NATS down or slow
+    except Exception as err:  # NATS down or slow
         raise ApiError(503, "unavailable", f"the cancel request could not be stored ({type(err).__name__}); retry") from None
 
 
@@ -163,7 +164,7 @@ def cancel_later(st: EdgeState, tenant_name: str, run_id: str, reason: str) -> N
     async def cancel() -> None:
         try:
             await request_cancel(st, tenant_name, run_id, reason)
-        except Exception as err:  # noqa: BLE001 - logged; the run's budget still ends it
+        except Exception as err:  # logged; the run's budget still ends it
             log.warning("could not cancel run %s: %s", run_id, err)
 
     task = asyncio.create_task(cancel())

@@ -79,7 +79,7 @@ class AgentDefinition(Strict):
         return bool(self.members)
 
     @model_validator(mode="after")
-    def _ensemble_shape(self) -> "AgentDefinition":
+    def _ensemble_shape(self) -> AgentDefinition:
         if not self.members:
             if self.combiner is not None:
                 raise ValueError("combiner is set but members is empty")

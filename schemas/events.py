@@ -10,8 +10,8 @@ events"). Exactly one terminal event (``run.completed``, ``run.failed``, ``run.c
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Union
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter
 
@@ -218,7 +218,7 @@ class _Envelope(Strict):
     agent: Token
     message_id: MessageId
     attempt: int = Field(ge=0, description="attempt number; 0 for events written before any runner took the run")
-    ts: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    ts: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class RunQueued(_Envelope):
@@ -287,21 +287,19 @@ class RunCancelled(_Envelope):
 
 
 RunEvent = Annotated[
-    Union[
-        RunQueued,
-        RunStarted,
-        RunRetrying,
-        RunRequeued,
-        MemberStarted,
-        MemberFinished,
-        MessageDelta,
-        ToolCall,
-        ToolResult,
-        MessageCompleted,
-        RunCompleted,
-        RunFailed,
-        RunCancelled,
-    ],
+    RunQueued
+    | RunStarted
+    | RunRetrying
+    | RunRequeued
+    | MemberStarted
+    | MemberFinished
+    | MessageDelta
+    | ToolCall
+    | ToolResult
+    | MessageCompleted
+    | RunCompleted
+    | RunFailed
+    | RunCancelled,
     Field(discriminator="type"),
 ]
 """Any run event; validate with :data:`run_event_adapter`."""

@@ -8,7 +8,7 @@ client or an edge a no-op inside the stream's duplicate window.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -62,10 +62,10 @@ class RunRequest(Strict):
     parameters: dict[str, Any] = Field(default_factory=dict)
     conversation_id: str | None = Field(default=None, max_length=200)
     parent_run_id: Token | None = Field(default=None, description="the ensemble run this run is a member of")
-    submitted_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    submitted_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @model_validator(mode="after")
-    def _has_input(self) -> "RunRequest":
+    def _has_input(self) -> RunRequest:
         if (self.message is None or not self.message.strip()) and not self.history:
             raise ValueError("a run needs a non-empty 'message' or a 'history'")
         return self
@@ -80,7 +80,7 @@ class RunControl(Strict):
 
     action: Literal["cancel"] = "cancel"
     reason: str = Field(default="cancelled by request", max_length=500)
-    requested_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    requested_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class DeadLetter(Strict):
@@ -94,4 +94,4 @@ class DeadLetter(Strict):
     attempts: int
     deliveries: int
     request: dict[str, Any]
-    failed_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    failed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))

@@ -36,7 +36,7 @@ class Proc:
         self.proc: subprocess.Popen | None = None
         self.ready_line: str | None = None
 
-    def start(self, timeout: float = 30.0) -> "Proc":
+    def start(self, timeout: float = 30.0) -> Proc:
         log = open(self.log_path, "ab")
         offset = log.tell()
         self.proc = subprocess.Popen(

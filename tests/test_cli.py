@@ -65,7 +65,7 @@ def test_up_then_chat_then_ctrl_c(tmp_path):
         assert chat.returncode == 0, chat.stdout + chat.stderr
         lines = (REPO / "pyproject.toml").read_text().splitlines()
         assert '→ read_file {"path": "pyproject.toml"}' in chat.stdout
-        assert f"← read_file ok" in chat.stdout
+        assert "← read_file ok" in chat.stdout
         assert f"has {len(lines)} lines" in chat.stdout
         assert "run.completed" in chat.stdout
 

@@ -96,7 +96,7 @@ class _Slow(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         """Quiet: no request log on stderr."""
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         type(self).hits += 1
         type(self).arrived.set()
         time.sleep(2.0)

@@ -91,7 +91,7 @@ class Counter(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         """Quiet: no request log on stderr."""
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         parsed = urllib.parse.urlparse(self.path)
         with self.lock:
             Counter.hits[parsed.path] = Counter.hits.get(parsed.path, 0) + 1

@@ -107,7 +107,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         """Quiet: no request log on stderr."""
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         if self.path == "/ok":
             body = b"<html><title>hello</title>ok</html>"
             self.send_response(200)

@@ -118,7 +118,7 @@ class ToolRunner:
                 progress.cancel()
         try:
             await request.respond(payload, headers={H.RUNNER: self.id})
-        except Exception as err:  # noqa: BLE001 - connection gone; the caller retries
+        except Exception as err:  # connection gone; the caller retries
             log.warning("could not send result of %s: %s", key, err)
 
     async def _progress(self, reply: str, interval: float) -> None:
@@ -129,7 +129,7 @@ class ToolRunner:
                 await asyncio.sleep(interval)
         except asyncio.CancelledError:
             pass
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             log.debug("progress to %s stopped: %s", reply, err)
 
     async def _result_for(self, key: str, tool_name: str, call: ToolCallRequest) -> bytes:
@@ -181,7 +181,7 @@ class ToolRunner:
         except TimeoutError:
             msg = f"{tool_name} did not finish within {call.timeout:g} s"
             return self._result(call, started, error=ErrorInfo(type="timeout", message=msg))
-        except Exception as err:  # noqa: BLE001 - a tool bug must not kill the runner
+        except Exception as err:  # a tool bug must not kill the runner
             log.exception("tool %s failed", tool_name)
             return self._result(call, started, error=ErrorInfo(type="internal_error", message=f"{type(err).__name__}: {err}"))
 
@@ -199,13 +199,13 @@ class ToolRunner:
 async def _respond_error(request: Request, code: str, description: str) -> None:
     try:
         await request.respond_error(code, description)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         log.warning("could not send error reply: %s", err)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Connect, serve tools until ``stop`` is set, then shut down gracefully."""
-    from agentstream.bus import close, connect  # noqa: PLC0415
+    from agentstream.bus import close, connect
 
     nc = await connect(settings, f"tool-runner {settings.runner_name}")
     runner = ToolRunner(settings, nc)

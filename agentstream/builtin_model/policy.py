@@ -60,7 +60,7 @@ class Options:
     hang: bool = False
 
     @classmethod
-    def from_model(cls, model: str) -> "Options":
+    def from_model(cls, model: str) -> Options:
         """Parse ``name:key=value,...``; unknown keys and bad values raise ValueError."""
         opts = cls()
         if ":" not in model:

@@ -206,7 +206,7 @@ async def _stream(reply, completion_id, created, model, delay, max_tokens, promp
 async def serve(settings: Settings, stop: asyncio.Event, *, bind: str | None = None, fallback: bool = True) -> None:
     """Serve the built-in model on ``bind`` (default BUILTIN_MODEL_BIND) until ``stop``; prints
     ``builtin-model ready: <base url>`` once listening."""
-    from agentstream.httpserve import listen, serve_app  # noqa: PLC0415
+    from agentstream.httpserve import listen, serve_app
 
     sock = listen(bind or settings.builtin_model_bind, fallback_to_free_port=fallback)
 

@@ -97,7 +97,7 @@ def _listed(host: str, port: int, allow_hosts: str) -> bool:
 def _parse_url(raw: str) -> httpx.URL:
     try:
         url = httpx.URL(raw)
-    except Exception as err:  # noqa: BLE001 - httpx raises several types for bad URLs
+    except Exception as err:  # httpx raises several types for bad URLs
         raise ToolError("invalid_url", f"not a valid URL: {raw!r} ({err})") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ToolError("invalid_url", f"only absolute http:// and https:// URLs are allowed, not {raw!r}")
