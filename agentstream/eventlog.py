@@ -16,10 +16,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats.errors
 import orjson
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
@@ -92,35 +94,47 @@ async def read_batch(
     Returns ``(events, pending)``: ``pending`` is how many more matching events the stream holds
     after the last one returned. Raises EventLogError.
     """
+    request = {"seq": after_seq + 1, "next_by_subj": filter_subject, "batch": batch}
+    replies, pending = await direct_get_batch(nc, stream, request, what=filter_subject, timeout=timeout)
+    return [StoredEvent.from_message(msg.subject, msg.headers, msg.data) for msg in replies], pending
+
+
+async def direct_get_batch(
+    nc: NATS, stream: str, request: dict[str, Any], *, what: str, timeout: float = 5.0
+) -> tuple[list[Msg], int]:
+    """One batched direct get (ADR-31) on ``stream``: the messages it answers, and how many more
+    match after them (``Nats-Num-Pending`` of the end-of-batch status). ``request`` is the JSON
+    request (``seq`` + ``next_by_subj`` + ``batch``, or ``multi_last`` + ``batch``); ``what``
+    names the read in errors. Raises EventLogError.
+    """
     mux = await _BatchMux.of(nc)
     token, replies = mux.open()
     try:
-        request = orjson.dumps({"seq": after_seq + 1, "next_by_subj": filter_subject, "batch": batch})
-        await nc.publish(DIRECT_GET.format(stream=stream), request, reply=f"{mux.prefix}.{token}")
-        events: list[StoredEvent] = []
+        await nc.publish(DIRECT_GET.format(stream=stream), orjson.dumps(request), reply=f"{mux.prefix}.{token}")
+        out: list[Msg] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise EventLogError(f"timed out reading {filter_subject}")
+                raise EventLogError(f"timed out reading {what}")
             try:
                 msg = await asyncio.wait_for(replies.get(), remaining)
             except TimeoutError:
-                raise EventLogError(f"timed out reading {filter_subject}") from None
+                raise EventLogError(f"timed out reading {what}") from None
             hdrs = msg.headers or {}
             status = hdrs.get(H.STATUS)
             if status:
                 if status == "204":  # end of batch
-                    return events, int(hdrs.get(H.NUM_PENDING, "0") or 0)
+                    return out, int(hdrs.get(H.NUM_PENDING, "0") or 0)
                 if status == "404":  # nothing (more) matches
-                    return events, 0
+                    return out, 0
                 if status == "503":
-                    raise EventLogError("no JetStream responders for RUN_EVENTS (is the stream declared?)")
-                raise EventLogError(f"direct get of {filter_subject} failed: {status} {hdrs.get(H.DESCRIPTION, '')}")
-            events.append(StoredEvent.from_message(msg.subject, hdrs, msg.data))
+                    raise EventLogError(f"no JetStream responders for {stream} (is the stream declared?)")
+                raise EventLogError(f"direct get of {what} failed: {status} {hdrs.get(H.DESCRIPTION, '')}")
+            out.append(msg)
     except NoRespondersError:
-        raise EventLogError("no JetStream responders for RUN_EVENTS") from None
+        raise EventLogError(f"no JetStream responders for {stream}") from None
     finally:
         mux.close(token)
 

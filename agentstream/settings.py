@@ -34,6 +34,16 @@ class Settings:
         "AGENTSTREAM_DATA_DIR", Path(".agentstream"),
         "Where `agentstream up` keeps the embedded server's JetStream store and logs.",
     )
+    nats_creds: Path | None = _setting(
+        "NATS_CREDS", None,
+        "Credentials this component connects with: an nkey seed file (`agentstream up` writes one per component under "
+        "`AGENTSTREAM_DATA_DIR/auth`) or a JWT `.creds` file. Unset: connect without credentials.",
+    )
+    nats_auth: bool = _setting(
+        "AGENTSTREAM_NATS_AUTH", True,
+        "`agentstream up` starts the embedded nats-server with authentication: every component and tenant its own "
+        "identity and permissions (README, Security model). Off: anyone who reaches the port may do anything.",
+    )
     nats_port: int = _setting(
         "AGENTSTREAM_NATS_PORT", 4222,
         "Port for the embedded nats-server; a free port is used if it is taken.",
