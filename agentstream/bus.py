@@ -106,7 +106,7 @@ async def declare(nc: NATS, settings: Settings, *, runner_consumer: bool = False
         dead_letter_max_age=settings.dead_letter_max_age,
     )
     delay = 0.1
-    for attempt in range(50):
+    for _ in range(50):
         try:
             await streams.ensure_streams(js, configs)
             if runner_consumer:
@@ -121,7 +121,7 @@ async def declare(nc: NATS, settings: Settings, *, runner_consumer: bool = False
     raise RuntimeError("JetStream did not become available: is the server started with -js?")
 
 
-async def close(nc: NATS, timeout: float = 5.0) -> None:
+async def close(nc: NATS, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - bounds the flush; the close follows
     """Flush what is still buffered (up to ``timeout`` seconds), then close the connection.
 
     Used at shutdown after a component has finished its own work; unlike ``drain()`` it never

@@ -81,14 +81,17 @@ def chat(url: str, agent: str, message: str, *, api_key: str | None = None, mess
                             print(f"→ {data.get('name')} {data.get('arguments')}", file=out)
                         elif kind == E.TOOL_RESULT:
                             if data.get("ok"):
-                                print(f"← {data.get('name')} ok ({data.get('ms', 0):.0f} ms){_summary(data.get('output'))}", file=out)
+                                took = f"{data.get('ms', 0):.0f} ms"
+                                print(f"← {data.get('name')} ok ({took}){_summary(data.get('output'))}", file=out)
                             else:
                                 err = data.get("error") or {}
                                 print(f"← {data.get('name')} failed: {err.get('type')}: {err.get('message')}", file=out)
                         elif kind in E.TERMINAL_TYPES:
                             status = kind
                             usage = data.get("usage") or {}
-                            line = f"{kind} in {time.monotonic() - started:.2f} s, {usage.get('total_tokens', 0)} tokens"
+                            line = (
+                                f"{kind} in {time.monotonic() - started:.2f} s, {usage.get('total_tokens', 0)} tokens"
+                            )
                             if kind != E.RUN_COMPLETED:
                                 line += f": {data.get('reason')}"
                                 if data.get("error"):

@@ -84,7 +84,7 @@ async def read_batch(
     after_seq: int = 0,
     *,
     batch: int = 256,
-    timeout: float = 5.0,
+    timeout: float = 5.0,  # noqa: ASYNC109 - a deadline for the replies, raised as EventLogError
     stream: str = subjects.RUN_EVENTS_STREAM,
 ) -> tuple[list[StoredEvent], int]:
     """Up to ``batch`` events on ``filter_subject`` with sequence > ``after_seq``.
@@ -170,7 +170,9 @@ class _BatchMux:
             queue.put_nowait(msg)
 
 
-async def read_all(nc: NATS, filter_subject: str, after_seq: int = 0, *, batch: int = 256) -> AsyncIterator[StoredEvent]:
+async def read_all(
+    nc: NATS, filter_subject: str, after_seq: int = 0, *, batch: int = 256
+) -> AsyncIterator[StoredEvent]:
     """Every event on ``filter_subject`` after ``after_seq``, in stream order, paging as needed."""
     last = after_seq
     while True:
@@ -187,7 +189,9 @@ async def read_list(nc: NATS, filter_subject: str, after_seq: int = 0) -> list[S
     return [ev async for ev in read_all(nc, filter_subject, after_seq)]
 
 
-async def last_event(nc: NATS, filter_subject: str, *, timeout: float = 5.0) -> StoredEvent | None:
+async def last_event(
+    nc: NATS, filter_subject: str, *, timeout: float = 5.0  # noqa: ASYNC109 - passed on to nc.request
+) -> StoredEvent | None:
     """The latest event on ``filter_subject`` (wildcards allowed), or None if there is none."""
     try:
         msg = await nc.request(

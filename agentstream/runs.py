@@ -68,7 +68,10 @@ async def write_queued(nc: NATS, tenant: str, agent: str, request: RunRequest) -
     )
 
 
-async def submit(nc: NATS, tenant: str, agent: str, request: RunRequest, *, timeout: float = 10.0) -> Submitted:
+async def submit(
+    nc: NATS, tenant: str, agent: str, request: RunRequest,
+    *, timeout: float = 10.0,  # noqa: ASYNC109 - the window for retries, then a SubmitError
+) -> Submitted:
     """Store the run request and its ``run.queued`` event. Raises SubmitError.
 
     ``timeout``: seconds to keep retrying while NATS is unreachable.

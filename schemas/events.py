@@ -141,7 +141,9 @@ class ToolCallData(Strict):
     name: str
     arguments: str
     client: bool = False
-    usage: Usage | None = Field(default=None, description="the usage of the step's LLM call, on its first tool call only")
+    usage: Usage | None = Field(
+        default=None, description="the usage of the step's LLM call, on its first tool call only"
+    )
 
 
 class ToolResultData(Strict):

@@ -42,7 +42,9 @@ def create_app(settings: Settings) -> Quart:
     seen_per_model: dict[str, int] = {}
 
     def error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None):
-        return Response(oai.dumps(oai.error_body(message, type_, param)), status=status, content_type="application/json")
+        return Response(
+            oai.dumps(oai.error_body(message, type_, param)), status=status, content_type="application/json"
+        )
 
     @app.get("/healthz")
     async def healthz():
@@ -50,7 +52,10 @@ def create_app(settings: Settings) -> Quart:
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": MODEL_NAME, "object": "model", "created": 0, "owned_by": "agentstream"}]}
+        return {
+            "object": "list",
+            "data": [{"id": MODEL_NAME, "object": "model", "created": 0, "owned_by": "agentstream"}],
+        }
 
     @app.get("/debug/requests")
     async def debug_requests():
@@ -97,7 +102,11 @@ def create_app(settings: Settings) -> Quart:
         fail = opts.fail or (500 if seen_per_model[model] <= opts.fail_first else None)
         if fail:
             record["finished"] = True
-            return error(fail, f"built-in model told to fail with {fail}", "server_error" if fail >= 500 else "invalid_request_error")
+            return error(
+                fail,
+                f"built-in model told to fail with {fail}",
+                "server_error" if fail >= 500 else "invalid_request_error",
+            )
         tools = body.get("tools") or None
         reply = decide(body["messages"], tools, opts)
         delay = settings.builtin_model_token_delay if opts.delay is None else opts.delay
@@ -199,7 +208,9 @@ async def _stream(reply, completion_id, created, model, delay, max_tokens, promp
             completion_tokens += 1
     yield chunk(finish_reason=finish)
     if include_usage:
-        yield sse.frame(oai.dumps(oai.chat_usage_chunk(completion_id, created, model, oai.usage(prompt_tokens, completion_tokens))))
+        yield sse.frame(
+            oai.dumps(oai.chat_usage_chunk(completion_id, created, model, oai.usage(prompt_tokens, completion_tokens)))
+        )
     yield sse.DONE
 
 
