@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from schemas.agents import AgentDefinition
 from schemas.subjects import is_token
@@ -170,7 +171,7 @@ def _check_ensembles(catalog: AgentCatalog) -> None:
                 break
 
 
-def _reason(error: dict) -> str:
+def _reason(error: ErrorDetails) -> str:
     kind = error.get("type", "")
     if kind == "extra_forbidden":
         return "unknown field"

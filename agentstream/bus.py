@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
+from weakref import WeakSet
 
 import nats
 from nats.aio.client import Client as NATS
@@ -21,15 +23,18 @@ from schemas import streams
 
 log = logging.getLogger(__name__)
 
+_CLOSING: WeakSet[NATS] = WeakSet()
+"""Connections being closed by :func:`close`: their disconnection is expected, not reported."""
+
 
 async def connect(
     settings: Settings,
     name: str,
     *,
     wait: float | None = None,
-    on_reconnected=None,
-    on_disconnected=None,
-    on_slow_consumer=None,
+    on_reconnected: Callable[[], Awaitable[None]] | None = None,
+    on_disconnected: Callable[[], Awaitable[None]] | None = None,
+    on_slow_consumer: Callable[[], Awaitable[None]] | None = None,
 ) -> NATS:
     """Connect to ``settings.nats_servers`` as client ``name``; retry until connected.
 
@@ -48,7 +53,7 @@ async def connect(
 
     async def disconnected_cb() -> None:
         nc = holder.get("nc")
-        if nc is not None and (nc.is_closed or getattr(nc, "_agentstream_closing", False)):
+        if nc is not None and (nc.is_closed or nc in _CLOSING):
             return
         log.warning("nats: disconnected; reconnecting")
         if on_disconnected:
@@ -89,10 +94,12 @@ async def connect(
 
 def jetstream(nc: NATS) -> JetStreamContext:
     """The connection's JetStream context, made once (creating one per call shows in profiles)."""
-    js = getattr(nc, "_agentstream_js", None)
+    # Kept in the connection's own attributes: the context refers back to the connection, so a
+    # WeakKeyDictionary would keep every connection alive.
+    attributes = vars(nc)
+    js: JetStreamContext | None = attributes.get("_agentstream_js")
     if js is None:
-        js = nc.jetstream()
-        nc._agentstream_js = js  # type: ignore[attr-defined]
+        js = attributes["_agentstream_js"] = nc.jetstream()
     return js
 
 
@@ -129,7 +136,7 @@ async def close(nc: NATS, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - bou
     """
     if nc.is_closed:
         return
-    nc._agentstream_closing = True  # type: ignore[attr-defined]  # read by disconnected_cb
+    _CLOSING.add(nc)  # read by disconnected_cb
     try:
         await asyncio.wait_for(nc.flush(), timeout)
     except Exception as err:  # disconnected: nothing more to flush

@@ -39,7 +39,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -69,7 +70,7 @@ class EmbeddedNats:
         self.port = port
         self.fallback = fallback
         self.log_path = log_path or self.store_dir.parent / "nats.log"
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:

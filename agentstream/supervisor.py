@@ -42,6 +42,12 @@ class Component:
     ready_line: str | None = None
     restarts: int = 0
 
+    def ready_url(self) -> str:
+        """The URL its ready line names (``{name} ready: URL``)."""
+        if self.ready_line is None:
+            raise RuntimeError(f"{self.name} has not said it is ready")
+        return self.ready_line.split("ready: ", 1)[1].strip()
+
 
 class Supervisor:
     """Starts, watches and stops the components. ``settings``: the environment's settings."""
@@ -69,7 +75,7 @@ class Supervisor:
                 model = Component("builtin-model", "agentstream.builtin_model")
                 await self._start(model, env)
                 await self._wait_ready(model)
-                env["LLM_BASE_URL"] = model.ready_line.split("ready: ", 1)[1].strip()
+                env["LLM_BASE_URL"] = model.ready_url()
                 self._say(
                     "builtin-model", "LLM_BASE_URL is not set: agents use the built-in stand-in model (see README)"
                 )
@@ -78,7 +84,7 @@ class Supervisor:
             for comp in self.components:
                 await self._wait_ready(comp)
             edge = next(c for c in self.components if c.name == "edge")
-            url = edge.ready_line.split("ready: ", 1)[1].strip()
+            url = edge.ready_url()
             print(
                 f"\nagentstream is up: {url}\n"
                 f"  curl -s -X POST {url}/api/agents/programmer-helper/chat -H 'Content-Type: application/json' "
