@@ -62,11 +62,15 @@ def question_of(request: RunRequest) -> str:
 def combined_message(ensemble: AgentDefinition, question: str, outcomes: list[tuple[str, MemberOutcome]]) -> str:
     """The combiner's user message: ``combine_prompt`` with the question and the answers, each
     under a ``### {member}`` heading, in the ensemble's member order."""
-    answers = "\n\n".join(f"### {member}\n{outcome.answer}" for member, outcome in outcomes if outcome.answer is not None)
+    answers = "\n\n".join(
+        f"### {member}\n{outcome.answer}" for member, outcome in outcomes if outcome.answer is not None
+    )
     return ensemble.combine_prompt.replace("{question}", question).replace("{answers}", answers)
 
 
-async def wait_for_end(nc: NATS, subject: str, timeout: float) -> eventlog.StoredEvent | None:
+async def wait_for_end(
+    nc: NATS, subject: str, timeout: float  # noqa: ASYNC109 - at the deadline it returns None, it does not raise
+) -> eventlog.StoredEvent | None:
     """The terminal event of the run on ``subject``, or None if it does not come within ``timeout``
     seconds. Listens to the live re-publication and re-checks the stream every second."""
     sub = await nc.subscribe(subjects.live_of(subject))
@@ -127,7 +131,7 @@ async def run_members(
                                 finished_before.get(member))
                 for member in ensemble.members
             ))
-        for member, outcome in zip(ensemble.members, results):
+        for member, outcome in zip(ensemble.members, results, strict=True):
             outcomes[member] = outcome
             if member not in finished_before:
                 await writer.emit(E.MEMBER_FINISHED, outcome.finished)
@@ -140,15 +144,22 @@ async def run_members(
     ok = [m for m in ensemble.members if outcomes[m].finished.status == "completed"]
     if len(ok) < ensemble.min_success:
         failures = "; ".join(
-            f"{m} {outcomes[m].finished.status}" + (f" ({outcomes[m].finished.error.message})" if outcomes[m].finished.error else "")
-            for m in ensemble.members if m not in ok
+            f"{m} {outcomes[m].finished.status}"
+            + (f" ({outcomes[m].finished.error.message})" if outcomes[m].finished.error else "")
+            for m in ensemble.members
+            if m not in ok
         )
-        raise MembersFailed(f"{len(ok)} of {len(ensemble.members)} members answered, {ensemble.min_success} needed: {failures}")
+        raise MembersFailed(
+            f"{len(ok)} of {len(ensemble.members)} members answered, {ensemble.min_success} needed: {failures}"
+        )
     return [(m, outcomes[m]) for m in ensemble.members]
 
 
-async def _member_outcome(nc: NATS, tenant: str, member: str, run_id: str, timeout: float, started: float,
-                          finished_before: E.MemberFinishedData | None) -> MemberOutcome:
+async def _member_outcome(
+    nc: NATS, tenant: str, member: str, run_id: str,
+    timeout: float,  # noqa: ASYNC109 - the member's budget: at its end the child is cancelled and reported
+    started: float, finished_before: E.MemberFinishedData | None,
+) -> MemberOutcome:
     subject = subjects.run_events(tenant, member, run_id)
     end = await wait_for_end(nc, subject, timeout)
     duration = round((time.perf_counter() - started) * 1000, 3)
@@ -164,8 +175,9 @@ async def _member_outcome(nc: NATS, tenant: str, member: str, run_id: str, timeo
         err = record.error or {}
         error = ErrorInfo(type=err.get("type") or status, message=err.get("message") or record.reason or status)
     usage = Usage(**{k: v for k, v in (record.usage or {}).items() if k in Usage.model_fields})
-    finished = finished_before or E.MemberFinishedData(member=member, run_id=run_id, status=status, duration_ms=duration,
-                                                       error=error, usage=usage)
+    finished = finished_before or E.MemberFinishedData(
+        member=member, run_id=run_id, status=status, duration_ms=duration, error=error, usage=usage
+    )
     return MemberOutcome(finished, record.answer if status == "completed" else None)
 
 

@@ -167,8 +167,11 @@ class LLMClient:
                 retry=retry_if_exception(retryable),
                 reraise=True,
             ),
-            first_wait=lambda err: min(err.retry_after, 30.0) if isinstance(err, LLMError) and err.retry_after is not None
-            else 0.25 + random.random() * 0.5,
+            first_wait=lambda err: (
+                min(err.retry_after, 30.0)
+                if isinstance(err, LLMError) and err.retry_after is not None
+                else 0.25 + random.random() * 0.5
+            ),
         )
 
     async def _once(self, endpoint, body, headers, on_text, streamed) -> StepResult:
@@ -193,9 +196,13 @@ class LLMClient:
                     return await self._from_json(await resp.aread(), on_text, streamed)
                 return await self._from_stream(resp, on_text, streamed)
         except httpx.TimeoutException as err:
-            raise LLMError("llm_unreachable", f"{endpoint.chat_url}: timed out ({type(err).__name__})", retryable=True) from None
+            raise LLMError(
+                "llm_unreachable", f"{endpoint.chat_url}: timed out ({type(err).__name__})", retryable=True
+            ) from None
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
-            raise LLMError("llm_unreachable", f"{endpoint.chat_url}: {type(err).__name__}: {err}", retryable=True) from None
+            raise LLMError(
+                "llm_unreachable", f"{endpoint.chat_url}: {type(err).__name__}: {err}", retryable=True
+            ) from None
         finally:
             shard[1] -= 1
 
@@ -251,7 +258,9 @@ class LLMClient:
             choice = body["choices"][0]
             message = choice.get("message") or {}
         except (ValueError, KeyError, IndexError, TypeError):
-            raise LLMError("llm_bad_response", f"neither an event stream nor a chat completion: {raw[:200]!r}") from None
+            raise LLMError(
+                "llm_bad_response", f"neither an event stream nor a chat completion: {raw[:200]!r}"
+            ) from None
         result = StepResult(text=message.get("content") or "", finish_reason=choice.get("finish_reason"))
         if body.get("usage"):
             result.usage = _usage(body["usage"])

@@ -193,18 +193,22 @@ async def _finish_step(
         done = E.MessageCompletedData(text=text, finish_reason="tool_calls", tool_calls=refs, steps=step, usage=usage)
         await ctx.writer.emit(E.MESSAGE_COMPLETED, done)
         return done
-    messages.extend(step_messages(text, calls, dict(zip((c.id for c in server_calls), outcomes))))
+    messages.extend(step_messages(text, calls, dict(zip((c.id for c in server_calls), outcomes, strict=True))))
     return None
 
 
 def step_messages(text: str, calls: list[ToolCallAccum], results: dict[str, Any]) -> list[dict[str, Any]]:
     """A finished step as the model sees it next time: its assistant message (text and tool
     calls), then one ``tool`` message per call (``results``: ToolOutcome or ToolResultData by id)."""
-    out: list[dict[str, Any]] = [{
-        "role": "assistant",
-        "content": text or None,
-        "tool_calls": [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls],
-    }]
+    out: list[dict[str, Any]] = [
+        {
+            "role": "assistant",
+            "content": text or None,
+            "tool_calls": [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
+            ],
+        }
+    ]
     for call in calls:
         result = results.get(call.id)
         content = tool_message_content(result) if result is not None else json.dumps(
@@ -225,7 +229,9 @@ def tool_message_content(outcome: ToolOutcome | E.ToolResultData) -> str:
     """What the model reads as a tool's answer: the output as JSON, or ``{"error": {type, message}}``."""
     if outcome.ok:
         return json.dumps(outcome.output, ensure_ascii=False)
-    return json.dumps({"error": outcome.error.model_dump() if outcome.error else {"type": "error", "message": "failed"}})
+    return json.dumps(
+        {"error": outcome.error.model_dump() if outcome.error else {"type": "error", "message": "failed"}}
+    )
 
 
 def _normalise(call: ToolCallAccum) -> ToolCallAccum:
@@ -240,7 +246,9 @@ async def _execute(ctx: RunContext, step: int, call: ToolCallAccum) -> ToolOutco
         if not isinstance(arguments, dict):
             raise ValueError("arguments must be a JSON object")
     except ValueError as err:
-        outcome = ToolOutcome(ok=False, error=ErrorInfo(type="invalid_arguments", message=f"arguments are not a JSON object: {err}"))
+        outcome = ToolOutcome(
+            ok=False, error=ErrorInfo(type="invalid_arguments", message=f"arguments are not a JSON object: {err}")
+        )
     else:
         if call.name in BUILTIN_AGENT_TOOLS:
             outcome = _load_skill(ctx, arguments)
@@ -257,7 +265,8 @@ async def _execute(ctx: RunContext, step: int, call: ToolCallAccum) -> ToolOutco
         else:
             available = ", ".join([*ctx.agent.actions, *(["load_skill"] if ctx.skills else [])]) or "none"
             outcome = ToolOutcome(
-                ok=False, error=ErrorInfo(type="unknown_tool", message=f"there is no tool {call.name!r}; available: {available}")
+                ok=False,
+                error=ErrorInfo(type="unknown_tool", message=f"there is no tool {call.name!r}; available: {available}"),
             )
     if not outcome.ms:
         outcome.ms = round((time.perf_counter() - started) * 1000, 3)
@@ -277,4 +286,6 @@ def _load_skill(ctx: RunContext, arguments: dict[str, Any]) -> ToolOutcome:
         if skill.name == name:
             return ToolOutcome(ok=True, output={"name": skill.name, "text": skill.text})
     known = ", ".join(s.name for s in ctx.skills) or "none"
-    return ToolOutcome(ok=False, error=ErrorInfo(type="unknown_skill", message=f"no skill {name!r}; this agent's skills: {known}"))
+    return ToolOutcome(
+        ok=False, error=ErrorInfo(type="unknown_skill", message=f"no skill {name!r}; this agent's skills: {known}")
+    )

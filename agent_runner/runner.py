@@ -310,7 +310,9 @@ class AgentRunner:
             raise RuntimeError(f"{subject}: run.queued was stored but cannot be read back")
         return last
 
-    def _writer(self, subject: str, tenant: str, agent: str, request: RunRequest, attempt: int, last_seq: int) -> RunEventWriter:
+    def _writer(
+        self, subject: str, tenant: str, agent: str, request: RunRequest, attempt: int, last_seq: int
+    ) -> RunEventWriter:
         return RunEventWriter(
             self.nc, subject,
             {"run_id": request.run_id, "tenant": tenant, "agent": agent, "message_id": request.message_id,
@@ -422,11 +424,18 @@ class AgentRunner:
                 await asyncio.wait_for(loop_task, timeout=agent.timeout)
             except TimeoutError:
                 await writer.close()
-                await writer.emit(E.RUN_FAILED, E.RunFailedData(
-                    reason="timed out",
-                    error=ErrorInfo(type="timeout", message=f"the run took longer than its budget of {agent.timeout:g} s"),
-                    usage=ctx.total_usage, steps=ctx.steps, duration_ms=duration(),
-                ))
+                await writer.emit(
+                    E.RUN_FAILED,
+                    E.RunFailedData(
+                        reason="timed out",
+                        error=ErrorInfo(
+                            type="timeout", message=f"the run took longer than its budget of {agent.timeout:g} s"
+                        ),
+                        usage=ctx.total_usage,
+                        steps=ctx.steps,
+                        duration_ms=duration(),
+                    ),
+                )
                 return
             except asyncio.CancelledError:
                 if key in self._cancel_reasons and loop_task.cancelled():
@@ -499,9 +508,13 @@ class AgentRunner:
         if llm and llm.api_key_env:
             api_key = os.environ.get(llm.api_key_env)
             if not api_key:
-                raise ValueError(f"agent {agent.name!r} takes its LLM API key from ${llm.api_key_env}, which is not set")
+                raise ValueError(
+                    f"agent {agent.name!r} takes its LLM API key from ${llm.api_key_env}, which is not set"
+                )
         timeout = (llm.timeout if llm and llm.timeout else None) or self.settings.llm_timeout
-        return LLMEndpoint(base_url=base_url, model=agent.model or self.settings.llm_model, api_key=api_key, timeout=timeout)
+        return LLMEndpoint(
+            base_url=base_url, model=agent.model or self.settings.llm_model, api_key=api_key, timeout=timeout
+        )
 
     async def _refuse_request(self, msg: Msg, tenant: str, agent: str, err: ValidationError) -> None:
         """An unreadable run request: end its run ``run.failed`` if it names one, and drop it."""

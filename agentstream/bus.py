@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
+from weakref import WeakSet
 
 import nats
 from nats.aio.client import Client as NATS
@@ -24,6 +26,9 @@ from schemas.permissions import Role, inbox_prefix
 
 log = logging.getLogger(__name__)
 
+_CLOSING: WeakSet[NATS] = WeakSet()
+"""Connections being closed by :func:`close`: their disconnection is expected, not reported."""
+
 
 async def connect(
     settings: Settings,
@@ -31,9 +36,9 @@ async def connect(
     *,
     role: Role,
     wait: float | None = None,
-    on_reconnected=None,
-    on_disconnected=None,
-    on_slow_consumer=None,
+    on_reconnected: Callable[[], Awaitable[None]] | None = None,
+    on_disconnected: Callable[[], Awaitable[None]] | None = None,
+    on_slow_consumer: Callable[[], Awaitable[None]] | None = None,
 ) -> NATS:
     """Connect to ``settings.nats_servers`` as client ``name`` with the identity of ``role``
     (``NATS_CREDS``, and the role's inbox prefix: schemas/permissions.py); retry until connected.
@@ -59,7 +64,7 @@ async def connect(
 
     async def disconnected_cb() -> None:
         nc = holder.get("nc")
-        if nc is not None and (nc.is_closed or getattr(nc, "_agentstream_closing", False)):
+        if nc is not None and (nc.is_closed or nc in _CLOSING):
             return
         log.warning("nats: disconnected; reconnecting")
         if on_disconnected:
@@ -101,10 +106,12 @@ async def connect(
 
 def jetstream(nc: NATS) -> JetStreamContext:
     """The connection's JetStream context, made once (creating one per call shows in profiles)."""
-    js = getattr(nc, "_agentstream_js", None)
+    # Kept in the connection's own attributes: the context refers back to the connection, so a
+    # WeakKeyDictionary would keep every connection alive.
+    attributes = vars(nc)
+    js: JetStreamContext | None = attributes.get("_agentstream_js")
     if js is None:
-        js = nc.jetstream()
-        nc._agentstream_js = js  # type: ignore[attr-defined]
+        js = attributes["_agentstream_js"] = nc.jetstream()
     return js
 
 
@@ -119,7 +126,7 @@ async def declare(nc: NATS, settings: Settings) -> None:
     )
     buckets = streams.kv_configs(run_index_max_age=settings.run_events_max_age)
     delay = 0.1
-    for _attempt in range(50):
+    for _ in range(50):
         try:
             await streams.ensure_streams(js, configs)
             await streams.ensure_buckets(js, buckets)
@@ -170,7 +177,7 @@ async def ensure_topology(nc: NATS, settings: Settings, *, poll: float = 1.0) ->
         await asyncio.sleep(poll)
 
 
-async def close(nc: NATS, timeout: float = 5.0) -> None:
+async def close(nc: NATS, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - bounds the flush; the close follows
     """Flush what is still buffered (up to ``timeout`` seconds), then close the connection.
 
     Used at shutdown after a component has finished its own work; unlike ``drain()`` it never
@@ -178,7 +185,7 @@ async def close(nc: NATS, timeout: float = 5.0) -> None:
     """
     if nc.is_closed:
         return
-    nc._agentstream_closing = True  # type: ignore[attr-defined]  # read by disconnected_cb
+    _CLOSING.add(nc)  # read by disconnected_cb
     try:
         await asyncio.wait_for(nc.flush(), timeout)
     except Exception as err:  # disconnected: nothing more to flush

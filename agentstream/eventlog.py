@@ -17,6 +17,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import nats.errors
 import orjson
@@ -55,9 +56,10 @@ class StoredEvent:
     sse_frame: bytes | None = field(default=None, compare=False, repr=False)
     """Cache of the event's native SSE frame: built once, shared by every client watching it."""
 
-    def json(self) -> dict:
+    def json(self) -> dict[str, Any]:
         """The event envelope as a dict."""
-        return orjson.loads(self.data)
+        envelope: dict[str, Any] = orjson.loads(self.data)
+        return envelope
 
     @classmethod
     def from_message(cls, subject: str, headers: dict[str, str] | None, data: bytes) -> StoredEvent:
@@ -86,7 +88,7 @@ async def read_batch(
     after_seq: int = 0,
     *,
     batch: int = 256,
-    timeout: float = 5.0,
+    timeout: float = 5.0,  # noqa: ASYNC109 - a deadline for the replies, raised as EventLogError
     stream: str = subjects.RUN_EVENTS_STREAM,
 ) -> tuple[list[StoredEvent], int]:
     """Up to ``batch`` events on ``filter_subject`` with sequence > ``after_seq``.
@@ -146,31 +148,31 @@ class _BatchMux:
 
     def __init__(self, prefix: str):
         self.prefix = prefix
-        self.pending: dict[str, asyncio.Queue] = {}
+        self.pending: dict[str, asyncio.Queue[Msg]] = {}
         self._next = 0
 
     @classmethod
     async def of(cls, nc: NATS) -> _BatchMux:
         """The connection's multiplexer, subscribing its wildcard inbox on first use."""
-        mux = getattr(nc, "_agentstream_batch_mux", None)
+        mux = _MUXES.get(nc)
         if mux is not None:
             return mux
-        lock = getattr(nc, "_agentstream_batch_lock", None)
+        lock = _MUX_LOCKS.get(nc)
         if lock is None:
-            lock = nc._agentstream_batch_lock = asyncio.Lock()  # type: ignore[attr-defined]
+            lock = _MUX_LOCKS[nc] = asyncio.Lock()
         async with lock:
-            mux = getattr(nc, "_agentstream_batch_mux", None)
+            mux = _MUXES.get(nc)
             if mux is None:
                 mux = cls(nc.new_inbox())
                 await nc.subscribe(f"{mux.prefix}.*", cb=mux._on_reply)
-                nc._agentstream_batch_mux = mux  # type: ignore[attr-defined]
+                _MUXES[nc] = mux
         return mux
 
-    def open(self) -> tuple[str, asyncio.Queue]:
+    def open(self) -> tuple[str, asyncio.Queue[Msg]]:
         """A new reply token and the queue its replies land in."""
         self._next += 1
         token = str(self._next)
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
         self.pending[token] = queue
         return token, queue
 
@@ -178,13 +180,20 @@ class _BatchMux:
         """Forget ``token``; late replies to it are dropped."""
         self.pending.pop(token, None)
 
-    async def _on_reply(self, msg) -> None:
+    async def _on_reply(self, msg: Msg) -> None:
         queue = self.pending.get(msg.subject.rsplit(".", 1)[-1])
         if queue is not None:
             queue.put_nowait(msg)
 
 
-async def read_all(nc: NATS, filter_subject: str, after_seq: int = 0, *, batch: int = 256) -> AsyncIterator[StoredEvent]:
+# Each connection's multiplexer, and the lock that makes only one (kept with the connection).
+_MUXES: WeakKeyDictionary[NATS, _BatchMux] = WeakKeyDictionary()
+_MUX_LOCKS: WeakKeyDictionary[NATS, asyncio.Lock] = WeakKeyDictionary()
+
+
+async def read_all(
+    nc: NATS, filter_subject: str, after_seq: int = 0, *, batch: int = 256
+) -> AsyncIterator[StoredEvent]:
     """Every event on ``filter_subject`` after ``after_seq``, in stream order, paging as needed."""
     last = after_seq
     while True:
@@ -201,7 +210,9 @@ async def read_list(nc: NATS, filter_subject: str, after_seq: int = 0) -> list[S
     return [ev async for ev in read_all(nc, filter_subject, after_seq)]
 
 
-async def last_event(nc: NATS, filter_subject: str, *, timeout: float = 5.0) -> StoredEvent | None:
+async def last_event(
+    nc: NATS, filter_subject: str, *, timeout: float = 5.0  # noqa: ASYNC109 - passed on to nc.request
+) -> StoredEvent | None:
     """The latest event on ``filter_subject`` (wildcards allowed), or None if there is none."""
     try:
         msg = await nc.request(

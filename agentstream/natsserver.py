@@ -39,7 +39,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -73,7 +74,7 @@ class EmbeddedNats:
         self.log_path = log_path or self.store_dir.parent / "nats.log"
         self.config = config
         self.pid_file = self.store_dir.parent / "nats.pid"
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:

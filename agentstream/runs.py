@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.js.api import PubAck
 from nats.js.errors import NoStreamResponseError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
@@ -68,7 +69,10 @@ async def write_queued(nc: NATS, tenant: str, agent: str, request: RunRequest) -
     )
 
 
-async def submit(nc: NATS, tenant: str, agent: str, request: RunRequest, *, timeout: float = 10.0) -> Submitted:
+async def submit(
+    nc: NATS, tenant: str, agent: str, request: RunRequest,
+    *, timeout: float = 10.0,  # noqa: ASYNC109 - the window for retries, then a SubmitError
+) -> Submitted:
     """Store the run request and its ``run.queued`` event. Raises SubmitError.
 
     ``timeout``: seconds to keep retrying while NATS is unreachable.
@@ -80,7 +84,7 @@ async def submit(nc: NATS, tenant: str, agent: str, request: RunRequest, *, time
     # nats-server restart (nats-py raises it instead of NoRespondersError).
     transient = (nats.errors.TimeoutError, NoStreamResponseError, nats.errors.ConnectionReconnectingError)
 
-    async def publish_request():
+    async def publish_request() -> PubAck:
         return await first_then_retry(
             lambda: js.publish(subject, payload, headers={H.MSG_ID: request.run_id}, timeout=2.0),
             lambda err: isinstance(err, transient),
@@ -100,7 +104,12 @@ async def submit(nc: NATS, tenant: str, agent: str, request: RunRequest, *, time
             return True
 
     ack, existed = await asyncio.gather(publish_request(), queued(), return_exceptions=True)
-    for outcome in (ack, existed):
-        if isinstance(outcome, BaseException):
-            raise SubmitError(f"could not store the run request: {type(outcome).__name__}: {outcome}") from outcome
-    return Submitted(run_id=request.run_id, duplicate=bool(ack.duplicate) or bool(existed))
+    if isinstance(ack, BaseException):
+        raise _not_stored(ack) from ack
+    if isinstance(existed, BaseException):
+        raise _not_stored(existed) from existed
+    return Submitted(run_id=request.run_id, duplicate=bool(ack.duplicate) or existed)
+
+
+def _not_stored(err: BaseException) -> SubmitError:
+    return SubmitError(f"could not store the run request: {type(err).__name__}: {err}")

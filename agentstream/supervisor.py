@@ -42,6 +42,12 @@ class Component:
     ready_line: str | None = None
     restarts: int = 0
 
+    def ready_url(self) -> str:
+        """The URL its ready line names (``{name} ready: URL``)."""
+        if self.ready_line is None:
+            raise RuntimeError(f"{self.name} has not said it is ready")
+        return self.ready_line.split("ready: ", 1)[1].strip()
+
 
 class Supervisor:
     """Starts, watches and stops the components. ``settings``: the environment's settings."""
@@ -51,6 +57,7 @@ class Supervisor:
         self.nats: EmbeddedNats | None = None
         self.components: list[Component] = []
         self.stopping = False
+        self._pumps: set[asyncio.Task[None]] = set()  # the event loop holds tasks only weakly
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop``; returns the exit code."""
@@ -68,14 +75,16 @@ class Supervisor:
                 model = Component("builtin-model", "agentstream.builtin_model")
                 await self._start(model, env)
                 await self._wait_ready(model)
-                env["LLM_BASE_URL"] = model.ready_line.split("ready: ", 1)[1].strip()
-                self._say("builtin-model", "LLM_BASE_URL is not set: agents use the built-in stand-in model (see README)")
+                env["LLM_BASE_URL"] = model.ready_url()
+                self._say(
+                    "builtin-model", "LLM_BASE_URL is not set: agents use the built-in stand-in model (see README)"
+                )
             for name, module in (("tool-runner", "tool_runner"), ("agent-runner", "agent_runner"), ("edge", "edge")):
                 await self._start(Component(name, module), env)
             for comp in self.components:
                 await self._wait_ready(comp)
             edge = next(c for c in self.components if c.name == "edge")
-            url = edge.ready_line.split("ready: ", 1)[1].strip()
+            url = edge.ready_url()
             print(
                 f"\nagentstream is up: {url}\n"
                 f"  curl -s -X POST {url}/api/agents/programmer-helper/chat -H 'Content-Type: application/json' "
@@ -99,7 +108,9 @@ class Supervisor:
             env={**env, **comp.env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
-        asyncio.create_task(self._pump(comp, comp.proc, env))
+        pump = asyncio.create_task(self._pump(comp, comp.proc, env))
+        self._pumps.add(pump)
+        pump.add_done_callback(self._pumps.discard)
 
     async def _pump(self, comp: Component, proc: asyncio.subprocess.Process, env: dict[str, str]) -> None:
         assert proc.stdout is not None
@@ -120,7 +131,7 @@ class Supervisor:
             if not self.stopping:
                 await self._start(comp, env)
 
-    async def _wait_ready(self, comp: Component, timeout: float = 60.0) -> None:
+    async def _wait_ready(self, comp: Component, timeout: float = 60.0) -> None:  # noqa: ASYNC109 - named in the error
         try:
             await asyncio.wait_for(comp.ready.wait(), timeout)
         except TimeoutError:

@@ -41,14 +41,18 @@ def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+    k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
     return ordered[k]
 
 
 def dist(values: list[float]) -> dict[str, float]:
     """p50/p99/mean/n of a sample."""
-    return {"p50": pct(values, 50), "p99": pct(values, 99), "mean": statistics.fmean(values) if values else float("nan"),
-            "n": len(values)}
+    return {
+        "p50": pct(values, 50),
+        "p99": pct(values, 99),
+        "mean": statistics.fmean(values) if values else float("nan"),
+        "n": len(values),
+    }
 
 
 def rss_mib(pid: int) -> float:
@@ -188,11 +192,15 @@ class Bench:
                 row["total_ratio_p99"] = row["agentstream"]["total_ms"]["p99"] / row["direct"]["total_ms"]["p99"]
                 row["added_ttft_ms_p50"] = row["agentstream"]["ttft_ms"]["p50"] - row["direct"]["ttft_ms"]["p50"]
                 row["added_ttft_ms_p99"] = row["agentstream"]["ttft_ms"]["p99"] - row["direct"]["ttft_ms"]["p99"]
-                row["chars_per_s_ratio_p50"] = row["agentstream"]["chars_per_s"]["p50"] / row["direct"]["chars_per_s"]["p50"]
+                row["chars_per_s_ratio_p50"] = (
+                    row["agentstream"]["chars_per_s"]["p50"] / row["direct"]["chars_per_s"]["p50"]
+                )
                 out[pace] = row
             # Time to first token alone, with many more samples than the 4-second runs above give:
             # short completions at the same pace, interleaved the same way.
-            samples = await interleaved("builtin:tokens=3,delay=0.02", "bench-first-token", 30 if QUICK else 110, warm=10)
+            samples = await interleaved(
+                "builtin:tokens=3,delay=0.02", "bench-first-token", 30 if QUICK else 110, warm=10
+            )
             direct, through = (dist([s["ttft"] * 1000 for s in sample]) for sample in samples)
             out["first_token"] = {"direct_ttft_ms": direct, "agentstream_ttft_ms": through,
                                   "added_ttft_ms_p50": through["p50"] - direct["p50"],
@@ -264,7 +272,7 @@ class Bench:
         await self._drain()
         self.results["submit_latency"] = out
 
-    async def _drain(self, timeout: float = 120) -> None:
+    async def _drain(self, timeout: float = 120) -> None:  # noqa: ASYNC109 - gives up quietly at the deadline
         """Wait until no run is queued or running (the work queue is empty)."""
         nc = await nats.connect(self.system.env["NATS_URL"])
         deadline = time.monotonic() + timeout
@@ -284,7 +292,9 @@ class Bench:
         for agent in ("bench-one-step", "bench-two-step"):
             row = {}
             for runners in (1, 2):
-                row[f"{runners}_runner"] = await self._drain_rate(agent, n if agent == "bench-one-step" else n // 2, runners)
+                row[f"{runners}_runner"] = await self._drain_rate(
+                    agent, n if agent == "bench-one-step" else n // 2, runners
+                )
             row["scaling_ratio"] = row["2_runner"]["runs_per_s"] / row["1_runner"]["runs_per_s"]
             out[agent] = row
         self.results["run_throughput"] = out
@@ -321,8 +331,14 @@ class Bench:
         await asyncio.gather(*(submit_one() for _ in range(n)))
         stored_before = (await nc.jetstream().stream_info(subjects.RUN_EVENTS_STREAM)).state.last_seq
         started = time.perf_counter()
-        procs = await asyncio.gather(*(asyncio.to_thread(self.system.start_agent_runner, f"runner-{agent}-{runners}-{i}",
-                                                         AGENT_RUNNER_CONCURRENCY="64") for i in range(runners)))
+        procs = await asyncio.gather(
+            *(
+                asyncio.to_thread(
+                    self.system.start_agent_runner, f"runner-{agent}-{runners}-{i}", AGENT_RUNNER_CONCURRENCY="64"
+                )
+                for i in range(runners)
+            )
+        )
         ready = time.perf_counter()
         self.runners.extend(procs)
         await asyncio.wait_for(done.wait(), 600)
@@ -420,7 +436,7 @@ class Bench:
             sem = asyncio.Semaphore(128)
             runners: dict[str, int] = {}
 
-            async def call(i):
+            async def call(i, client=client, sem=sem, runners=runners, count=count):
                 async with sem:
                     outcome = await client.call("default", "read_file", run_id="bench", tool_call_id=f"c{count}-{i}",
                                                 idempotency_key=f"bench:{count}:{i}:{uuid.uuid4().hex}",
@@ -465,7 +481,11 @@ async def main() -> None:
                       f"{json.dumps(bench.results.get(name), default=str)[:600]}", flush=True)
         finally:
             bench.stop()
-    results = {"machine": machine(), **bench.results}
+    save({"machine": machine(), **bench.results})
+
+
+def save(results: dict[str, Any]) -> None:
+    """Write the results (merged into the existing ones with BENCH_ONLY) and their Markdown report."""
     OUT.mkdir(parents=True, exist_ok=True)
     out = OUT / ("results.quick.json" if QUICK else "results.json")
     previous = json.loads(out.read_text()) if out.exists() and os.environ.get("BENCH_ONLY") else {}

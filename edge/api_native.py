@@ -226,7 +226,9 @@ async def cancel_run(run_id: str):
     body = await json_body(CancelBody, optional=True)
     record = fold(await run_events(t, run_id))
     if record.finished:
-        raise ApiError(409, "conflict", f"run {run_id} already ended: {record.status}", "run_id", run_status=record.status)
+        raise ApiError(
+            409, "conflict", f"run {run_id} already ended: {record.status}", "run_id", run_status=record.status
+        )
     await request_cancel(state(), t.name, run_id, body.reason)
     return json_response({"status": "cancelling", "run_id": run_id, "events_url": f"/api/runs/{run_id}/events"}, 202)
 

@@ -106,7 +106,11 @@ def error_response(err: ApiError) -> Response:
     else:
         kind = "invalid_request_error"
     code = err.extra.get("code") or err.type
-    headers = {"x-should-retry": "false"} if (status < 500 and status not in (408, 409, 429)) or err.extra.get("final") else {}
+    headers = (
+        {"x-should-retry": "false"}
+        if (status < 500 and status not in (408, 409, 429)) or err.extra.get("final")
+        else {}
+    )
     if err.extra.get("run_id"):
         headers["X-Run-Id"] = err.extra["run_id"]
     return json_response(oai.error_body(err.message, kind, err.field, code), status, headers)
@@ -152,7 +156,12 @@ def _client_tools(body: ChatCompletionBody, agent: AgentDefinition) -> list[Func
             raise ApiError(400, "invalid_request", f"tools[{i}].function.name must match ^[A-Za-z0-9_-]{{1,64}}$",
                            f"tools.{i}.function.name")
         if name in taken:
-            raise ApiError(400, "invalid_request", f"tool name {name!r} is taken by the agent's own tools", f"tools.{i}.function.name")
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"tool name {name!r} is taken by the agent's own tools",
+                f"tools.{i}.function.name",
+            )
         if name in seen:
             raise ApiError(400, "invalid_request", f"tool name {name!r} is given twice", f"tools.{i}.function.name")
         seen.add(name)
@@ -172,7 +181,9 @@ def _tool_choice(body: ChatCompletionBody, client_tools: list[FunctionTool]) -> 
         if name not in {t.function.get("name") for t in client_tools}:
             raise ApiError(400, "invalid_request", f"tool_choice names {name!r}, which is not in tools", "tool_choice")
         return choice
-    raise ApiError(400, "invalid_request", "tool_choice must be 'none', 'auto', 'required' or a function", "tool_choice")
+    raise ApiError(
+        400, "invalid_request", "tool_choice must be 'none', 'auto', 'required' or a function", "tool_choice"
+    )
 
 
 def _split(messages: list[ChatMessage]) -> tuple[str | None, list[ChatMessage]]:
@@ -272,7 +283,9 @@ async def chat_completions():
     if body.n is not None and body.n > 1:
         raise ApiError(400, "unsupported", "n > 1 is not supported: an agent run gives one answer", "n")
     if body.functions:
-        raise ApiError(400, "unsupported", "the legacy 'functions' parameter is not supported; use 'tools'", "functions")
+        raise ApiError(
+            400, "unsupported", "the legacy 'functions' parameter is not supported; use 'tools'", "functions"
+        )
     client_tools = _client_tools(body, agent)
     parameters = _parameters(body)
     choice = _tool_choice(body, client_tools)

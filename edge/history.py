@@ -16,7 +16,9 @@ from schemas import events as E
 from schemas import subjects
 
 
-async def recent_runs(nc: NATS, tenant: str, agent: str, *, limit: int = 20, max_scan: int = 1_000_000) -> list[RunRecord]:
+async def recent_runs(
+    nc: NATS, tenant: str, agent: str, *, limit: int = 20, max_scan: int = 1_000_000
+) -> list[RunRecord]:
     """Up to ``limit`` most recent runs of ``agent``, newest first. ``max_scan``: most stream
     sequences to look back through."""
     js = nc.jetstream()

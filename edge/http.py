@@ -97,7 +97,9 @@ def last_event_id() -> int:
         return 0
     raw = raw.strip()
     if not raw.isdigit() or int(raw) > MAX_EVENT_ID:
-        raise ApiError(400, "invalid_request", f"{name} must be a non-negative integer event id, not {raw[:40]!r}", name)
+        raise ApiError(
+            400, "invalid_request", f"{name} must be a non-negative integer event id, not {raw[:40]!r}", name
+        )
     return int(raw)
 
 
@@ -151,7 +153,9 @@ async def request_cancel(st: EdgeState, tenant_name: str, run_id: str, reason: s
     except ApiError:
         raise
     except Exception as err:  # NATS down or slow
-        raise ApiError(503, "unavailable", f"the cancel request could not be stored ({type(err).__name__}); retry") from None
+        raise ApiError(
+            503, "unavailable", f"the cancel request could not be stored ({type(err).__name__}); retry"
+        ) from None
 
 
 _background: set[asyncio.Task] = set()

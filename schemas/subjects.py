@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeGuard
 
 TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -88,7 +89,7 @@ class SubjectTokenError(ValueError):
         )
 
 
-def is_token(value: object) -> bool:
+def is_token(value: object) -> TypeGuard[str]:
     """True when ``value`` is a str usable as one subject token (``[A-Za-z0-9_-]{1,64}``)."""
     return isinstance(value, str) and _TOKEN_RE.fullmatch(value) is not None
 
@@ -100,7 +101,7 @@ def token(value: object, field: str) -> str:
     """
     if not is_token(value):
         raise SubjectTokenError(field, value)
-    return value  # type: ignore[return-value]
+    return value
 
 
 def run_request(tenant: str, agent: str) -> str:

@@ -167,7 +167,9 @@ def new_system(base: Path, *, extra_agents: Path = TEST_AGENTS, **env: str) -> S
     agents = make_agents_dir(base / "agents", extra_agents) if not (base / "agents").exists() else base / "agents"
     nats = EmbeddedNats(base / "nats-store", port=0, log_path=base / "nats.log")
     url = nats.start()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT"))}
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT"))
+    }
     system_env = {
         **clean,
         "PYTHONUNBUFFERED": "1",

@@ -93,10 +93,14 @@ def test_asyncapi_names_every_subject_family_and_its_schema():
         "agents.{tenant}.{agent}.run", "runs.{tenant}.{agent}.{run_id}", "live.runs.{tenant}.{agent}.{run_id}",
         "tools.{tenant}.{tool}", "control.{tenant}.{run_id}", "deadletter.{tenant}.{agent}.{run_id}",
     }
-    assert subjects.dead_letter("T", "A", "R") == "deadletter.{tenant}.{agent}.{run_id}".format(tenant="T", agent="A", run_id="R")
+    assert subjects.dead_letter("T", "A", "R") == "deadletter.{tenant}.{agent}.{run_id}".format(
+        tenant="T", agent="A", run_id="R"
+    )
     # The addresses are the ones the code builds.
     assert subjects.run_request("T", "A") == "agents.{tenant}.{agent}.run".format(tenant="T", agent="A")
-    assert subjects.run_events("T", "A", "R") == "runs.{tenant}.{agent}.{run_id}".format(tenant="T", agent="A", run_id="R")
+    assert subjects.run_events("T", "A", "R") == "runs.{tenant}.{agent}.{run_id}".format(
+        tenant="T", agent="A", run_id="R"
+    )
     assert subjects.tool("T", "X") == "tools.{tenant}.{tool}".format(tenant="T", tool="X")
     assert subjects.control("T", "R") == "control.{tenant}.{run_id}".format(tenant="T", run_id="R")
     for name, message in doc["components"]["messages"].items():

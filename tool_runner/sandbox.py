@@ -23,7 +23,9 @@ def resolve_in_root(root: Path, relative: str, *, must_exist: bool = True) -> Pa
         raise ToolError("invalid_path", "path contains a NUL byte")
     posix = PurePosixPath(relative)
     if posix.is_absolute() or PureWindowsPath(relative).is_absolute() or relative.startswith("~"):
-        raise ToolError("invalid_path", f"absolute paths are refused; give a path relative to the project root, not {relative!r}")
+        raise ToolError(
+            "invalid_path", f"absolute paths are refused; give a path relative to the project root, not {relative!r}"
+        )
     if ".." in posix.parts or ".." in PureWindowsPath(relative).parts:
         raise ToolError("invalid_path", "paths with '..' are refused")
     candidate = root.joinpath(*posix.parts)

@@ -183,7 +183,9 @@ class ToolRunner:
             return self._result(call, started, error=ErrorInfo(type="timeout", message=msg))
         except Exception as err:  # a tool bug must not kill the runner
             log.exception("tool %s failed", tool_name)
-            return self._result(call, started, error=ErrorInfo(type="internal_error", message=f"{type(err).__name__}: {err}"))
+            return self._result(
+                call, started, error=ErrorInfo(type="internal_error", message=f"{type(err).__name__}: {err}")
+            )
 
     def _result(self, call: ToolCallRequest, started: float, *, output=None, error=None) -> ToolCallResult:
         return ToolCallResult(

@@ -30,7 +30,10 @@ async def read_file(args: ReadFileArgs, ctx: ToolContext) -> dict[str, Any]:
 
 def _read(root: Path, real: Path, args: ReadFileArgs, cap: int) -> dict[str, Any]:
     if not real.is_file():
-        raise ToolError("not_a_file", f"{args.path!r} is a directory, not a file" if real.is_dir() else f"{args.path!r} is not a regular file")
+        raise ToolError(
+            "not_a_file",
+            f"{args.path!r} is a directory, not a file" if real.is_dir() else f"{args.path!r} is not a regular file",
+        )
     start = args.start_line or 1
     end = args.end_line
     if end is not None and end < start:
