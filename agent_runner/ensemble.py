@@ -20,6 +20,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
 
 from agent_runner.event_writer import RunEventWriter
 from agentstream import eventlog
@@ -104,13 +105,15 @@ async def run_members(
     *,
     started_before: dict[str, E.MemberStartedData],
     finished_before: dict[str, E.MemberFinishedData],
-    waiting: Callable[[], AbstractAsyncContextManager],
+    waiting: Callable[[], AbstractAsyncContextManager[None]],
+    index: KeyValue | None = None,
 ) -> list[tuple[str, MemberOutcome]]:
     """Run (or, on a retried parent, find) every member's child run and wait for them.
 
     Returns ``[(member, outcome)]`` in member order. Raises MembersFailed when fewer than
     ``min_success`` completed. ``waiting``: a context manager the runner uses to not count this
-    run against its concurrency while it only waits.
+    run against its concurrency while it only waits; ``index``: the RUN_INDEX bucket the child
+    runs are entered in.
     """
     question = question_of(request)
     outcomes: dict[str, MemberOutcome] = {}
@@ -122,7 +125,8 @@ async def run_members(
                 run_id=child_ids[member], message_id=f"{request.message_id[:150]}:{member}", message=question,
                 history=request.history, conversation_id=request.conversation_id, parent_run_id=request.run_id,
             )
-            await submit(nc, tenant, member, child)  # a repeat (retried parent) is recognised, not re-run
+            # A repeat (a retried parent) is recognised, not re-run.
+            await submit(nc, tenant, member, child, index=index, member=True)
             if member not in started_before:
                 await writer.emit(E.MEMBER_STARTED, E.MemberStartedData(member=member, run_id=child_ids[member]))
         async with waiting():

@@ -139,6 +139,17 @@ async def declare(nc: NATS, settings: Settings) -> None:
     raise RuntimeError("JetStream did not become available: is the server started with -js?")
 
 
+async def setup(settings: Settings, *, within: float = 30.0) -> None:
+    """Connect as the admin identity (``settings.nats_creds``), declare everything, disconnect.
+    What ``agentstream nats-setup`` and ``agentstream up`` do. Raises TimeoutError when NATS
+    cannot be reached within ``within`` seconds."""
+    nc = await connect(settings, "agentstream setup", role=Role.ADMIN, wait=within)
+    try:
+        await declare(nc, settings)
+    finally:
+        await close(nc)
+
+
 TOPOLOGY = (
     S.AGENT_RUNS_STREAM, S.RUN_EVENTS_STREAM, S.RUN_CONTROL_STREAM, S.RUN_DEAD_LETTERS_STREAM,
     *(f"KV_{b}" for b in (S.TENANTS_BUCKET, S.RATE_LIMITS_BUCKET, S.STREAM_COUNTS_BUCKET, S.RUN_INDEX_BUCKET)),

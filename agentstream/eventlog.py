@@ -97,17 +97,17 @@ async def read_batch(
     after the last one returned. Raises EventLogError.
     """
     request = {"seq": after_seq + 1, "next_by_subj": filter_subject, "batch": batch}
-    replies, pending = await direct_get_batch(nc, stream, request, what=filter_subject, timeout=timeout)
+    replies, pending = await direct_get_batch(nc, stream, request, what=filter_subject, within=timeout)
     return [StoredEvent.from_message(msg.subject, msg.headers, msg.data) for msg in replies], pending
 
 
 async def direct_get_batch(
-    nc: NATS, stream: str, request: dict[str, Any], *, what: str, timeout: float = 5.0
+    nc: NATS, stream: str, request: dict[str, Any], *, what: str, within: float = 5.0
 ) -> tuple[list[Msg], int]:
     """One batched direct get (ADR-31) on ``stream``: the messages it answers, and how many more
     match after them (``Nats-Num-Pending`` of the end-of-batch status). ``request`` is the JSON
     request (``seq`` + ``next_by_subj`` + ``batch``, or ``multi_last`` + ``batch``); ``what``
-    names the read in errors. Raises EventLogError.
+    names the read in errors; ``within``: seconds to wait for the whole answer. Raises EventLogError.
     """
     mux = await _BatchMux.of(nc)
     token, replies = mux.open()
@@ -115,7 +115,7 @@ async def direct_get_batch(
         await nc.publish(DIRECT_GET.format(stream=stream), orjson.dumps(request), reply=f"{mux.prefix}.{token}")
         out: list[Msg] = []
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:

@@ -58,6 +58,16 @@ class Settings:
         "KEYS_FILE", None,
         "YAML file mapping API keys to tenants. Unset: one tenant, `default`, no key needed.",
     )
+    keys_file_poll: float = _setting(
+        "KEYS_FILE_POLL", 1.0,
+        "Seconds between checks of the keys file for changes (a new valid file takes effect at once; a bad one is "
+        "logged and the last good one stays).",
+    )
+    auth_failures_per_minute: int = _setting(
+        "EDGE_AUTH_FAILURES_PER_MINUTE", 30,
+        "Requests with a wrong API key one client address may make per minute (burst the same) before it gets 429 "
+        "for a while, whatever key it sends.",
+    )
     sse_heartbeat: float = _setting("SSE_HEARTBEAT", 15.0, "Seconds between SSE comment heartbeats.")
     edge_max_body: int = _setting(
         "EDGE_MAX_BODY", 1024 * 1024, "Largest request body the edge accepts (bytes); larger is a 413."

@@ -15,10 +15,13 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from agentstream.bus import setup
+from agentstream.natsauth import AuthStore
 from agentstream.natsserver import EmbeddedNats
 from agentstream.settings import Settings
+from schemas.permissions import Role
 
 COLORS = {"edge": "36", "agent-runner": "35", "tool-runner": "33", "builtin-model": "32", "nats": "34"}
 
@@ -55,6 +58,7 @@ class Supervisor:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.nats: EmbeddedNats | None = None
+        self.auth: AuthStore | None = None
         self.components: list[Component] = []
         self.stopping = False
         self._pumps: set[asyncio.Task[None]] = set()  # the event loop holds tasks only weakly
@@ -64,13 +68,23 @@ class Supervisor:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         if not self.settings.nats_url:
-            self.nats = EmbeddedNats(self.settings.data_dir / "nats", port=self.settings.nats_port)
+            config = None
+            if self.settings.nats_auth:
+                self.auth = AuthStore(self.settings.data_dir / "auth")
+                self.auth.ensure_components()
+                config = self.auth.write_server_config()
+            self.nats = EmbeddedNats(self.settings.data_dir / "nats", port=self.settings.nats_port, config=config)
             url = await asyncio.to_thread(self.nats.start)
             env["NATS_URL"] = url
-            self._say("nats", f"embedded nats-server with JetStream on {url} (store: {self.nats.store_dir})")
+            how = (f"authentication on (identities in {self.auth.directory})" if self.auth is not None
+                   else "NO authentication (AGENTSTREAM_NATS_AUTH=false): anyone who reaches the port may do anything")
+            self._say("nats", f"embedded nats-server with JetStream on {url} (store: {self.nats.store_dir}); {how}")
         else:
             self._say("nats", f"using NATS_URL={self.settings.nats_url}")
         try:
+            if self.auth is not None:
+                admin = replace(self.settings, nats_url=env["NATS_URL"], nats_creds=self.auth.seed_path(Role.ADMIN))
+                await setup(admin)
             if not self.settings.llm_base_url:
                 model = Component("builtin-model", "agentstream.builtin_model")
                 await self._start(model, env)
@@ -79,8 +93,10 @@ class Supervisor:
                 self._say(
                     "builtin-model", "LLM_BASE_URL is not set: agents use the built-in stand-in model (see README)"
                 )
-            for name, module in (("tool-runner", "tool_runner"), ("agent-runner", "agent_runner"), ("edge", "edge")):
-                await self._start(Component(name, module), env)
+            for role, module in ((Role.TOOL_RUNNER, "tool_runner"), (Role.AGENT_RUNNER, "agent_runner"),
+                                 (Role.EDGE, "edge")):
+                own = {"NATS_CREDS": str(self.auth.seed_path(role))} if self.auth is not None else {}
+                await self._start(Component(role.value, module, own), env)
             for comp in self.components:
                 await self._wait_ready(comp)
             edge = next(c for c in self.components if c.name == "edge")

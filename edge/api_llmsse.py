@@ -15,11 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint
 
 from agentstream import sse
-from agentstream.runs import SubmitError, submit
 from edge.dialects.llmsse import ProcessStream
 from edge.errors import ApiError
 from edge.feed import HEARTBEAT
-from edge.http import agent_for, cancel_later, json_body, run_feed, sse_response, state, tenant
+from edge.http import agent_for, cancel_later, json_body, open_stream, run_feed, sse_response, state, submit_run, tenant
 from edge.state import EdgeState
 from schemas import subjects
 from schemas.common import MessageId
@@ -51,15 +50,17 @@ async def process():
     run_id = run_id_for(t.name, agent.name, body.message_id)
     request = RunRequest(run_id=run_id, message_id=body.message_id, message=body.message.strip(),
                          conversation_id=body.conversation_id)
+    lease = await open_stream(t)
     try:
-        await submit(st.bus(), t.name, agent.name, request)
-    except SubmitError as err:
-        log.error("submit failed: %s", err)
-        raise ApiError(503, "unavailable", "the run could not be stored; retry with the same message_id") from None
+        await submit_run(t, agent.name, request)
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
     renderer = ProcessStream(body.message_id, body.conversation_id, agent=agent.name,
                              source=agent.combiner or agent.name, members=len(agent.members))
-    feed = run_feed(t.name, run_id, subjects.run_events(t.name, agent.name, run_id))
-    return sse_response(_body(st, t.name, run_id, renderer, feed), {"X-Run-Id": run_id})
+    feed = run_feed(t.name, run_id, subjects.run_events(t.name, agent.name, run_id), lease=lease)
+    return sse_response(_body(st, t.name, run_id, renderer, feed), {"X-Run-Id": run_id}, lease=lease)
 
 
 async def _body(st: EdgeState, tenant_name: str, run_id: str, renderer: ProcessStream, feed):

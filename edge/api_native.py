@@ -10,8 +10,7 @@ from pydantic import Field
 from quart import Blueprint, Response
 
 from agentstream import eventlog, sse
-from agentstream.runs import SubmitError, submit
-from agentstream.runstate import RunRecord, fold
+from agentstream.runstate import RunRecord
 from edge.dialects import localai
 from edge.errors import ApiError
 from edge.feed import HEARTBEAT
@@ -24,11 +23,14 @@ from edge.http import (
     json_body,
     json_response,
     last_event_id,
+    open_stream,
     request_cancel,
-    run_events,
     run_feed,
+    run_index_entry,
+    run_record,
     sse_response,
     state,
+    submit_run,
     tenant,
 )
 from schemas import subjects
@@ -110,11 +112,7 @@ async def chat(name: str):
         run_id = message_id = new_run_id()
     req = RunRequest(run_id=run_id, message_id=message_id, message=body.message.strip(),
                      conversation_id=body.conversation_id)
-    try:
-        submitted = await submit(state().bus(), t.name, agent.name, req)
-    except SubmitError as err:
-        log.error("submit failed: %s", err)
-        raise ApiError(503, "unavailable", "the run could not be stored; retry with the same message_id") from None
+    submitted = await submit_run(t, agent.name, req)
     return json_response({
         "status": "message_received",
         "message_id": message_id,
@@ -148,7 +146,8 @@ async def agent_sse(name: str):
     if not after:  # start "now", like LocalAI's stream
         latest = await eventlog.last_event(state().bus(), subjects.run_events_of_agent(t.name, agent.name))
         after = latest.seq if latest else 0
-    feed = agent_feed(t.name, agent.name, after)
+    lease = await open_stream(t)
+    feed = agent_feed(t.name, agent.name, after, lease=lease)
 
     async def body():
         yield sse.comment("agentstream: LocalAI agent stream")
@@ -161,7 +160,7 @@ async def agent_sse(name: str):
                 data = payload if isinstance(payload, str) else orjson.dumps(payload)
                 yield sse.frame(data, event=event, id=item.seq if i == len(frames) - 1 else None)
 
-    return sse_response(body())
+    return sse_response(body(), lease=lease)
 
 
 # -- runs
@@ -170,7 +169,7 @@ async def agent_sse(name: str):
 async def get_run(run_id: str):
     """``GET /api/runs/{run_id}``: the run's state folded from its events, plus its dead letter if any."""
     t = tenant()
-    record = fold(await run_events(t, run_id))
+    record = await run_record(t, run_id)
     return json_response({**record.as_dict(), "dead_letter": await _dead_letter(t.name, run_id),
                           "events_url": f"/api/runs/{run_id}/events"})
 
@@ -205,17 +204,24 @@ async def run_sse(run_id: str):
     after = last_event_id()
     latest = await eventlog.last_event(state().bus(), subjects.run_events_of_run(t.name, run_id))
     if latest is None:
-        raise ApiError(404, "not_found", f"no run {run_id!r}", "run_id")
-    if after and after >= latest.seq and is_terminal(latest.type):
-        # Nothing left and nothing will come: 204 tells EventSource to stop reconnecting.
-        return Response(b"", status=204)
-    feed = run_feed(t.name, run_id, latest.subject, after)
+        # No event yet: the run waits in its tenant's queue (known from its index entry).
+        entry = await run_index_entry(t, run_id)
+        if entry is None:
+            raise ApiError(404, "not_found", f"no run {run_id!r}", "run_id")
+        subject = subjects.run_events(t.name, entry.agent, run_id)
+    else:
+        if after and after >= latest.seq and is_terminal(latest.type):
+            # Nothing left and nothing will come: 204 tells EventSource to stop reconnecting.
+            return Response(b"", status=204)
+        subject = latest.subject
+    lease = await open_stream(t)
+    feed = run_feed(t.name, run_id, subject, after, lease=lease)
 
     async def body():
         async for batch in feed.batches():
             yield sse.PING if batch is HEARTBEAT else b"".join(map(native_frame, batch))
 
-    return sse_response(body())
+    return sse_response(body(), lease=lease)
 
 
 @bp.post("/api/runs/<run_id>/cancel")
@@ -224,7 +230,7 @@ async def cancel_run(run_id: str):
     already ended; 404 if unknown (issue 5, fault 8)."""
     t = tenant()
     body = await json_body(CancelBody, optional=True)
-    record = fold(await run_events(t, run_id))
+    record = await run_record(t, run_id)
     if record.finished:
         raise ApiError(
             409, "conflict", f"run {run_id} already ended: {record.status}", "run_id", run_status=record.status

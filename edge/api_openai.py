@@ -25,12 +25,24 @@ from quart import Blueprint, Response
 
 from agentstream import openai_format as oai
 from agentstream import sse
-from agentstream.runs import SubmitError, submit
+from edge.auth import Tenant
 from edge.dialects.openai import ChatStream, Collected, TextCompletionStream, collect, text_completion
 from edge.errors import ApiError, from_validation
 from edge.feed import HEARTBEAT
-from edge.http import agent_for, cancel_later, json_object, json_response, run_feed, sse_response, state, tenant
+from edge.http import (
+    agent_for,
+    cancel_later,
+    json_object,
+    json_response,
+    open_stream,
+    run_feed,
+    sse_response,
+    state,
+    submit_run,
+    tenant,
+)
 from edge.state import EdgeState
+from edge.streamcaps import Lease
 from schemas import events as E
 from schemas import subjects
 from schemas.agents import AgentDefinition
@@ -113,6 +125,7 @@ def error_response(err: ApiError) -> Response:
     )
     if err.extra.get("run_id"):
         headers["X-Run-Id"] = err.extra["run_id"]
+    headers.update(err.headers())
     return json_response(oai.error_body(err.message, kind, err.field, code), status, headers)
 
 
@@ -199,13 +212,17 @@ def _split(messages: list[ChatMessage]) -> tuple[str | None, list[ChatMessage]]:
     return None, messages
 
 
-async def _start_run(t, agent: AgentDefinition, request: RunRequest) -> str:
+async def _start_run(t: Tenant, agent: AgentDefinition, request: RunRequest, *, stream: bool) -> Lease | None:
+    """Submit the run; for a streamed answer first take a place among the key's open streams
+    (429 over ``max_streams``), returned as the lease the stream holds."""
+    lease = await open_stream(t) if stream else None
     try:
-        submitted = await submit(state().bus(), t.name, agent.name, request)
-    except SubmitError as err:
-        log.error("submit failed: %s", err)
-        raise ApiError(503, "unavailable", "the run could not be stored; retry") from None
-    return submitted.run_id
+        await submit_run(t, agent.name, request)
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+    return lease
 
 
 async def _collect_run(tenant_name: str, agent: str, run_id: str) -> Collected:
@@ -236,12 +253,12 @@ def _failed(run: Collected, run_id: str) -> ApiError:
                     code=run.error_type or "run_failed", run_id=run_id, final=not upstream)
 
 
-def _stream(tenant_name: str, agent: str, run_id: str, renderer, first: bytes | None):
+def _stream(tenant_name: str, agent: str, run_id: str, renderer, first: bytes | None, lease: Lease | None):
     """The SSE body: the renderer's frames for the run's events, keep-alive comments in silences;
     the run is cancelled if the stream ends before the run does (client gone, edge stopping).
     Call inside the request (the feed and state are taken from it); iterate later."""
     st = state()
-    feed = run_feed(tenant_name, run_id, subjects.run_events(tenant_name, agent, run_id))
+    feed = run_feed(tenant_name, run_id, subjects.run_events(tenant_name, agent, run_id), lease=lease)
     return _stream_body(st, tenant_name, run_id, renderer, first, feed)
 
 
@@ -295,13 +312,14 @@ async def chat_completions():
     run_id = new_run_id()
     request = RunRequest(run_id=run_id, message_id=run_id, message=message, history=history,
                          tools=client_tools, parameters=parameters)
-    await _start_run(t, agent, request)
+    lease = await _start_run(t, agent, request, stream=bool(body.stream))
     completion_id, created = f"chatcmpl-{run_id}", oai.now()
     headers = {"X-Run-Id": run_id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         renderer = ChatStream(completion_id, created, body.model, include_usage=include_usage)
-        return sse_response(_stream(t.name, agent.name, run_id, renderer, renderer.start()), headers)
+        body_stream = _stream(t.name, agent.name, run_id, renderer, renderer.start(), lease)
+        return sse_response(body_stream, headers, lease=lease)
     run = await _collect_run(t.name, agent.name, run_id)
     if run.error:
         raise _failed(run, run_id)
@@ -336,13 +354,13 @@ async def completions():
         raise ApiError(400, "invalid_request", "prompt must not be empty", "prompt")
     run_id = new_run_id()
     request = RunRequest(run_id=run_id, message_id=run_id, message=prompt, parameters=_parameters(body))
-    await _start_run(t, agent, request)
+    lease = await _start_run(t, agent, request, stream=bool(body.stream))
     completion_id, created = f"cmpl-{run_id}", oai.now()
     headers = {"X-Run-Id": run_id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         renderer = TextCompletionStream(completion_id, created, body.model, include_usage=include_usage)
-        return sse_response(_stream(t.name, agent.name, run_id, renderer, None), headers)
+        return sse_response(_stream(t.name, agent.name, run_id, renderer, None, lease), headers, lease=lease)
     run = await _collect_run(t.name, agent.name, run_id)
     if run.error:
         raise _failed(run, run_id)

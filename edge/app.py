@@ -21,6 +21,7 @@ from edge import api_llmsse, api_native, api_openai
 from edge.auth import Authenticator
 from edge.bodylimit import WholeBodyFirst
 from edge.errors import ApiError
+from edge.gate import admit
 from edge.state import EdgeState
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,11 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
     app.register_blueprint(api_native.bp)
     app.register_blueprint(api_openai.bp)
     app.register_blueprint(api_llmsse.bp)
-    background: list[asyncio.Task] = []
+    background: list[asyncio.Task[None]] = []
+
+    @app.before_request
+    async def gate() -> None:
+        await admit(state)
 
     @app.before_serving
     async def startup() -> None:
@@ -61,6 +66,8 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
         if state.auth.open:
             log.warning("no KEYS_FILE: serving the single tenant 'default' to every caller, no key needed")
         background.append(asyncio.create_task(state.connect()))
+        if state.auth.path is not None:
+            background.append(asyncio.create_task(state.watch_keys_file()))
 
     @app.after_serving
     async def shutdown() -> None:
@@ -68,6 +75,8 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
             task.cancel()
         if state.hub is not None:
             await state.hub.stop()
+        if state.streams is not None:
+            await state.streams.stop()
         if state.nc is not None:
             await close(state.nc)
 

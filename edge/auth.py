@@ -168,7 +168,8 @@ class Authenticator:
         if key is None and api_key_param:
             key = api_key_param
         if not key:
-            raise ApiError(401, "unauthorized", "an API key is required: send 'Authorization: Bearer KEY'", "Authorization")
+            raise ApiError(401, "unauthorized", "an API key is required: send 'Authorization: Bearer KEY'",
+                           "Authorization")
         tenant = self._ring.by_digest.get(hashlib.sha256(key.encode()).digest())
         if tenant is None:
             raise ApiError(401, "unauthorized", "unknown API key", "Authorization")

@@ -186,6 +186,14 @@ class EventFeed:
         self._done = False
         self.heartbeat = heartbeat
         self.buffer = buffer
+        self._watcher: Watcher | None = None
+        self._closed = False
+
+    def close(self) -> None:
+        """End the feed now (its key was revoked): a waiting iteration returns at once."""
+        self._closed = True
+        if self._watcher is not None:
+            self._watcher.close()
 
     async def __aiter__(self) -> AsyncIterator[StoredEvent | object]:
         async with aclosing(self.batches()) as batches:
@@ -201,6 +209,9 @@ class EventFeed:
         that fell behind gets them in one write, not one write each), or :data:`HEARTBEAT`."""
         self._done = False
         watcher = self.hub.register(self.key, self.buffer)
+        self._watcher = watcher
+        if self._closed:
+            watcher.close()
         try:
             if watcher.closed:
                 return

@@ -118,7 +118,7 @@ class StreamCaps:
         request = {"multi_last": [f"$KV.{subjects.STREAM_COUNTS_BUCKET}.{key_id}.*"], "batch": 1000}
         try:
             msgs, _ = await direct_get_batch(self.nc, f"KV_{subjects.STREAM_COUNTS_BUCKET}", request,
-                                             what=f"stream counts of {key_id}", timeout=2.0)
+                                             what=f"stream counts of {key_id}", within=2.0)
         except EventLogError as err:
             log.warning("open streams of other edges not known: %s", err)
             return 0

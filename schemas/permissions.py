@@ -124,6 +124,7 @@ _EDGE = Permissions(
         *_stream_read(S.RUN_DEAD_LETTERS_STREAM),
         f"{API}.INFO",
         f"{API}.STREAM.INFO.*",
+        f"{API}.CONSUMER.INFO.{S.AGENT_RUNS_STREAM}.*",
         *_bucket(S.TENANTS_BUCKET),
         *_bucket(S.RATE_LIMITS_BUCKET),
         *_bucket(S.STREAM_COUNTS_BUCKET),

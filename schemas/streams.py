@@ -37,7 +37,6 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
-
 from schemas import subjects
 
 log = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ from agentstream.settings import Settings
 from schemas import headers as H
 from schemas import subjects
 from schemas.common import ErrorInfo
+from schemas.permissions import Role
 from schemas.tools import TOOL_RUNNER_TOOLS, ToolCallRequest, ToolCallResult
 from tool_runner.errors import ToolError
 from tool_runner.tools import ToolContext, registry
@@ -209,7 +210,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Connect, serve tools until ``stop`` is set, then shut down gracefully."""
     from agentstream.bus import close, connect
 
-    nc = await connect(settings, f"tool-runner {settings.runner_name}")
+    nc = await connect(settings, f"tool-runner {settings.runner_name}", role=Role.TOOL_RUNNER)
     runner = ToolRunner(settings, nc)
     await runner.start()
     print(f"tool-runner ready: {runner.id}", flush=True)
