@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from quart import Response, current_app, request
 
 from agentstream import eventlog, sse
+from agentstream.runstate import RunRecord, fold
 from edge.auth import Tenant
 from edge.errors import ApiError, from_validation
 from edge.feed import EventFeed
@@ -30,7 +31,8 @@ SIMPLE_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipar
 
 def state() -> EdgeState:
     """This edge's :class:`EdgeState`."""
-    return current_app.extensions["agentstream"]
+    st: EdgeState = current_app.extensions["agentstream"]
+    return st
 
 
 def tenant() -> Tenant:
@@ -113,20 +115,20 @@ def int_arg(name: str, default: int, lo: int, hi: int) -> int:
     return int(raw)
 
 
-async def run_events(t: Tenant, run_id: str) -> list[eventlog.StoredEvent]:
-    """All stored events of one of ``t``'s runs. ApiError 400 / 404."""
+async def run_record(t: Tenant, run_id: str) -> RunRecord:
+    """The state of one of ``t``'s runs, folded from its stored events. ApiError 400 / 404."""
     check_run_id(run_id)
-    events = await eventlog.read_list(state().bus(), subjects.run_events_of_run(t.name, run_id))
-    if not events:
+    record = fold(await eventlog.read_list(state().bus(), subjects.run_events_of_run(t.name, run_id)))
+    if record is None:  # no events: no such run
         raise ApiError(404, "not_found", f"no run {run_id!r}", "run_id")
-    return events
+    return record
 
 
 def run_feed(tenant_name: str, run_id: str, filter_subject: str, after: int = 0) -> EventFeed:
     """A feed of one run's events after ``after`` (stored, then live; ends after the terminal event)."""
     st = state()
     return EventFeed(
-        st.bus(), st.hub, scope="run", tenant=tenant_name, name=run_id, filter_subject=filter_subject,
+        st.bus(), st.live(), scope="run", tenant=tenant_name, name=run_id, filter_subject=filter_subject,
         after=after, heartbeat=st.settings.sse_heartbeat, buffer=st.settings.edge_watch_buffer,
     )
 
@@ -135,7 +137,7 @@ def agent_feed(tenant_name: str, agent: str, after: int) -> EventFeed:
     """A feed of every run of one agent after ``after`` (never ends by itself)."""
     st = state()
     return EventFeed(
-        st.bus(), st.hub, scope="agent", tenant=tenant_name, name=agent,
+        st.bus(), st.live(), scope="agent", tenant=tenant_name, name=agent,
         filter_subject=subjects.run_events_of_agent(tenant_name, agent),
         after=after, heartbeat=st.settings.sse_heartbeat, buffer=st.settings.edge_watch_buffer,
     )
@@ -158,7 +160,7 @@ async def request_cancel(st: EdgeState, tenant_name: str, run_id: str, reason: s
         ) from None
 
 
-_background: set[asyncio.Task] = set()
+_background: set[asyncio.Task[None]] = set()
 
 
 def cancel_later(st: EdgeState, tenant_name: str, run_id: str, reason: str) -> None:
