@@ -21,11 +21,13 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
@@ -94,16 +96,16 @@ class AgentRunner:
         self.id = settings.runner_name
         self.llm = LLMClient(max_attempts=settings.llm_max_attempts, stream_usage=settings.llm_stream_usage)
         self.tools = ToolClient(nc, progress_interval=settings.tool_progress_interval)
-        self._handlers: set[asyncio.Task] = set()
-        self._runs: dict[tuple[str, str], asyncio.Task] = {}
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._runs: dict[tuple[str, str], asyncio.Task[E.MessageCompletedData]] = {}
         self._cancel_reasons: dict[tuple[str, str], str] = {}
         self._cancelled: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._waiting = 0
-        self._pull_task: asyncio.Task | None = None
-        self._control_sub = None
-        self._psub = None
+        self._pull_task: asyncio.Task[None] | None = None
+        self._control_sub: JetStreamContext.PushSubscription | None = None
+        self._psub: JetStreamContext.PullSubscription | None = None
 
     async def start(self) -> None:
         """Declare streams and the shared consumer, subscribe to control signals, start pulling."""
@@ -120,10 +122,10 @@ class AgentRunner:
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
         )
         await asyncio.wait_for(self._control_caught_up.wait(), 60)
-        self._psub = await self.js.pull_subscribe_bind(
+        psub = self._psub = await self.js.pull_subscribe_bind(
             durable=subjects.AGENT_RUNNERS_CONSUMER, stream=subjects.AGENT_RUNS_STREAM
         )
-        self._pull_task = asyncio.create_task(self._pull_loop())
+        self._pull_task = asyncio.create_task(self._pull_loop(psub))
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop pulling; let running runs finish for ``grace`` seconds; hand the rest back."""
@@ -157,7 +159,7 @@ class AgentRunner:
 
     # -- pulling
 
-    async def _pull_loop(self) -> None:
+    async def _pull_loop(self, psub: JetStreamContext.PullSubscription) -> None:
         concurrency = self.settings.runner_concurrency
         while not self._stopping.is_set():
             free = concurrency - len(self._handlers) + self._waiting
@@ -166,7 +168,7 @@ class AgentRunner:
                 await self._slot_freed.wait()
                 continue
             try:
-                msgs = await self._psub.fetch(batch=free, timeout=1.0)
+                msgs = await psub.fetch(batch=free, timeout=1.0)
             except TimeoutError:
                 continue
             except asyncio.CancelledError:
@@ -180,7 +182,7 @@ class AgentRunner:
                 self._handlers.add(task)
                 task.add_done_callback(self._handler_done)
 
-    def _handler_done(self, task: asyncio.Task) -> None:
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
         self._handlers.discard(task)
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
@@ -382,6 +384,8 @@ class AgentRunner:
 
     async def _run(self, tenant: str, agent_name: str, request: RunRequest, opened: _Opened) -> None:
         writer = opened.writer
+        if writer is None:  # the run had already ended: nothing to run (callers check before)
+            return
         started = time.perf_counter()
         agent = self.catalog.get(agent_name)
         key = (tenant, request.run_id)
@@ -397,7 +401,8 @@ class AgentRunner:
                 duration_ms=duration(),
             ))
             return
-        answering = self.catalog.get(agent.combiner) if agent.is_ensemble else agent
+        # A combiner is set exactly when the agent is an ensemble (AgentDefinition checks it).
+        answering = self.catalog.get(agent.combiner) if agent.combiner is not None else agent
         try:
             if answering is None:
                 raise ValueError(f"the ensemble's combiner {agent.combiner!r} is not an agent of this runner")
@@ -487,7 +492,7 @@ class AgentRunner:
         return await run_agent(ctx, opened.plan)
 
     @asynccontextmanager
-    async def _waiting_slot(self):
+    async def _waiting_slot(self) -> AsyncIterator[None]:
         """While a run only waits for others (an ensemble's members), it does not hold a slot:
         with every slot held by waiting parents the members could never run."""
         self._waiting += 1
