@@ -147,16 +147,15 @@ async def run_members(
         raise
     ok = [m for m in ensemble.members if outcomes[m].finished.status == "completed"]
     if len(ok) < ensemble.min_success:
-        failures = "; ".join(
-            f"{m} {outcomes[m].finished.status}"
-            + (f" ({outcomes[m].finished.error.message})" if outcomes[m].finished.error else "")
-            for m in ensemble.members
-            if m not in ok
-        )
+        failures = "; ".join(_failure(m, outcomes[m].finished) for m in ensemble.members if m not in ok)
         raise MembersFailed(
             f"{len(ok)} of {len(ensemble.members)} members answered, {ensemble.min_success} needed: {failures}"
         )
     return [(m, outcomes[m]) for m in ensemble.members]
+
+
+def _failure(member: str, finished: E.MemberFinishedData) -> str:
+    return f"{member} {finished.status}" + (f" ({finished.error.message})" if finished.error else "")
 
 
 async def _member_outcome(
@@ -173,6 +172,8 @@ async def _member_outcome(
                                         error=ErrorInfo(type="timeout", message=f"no answer within {timeout:g} s"))
         return MemberOutcome(finished_before or finished)
     record = fold_record(await eventlog.read_list(nc, subject))
+    if record is None:  # its terminal event was just read: only a failed read leaves nothing
+        raise eventlog.EventLogError(f"{subject}: no events to read")
     status = record.status if record.status in ("completed", "failed", "cancelled") else "failed"
     error = None
     if status != "completed":

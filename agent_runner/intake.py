@@ -25,7 +25,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -89,7 +90,7 @@ class Slots:
                 future.set_result(None)
 
 
-Handler = Callable[[Msg, asyncio.Event], Awaitable[None]]
+Handler = Callable[[Msg, asyncio.Event], Coroutine[Any, Any, None]]
 """Handles one delivered request; sets the event once the request has a slot (or is refused)."""
 
 

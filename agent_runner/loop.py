@@ -34,6 +34,16 @@ class MaxStepsExceeded(Exception):
     """The model still asked for tools after its last allowed step."""
 
 
+@dataclass(frozen=True)
+class StepCall:
+    """One tool call of a step as the loop handles it: unlike a streamed ToolCallAccum, it has an id
+    (the model's, or one made up for it) and JSON arguments."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 @dataclass
 class RunContext:
     """Everything one run attempt needs. ``usage`` and ``steps`` grow as it goes (also on failure)."""
@@ -110,19 +120,19 @@ async def run_agent(ctx: RunContext, plan: ResumePlan | None = None) -> E.Messag
     messages = initial_messages(agent, ctx.skills, request)
     server_tools = tool_definitions(agent, ctx.skills)
     client_tools = [t.model_dump(mode="json") for t in request.tools]
-    client_names = {t.function.get("name") for t in request.tools}
+    client_names = {t.function["name"] for t in request.tools if isinstance(t.function.get("name"), str)}
     parameters = llm_parameters(agent, request)
 
     step = 1
     if plan is not None:
         ctx.usage = plan.usage
         for record in plan.finished:
-            messages.extend(step_messages(record.text, [_accum(c) for c in record.calls], record.results))
+            messages.extend(step_messages(record.text, [_step_call(c) for c in record.calls], record.results))
         step = plan.step
         if plan.pending is not None:
             record = plan.pending
             ctx.steps = step
-            done = await _finish_step(ctx, step, record.text, [_accum(c) for c in record.calls], record.results,
+            done = await _finish_step(ctx, step, record.text, [_step_call(c) for c in record.calls], record.results,
                                       messages, client_names, record.usage)
             if done is not None:
                 return done
@@ -147,8 +157,8 @@ async def run_agent(ctx: RunContext, plan: ResumePlan | None = None) -> E.Messag
         await writer.flush()
 
         if not result.tool_calls:
-            finish = result.finish_reason if result.finish_reason in ("stop", "length", "content_filter") else "stop"
-            done = E.MessageCompletedData(text=result.text, finish_reason=finish, steps=step, usage=result.usage)
+            done = E.MessageCompletedData(text=result.text, finish_reason=_final_finish_reason(result.finish_reason),
+                                          steps=step, usage=result.usage)
             await writer.emit(E.MESSAGE_COMPLETED, done)
             return done
 
@@ -174,7 +184,7 @@ async def _finish_step(
     ctx: RunContext,
     step: int,
     text: str,
-    calls: list[ToolCallAccum],
+    calls: list[StepCall],
     known: dict[str, E.ToolResultData],
     messages: list[dict[str, Any]],
     client_names: set[str],
@@ -197,7 +207,7 @@ async def _finish_step(
     return None
 
 
-def step_messages(text: str, calls: list[ToolCallAccum], results: dict[str, Any]) -> list[dict[str, Any]]:
+def step_messages(text: str, calls: list[StepCall], results: dict[str, Any]) -> list[dict[str, Any]]:
     """A finished step as the model sees it next time: its assistant message (text and tool
     calls), then one ``tool`` message per call (``results``: ToolOutcome or ToolResultData by id)."""
     out: list[dict[str, Any]] = [
@@ -221,8 +231,8 @@ async def _reuse(result: E.ToolResultData) -> E.ToolResultData:
     return result
 
 
-def _accum(call: E.ToolCallData) -> ToolCallAccum:
-    return ToolCallAccum(id=call.tool_call_id, name=call.name, arguments=call.arguments)
+def _step_call(call: E.ToolCallData) -> StepCall:
+    return StepCall(id=call.tool_call_id, name=call.name, arguments=call.arguments)
 
 
 def tool_message_content(outcome: ToolOutcome | E.ToolResultData) -> str:
@@ -234,11 +244,19 @@ def tool_message_content(outcome: ToolOutcome | E.ToolResultData) -> str:
     )
 
 
-def _normalise(call: ToolCallAccum) -> ToolCallAccum:
-    return ToolCallAccum(id=call.id or new_tool_call_id(), name=call.name, arguments=call.arguments or "{}")
+def _normalise(call: ToolCallAccum) -> StepCall:
+    return StepCall(id=call.id or new_tool_call_id(), name=call.name, arguments=call.arguments or "{}")
 
 
-async def _execute(ctx: RunContext, step: int, call: ToolCallAccum) -> ToolOutcome:
+def _final_finish_reason(reason: str | None) -> E.FinishReason:
+    """The finish reason of a step without tool calls: the model's, if it is one of these, else ``stop``."""
+    match reason:
+        case "length" | "content_filter":
+            return reason
+    return "stop"
+
+
+async def _execute(ctx: RunContext, step: int, call: StepCall) -> ToolOutcome:
     """Run one server-side tool call and write its ``tool.result``."""
     started = time.perf_counter()
     try:

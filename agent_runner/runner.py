@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
@@ -112,7 +113,7 @@ class AgentRunner:
         self.intake = Intake(self.js, self._take, ack_wait=settings.runner_ack_wait)
         self.policies: PolicyWatcher | None = None
         self.run_index: KeyValue | None = None
-        self._control_sub = None
+        self._control_sub: JetStreamContext.PushSubscription | None = None
 
     async def start(self) -> None:
         """Wait for (or declare) the streams, read cancels, follow the tenant policies, start taking runs."""
@@ -130,7 +131,7 @@ class AgentRunner:
         )
         await asyncio.wait_for(self._control_caught_up.wait(), 60)
         self.run_index = await self.js.key_value(subjects.RUN_INDEX_BUCKET)
-        self.policies = PolicyWatcher(await self.js.key_value(subjects.TENANTS_BUCKET), on_change=self._on_policy)
+        self.policies = PolicyWatcher(self.js, on_change=self._on_policy)
         await self.intake.start()
         await self.policies.start()
 
@@ -420,6 +421,8 @@ class AgentRunner:
 
     async def _run(self, tenant: str, agent_name: str, request: RunRequest, opened: _Opened) -> None:
         writer = opened.writer
+        if writer is None:  # the run had already ended: nothing to run (callers check before)
+            return
         started = time.perf_counter()
         agent = self.catalog.get(agent_name)
         key = (tenant, request.run_id)
@@ -435,7 +438,8 @@ class AgentRunner:
                 duration_ms=duration(),
             ))
             return
-        answering = self.catalog.get(agent.combiner) if agent.is_ensemble else agent
+        # A combiner is set exactly when the agent is an ensemble (AgentDefinition checks it).
+        answering = self.catalog.get(agent.combiner) if agent.combiner is not None else agent
         try:
             if answering is None:
                 raise ValueError(f"the ensemble's combiner {agent.combiner!r} is not an agent of this runner")

@@ -14,9 +14,10 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
@@ -61,54 +62,61 @@ PolicyCallback = Callable[[str, TenantPolicy | None], Awaitable[None]]
 
 
 class PolicyWatcher:
-    """The tenant policies as the TENANTS bucket holds them now, kept current by a watch.
+    """The tenant policies as the TENANTS bucket holds them now, kept current by an ordered
+    consumer on the bucket's stream (the latest entry of every key, then each change).
 
-    ``on_change`` is awaited for every change (also for each entry present at start).
+    ``on_change`` is awaited for every change (also for each entry present at start), one at a
+    time, in stream order.
     """
 
-    def __init__(self, kv: KeyValue, on_change: PolicyCallback | None = None):
-        self.kv = kv
+    def __init__(self, js: JetStreamContext, on_change: PolicyCallback | None = None):
+        self.js = js
         self.on_change = on_change
         self.policies: dict[str, TenantPolicy] = {}
         self.ready = asyncio.Event()
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._sub: JetStreamContext.PushSubscription | None = None
 
     def get(self, tenant: str) -> TenantPolicy | None:
         """The tenant's policy, or None when it has none (unknown tenant)."""
         return self.policies.get(tenant)
 
     async def start(self, within: float = 30.0) -> None:
-        """Start watching; returns once the entries present now were read (TimeoutError after
+        """Start watching; returns once the entries present now were applied (TimeoutError after
         ``within`` seconds)."""
-        self._task = asyncio.create_task(self._watch())
+        stream = f"KV_{subjects.TENANTS_BUCKET}"
+        info = await self.js.stream_info(stream)
+        if info.state.messages == 0:
+            self.ready.set()
+        self._task = asyncio.create_task(self._apply_all())
+        self._sub = await self.js.subscribe(
+            f"$KV.{subjects.TENANTS_BUCKET}.>", stream=stream, cb=self._queue.put, ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
+        )
         await asyncio.wait_for(self.ready.wait(), within)
 
     async def stop(self) -> None:
         """Stop watching."""
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _watch(self) -> None:
+    async def _apply_all(self) -> None:
+        prefix = f"$KV.{subjects.TENANTS_BUCKET}."
         while True:
+            msg = await self._queue.get()
             try:
-                watcher = await self.kv.watchall()
-                try:
-                    while True:
-                        entry = await watcher.updates(timeout=3600.0)
-                        if entry is None:  # the entries present at start are all delivered
-                            self.ready.set()
-                            continue
-                        await self._apply(entry.key, entry.value, entry.operation)
-                finally:
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()
-            except asyncio.CancelledError:
-                raise
-            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as err:
-                log.warning("watching tenant policies: %s; watching again", err)
-                await asyncio.sleep(1.0)
+                await self._apply(msg.subject.removeprefix(prefix), msg.data, (msg.headers or {}).get("KV-Operation"))
+            except Exception:
+                log.exception("applying the policy of %s failed", msg.subject)
+            with contextlib.suppress(Exception):
+                if msg.metadata.num_pending == 0:
+                    self.ready.set()
 
     async def _apply(self, name: str, value: bytes | None, operation: str | None) -> None:
         policy: TenantPolicy | None = None

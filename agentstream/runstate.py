@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Final, Literal
 
 from agentstream.eventlog import StoredEvent
 from schemas import events as E
 
-QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
-_TERMINAL_STATUS = {E.RUN_COMPLETED: COMPLETED, E.RUN_FAILED: FAILED, E.RUN_CANCELLED: CANCELLED}
+RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+QUEUED: Final = "queued"
+RUNNING: Final = "running"
+COMPLETED: Final = "completed"
+FAILED: Final = "failed"
+CANCELLED: Final = "cancelled"
+_TERMINAL_STATUS: dict[str, RunStatus] = {E.RUN_COMPLETED: COMPLETED, E.RUN_FAILED: FAILED, E.RUN_CANCELLED: CANCELLED}
 
 
 @dataclass
@@ -40,7 +45,7 @@ class RunRecord:
     tenant: str
     agent: str
     message_id: str
-    status: str = QUEUED
+    status: RunStatus = QUEUED
     message: str | None = None
     conversation_id: str | None = None
     attempts: int = 0

@@ -10,14 +10,15 @@ disconnects cancels the run, and with it the member runs.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, ConfigDict, Field
-from quart import Blueprint
+from quart import Blueprint, Response
 
 from agentstream import sse
 from edge.dialects.llmsse import ProcessStream
 from edge.errors import ApiError
-from edge.feed import HEARTBEAT
+from edge.feed import HEARTBEAT, EventFeed
 from edge.http import agent_for, cancel_later, json_body, open_stream, run_feed, sse_response, state, submit_run, tenant
 from edge.state import EdgeState
 from schemas import subjects
@@ -40,7 +41,7 @@ class ProcessBody(BaseModel):
 
 
 @bp.post("/api/process")
-async def process():
+async def process() -> Response:
     t = tenant()
     body: ProcessBody = await json_body(ProcessBody, status=400)
     if not body.message.strip():
@@ -63,7 +64,9 @@ async def process():
     return sse_response(_body(st, t.name, run_id, renderer, feed), {"X-Run-Id": run_id}, lease=lease)
 
 
-async def _body(st: EdgeState, tenant_name: str, run_id: str, renderer: ProcessStream, feed):
+async def _body(
+    st: EdgeState, tenant_name: str, run_id: str, renderer: ProcessStream, feed: EventFeed
+) -> AsyncIterator[bytes]:
     complete = False
     try:
         async for item in feed:

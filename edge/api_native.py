@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 import nats.js.errors
 import orjson
@@ -61,7 +63,7 @@ class CancelBody(Strict):
 
 
 @bp.get("/healthz")
-async def healthz():
+async def healthz() -> Response:
     """``GET /healthz``: 200 ``{"status": "ok", ...}`` once connected to NATS, 503 before (issue 2)."""
     st = state()
     if not st.healthy:
@@ -73,7 +75,7 @@ async def healthz():
 # -- agents
 
 @bp.get("/api/agents")
-async def list_agents():
+async def list_agents() -> Response:
     """``GET /api/agents``: the caller's tenant's agents, each with name, description, model, tools."""
     t = tenant()
     catalog = state().catalog
@@ -90,14 +92,14 @@ async def list_agents():
 
 
 @bp.get("/api/agents/<name>")
-async def get_agent(name: str):
+async def get_agent(name: str) -> Response:
     """``GET /api/agents/{name}``: one agent's public view; 404 naming ``name`` if unknown."""
     agent = agent_for(tenant(), name)
     return json_response({"active": True, **agent.public_view()})
 
 
 @bp.post("/api/agents/<name>/chat")
-async def chat(name: str):
+async def chat(name: str) -> Response:
     """``POST /api/agents/{name}/chat`` with ``{"message", "message_id"?, "conversation_id"?}`` → 202
     ``{"status": "message_received", "message_id", "run_id", "duplicate", "events_url"}`` once the run
     request is stored in JetStream; 400/404/413/422 for bad input, 503 if it cannot be stored."""
@@ -123,7 +125,7 @@ async def chat(name: str):
 
 
 @bp.get("/api/agents/<name>/status")
-async def agent_status(name: str):
+async def agent_status(name: str) -> Response:
     """``GET /api/agents/{name}/status``: the agent's status history, run by run, from stored events."""
     t = tenant()
     agent = agent_for(t, name)
@@ -136,7 +138,7 @@ async def agent_status(name: str):
 
 
 @bp.get("/api/agents/<name>/sse")
-async def agent_sse(name: str):
+async def agent_sse(name: str) -> Response:
     """``GET /api/agents/{name}/sse``: LocalAI's agent stream (``json_message``, ``json_message_status``,
     ``stream_event``, ``json_error``; localai-agents.md) for every run of the agent, from now or
     after ``Last-Event-ID``."""
@@ -149,7 +151,7 @@ async def agent_sse(name: str):
     lease = await open_stream(t)
     feed = agent_feed(t.name, agent.name, after, lease=lease)
 
-    async def body():
+    async def body() -> AsyncIterator[bytes]:
         yield sse.comment("agentstream: LocalAI agent stream")
         async for item in feed:
             if item is HEARTBEAT:
@@ -166,7 +168,7 @@ async def agent_sse(name: str):
 # -- runs
 
 @bp.get("/api/runs/<run_id>")
-async def get_run(run_id: str):
+async def get_run(run_id: str) -> Response:
     """``GET /api/runs/{run_id}``: the run's state folded from its events, plus its dead letter if any."""
     t = tenant()
     record = await run_record(t, run_id)
@@ -174,14 +176,15 @@ async def get_run(run_id: str):
                           "events_url": f"/api/runs/{run_id}/events"})
 
 
-async def _dead_letter(tenant_name: str, run_id: str) -> dict | None:
+async def _dead_letter(tenant_name: str, run_id: str) -> dict[str, Any] | None:
     """The run's dead letter (the request of a run given up on), or None."""
     try:
         msg = await state().bus().jetstream().get_msg(
             subjects.RUN_DEAD_LETTERS_STREAM, subject=subjects.dead_letter_of_run(tenant_name, run_id), direct=True)
     except nats.js.errors.NotFoundError:
         return None
-    return orjson.loads(msg.data)
+    letter: dict[str, Any] | None = orjson.loads(msg.data) if msg.data else None
+    return letter
 
 
 def native_frame(ev: eventlog.StoredEvent) -> bytes:
@@ -195,7 +198,7 @@ def native_frame(ev: eventlog.StoredEvent) -> bytes:
 
 
 @bp.get("/api/runs/<run_id>/events")
-async def run_sse(run_id: str):
+async def run_sse(run_id: str) -> Response:
     """``GET /api/runs/{run_id}/events``: SSE, ``id:`` = stream sequence, ``event:`` = type, ``data:`` =
     the envelope; replays from the start or after ``Last-Event-ID``; ends after the terminal event;
     204 when ``Last-Event-ID`` is already the terminal event; 404 naming ``run_id`` if unknown."""
@@ -217,7 +220,7 @@ async def run_sse(run_id: str):
     lease = await open_stream(t)
     feed = run_feed(t.name, run_id, subject, after, lease=lease)
 
-    async def body():
+    async def body() -> AsyncIterator[bytes]:
         async for batch in feed.batches():
             yield sse.PING if batch is HEARTBEAT else b"".join(map(native_frame, batch))
 
@@ -225,7 +228,7 @@ async def run_sse(run_id: str):
 
 
 @bp.post("/api/runs/<run_id>/cancel")
-async def cancel_run(run_id: str):
+async def cancel_run(run_id: str) -> Response:
     """``POST /api/runs/{run_id}/cancel``: 202 when the cancel is stored; 409 with the status if the run
     already ended; 404 if unknown (issue 5, fault 8)."""
     t = tenant()
@@ -239,14 +242,14 @@ async def cancel_run(run_id: str):
     return json_response({"status": "cancelling", "run_id": run_id, "events_url": f"/api/runs/{run_id}/events"}, 202)
 
 
-def _agent_summary(agent: AgentDefinition) -> dict:
+def _agent_summary(agent: AgentDefinition) -> dict[str, Any]:
     return {
         "name": agent.name, "description": agent.description, "model": agent.model,
         "actions": agent.actions, "skills": agent.skills, "max_steps": agent.max_steps,
     }
 
 
-def _run_summary(record: RunRecord) -> dict:
+def _run_summary(record: RunRecord) -> dict[str, Any]:
     return {
         "run_id": record.run_id, "message_id": record.message_id, "status": record.status,
         "message": record.message, "answer": record.answer, "created_at": record.created_at,

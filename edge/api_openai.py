@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -28,7 +29,7 @@ from agentstream import sse
 from edge.auth import Tenant
 from edge.dialects.openai import ChatStream, Collected, TextCompletionStream, collect, text_completion
 from edge.errors import ApiError, from_validation
-from edge.feed import HEARTBEAT
+from edge.feed import HEARTBEAT, EventFeed
 from edge.http import (
     agent_for,
     cancel_later,
@@ -129,7 +130,7 @@ def error_response(err: ApiError) -> Response:
     return json_response(oai.error_body(err.message, kind, err.field, code), status, headers)
 
 
-def _model(t, name: str) -> AgentDefinition:
+def _model(t: Tenant, name: str) -> AgentDefinition:
     try:
         return agent_for(t, name, field="model")
     except ApiError as err:
@@ -228,7 +229,7 @@ async def _start_run(t: Tenant, agent: AgentDefinition, request: RunRequest, *, 
 async def _collect_run(tenant_name: str, agent: str, run_id: str) -> Collected:
     """Wait for a run's end and fold its events; cancel the run if the caller goes away."""
     st = state()
-    bodies = []
+    bodies: list[dict[str, Any]] = []
     ended = False
     try:
         async for item in run_feed(tenant_name, run_id, subjects.run_events(tenant_name, agent, run_id)):
@@ -244,8 +245,9 @@ async def _collect_run(tenant_name: str, agent: str, run_id: str) -> Collected:
     return collect(bodies)
 
 
-def _failed(run: Collected, run_id: str) -> ApiError:
-    error = run.error["error"]
+def _failed(run: Collected, failure: dict[str, Any], run_id: str) -> ApiError:
+    """``failure``: the run's OpenAI error object (``run.error``)."""
+    error = failure["error"]
     if run.error_type == "run_cancelled":
         return ApiError(409, "run_cancelled", error["message"], None, code="run_cancelled", run_id=run_id)
     upstream = (run.error_type or "").startswith("llm_") or run.error_type in ("tool_unavailable", "timeout")
@@ -253,7 +255,10 @@ def _failed(run: Collected, run_id: str) -> ApiError:
                     code=run.error_type or "run_failed", run_id=run_id, final=not upstream)
 
 
-def _stream(tenant_name: str, agent: str, run_id: str, renderer, first: bytes | None, lease: Lease | None):
+def _stream(
+    tenant_name: str, agent: str, run_id: str, renderer: ChatStream | TextCompletionStream, first: bytes | None,
+    lease: Lease | None,
+) -> AsyncIterator[bytes]:
     """The SSE body: the renderer's frames for the run's events, keep-alive comments in silences;
     the run is cancelled if the stream ends before the run does (client gone, edge stopping).
     Call inside the request (the feed and state are taken from it); iterate later."""
@@ -262,7 +267,10 @@ def _stream(tenant_name: str, agent: str, run_id: str, renderer, first: bytes | 
     return _stream_body(st, tenant_name, run_id, renderer, first, feed)
 
 
-async def _stream_body(st: EdgeState, tenant_name: str, run_id: str, renderer, first: bytes | None, feed):
+async def _stream_body(
+    st: EdgeState, tenant_name: str, run_id: str, renderer: ChatStream | TextCompletionStream, first: bytes | None,
+    feed: EventFeed,
+) -> AsyncIterator[bytes]:
     complete = False
     try:
         if first is not None:
@@ -291,7 +299,7 @@ async def _stream_body(st: EdgeState, tenant_name: str, run_id: str, renderer, f
 
 
 @bp.post("/chat/completions")
-async def chat_completions():
+async def chat_completions() -> Response:
     """``POST /v1/chat/completions``, streaming or not (openai-streaming.md is the checklist); the run id
     is in the ``X-Run-Id`` header."""
     t = tenant()
@@ -322,7 +330,7 @@ async def chat_completions():
         return sse_response(body_stream, headers, lease=lease)
     run = await _collect_run(t.name, agent.name, run_id)
     if run.error:
-        raise _failed(run, run_id)
+        raise _failed(run, run.error, run_id)
     content = run.text if run.text or not run.tool_calls else None
     return json_response(oai.chat_completion(
         completion_id, created, body.model, content=content, finish_reason=run.finish_reason, usage_=run.usage,
@@ -331,7 +339,7 @@ async def chat_completions():
 
 
 @bp.post("/completions")
-async def completions():
+async def completions() -> Response:
     """``POST /v1/completions`` (legacy text completions), streaming or not."""
     t = tenant()
     body: CompletionBody = await _body(CompletionBody)
@@ -363,7 +371,7 @@ async def completions():
         return sse_response(_stream(t.name, agent.name, run_id, renderer, None, lease), headers, lease=lease)
     run = await _collect_run(t.name, agent.name, run_id)
     if run.error:
-        raise _failed(run, run_id)
+        raise _failed(run, run.error, run_id)
     return json_response(text_completion(completion_id, created, body.model, run), headers=headers)
 
 
@@ -373,7 +381,7 @@ def _model_object(agent: AgentDefinition) -> dict[str, Any]:
 
 
 @bp.get("/models")
-async def list_models():
+async def list_models() -> Response:
     """``GET /v1/models``: the tenant's agents as models."""
     t = tenant()
     catalog = state().catalog
@@ -383,7 +391,7 @@ async def list_models():
 
 
 @bp.get("/models/<path:model_id>")
-async def get_model(model_id: str):
+async def get_model(model_id: str) -> Response:
     """``GET /v1/models/{model}``: one agent as a model; 404 naming ``model`` if unknown."""
     return json_response(_model_object(_model(tenant(), model_id)))
 

@@ -45,7 +45,7 @@ async def recent_runs(
         scanned += hi - lo
         hi = lo
         window *= 4
-    newest = sorted(queued, key=queued.get, reverse=True)[:limit]
+    newest = sorted(queued, key=queued.__getitem__, reverse=True)[:limit]
     records = []
     for subject in newest:
         record = fold(await eventlog.read_list(nc, subject))

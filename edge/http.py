@@ -35,7 +35,8 @@ SIMPLE_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipar
 
 def state() -> EdgeState:
     """This edge's :class:`EdgeState`."""
-    return current_app.extensions["agentstream"]
+    st: EdgeState = current_app.extensions["agentstream"]
+    return st
 
 
 def tenant() -> Tenant:
@@ -180,21 +181,21 @@ async def check_queue(st: EdgeState, t: Tenant) -> None:
     if limit is None:
         return
     js = st.bus().jetstream()
+    consumer = subjects.tenant_consumer(t.name)
+    consumer_read = asyncio.ensure_future(js.consumer_info(subjects.AGENT_RUNS_STREAM, consumer))
     try:
-        info, consumer = await asyncio.gather(
-            js.stream_info(subjects.AGENT_RUNS_STREAM, subjects_filter=subjects.run_requests_of_tenant(t.name)),
-            js.consumer_info(subjects.AGENT_RUNS_STREAM, subjects.tenant_consumer(t.name)),
-            return_exceptions=True,
-        )
-    except Exception as err:  # the count is a protection; a failure to read it is not the caller's
+        info = await js.stream_info(subjects.AGENT_RUNS_STREAM, subjects_filter=subjects.run_requests_of_tenant(t.name))
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as err:
+        consumer_read.cancel()  # the count is a protection; failing to read it is not the caller's
         log.warning("queue of %s not counted: %s", t.name, err)
         return
-    if isinstance(info, BaseException):
-        log.warning("queue of %s not counted: %s", t.name, info)
-        return
-    stored = sum((info.state.subjects or {}).values()) if info.state.subjects else 0
-    working = consumer.num_ack_pending if not isinstance(consumer, BaseException) else 0
-    waiting = stored - (working or 0)
+    working = 0
+    try:
+        working = int((await consumer_read).num_ack_pending or 0)
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
+        pass  # no consumer yet (no runner has seen the tenant): nothing is being worked on
+    stored = sum(info.state.subjects.values()) if info.state.subjects else 0
+    waiting = stored - working
     if waiting >= limit:
         raise ApiError(429, "queue_full", f"tenant {t.name} has {waiting} runs waiting, its max_queued_runs is "
                        f"{limit}; retry when some have started", None, retry_after=5, code="rate_limit_exceeded")
@@ -220,7 +221,7 @@ def run_feed(tenant_name: str, run_id: str, filter_subject: str, after: int = 0,
     event, or when ``lease``'s key is revoked)."""
     st = state()
     feed = EventFeed(
-        st.bus(), st.hub, scope="run", tenant=tenant_name, name=run_id, filter_subject=filter_subject,
+        st.bus(), st.live(), scope="run", tenant=tenant_name, name=run_id, filter_subject=filter_subject,
         after=after, heartbeat=st.settings.sse_heartbeat, buffer=st.settings.edge_watch_buffer,
     )
     if lease is not None:
@@ -232,7 +233,7 @@ def agent_feed(tenant_name: str, agent: str, after: int, *, lease: Lease | None 
     """A feed of every run of one agent after ``after`` (ends only when ``lease``'s key is revoked)."""
     st = state()
     feed = EventFeed(
-        st.bus(), st.hub, scope="agent", tenant=tenant_name, name=agent,
+        st.bus(), st.live(), scope="agent", tenant=tenant_name, name=agent,
         filter_subject=subjects.run_events_of_agent(tenant_name, agent),
         after=after, heartbeat=st.settings.sse_heartbeat, buffer=st.settings.edge_watch_buffer,
     )
@@ -258,7 +259,7 @@ async def request_cancel(st: EdgeState, tenant_name: str, run_id: str, reason: s
         ) from None
 
 
-_background: set[asyncio.Task] = set()
+_background: set[asyncio.Task[None]] = set()
 
 
 def cancel_later(st: EdgeState, tenant_name: str, run_id: str, reason: str) -> None:

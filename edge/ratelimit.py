@@ -21,6 +21,7 @@ import logging
 import math
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import nats.errors
@@ -75,7 +76,7 @@ _PACK = struct.Struct(">d")
 class RateLimiter:
     """Checks limits against the shared bucket. ``kv``: the RATE_LIMITS bucket; ``clock``: Unix time."""
 
-    def __init__(self, kv: KeyValue, clock=time.time):
+    def __init__(self, kv: KeyValue, clock: Callable[[], float] = time.time):
         self.kv = kv
         self.clock = clock
 

@@ -51,6 +51,12 @@ class EdgeState:
             raise ApiError(503, "unavailable", "the edge is not connected to NATS yet; retry shortly")
         return self.nc
 
+    def live(self) -> LiveHub:
+        """The live hub (started with the connection); ApiError 503 while it is not up."""
+        if self.hub is None or not self.ready.is_set():
+            raise ApiError(503, "unavailable", "the edge is not connected to NATS yet; retry shortly")
+        return self.hub
+
     @property
     def healthy(self) -> bool:
         """Connected to NATS and ready to serve."""
