@@ -119,7 +119,7 @@ class Bench:
     async def nats_ceiling(self) -> None:
         """JetStream publish (async and one at a time) and core request/reply (sequential and 100
         concurrent) rates from Python, on a stream of its own, deleted afterwards."""
-        nc = await nats.connect(self.system.env["NATS_URL"])
+        nc = await nats.connect(**self.system.connect_options())
         js = nc.jetstream()
         from nats.js.api import StorageType, StreamConfig
 
@@ -274,7 +274,7 @@ class Bench:
 
     async def _drain(self, timeout: float = 120) -> None:  # noqa: ASYNC109 - gives up quietly at the deadline
         """Wait until no run is queued or running (the work queue is empty)."""
-        nc = await nats.connect(self.system.env["NATS_URL"])
+        nc = await nats.connect(**self.system.connect_options())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = await nc.jetstream().stream_info("AGENT_RUNS")
@@ -305,7 +305,7 @@ class Bench:
             proc.terminate(20)
         self.runners.clear()
         tenant = "default"
-        nc = await nats.connect(self.system.env["NATS_URL"], pending_size=64 * 1024 * 1024)
+        nc = await nats.connect(**self.system.connect_options(), pending_size=64 * 1024 * 1024)
         from agentstream.runs import submit
         from schemas.runs import RunRequest, new_run_id
 
@@ -326,7 +326,7 @@ class Bench:
         async def submit_one():
             async with sem:
                 await submit(nc, tenant, agent, RunRequest(run_id=new_run_id(), message_id=uuid.uuid4().hex,
-                                                           message="Read README.md please"))
+                                                           message="Read README.md please"), index=None)
 
         await asyncio.gather(*(submit_one() for _ in range(n)))
         stored_before = (await nc.jetstream().stream_info(subjects.RUN_EVENTS_STREAM)).state.last_seq
@@ -431,7 +431,7 @@ class Bench:
         for count in (1, 2):
             while len(self.tools) < count:
                 self.tools.append(self.system.start_tool_runner(f"tools-{len(self.tools) + 1}"))
-            nc = await nats.connect(self.system.env["NATS_URL"])
+            nc = await nats.connect(**self.system.connect_options())
             client = ToolClient(nc)
             sem = asyncio.Semaphore(128)
             runners: dict[str, int] = {}

@@ -182,11 +182,14 @@ def make_agents_dir(target: Path, extra: Path = TEST_AGENTS) -> Path:
 _ROLE_OF_MODULE = {"edge": Role.EDGE, "agent_runner": Role.AGENT_RUNNER, "tool_runner": Role.TOOL_RUNNER}
 
 
-def new_system(base: Path, *, extra_agents: Path = TEST_AGENTS, auth: bool = True, **env: str) -> System:
+def new_system(
+    base: Path, *, extra_agents: Path = TEST_AGENTS, auth: bool = True, setup: bool = True, **env: str
+) -> System:
     """A nats-server on a free port with JetStream under ``base``; components start on demand.
 
     ``auth``: the server requires the identities of ``base/auth`` (as ``agentstream up`` does) and
-    every component connects with its own; the admin identity declares the streams first.
+    every component connects with its own; ``setup``: the admin identity declares the streams and
+    buckets first (``agentstream nats-setup``).
     """
     base.mkdir(parents=True, exist_ok=True)
     agents = make_agents_dir(base / "agents", extra_agents) if not (base / "agents").exists() else base / "agents"
@@ -212,13 +215,13 @@ def new_system(base: Path, *, extra_agents: Path = TEST_AGENTS, auth: bool = Tru
         "AGENTSTREAM_DATA_DIR": str(base),
         **env,
     }
-    if store is not None:
-        setup = subprocess.run(
+    if store is not None and setup:
+        done = subprocess.run(
             [sys.executable, "-m", "agentstream", "nats-setup"],
             env={**system_env, "NATS_CREDS": str(store.seed_path(Role.ADMIN))},
             capture_output=True, text=True, timeout=60, cwd=REPO,
         )
-        if setup.returncode != 0:
+        if done.returncode != 0:
             nats.stop()
-            raise RuntimeError(f"nats-setup failed:\n{setup.stdout}\n{setup.stderr}")
+            raise RuntimeError(f"nats-setup failed:\n{done.stdout}\n{done.stderr}")
     return System(base=base, env=system_env, nats=nats, auth=store)

@@ -357,11 +357,12 @@ async def test_writes_while_jetstream_has_no_stream_yet_are_retried_not_failed(f
     # has loaded its streams (nats-py raises NoStreamResponseError). A run's events and a submit
     # made in that window must wait for JetStream, not fail the run: here the streams are declared
     # only after both writes have started.
-    sysm = fresh()
-    nc = await nats.connect(sysm.env["NATS_URL"])
+    sysm = fresh(setup=False)
+    nc = await nats.connect(**sysm.connect_options())
     try:
         request = RunRequest(run_id="0123456789abcdef0123456789abcdef", message_id="m-1", message="hi")
-        submitted = asyncio.create_task(submit_run(nc, "default", "programmer-helper", request, timeout=20))
+        submitted = asyncio.create_task(submit_run(nc, "default", "programmer-helper", request, index=None,
+                                                   timeout=20))
         stored = asyncio.create_task(eventlog.append(
             nc, subjects.run_events("default", "programmer-helper", "fedcba98765432100123456789abcdef"), b"{}",
             event_type=E.RUN_STARTED, msg_id="x-1", expected_last_seq=0, retry_seconds=20))
