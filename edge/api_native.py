@@ -64,12 +64,14 @@ class CancelBody(Strict):
 
 @bp.get("/healthz")
 async def healthz() -> Response:
-    """``GET /healthz``: 200 ``{"status": "ok", ...}`` once connected to NATS, 503 before (issue 2)."""
+    """``GET /healthz``: 200 ``{"status": "ok", ...}`` once connected to NATS, 503 before. ``keys_file``
+    says whether the keys file on disk is the one in force (``problem``: why not)."""
     st = state()
+    keys = {"path": str(st.auth.path), "problem": st.auth.problem} if st.auth.path is not None else None
     if not st.healthy:
-        return json_response({"status": "starting", "nats": "disconnected"}, 503)
+        return json_response({"status": "starting", "nats": "disconnected", "keys_file": keys}, 503)
     return json_response({"status": "ok", "nats": "connected", "watchers": st.hub.watchers if st.hub else 0,
-                          "overflows": st.hub.overflows if st.hub else 0})
+                          "overflows": st.hub.overflows if st.hub else 0, "keys_file": keys})
 
 
 # -- agents

@@ -113,6 +113,8 @@ class Authenticator:
         self._ring = ring
         self.path = path
         self._stamp = _stamp(path) if path is not None else None
+        self.problem: str | None = None
+        """Why the keys file on disk is not the one in force (None: it is)."""
         self._open = Tenant(TenantPolicy.open_default())
 
     @property
@@ -148,9 +150,11 @@ class Authenticator:
             ring = parse_keys_file(self.path)
         except KeysFileError as err:
             log.error("%s; keeping the keys file that was last valid", err)
+            self.problem = str(err)
             return None
         old = self._ring
         self._ring = ring
+        self.problem = None
         gone = {d for d, t in old.by_digest.items() if d not in ring.by_digest or ring.by_digest[d].name != t.name}
         log.info("keys file %s reloaded: %d tenant(s), %d key(s); %d key(s) revoked",
                  self.path, len(ring.policies), len(ring.by_digest), len(gone))
