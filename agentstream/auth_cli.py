@@ -31,11 +31,14 @@ def pid_file(settings: Settings) -> Path:
     return settings.data_dir / "nats.pid"
 
 
-def nats_config(settings: Settings) -> int:
-    """Print the ``authorization`` block for an existing nats-server; create missing component seeds."""
+def nats_config(settings: Settings, *, write: bool = False) -> int:
+    """Print the ``authorization`` block for an existing nats-server; create missing component
+    seeds; ``write``: also write it to the auth directory (``nats-auth.conf``)."""
     store = auth_store(settings)
     store.ensure_components()
     print(store.server_config())
+    if write:
+        print(f"# written to {store.write_server_config()}", file=sys.stderr)
     print(
         f"# Add this to the server's configuration and reload it (nats-server --signal reload).\n"
         f"# Each component then connects with NATS_CREDS={store.directory}/<role>.nk "

@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     config = sub.add_parser("config", help="list every setting with its environment variable and default")
     config.add_argument("--markdown", action="store_true", help="as a Markdown table (for the README)")
-    sub.add_parser("nats-config", help="print the nats-server users and permissions (creates component identities)")
+    nats_config = sub.add_parser("nats-config",
+                                 help="print the nats-server users and permissions (creates component identities)")
+    nats_config.add_argument("--write", action="store_true",
+                             help="also write them to AGENTSTREAM_DATA_DIR/auth/nats-auth.conf")
     sub.add_parser("nats-setup", help="declare streams, buckets and consumers with the admin identity (NATS_CREDS)")
     creds = sub.add_parser("creds", help="write (or revoke) the NATS credentials of a tenant's own services")
     creds.add_argument("tenant")
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         from agentstream import auth_cli
 
         if args.command == "nats-config":
-            return auth_cli.nats_config(settings)
+            return auth_cli.nats_config(settings, write=args.write)
         if args.command == "nats-setup":
             return auth_cli.nats_setup(settings)
         return auth_cli.creds(settings, args.tenant, revoke=args.revoke)

@@ -50,6 +50,12 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         if key in s:
             worst = max(s[key]["to_202_ms"]["p99"], s[key]["to_first_event_ms"]["p99"])
             rows.append((f"{label}: submit → 202 and → first event", "≤ 50 ms p99", f"{_f(worst)} ms", worst <= 50))
+    fair = r.get("fairness", {})
+    for key in ("1_runner", "2_runner"):
+        if key in fair:
+            x = fair[key]["b_start_delay_ms"]
+            rows.append((f"tenant B's start delay behind A's backlog of {fair[key]['backlog']:,}, {key[0]} runner(s)",
+                         "≤ 1 s p50", f"{_f(x['p50'])} ms p50, {_f(x['p99'])} ms p99", x["p50"] <= 1000))
     t = r.get("run_throughput", {}).get("bench-one-step")
     if t:
         rows.append(("one-step runs per second, one runner", "≥ 300", _f(t["1_runner"]["runs_per_s"]),
@@ -223,6 +229,20 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
             lines.append(f"| {key[0]} | {_f(x[key]['calls_per_s'], 0)} | {_share(x[key]['calls_per_s'], c)} | "
                          f"{x[key]['by_runner']} |")
         lines += [f"| scaling | {_f(x['scaling_ratio'], 2)}× | | |", ""]
+    if "fairness" in r:
+        lines += ["## 7. Fairness between tenants", "",
+                  "Tenant A queues a backlog of one-second runs; tenant B then submits one run at a time. B's start "
+                  "delay is from its submit to its `run.started`.", "",
+                  "| agent runners | A's backlog | B's start delay p50 | p99 | samples "
+                  "| A's runs left when B was done |",
+                  "|---|---|---|---|---|---|"]
+        for key in ("1_runner", "2_runner"):
+            if key in r["fairness"]:
+                x = r["fairness"][key]
+                d = x["b_start_delay_ms"]
+                lines.append(f"| {key[0]} | {x['backlog']:,} | {_f(d['p50'])} ms | {_f(d['p99'])} ms | {d['n']} | "
+                             f"{x['a_left_when_done']:,} |")
+        lines.append("")
     analysis = BENCH / "analysis.md"
     if analysis.exists():
         lines += [analysis.read_text().rstrip(), ""]

@@ -455,6 +455,74 @@ class Bench:
         self.results["tool_throughput"] = out
 
 
+    # -- 7. fairness between tenants
+
+    async def fairness(self) -> None:
+        """Tenant A holds a backlog of runs of one second each; tenant B submits one run at a time
+        meanwhile: B's start delay (submit to ``run.started``), with one and two agent runners."""
+        backlog = 400 if QUICK else 2000
+        samples = 6 if QUICK else 20
+        out = {}
+        for runners in (1, 2):
+            out[f"{runners}_runner"] = await self._fairness(backlog, samples, runners)
+        self.results["fairness"] = out
+
+    async def _fairness(self, backlog: int, samples: int, runners: int) -> dict[str, Any]:
+        from agentstream.runs import submit
+        from schemas.runs import RunRequest, new_run_id
+        from schemas.tenants import TenantPolicy
+
+        for proc in self.runners:
+            proc.terminate(20)
+        self.runners.clear()
+        nc = await nats.connect(**self.system.connect_options(), pending_size=64 * 1024 * 1024)
+        js = nc.jetstream()
+        # The bench's edge serves the open single tenant; the two tenants are given to the runners
+        # the way edges do it, through the TENANTS bucket (the bench connects as admin).
+        tenants = await js.key_value(subjects.TENANTS_BUCKET)
+        for name in ("bench-a", "bench-b"):
+            await tenants.put(name, TenantPolicy(tenant=name, max_concurrent_runs=10_000).model_dump_json().encode())
+        agent = "bench-second"
+        started: dict[str, float] = {}
+        got_start = asyncio.Event()
+
+        async def on_event(msg: Any) -> None:
+            if (msg.headers or {}).get("Agentstream-Event") == "run.started":
+                started[msg.subject.rsplit(".", 1)[-1]] = time.perf_counter()
+                got_start.set()
+
+        sub = await nc.subscribe(f"live.runs.bench-b.{agent}.*", cb=on_event)
+        sem = asyncio.Semaphore(200)
+
+        async def queue_a() -> None:
+            async with sem:
+                await submit(nc, "bench-a", agent, RunRequest(run_id=new_run_id(), message_id=uuid.uuid4().hex,
+                                                              message="work"), index=None)
+
+        await asyncio.gather(*(queue_a() for _ in range(backlog)))
+        procs = await asyncio.gather(*(asyncio.to_thread(
+            self.system.start_agent_runner, f"runner-fair-{runners}-{i}", AGENT_RUNNER_CONCURRENCY="64")
+            for i in range(runners)))
+        self.runners.extend(procs)
+        await asyncio.sleep(3)  # A's backlog is being worked on
+        delays = []
+        for _ in range(samples):
+            run_id = new_run_id()
+            sent = time.perf_counter()
+            await submit(nc, "bench-b", agent, RunRequest(run_id=run_id, message_id=run_id, message="mine"), index=None)
+            while run_id not in started:
+                got_start.clear()
+                await asyncio.wait_for(got_start.wait(), 600)
+            delays.append((started[run_id] - sent) * 1000)
+            await asyncio.sleep(0.5)
+        left = (await js.stream_info(subjects.AGENT_RUNS_STREAM, subjects_filter="agents.bench-a.*.run")).state
+        await sub.unsubscribe()
+        await js.purge_stream(subjects.AGENT_RUNS_STREAM, subject="agents.bench-a.*.run")
+        await nc.close()
+        await self._drain()
+        return {"backlog": backlog, "a_left_when_done": left.messages, "b_start_delay_ms": dist(delays)}
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     nats_bin = str(Path(sys.executable).parent / "nats-server")
@@ -471,7 +539,7 @@ async def main() -> None:
         bench.start()
         try:
             for name in ("nats_ceiling", "overhead", "submit_latency", "run_throughput", "fan_out", "idle_streams",
-                         "tool_throughput"):
+                         "tool_throughput", "fairness"):
                 if os.environ.get("BENCH_ONLY") and name not in os.environ["BENCH_ONLY"].split(","):
                     continue
                 started = time.perf_counter()
