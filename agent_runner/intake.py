@@ -7,10 +7,12 @@ Fairness across tenants comes from two rules:
   ``agents.{tenant}.*.run``), shared by every runner. Its ``max_ack_pending`` is the tenant's
   ``max_concurrent_runs``: the server hands out no more of that tenant's runs at once, across all
   runners, so one tenant can never hold every slot.
-- **Each consumer has at most one run waiting for a slot per runner.** A consumer's loop fetches one
-  request, hands it to the slot queue, and fetches the next only once that one has a slot. Slots
-  are given in arrival order, so when tenant A has 2,000 runs queued and tenant B submits one, B's
-  run waits behind at most one run of each other tenant, never behind A's backlog.
+- **Each consumer has few runs waiting for a slot per runner.** A consumer's loop fetches as many
+  requests as this runner has free slots (at least one, at most :data:`BATCH_MAX`), hands them to
+  the slot queue, and fetches again only once all of them have a slot. Slots are given in arrival
+  order, so when tenant A has 2,000 runs queued and tenant B submits one, B's run waits behind at
+  most one run of each other tenant (plus what they fetched while slots were free), never behind
+  A's backlog.
 
 Ensemble members' child runs come through their own consumer (``member-runs``), without a tenant
 cap: their parent already counts against it.
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 FETCH_WAIT = 5.0
 """Seconds one fetch waits for a request before asking again."""
+BATCH_MAX = 32
+"""Most requests one fetch asks for (when that many slots are free)."""
 
 
 class Slots:
@@ -53,6 +57,11 @@ class Slots:
         self.capacity = capacity
         self.used = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def free(self) -> int:
+        """Slots nobody holds or waits for now."""
+        return max(0, self.capacity - self.used - len(self._waiters))
 
     @property
     def waiting(self) -> int:
@@ -98,8 +107,9 @@ class Intake:
     """The consumer loops of one runner. ``handle(msg, admitted)`` is started as a task per
     request; a loop fetches its next request once ``admitted`` is set."""
 
-    def __init__(self, js: JetStreamContext, handle: Handler, *, ack_wait: float):
+    def __init__(self, js: JetStreamContext, handle: Handler, slots: Slots, *, ack_wait: float):
         self.js = js
+        self.slots = slots
         self.handle = handle
         self.ack_wait = ack_wait
         self._loops: dict[str, asyncio.Task[None]] = {}
@@ -163,16 +173,20 @@ class Intake:
                         await asyncio.sleep(1.0)
                         continue
                 try:
-                    msgs = await psub.fetch(1, timeout=FETCH_WAIT)
+                    msgs = await psub.fetch(min(BATCH_MAX, max(1, self.slots.free)), timeout=FETCH_WAIT)
                 except TimeoutError:
                     continue
                 except (nats.errors.Error, nats.js.errors.Error) as err:  # reconnecting, JetStream restarting
                     log.warning("fetching from %s: %s: %s", consumer, type(err).__name__, err)
                     await asyncio.sleep(0.5)
                     continue
+                pending: list[tuple[asyncio.Task[None], asyncio.Event]] = []
                 for msg in msgs:
                     admitted = asyncio.Event()
-                    task = asyncio.create_task(self.handle(msg, admitted))
+                    pending.append((asyncio.create_task(self.handle(msg, admitted)), admitted))
+                for task, admitted in pending:
+                    if admitted.is_set() or task.done():
+                        continue
                     waiter = asyncio.ensure_future(admitted.wait())
                     await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()

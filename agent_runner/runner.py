@@ -110,7 +110,7 @@ class AgentRunner:
         self._cancelled: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._stopping = asyncio.Event()
         self.slots = Slots(settings.runner_concurrency)
-        self.intake = Intake(self.js, self._take, ack_wait=settings.runner_ack_wait)
+        self.intake = Intake(self.js, self._take, self.slots, ack_wait=settings.runner_ack_wait)
         self.policies: PolicyWatcher | None = None
         self.run_index: KeyValue | None = None
         self._control_sub: JetStreamContext.PushSubscription | None = None
