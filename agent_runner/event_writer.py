@@ -25,7 +25,7 @@ import orjson
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel
 
-from agentstream.eventlog import WriteConflict, append
+from agentstream.eventlog import APPEND_RETRY_SECONDS, WriteConflict, append
 from schemas import events as E
 
 OwnershipLost = WriteConflict
@@ -49,6 +49,7 @@ class RunEventWriter:
         flush_interval: float = 0.02,
         flush_bytes: int = 4096,
         event_max_bytes: int = 900 * 1024,
+        storage_patience: float = APPEND_RETRY_SECONDS,
     ):
         self.nc = nc
         self.subject = subject
@@ -57,6 +58,9 @@ class RunEventWriter:
         self.flush_interval = flush_interval
         self.flush_bytes = flush_bytes
         self.event_max_bytes = event_max_bytes
+        self.storage_patience = storage_patience
+        self.started = False
+        """True once this attempt's ``run.started`` is stored."""
         self._n = 0
         self._lock = asyncio.Lock()
         self._buf: list[str] = []
@@ -87,13 +91,17 @@ class RunEventWriter:
 
     # -- public API
 
-    async def emit(self, event_type: str, data: BaseModel) -> int:
+    async def emit(self, event_type: str, data: BaseModel, *, patient: bool = False) -> int:
         """Write one event (after any buffered text); returns its stream sequence.
 
-        Raises OwnershipLost, or the last transport error after retrying for 5 minutes.
+        Raises OwnershipLost; StorageFull when JetStream has had no space for ``storage_patience``
+        seconds; or the last transport error after retrying for 5 minutes. ``patient``: retry
+        transport failures and a full store until the event is stored (a terminal event that
+        must be written whenever that becomes possible).
         """
-        await self.flush()
-        return await self._publish(event_type, data)
+        if not patient:
+            await self.flush()
+        return await self._publish(event_type, data, patient=patient)
 
     async def delta(self, step: int, text: str) -> None:
         """Buffer a text fragment of LLM step ``step``; it is written soon (see module doc)."""
@@ -164,13 +172,13 @@ class RunEventWriter:
             payload = cls.model_construct(**self.envelope, data=data).model_dump_json().encode()
         return payload
 
-    async def _publish(self, event_type: str, data: BaseModel) -> int:
+    async def _publish(self, event_type: str, data: BaseModel, *, patient: bool = False) -> int:
         async with self._lock:
             if self._opening is not None:
                 await asyncio.shield(self._opening)
-            return await self._append_now(event_type, data)
+            return await self._append_now(event_type, data, patient=patient)
 
-    async def _append_now(self, event_type: str, data: BaseModel) -> int:
+    async def _append_now(self, event_type: str, data: BaseModel, *, patient: bool = False) -> int:
         """Write one event now (the caller holds the lock, or is the opening)."""
         await self._settle()
         self._n += 1
@@ -179,13 +187,17 @@ class RunEventWriter:
         # The write runs as its own task: if this coroutine is cancelled (run cancelled, timed
         # out), the write still completes, and the next emit waits for it (_settle), so the
         # run's sequence chain stays known and the terminal event can follow.
+        forever = float("inf")
         self._inflight = asyncio.create_task(
             append(self.nc, self.subject, payload, event_type=event_type, msg_id=msg_id,
-                   expected_last_seq=self.last_seq)
+                   expected_last_seq=self.last_seq, retry_seconds=forever if patient else APPEND_RETRY_SECONDS,
+                   storage_patience=forever if patient else self.storage_patience)
         )
         seq = await asyncio.shield(self._inflight)
         self._inflight = None
         self.last_seq = seq
+        if event_type == E.RUN_STARTED:
+            self.started = True
         if event_type == E.MESSAGE_DELTA:
             self._last_delta = time.monotonic()
         return seq

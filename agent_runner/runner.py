@@ -45,7 +45,7 @@ from agent_runner.tool_client import ToolClient
 from agentstream import eventlog
 from agentstream.agents import AgentCatalog
 from agentstream.bus import ensure_topology
-from agentstream.eventlog import StoredEvent
+from agentstream.eventlog import StorageFull, StoredEvent
 from agentstream.policies import PolicyWatcher
 from agentstream.runs import write_queued
 from agentstream.settings import Settings
@@ -58,6 +58,9 @@ from schemas.runs import DeadLetter, RunControl, RunRequest
 from schemas.tenants import TenantPolicy
 
 log = logging.getLogger(__name__)
+
+STORAGE_FULL_RETRY = 5.0
+"""Seconds before a run that could not start (the event store was full) is offered again."""
 
 CANCELLED_MEMORY = 200_000
 """How many cancelled runs a runner remembers (RUN_CONTROL keeps them a day anyway)."""
@@ -286,6 +289,10 @@ class AgentRunner:
             await msg.ack()
         except OwnershipLost as err:
             log.warning("run %s: another attempt took over (%s); stopping this one", request.run_id, err)
+        except StorageFull as err:
+            log.warning("run %s not started: the event store is full (%s); handed back, retried in %g s",
+                        request.run_id, err, STORAGE_FULL_RETRY)
+            await _nak(msg, delay=STORAGE_FULL_RETRY)
         except asyncio.CancelledError:
             # Shutdown: hand the run back. Say so in its events (it is not a failed attempt),
             # then nak it, so another runner takes it at once.
@@ -360,6 +367,7 @@ class AgentRunner:
             flush_interval=self.settings.delta_flush_interval,
             flush_bytes=self.settings.delta_flush_bytes,
             event_max_bytes=self.settings.event_max_bytes,
+            storage_patience=self.settings.storage_patience,
         )
 
     async def _open(self, msg: Msg, tenant: str, agent: str, request: RunRequest) -> _Opened:
@@ -504,6 +512,19 @@ class AgentRunner:
             ))
         except (OwnershipLost, asyncio.CancelledError, _AlreadyEnded, _NotFresh):
             raise
+        except StorageFull:
+            await writer.close()
+            if not writer.started:
+                raise  # nothing of this attempt is stored: the request is handed back for later
+            log.error("run %s stopped: the event store has had no space for %g s; it ends run.failed "
+                      "(storage_unavailable) as soon as that can be stored", request.run_id,
+                      self.settings.storage_patience)
+            await writer.emit(E.RUN_FAILED, E.RunFailedData(
+                reason="event store full",
+                error=ErrorInfo(type="storage_unavailable", message="the run's events could not be stored (the "
+                                "event store had no space), so the run was stopped"),
+                usage=ctx.total_usage, steps=ctx.steps, duration_ms=duration(),
+            ), patient=True)
         except Exception as err:  # a bug must still end the run
             log.exception("run %s crashed", request.run_id)
             await writer.close()
@@ -589,8 +610,8 @@ class AgentRunner:
         await msg.term()
 
 
-async def _nak(msg: Msg) -> None:
+async def _nak(msg: Msg, delay: float | None = None) -> None:
     try:
-        await msg.nak()
+        await msg.nak(delay=delay)
     except Exception as err:  # the connection is gone: the ack wait hands it back anyway
         log.debug("nak failed: %s", err)

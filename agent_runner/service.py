@@ -8,6 +8,7 @@ import logging
 from agent_runner.runner import AgentRunner
 from agentstream.agents import load_agents
 from agentstream.bus import close, connect
+from agentstream.probe import serve_probe
 from agentstream.settings import Settings
 from schemas.permissions import Role
 
@@ -18,7 +19,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run until ``stop`` is set, then stop gracefully (SHUTDOWN_GRACE).
 
     Without LLM_BASE_URL the built-in model is served in this process, on a free loopback port.
-    Prints ``agent-runner ready: <id>`` once pulling.
+    Prints ``agent-runner health: <url>`` (agentstream.probe, on METRICS_BIND) and
+    ``agent-runner ready: <id>`` once pulling.
     """
     catalog = load_agents(settings.agents_dir)
     for error in catalog.errors:
@@ -38,6 +40,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         log.info("LLM_BASE_URL is not set: using the built-in stand-in model at %s", base_url)
 
     nc = await connect(settings, f"agent-runner {settings.runner_name}", role=Role.AGENT_RUNNER)
+    probe_stop = asyncio.Event()
+    probe = asyncio.create_task(serve_probe("agent-runner", settings.metrics_bind, lambda: nc.is_connected, probe_stop))
     runner = AgentRunner(settings, nc, catalog, llm_base_url=base_url)
     await runner.start()
     print(f"agent-runner ready: {runner.id}", flush=True)
@@ -45,6 +49,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     log.info("stopping: %d run(s) in flight", runner.active_runs)
     await runner.stop(settings.shutdown_grace)
     await close(nc)
+    probe_stop.set()
+    await probe
     if model_task is not None:
         model_stop.set()
         await model_task

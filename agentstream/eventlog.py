@@ -28,6 +28,7 @@ from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from agentstream.bus import jetstream
+from agentstream.health import HEALTH, STORAGE
 from agentstream.retry import first_then_retry
 from schemas import headers as H
 from schemas import subjects
@@ -241,6 +242,35 @@ class WriteConflict(Exception):
     """The subject's last sequence was not the expected one: another writer stored an event first."""
 
 
+class StorageFull(Exception):
+    """JetStream refused to store an event for lack of space (its store or the account's limit)
+    for longer than the writer's patience."""
+
+
+STORAGE_FULL_CODES = frozenset({10023, 10047})
+"""JetStream API error codes for "insufficient resources" (the server's store is full) and
+"storage resources exceeded" (an account limit): nats-server ``server/errors.json``."""
+
+
+def is_storage_full(err: BaseException) -> bool:
+    """True for a JetStream refusal that means "no space to store this"."""
+    return isinstance(err, APIError) and err.err_code in STORAGE_FULL_CODES
+
+
+def storage_full(where: str, err: BaseException) -> None:
+    """Record (and log at once, once per episode) that JetStream refused a write for lack of space."""
+    if HEALTH.report(STORAGE, f"JetStream cannot store ({where}): {err.description or err}"
+                     if isinstance(err, APIError) else f"JetStream cannot store ({where})"):
+        log.warning("JetStream refuses to store %s: %s (code %s); the store is full or over its limit",
+                    where, getattr(err, "description", err), getattr(err, "err_code", "?"))
+
+
+def storage_ok() -> None:
+    """A write succeeded: a storage problem (if any was reported) is over."""
+    if HEALTH.clear(STORAGE):
+        log.warning("JetStream stores events again")
+
+
 class _Transient(Exception):
     pass
 
@@ -254,6 +284,7 @@ async def append(
     msg_id: str,
     expected_last_seq: int,
     retry_seconds: float = APPEND_RETRY_SECONDS,
+    storage_patience: float = APPEND_RETRY_SECONDS,
 ) -> int:
     """Store one event on ``subject`` if the subject's last sequence is ``expected_last_seq``
     (0: the subject must be empty). Returns the event's stream sequence.
@@ -261,7 +292,9 @@ async def append(
     Raises WriteConflict when another writer got there first. Transport failures (timeouts, no
     responders while NATS restarts) are retried with the same ``msg_id`` for ``retry_seconds``;
     if an earlier try was in fact stored, the conflict it causes is recognised by the stored
-    event's ``Nats-Msg-Id`` and counted as success.
+    event's ``Nats-Msg-Id`` and counted as success. A store without space (:func:`is_storage_full`)
+    is reported at once (log and ``/healthz``) and retried for ``storage_patience`` seconds, then
+    StorageFull is raised.
     """
     js = jetstream(nc)
     headers = {
@@ -270,9 +303,14 @@ async def append(
         H.EVENT_TYPE: event_type,
     }
 
+    loop = asyncio.get_running_loop()
+    full_since: list[float] = []
+
     async def attempt() -> int:
         try:
             ack = await js.publish(subject, payload, headers=headers, timeout=5.0)
+            if full_since:
+                storage_ok()
             return ack.seq
         except BadRequestError as err:
             if err.err_code != _WRONG_LAST_SEQUENCE:
@@ -285,6 +323,12 @@ async def append(
                 return stored.seq  # an earlier try of this very publish was stored
             raise WriteConflict(f"{subject}: another writer stored event {stored.seq if stored else '?'}") from None
         except APIError as err:
+            if is_storage_full(err):
+                storage_full(f"{event_type} on {subject}", err)
+                full_since.append(full_since[0] if full_since else loop.time())
+                if loop.time() - full_since[0] >= storage_patience:
+                    raise StorageFull(f"{subject}: {err.description or err}") from None
+                raise _Transient(str(err)) from None
             if err.code and int(err.code) >= 500:
                 raise _Transient(str(err)) from None
             raise

@@ -61,18 +61,20 @@ class EmbeddedNats:
     ``store_dir``: JetStream storage (kept across restarts); ``port``: wanted port, replaced by a
     free one if taken and ``fallback``; ``log_path``: where its log goes (default: the store's
     parent ``nats.log``); ``config``: a configuration file to load (the users and permissions of
-    agentstream.natsauth; None: no authentication). Its pid is written to :attr:`pid_file`, so
-    :func:`agentstream.natsauth.reload_server` can make it re-read ``config``.
+    agentstream.natsauth; None: no authentication); ``max_file_store``: bytes JetStream may store
+    (its ``max_file_store`` limit; None: the disk decides). Its pid is written to :attr:`pid_file`,
+    so :func:`agentstream.natsauth.reload_server` can make it re-read ``config``.
     """
 
     def __init__(self, store_dir: Path, *, host: str = "127.0.0.1", port: int = 4222, fallback: bool = True,
-                 log_path: Path | None = None, config: Path | None = None):
+                 log_path: Path | None = None, config: Path | None = None, max_file_store: int | None = None):
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port
         self.fallback = fallback
         self.log_path = log_path or self.store_dir.parent / "nats.log"
         self.config = config
+        self.max_file_store = max_file_store
         self.pid_file = self.store_dir.parent / "nats.pid"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -91,8 +93,9 @@ class EmbeddedNats:
         log = open(self.log_path, "ab")
         args = [find_binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir),
                 "-P", str(self.pid_file)]
-        if self.config is not None:
-            args += ["-c", str(self.config)]
+        config = self._config_file()
+        if config is not None:
+            args += ["-c", str(config)]
         self.proc = subprocess.Popen(
             args,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -109,6 +112,19 @@ class EmbeddedNats:
                 time.sleep(0.05)
         self.kill()
         raise NatsServerError(f"nats-server did not listen on {self.host}:{self.port} within {timeout:g} s")
+
+    def _config_file(self) -> Path | None:
+        """``config``, or a file including it that also sets ``max_file_store`` (nats-server's
+        ``include`` takes a path relative to the including file)."""
+        if self.max_file_store is None:
+            return self.config
+        wrapper = self.store_dir.parent / "nats-server.conf"
+        lines = []
+        if self.config is not None:
+            lines.append(f'include "{os.path.relpath(self.config, wrapper.parent)}"')
+        lines.append(f"jetstream {{ max_file_store: {int(self.max_file_store)} }}")
+        wrapper.write_text("\n".join(lines) + "\n")
+        return wrapper
 
     def reload(self) -> None:
         """Make the running server re-read its configuration (SIGHUP; nats-server "reload")."""

@@ -130,11 +130,14 @@ async def submit(
         return False
 
     ack, existed = await asyncio.gather(publish_request(), indexed(), return_exceptions=True)
-    if isinstance(ack, BaseException):
-        raise _not_stored(ack) from ack
-    if isinstance(existed, BaseException):
-        raise _not_stored(existed) from existed
-    return Submitted(run_id=request.run_id, duplicate=bool(ack.duplicate) or existed)
+    for outcome in (ack, existed):
+        if isinstance(outcome, BaseException):
+            if eventlog.is_storage_full(outcome):
+                eventlog.storage_full(f"the run request on {subject}", outcome)
+            raise _not_stored(outcome) from outcome
+    assert not isinstance(ack, BaseException) and not isinstance(existed, BaseException)
+    eventlog.storage_ok()
+    return Submitted(run_id=request.run_id, duplicate=bool(ack.duplicate) or bool(existed))
 
 
 async def read_index(index: KeyValue, tenant: str, run_id: str) -> RunIndexEntry | None:

@@ -134,6 +134,16 @@ class Settings:
     event_max_bytes: int = _setting(
         "EVENT_MAX_BYTES", 900 * 1024, "Largest event stored; bigger tool outputs are truncated in the event (bytes)."
     )
+    storage_patience: float = _setting(
+        "STORAGE_PATIENCE", 30.0,
+        "Seconds a run's events may be refused by a full JetStream store before the run is stopped; it then ends "
+        "run.failed (storage_unavailable) as soon as that can be stored.",
+    )
+    metrics_bind: str = _setting(
+        "METRICS_BIND", "127.0.0.1:0",
+        "host:port where an agent runner or tool runner answers GET /healthz (port 0: a free port, printed at "
+        "start-up).",
+    )
     tool_progress_interval: float = _setting(
         "TOOL_PROGRESS_INTERVAL", 1.0,
         "Seconds between a tool runner's progress signals; 3 missed ones mean it died and the call is retried.",

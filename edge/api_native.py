@@ -12,6 +12,7 @@ from pydantic import Field
 from quart import Blueprint, Response
 
 from agentstream import eventlog, sse
+from agentstream.health import HEALTH
 from agentstream.runstate import RunRecord
 from edge.dialects import localai
 from edge.errors import ApiError
@@ -65,13 +66,16 @@ class CancelBody(Strict):
 @bp.get("/healthz")
 async def healthz() -> Response:
     """``GET /healthz``: 200 ``{"status": "ok", ...}`` once connected to NATS, 503 before. ``keys_file``
-    says whether the keys file on disk is the one in force (``problem``: why not)."""
+    says whether the keys file on disk is the one in force (``problem``: why not). 503 with
+    ``problems`` while the edge cannot do its job (e.g. ``storage``: JetStream refuses writes)."""
     st = state()
     keys = {"path": str(st.auth.path), "problem": st.auth.problem} if st.auth.path is not None else None
     if not st.healthy:
         return json_response({"status": "starting", "nats": "disconnected", "keys_file": keys}, 503)
-    return json_response({"status": "ok", "nats": "connected", "watchers": st.hub.watchers if st.hub else 0,
-                          "overflows": st.hub.overflows if st.hub else 0, "keys_file": keys})
+    body = {"status": "ok" if HEALTH.ok else "unhealthy", "nats": "connected", "problems": HEALTH.as_dict(),
+            "watchers": st.hub.watchers if st.hub else 0, "overflows": st.hub.overflows if st.hub else 0,
+            "keys_file": keys}
+    return json_response(body, 200 if HEALTH.ok else 503)
 
 
 # -- agents

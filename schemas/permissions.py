@@ -15,7 +15,8 @@ edge           submit runs of any tenant, send cancels, read events (stored and 
 agent-runner   pull run requests through its consumers, write ``runs.>`` and dead letters,
                start ensemble members, call tools, read cancels, read tenant policies
 tool-runner    serve ``tools.*.*`` in queue group ``tool-runners`` only, answer the requests it
-               receives (``allow_responses``), keep tool results
+               receives (``allow_responses``), keep tool results (TOOL_RESULTS), read
+               tenant policies (a tenant's own ``tool_root``)
 tenant T       submit ``agents.T.*.run``, cancel ``control.T.*``, read ``runs.T.>`` (direct
                get by subject, consumers whose filter is inside ``runs.T.>``, live
                ``live.runs.T.>``); nothing of any other tenant, no tool calls, no stream
@@ -159,7 +160,8 @@ _AGENT_RUNNER = Permissions(
 )
 
 _TOOL_RUNNER = Permissions(
-    publish=(f"{API}.INFO",),
+    publish=(f"{API}.INFO", f"{API}.STREAM.INFO.*", *_bucket(S.TOOL_RESULTS_BUCKET),
+             *_bucket(S.TENANTS_BUCKET, watch=True)),
     subscribe=(
         f"{S.TOOLS_ALL} {S.TOOL_QUEUE_GROUP}",
         f"{MICRO}.>",

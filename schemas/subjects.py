@@ -19,6 +19,7 @@ and ``>`` are wildcards, whitespace breaks the protocol line (nats-notes.md §2.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import TypeGuard
@@ -45,6 +46,9 @@ RATE_LIMITS_BUCKET = "RATE_LIMITS"
 """Rate-limit state shared by every edge (one GCRA timestamp per key, tenant or client address)."""
 STREAM_COUNTS_BUCKET = "STREAM_COUNTS"
 """Open SSE streams per API key and edge, so ``max_streams`` holds across edges."""
+TOOL_RESULTS_BUCKET = "TOOL_RESULTS"
+"""Results of (and claims on) tool calls with side effects, by tenant and idempotency key, so a
+retried call is not executed again on another tool runner (tool_runner/once.py)."""
 RUN_INDEX_BUCKET = "RUN_INDEX"
 """One entry per run (``{tenant}.{run_id}``): agent, message id, status; written at submit."""
 
@@ -135,6 +139,13 @@ def tenant_of_consumer(name: str) -> str | None:
         return None
     rest = name[len(TENANT_CONSUMER_PREFIX):]
     return rest if is_token(rest) else None
+
+
+def tool_result_key(tenant: str, idempotency_key: str) -> str:
+    """Key of a tool call's entry in the TOOL_RESULTS bucket: ``{tenant}.{sha256 of the
+    idempotency key, 40 hex digits}`` (the key itself may hold any character the model wrote)."""
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
+    return f"{token(tenant, 'tenant')}.{digest}"
 
 
 def run_index_key(tenant: str, run_id: str) -> str:

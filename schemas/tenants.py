@@ -13,6 +13,7 @@ The keys file (``KEYS_FILE``, YAML) maps API keys to tenants and sets each tenan
         requests_per_minute: 600        # HTTP requests of the whole tenant (all its keys)
         burst: 60                       # requests allowed at once above the steady rate
         max_streams: 100                # open SSE streams per key
+        tool_root: /srv/files/acme      # read_file / list_dir confined here (default: TOOL_ROOT)
 
 A key is ``sha256:<hex of the key's SHA-256>`` (recommended: the file then holds no secret) or the
 plain key; an entry may also be an object with ``key`` and its own ``requests_per_minute`` /
@@ -44,6 +45,8 @@ UNLIMITED_CONCURRENT_RUNS = 100_000
 """``max_concurrent_runs`` of the open single tenant (no keys file): the runners' capacity decides."""
 
 PositiveInt = Annotated[StrictInt, Field(ge=1, le=10_000_000)]
+AbsolutePath = Annotated[str, StringConstraints(pattern=r"^/[^\x00]*$", max_length=4096)]
+"""An absolute POSIX path (on the tool runners' machines)."""
 KeyText = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 
 
@@ -81,6 +84,7 @@ class TenantPolicy(Strict):
     requests_per_minute: PositiveInt | None = DEFAULT_REQUESTS_PER_MINUTE
     burst: PositiveInt = DEFAULT_BURST
     max_streams: PositiveInt | None = DEFAULT_MAX_STREAMS
+    tool_root: AbsolutePath | None = None
 
     def may_use(self, agent: str) -> bool:
         """True when the tenant's allow-list (if any) names ``agent``."""
@@ -103,6 +107,7 @@ class TenantEntry(Strict):
     requests_per_minute: PositiveInt = DEFAULT_REQUESTS_PER_MINUTE
     burst: PositiveInt = DEFAULT_BURST
     max_streams: PositiveInt = DEFAULT_MAX_STREAMS
+    tool_root: AbsolutePath | None = None
 
     def key_entries(self) -> list[KeyEntry]:
         """Every key as a :class:`KeyEntry` (plain strings become entries without limits)."""

@@ -98,13 +98,16 @@ class ToolSpec:
     """A tool the model can be offered: its name, what it does, its argument model, where it runs.
 
     ``where`` is ``"tool_runner"`` (executed by a tool runner over NATS) or ``"agent_runner"``
-    (executed inside the agent runner, e.g. ``load_skill``).
+    (executed inside the agent runner, e.g. ``load_skill``). ``side_effects``: a call changes
+    something outside (sends a request, writes): it is executed at most once per idempotency key
+    across all tool runners (tool_runner/once.py); a call without is simply run again if retried.
     """
 
     name: str
     description: str
     args: type[BaseModel]
     where: Literal["tool_runner", "agent_runner"] = "tool_runner"
+    side_effects: bool = False
 
     def function_definition(self, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
         """The OpenAI ``tools[]`` entry: ``{"type": "function", "function": {name, description, parameters}}``."""
@@ -152,6 +155,7 @@ HTTP_REQUEST = ToolSpec(
     "http_request",
     "Make an HTTP request to a public URL. Returns the status code, response headers and body text (size-capped).",
     HttpRequestArgs,
+    side_effects=True,
 )
 LOAD_SKILL = ToolSpec(
     "load_skill",

@@ -62,6 +62,14 @@ class Proc:
         raise RuntimeError(f"{self.name} not ready within {timeout:g} s:\n{self.tail()}")
 
     @property
+    def health_url(self) -> str:
+        """The ``/healthz`` URL a runner printed (``<name> health: <url>``)."""
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if " health: http" in line:
+                return line.split(" health: ", 1)[1].strip()
+        raise RuntimeError(f"{self.name} printed no health URL")
+
+    @property
     def ready_value(self) -> str:
         """What follows ``ready: `` on the ready line (a URL or a runner id)."""
         assert self.ready_line is not None
@@ -183,13 +191,14 @@ _ROLE_OF_MODULE = {"edge": Role.EDGE, "agent_runner": Role.AGENT_RUNNER, "tool_r
 
 
 def new_system(
-    base: Path, *, extra_agents: Path = TEST_AGENTS, auth: bool = True, setup: bool = True, **env: str
+    base: Path, *, extra_agents: Path = TEST_AGENTS, auth: bool = True, setup: bool = True,
+    max_file_store: int | None = None, **env: str
 ) -> System:
     """A nats-server on a free port with JetStream under ``base``; components start on demand.
 
     ``auth``: the server requires the identities of ``base/auth`` (as ``agentstream up`` does) and
     every component connects with its own; ``setup``: the admin identity declares the streams and
-    buckets first (``agentstream nats-setup``).
+    buckets first (``agentstream nats-setup``); ``max_file_store``: JetStream's storage limit, bytes.
     """
     base.mkdir(parents=True, exist_ok=True)
     agents = make_agents_dir(base / "agents", extra_agents) if not (base / "agents").exists() else base / "agents"
@@ -198,7 +207,8 @@ def new_system(
     if store is not None:
         store.ensure_components()
         config = store.write_server_config()
-    nats = EmbeddedNats(base / "nats-store", port=0, log_path=base / "nats.log", config=config)
+    nats = EmbeddedNats(base / "nats-store", port=0, log_path=base / "nats.log", config=config,
+                        max_file_store=max_file_store)
     url = nats.start()
     clean = {
         k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT"))

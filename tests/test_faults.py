@@ -29,7 +29,7 @@ from agentstream.settings import Settings
 from schemas import events as E
 from schemas import subjects
 from schemas.runs import RunRequest
-from tests.conftest import read_events, submit
+from tests.conftest import eventually, read_events, submit
 from tests.harness import new_system
 
 TERMINAL = {"run.completed", "run.failed", "run.cancelled"}
@@ -87,15 +87,25 @@ class Counter(http.server.BaseHTTPRequestHandler):
     """A web page with a side effect: every GET is counted; ``?delay=S`` answers after S seconds."""
 
     hits: ClassVar[dict[str, int]] = {}
+    arrived: ClassVar[dict[str, threading.Event]] = {}
+    answered: ClassVar[dict[str, threading.Event]] = {}
     lock = threading.Lock()
+
+    @classmethod
+    def expect(cls, path: str) -> tuple[threading.Event, threading.Event]:
+        """Events set when a request for ``path`` arrives, and when it has been answered."""
+        with cls.lock:
+            return cls.arrived.setdefault(path, threading.Event()), cls.answered.setdefault(path, threading.Event())
 
     def log_message(self, *args):
         """Quiet: no request log on stderr."""
 
     def do_GET(self):
         parsed = urllib.parse.urlparse(self.path)
+        arrived, answered = self.expect(parsed.path)
         with self.lock:
             Counter.hits[parsed.path] = Counter.hits.get(parsed.path, 0) + 1
+        arrived.set()
         delay = float(urllib.parse.parse_qs(parsed.query).get("delay", ["0"])[0])
         time.sleep(delay)
         body = f"order {parsed.path} placed".encode()
@@ -104,6 +114,8 @@ class Counter(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        self.wfile.flush()
+        answered.set()
 
 
 @pytest.fixture
@@ -172,6 +184,117 @@ async def test_runner_killed_during_a_tool_call_the_call_is_not_executed_twice(f
     assert result["ok"] is True and result["output"]["status"] == 200
     assert Counter.hits[path] == 1  # joined the call still running in the tool runner, not a second order
     Counter.hits.clear()
+
+
+async def test_a_side_effect_retried_on_another_tool_runner_happens_once(fresh, web):
+    # The agent runner dies while tools-1 executes an HTTP request with a side effect; tools-1
+    # finishes it and then stops; the run's next attempt retries the call, which can only land on
+    # tools-2: it must hand back the stored result, not send the request again.
+    sysm = fresh(AGENT_RUNNER_ACK_WAIT="1.5", TOOL_HTTP_ALLOW_PRIVATE="true")
+    sysm.start_model()
+    first_tools = sysm.start_tool_runner("tools-1")
+    holder = sysm.start_agent_runner("runner-a")
+    sysm.start_edge()
+    path = f"/order-{time.monotonic_ns()}"
+    arrived, answered = Counter.expect(path)
+    async with httpx.AsyncClient(base_url=sysm.edge_url, timeout=60) as client:
+        run = await submit(client, "slow-fetcher", f"Please fetch {web}{path}?delay=2")
+        watch = Watch(client, run["run_id"])
+        assert await asyncio.to_thread(arrived.wait, 30), "the tool call reached the web server"
+        holder.kill()
+        sysm.start_tool_runner("tools-2")
+        assert await asyncio.to_thread(answered.wait, 30)
+        assert first_tools.terminate() == 0  # it finished and stored its call first
+        sysm.start_agent_runner("runner-b")
+        events = await watch.finished()
+    t = types(events)
+    assert t[-1] == "run.completed" and "run.retrying" in t
+    result = next(e["data"]["data"] for e in events if e["event"] == "tool.result")
+    assert result["ok"] is True and result["output"]["status"] == 200
+    assert result["runner"] == "tools-1"  # the result tools-1 produced, handed back by tools-2
+    assert Counter.hits[path] == 1
+
+
+async def test_a_side_effect_retried_while_it_still_runs_elsewhere_happens_once(fresh, web):
+    # Two tool runners; the agent runner dies during a slow side-effecting call; the next attempt
+    # retries the call at once, on whichever tool runner: it waits for the running call's result.
+    sysm = fresh(AGENT_RUNNER_ACK_WAIT="1.5", TOOL_HTTP_ALLOW_PRIVATE="true")
+    sysm.start_model()
+    sysm.start_tool_runner("tools-1")
+    sysm.start_tool_runner("tools-2")
+    runners = {rid: sysm.start_agent_runner(rid) for rid in ("runner-a", "runner-b")}
+    sysm.start_edge()
+    path = f"/order-{time.monotonic_ns()}"
+    arrived, _ = Counter.expect(path)
+    async with httpx.AsyncClient(base_url=sysm.edge_url, timeout=60) as client:
+        run = await submit(client, "slow-fetcher", f"Please fetch {web}{path}?delay=4")
+        watch = Watch(client, run["run_id"])
+        assert await asyncio.to_thread(arrived.wait, 30)
+        holder = next(e["data"]["data"]["runner"] for e in watch.events if e["event"] == "run.started")
+        runners[holder].kill()
+        events = await watch.finished()
+    t = types(events)
+    assert t[-1] == "run.completed" and "run.retrying" in t
+    assert t.count("tool.result") == 1
+    assert Counter.hits[path] == 1
+
+
+async def test_a_full_store_is_loud_and_no_run_is_left_running(fresh):
+    # JetStream may store 16 MiB; a run is streaming when an admin fills the rest. The runner
+    # says so at once (log, /healthz), new submits get 503 with Retry-After, the run is stopped
+    # after STORAGE_PATIENCE and, once space is back, ends run.failed (storage_unavailable).
+    sysm = fresh(max_file_store=16 * 1024 * 1024, STORAGE_PATIENCE="1")
+    sysm.start_model()
+    runner = sysm.start_agent_runner("runner-a")
+    sysm.start_edge()
+    nc = await nats.connect(**sysm.connect_options())
+    js = nc.jetstream()
+    await js.add_stream(name="FILLER", subjects=["filler.>"])
+    try:
+        async with httpx.AsyncClient(base_url=sysm.edge_url, timeout=60) as client:
+            run = await submit(client, "long-story", "tell me")
+            watch = Watch(client, run["run_id"])
+            await watch.until(lambda evs: "message.delta" in types(evs))
+            with pytest.raises(nats.js.errors.ServiceUnavailableError) as full:
+                for _ in range(200):
+                    await js.publish("filler.x", b"x" * 256 * 1024)
+            assert full.value.err_code == 10023  # JetStream: insufficient resources
+
+            async def runner_reports_it() -> bool:
+                """the runner's /healthz is 503 naming the store"""
+                async with httpx.AsyncClient() as probe:
+                    resp = await probe.get(runner.health_url)
+                return resp.status_code == 503 and "storage" in resp.json()["problems"]
+
+            await eventually(runner_reports_it)
+            assert "JetStream refuses to store" in runner.log_path.read_text(errors="replace")
+            refused = await client.post("/api/agents/echo/chat", json={"message": "hi"})
+            assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
+            health = await client.get("/healthz")
+            assert health.status_code == 503 and "storage" in health.json()["problems"]
+
+            async def runner_stopped_the_run() -> bool:
+                """the runner says it stopped the run (after STORAGE_PATIENCE)"""
+                return f"run {run['run_id']} stopped" in runner.log_path.read_text(errors="replace")
+
+            await eventually(runner_stopped_the_run)
+            await js.delete_stream("FILLER")  # space is back
+            events = await watch.finished()
+            t = types(events)
+            assert sum(t.count(x) for x in ("run.completed", "run.failed", "run.cancelled")) == 1
+            assert t[-1] == "run.failed"
+            assert events[-1]["data"]["data"]["error"]["type"] == "storage_unavailable"
+            after = await submit(client, "echo", "hello again")
+            assert (await read_events(client, after["run_id"]))[-1]["event"] == "run.completed"
+
+            async def runner_recovered() -> bool:
+                """the runner's /healthz is 200 again"""
+                async with httpx.AsyncClient() as probe:
+                    return (await probe.get(runner.health_url)).status_code == 200
+
+            await eventually(runner_recovered)
+    finally:
+        await nc.close()
 
 
 async def test_nats_server_restart_loses_nothing_and_repeats_nothing(fresh):

@@ -27,7 +27,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from schemas import subjects
 from schemas.permissions import Role, tenant_inbox_prefix
-from tests.conftest import ALICE_KEY, read_events, submit, write_keys_file
+from tests.conftest import ALICE_KEY, BOB_KEY, read_events, submit, write_keys_file
 from tests.harness import System, new_system
 
 pytestmark = pytest.mark.timeout(180)
@@ -101,7 +101,11 @@ def bus(tmp_path_factory: pytest.TempPathFactory) -> Any:
     base = tmp_path_factory.mktemp("isolation")
     sysm = new_system(base, TOOL_HTTP_ALLOW_PRIVATE="true")
     try:
-        write_keys_file(base / "keys.yaml")
+        keys = write_keys_file(base / "keys.yaml")
+        bob_root = base / "bob-files"  # bob's own tool root; alice's is the shared TOOL_ROOT
+        bob_root.mkdir()
+        (bob_root / "notes.txt").write_text("bob's private notes\nline two\n")
+        keys.write_text(keys.read_text() + f"    tool_root: {bob_root}\n")
         sysm.start_model()
         sysm.start_tool_runner("tools-iso")
         sysm.start_agent_runner("runner-iso")
@@ -260,6 +264,22 @@ async def test_a_tenant_service_submits_reads_and_cancels_its_own_runs(bus: Syst
     await asyncio.wait_for(ended.wait(), 60)
     assert live[-1]["data"]["reason"] == "changed my mind"
     assert not bob_bus.errors, bob_bus.errors
+
+
+async def test_a_tenant_with_its_own_tool_root_reads_only_there(bus: System, alice: httpx.AsyncClient) -> None:
+    async with httpx.AsyncClient(base_url=bus.edge_url, headers={"Authorization": f"Bearer {BOB_KEY}"},
+                                 timeout=httpx.Timeout(10, read=60)) as bob:
+
+        async def read(client: httpx.AsyncClient, path: str) -> dict[str, Any]:
+            run = await submit(client, "programmer-helper", f"What is the first line of {path}?")
+            events = await asyncio.wait_for(read_events(client, run["run_id"]), 60)
+            return next(e["data"]["data"] for e in events if e["event"] == "tool.result")
+
+        mine = await read(bob, "notes.txt")
+        assert mine["ok"] is True and mine["output"]["content"].startswith("bob's private notes")
+        assert (await read(bob, "pyproject.toml"))["ok"] is False  # the shared root is not bob's
+        theirs = await read(alice, "notes.txt")
+        assert theirs["ok"] is False and theirs["error"]["type"] == "not_found"
 
 
 async def test_each_component_identity_is_held_to_its_role(bus: System) -> None:

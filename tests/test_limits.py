@@ -131,9 +131,15 @@ async def test_open_streams_per_key_are_capped_across_edges(limited: System, eri
 
 
 async def test_a_closed_stream_frees_its_place(limited: System) -> None:
-    for _ in range(3):
-        async with client(limited.edge_url, "erin-key") as c, aconnect_sse(c, "GET", "/api/agents/echo/sse") as src:
-            assert src.response.status_code == 200
+    async with client(limited.edge_url) as edge:
+        async def no_stream_open() -> bool:
+            """the edge has noticed that the last stream's client went away"""
+            return (await edge.get("/healthz")).json()["watchers"] == 0
+
+        for _ in range(3):
+            await eventually(no_stream_open)
+            async with client(limited.edge_url, "erin-key") as c, aconnect_sse(c, "GET", "/api/agents/echo/sse") as src:
+                assert src.response.status_code == 200
 
 
 async def submit(c: httpx.AsyncClient, agent: str, message: str = "hello") -> httpx.Response:

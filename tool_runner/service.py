@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from pydantic import ValidationError
 
+from agentstream.bus import ensure_topology
+from agentstream.policies import PolicyWatcher
 from agentstream.settings import Settings
 from schemas import headers as H
 from schemas import subjects
@@ -31,6 +34,7 @@ from schemas.common import ErrorInfo
 from schemas.permissions import Role
 from schemas.tools import TOOL_RUNNER_TOOLS, ToolCallRequest, ToolCallResult
 from tool_runner.errors import ToolError
+from tool_runner.once import ResultStore, StoreUnavailable
 from tool_runner.tools import ToolContext, registry
 
 log = logging.getLogger(__name__)
@@ -56,11 +60,19 @@ class ToolRunner:
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
         self._done: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._service: Service | None = None
+        self._results: ResultStore | None = None
         self._http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         self.ctx = ToolContext(settings=settings, root=self.root, http=self._http)
+        self._contexts: dict[str, ToolContext] = {}
+        self.policies: PolicyWatcher | None = None
 
     async def start(self) -> None:
-        """Register the micro service and one endpoint per tool."""
+        """Wait for the streams and buckets, then register the micro service and one endpoint per tool."""
+        await ensure_topology(self.nc, self.settings)
+        kv = await self.nc.jetstream().key_value(subjects.TOOL_RESULTS_BUCKET)
+        self._results = ResultStore(kv, self.id, claim_ttl=max(3 * self.settings.tool_progress_interval, 3.0))
+        self.policies = PolicyWatcher(self.nc.jetstream())
+        await self.policies.start()
         service = self._service = await nats.micro.add_service(
             self.nc,
             name=SERVICE_NAME,
@@ -82,6 +94,8 @@ class ToolRunner:
         """Stop taking calls, let running ones finish for up to ``grace`` seconds, then close."""
         if self._service is not None:
             await self._service.stop()
+        if self.policies is not None:
+            await self.policies.stop()
         if self._tasks:
             log.info("waiting up to %.0f s for %d tool call(s)", grace, len(self._tasks))
             _, pending = await asyncio.wait(self._tasks, timeout=grace)
@@ -110,12 +124,13 @@ class ToolRunner:
         if tool_name not in self._tools:
             await _respond_error(request, "404", f"unknown tool {tool_name!r}")
             return
-        key = f"{tenant}:{(request.headers or {}).get(H.TOOL_CALL_ID) or call.run_id + ':' + call.tool_call_id}"
+        idempotency_key = (request.headers or {}).get(H.TOOL_CALL_ID) or f"{call.run_id}:{call.tool_call_id}"
+        key = f"{tenant}:{idempotency_key}"
         progress = None
         if (request.headers or {}).get(H.TOOL_PROGRESS) == "1" and request._msg.reply:
             progress = asyncio.create_task(self._progress(request._msg.reply, call.progress_interval))
         try:
-            payload = await self._result_for(key, tool_name, call)
+            payload = await self._result_for(key, tool_name, call, tenant=tenant, idempotency_key=idempotency_key)
         finally:
             if progress is not None:
                 progress.cancel()
@@ -135,8 +150,12 @@ class ToolRunner:
         except Exception as err:
             log.debug("progress to %s stopped: %s", reply, err)
 
-    async def _result_for(self, key: str, tool_name: str, call: ToolCallRequest) -> bytes:
-        """The serialized result for this idempotency key: cached, joined while running, or new."""
+    async def _result_for(
+        self, key: str, tool_name: str, call: ToolCallRequest, *, tenant: str, idempotency_key: str
+    ) -> bytes:
+        """The serialized result for this idempotency key: cached, joined while running here, or
+        new; for a tool with side effects, also stored for (and looked up from) every other tool
+        runner (tool_runner/once.py)."""
         now = time.monotonic()
         cached = self._done.get(key)
         if cached is not None and cached[0] > now:
@@ -147,8 +166,7 @@ class ToolRunner:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            result = await self._execute(tool_name, call)
-            payload = orjson.dumps(result.model_dump(mode="json"))
+            payload = await self._once(tool_name, call, tenant, idempotency_key)
             future.set_result(payload)
             self._remember(key, payload)
             return payload
@@ -160,19 +178,46 @@ class ToolRunner:
         finally:
             self._inflight.pop(key, None)
 
+    async def _once(self, tool_name: str, call: ToolCallRequest, tenant: str, idempotency_key: str) -> bytes:
+        async def execute() -> bytes:
+            return orjson.dumps((await self._execute(tool_name, call, tenant)).model_dump(mode="json"))
+
+        if not TOOL_RUNNER_TOOLS[tool_name].side_effects or self._results is None:
+            return await execute()
+        started = time.perf_counter()
+        try:
+            return await self._results.once(tenant, idempotency_key, execute, within=call.timeout)
+        except StoreUnavailable as err:
+            log.warning("tool call %s not executed: results store unreachable: %s", idempotency_key, err)
+            error = ErrorInfo(type="tool_unavailable", message="the tool's results store is unreachable; not executed")
+        except TimeoutError:
+            error = ErrorInfo(type="timeout", message=f"{tool_name} did not finish within {call.timeout:g} s")
+        return orjson.dumps(self._result(call, started, error=error).model_dump(mode="json"))
+
     def _remember(self, key: str, payload: bytes) -> None:
         self._done[key] = (time.monotonic() + RESULT_CACHE_SECONDS, payload)
         self._done.move_to_end(key)
         while len(self._done) > RESULT_CACHE_SIZE:
             self._done.popitem(last=False)
 
-    async def _execute(self, tool_name: str, call: ToolCallRequest) -> ToolCallResult:
+    def context_for(self, tenant: str) -> ToolContext:
+        """The tools' context for ``tenant``: its own ``tool_root`` from its policy (keys file), else
+        TOOL_ROOT (or where the tool runner started)."""
+        policy = self.policies.get(tenant) if self.policies is not None else None
+        if policy is None or policy.tool_root is None:
+            return self.ctx
+        ctx = self._contexts.get(policy.tool_root)
+        if ctx is None:
+            ctx = self._contexts[policy.tool_root] = replace(self.ctx, root=Path(policy.tool_root).resolve())
+        return ctx
+
+    async def _execute(self, tool_name: str, call: ToolCallRequest, tenant: str) -> ToolCallResult:
         started = time.perf_counter()
         spec = TOOL_RUNNER_TOOLS[tool_name]
         try:
             args = spec.args.model_validate(call.arguments)
             async with asyncio.timeout(call.timeout):
-                output = await self._tools[tool_name](args, self.ctx)
+                output = await self._tools[tool_name](args, self.context_for(tenant))
             return self._result(call, started, output=output)
         except ValidationError as err:
             problems = "; ".join(
@@ -211,10 +256,14 @@ async def _respond_error(request: Request, code: str, description: str) -> None:
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Connect, serve tools until ``stop`` is set, then shut down gracefully."""
+    """Connect, serve tools until ``stop`` is set, then shut down gracefully. Prints ``tool-runner
+    health: <url>`` (agentstream.probe, on METRICS_BIND) and ``tool-runner ready: <id>``."""
     from agentstream.bus import close, connect
+    from agentstream.probe import serve_probe
 
     nc = await connect(settings, f"tool-runner {settings.runner_name}", role=Role.TOOL_RUNNER)
+    probe_stop = asyncio.Event()
+    probe = asyncio.create_task(serve_probe("tool-runner", settings.metrics_bind, lambda: nc.is_connected, probe_stop))
     runner = ToolRunner(settings, nc)
     await runner.start()
     print(f"tool-runner ready: {runner.id}", flush=True)
@@ -222,3 +271,5 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     log.info("stopping")
     await runner.stop(settings.shutdown_grace)
     await close(nc)
+    probe_stop.set()
+    await probe
