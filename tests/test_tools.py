@@ -203,6 +203,18 @@ async def test_http_request_rejects_other_schemes(root):
     ("172.16.5.4", "private"), ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
     ("::ffff:127.0.0.1", "loopback"), ("100.64.1.1", "shared (CGNAT)"), ("0.0.0.0", "unspecified"),
     ("224.0.0.1", "multicast"), ("fd00::1", "private"), ("93.184.216.34", None), ("2606:4700::1111", None),
+    # IPv6 addresses that carry an IPv4 address are judged by it too
+    ("2002:c0a8:101::1", "6to4 of 192.168.1.1 (private)"), ("2002:7f00:1::", "6to4 of 127.0.0.1 (loopback)"),
+    ("2002:a9fe:a9fe::1", "6to4 of 169.254.169.254 (link-local)"), ("2002:5db8:d822::1", None),
+    ("64:ff9b::10.0.0.1", "NAT64 of 10.0.0.1 (private)"), ("64:ff9b::169.254.169.254", "NAT64 of 169.254.169.254 (link-local)"),
+    ("64:ff9b::93.184.216.34", None), ("64:ff9b:1::a00:1", "local-use NAT64 (RFC 8215)"),
+    ("64:ff9b:1::5db8:d822", "local-use NAT64 (RFC 8215)"),
+    ("2001:0:a00:1:8000:63bf:3fff:fdd2", "Teredo server of 10.0.0.1 (private)"),
+    ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "Teredo client of 10.0.0.1 (private)"),
+    ("::127.0.0.1", "IPv4-compatible of 127.0.0.1 (loopback)"), ("::10.0.0.1", "IPv4-compatible of 10.0.0.1 (private)"),
+    ("::93.184.216.34", "IPv4-compatible (deprecated, RFC 4291 §2.5.5.1)"),
+    ("fec0::1", "site-local (deprecated)"), ("feff::1", "site-local (deprecated)"),
+    ("::", "unspecified"),
 ])
 def test_address_policy(address, reason):
     assert refusal_reason(address) == reason
