@@ -112,7 +112,11 @@ class Settings:
     tool_root: Path | None = _setting(
         "TOOL_ROOT", None, "Directory read_file and list_dir are confined to. Default: where the tool runner started."
     )
-    tool_read_max_bytes: int = _setting("TOOL_READ_MAX_BYTES", 256 * 1024, "Most bytes of a file read_file returns; a longer file is cut (its lines are still counted).")
+    tool_read_max_bytes: int = _setting(
+        "TOOL_READ_MAX_BYTES", 256 * 1024,
+        "Most bytes of a file read_file returns; reading stops there (a longer file is cut and its lines are not "
+        "counted: `total_lines` is null).",
+    )
     tool_list_max_entries: int = _setting("TOOL_LIST_MAX_ENTRIES", 1000, "Most entries list_dir returns.")
     tool_http_max_bytes: int = _setting("TOOL_HTTP_MAX_BYTES", 256 * 1024, "Largest response body http_request returns (bytes).")
     tool_http_timeout: float = _setting("TOOL_HTTP_TIMEOUT", 20.0, "Longest an http_request may take (seconds).")
@@ -125,6 +129,16 @@ class Settings:
         "Comma-separated host or host:port http_request may reach even if they are not public (e.g. an internal docs server).",
     )
     tool_runner_concurrency: int = _setting("TOOL_RUNNER_CONCURRENCY", 32, "Tool calls one tool runner executes at once.")
+    tool_file_workers: int = _setting(
+        "TOOL_FILE_WORKERS", 8,
+        "Threads one tool runner gives read_file and list_dir (a pool of their own; a call stuck in the file system "
+        "holds one of them, nothing else).",
+    )
+    tool_file_timeout: float = _setting(
+        "TOOL_FILE_TIMEOUT", 10.0,
+        "Longest a read_file or list_dir may take, waiting for a free thread included (seconds); past it the call "
+        "answers `timeout`.",
+    )
     # -- all
     shutdown_grace: float = _setting(
         "SHUTDOWN_GRACE", 30.0, "Seconds a stopping component lets in-flight work finish before handing it back."

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
+import os
 import threading
 import time
 
@@ -201,3 +202,54 @@ async def test_agent_with_its_own_llm_block_uses_that_server_and_key(fresh):
     assert not any("hello own server" in json.dumps(r["messages"]) for r in seen_default["requests"])
     mine = [r for r in seen_other["requests"] if "hello own server" in json.dumps(r["messages"])]
     assert mine and mine[0]["auth_sha256"] == hashlib.sha256(b"Bearer sk-own-secret").hexdigest()[:16]
+
+
+async def test_a_file_swapped_for_a_fifo_never_stalls_the_tool_runner(fresh, tmp_path):
+    # A read_file whose file became a FIFO between its check and its open used to wait for a
+    # writer forever, holding a thread; once the threads were all taken, every tenant's
+    # read_file timed out. Now the FIFO is opened without waiting and refused.
+    import nats
+
+    from schemas import subjects
+    from schemas.tools import ToolCallRequest, ToolCallResult
+
+    root = tmp_path / "files"
+    root.mkdir()
+    (root / "notes.txt").write_text("one\ntwo\n")
+    (root / "spare.txt").write_text("plain text\n")
+    sysm = fresh(TOOL_ROOT=str(root))
+    sysm.start_tool_runner("tools-fifo")
+    nc = await nats.connect(sysm.env["NATS_URL"])
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            os.rename(root / "spare.txt", root / "swapped")
+            os.mkfifo(root / "fifo-tmp")
+            os.rename(root / "fifo-tmp", root / "swapped")
+            os.rename(root / "swapped", root / "fifo-gone")
+            os.unlink(root / "fifo-gone")
+            (root / "spare.txt").write_text("plain text\n")
+
+    async def call(tenant: str, path: str, n: int) -> ToolCallResult:
+        request = ToolCallRequest(run_id=f"run-{n}", tool_call_id=f"call-{n}", arguments={"path": path}, timeout=5)
+        reply = await nc.request(subjects.tool(tenant, "read_file"), request.model_dump_json().encode(), timeout=10)
+        return ToolCallResult.model_validate_json(reply.data)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    try:
+        results = []
+        for batch in range(25):
+            results += await asyncio.gather(*(call("mallory", "swapped", batch * 16 + i) for i in range(16)))
+    finally:
+        stop.set()
+        swapper.join()
+    try:
+        outcomes = {"ok" if r.ok else r.error.type for r in results}
+        assert outcomes <= {"ok", "not_found", "not_a_file"}, outcomes  # never "timeout"
+        assert "not_a_file" in outcomes  # some calls did meet the FIFO
+        after = await call("alice", "notes.txt", 999)
+        assert after.ok and after.output["content"] == "one\ntwo\n"
+    finally:
+        await nc.close()

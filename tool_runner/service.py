@@ -28,6 +28,7 @@ from schemas import subjects
 from schemas.common import ErrorInfo
 from schemas.tools import TOOL_RUNNER_TOOLS, ToolCallRequest, ToolCallResult
 from tool_runner.errors import ToolError
+from tool_runner.filepool import FilePool
 from tool_runner.tools import ToolContext, registry
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ class ToolRunner:
         self._done: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._service = None
         self._http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
-        self.ctx = ToolContext(settings=settings, root=self.root, http=self._http)
+        self._files = FilePool(settings.tool_file_workers, settings.tool_file_timeout)
+        self.ctx = ToolContext(settings=settings, root=self.root, http=self._http, files=self._files)
 
     async def start(self) -> None:
         """Register the micro service and one endpoint per tool."""
@@ -85,6 +87,7 @@ class ToolRunner:
             for task in pending:
                 task.cancel()
         await self._http.aclose()
+        self._files.close()
 
     async def _on_request(self, request: Request) -> None:
         # Runs on the endpoint's (serial) subscription task: hand off at once, bounded by _slots.
