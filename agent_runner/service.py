@@ -19,7 +19,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     Without LLM_BASE_URL the built-in model is served in this process, on a free loopback port.
     Prints ``agent-runner ready: <id>`` once pulling.
     """
-    catalog = load_agents(settings.agents_dir)
+    catalog = load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern)
     for error in catalog.errors:
         log.error("agent file problem: %s", error)
     log.info("agents: %s", ", ".join(sorted(catalog.agents)) or "none")

@@ -66,7 +66,16 @@ class Settings:
         "LLM_BASE_URL", None,
         "OpenAI-compatible base URL (…/v1). Unset: the built-in deterministic model.",
     )
-    llm_api_key: str | None = _setting("LLM_API_KEY", None, "API key sent as `Authorization: Bearer` to the LLM server.")
+    llm_api_key: str | None = _setting(
+        "LLM_API_KEY", None,
+        "API key sent as `Authorization: Bearer` to LLM_BASE_URL (only to that origin: an agent with its own "
+        "`llm.base_url` gets a key only through `llm.api_key_env`).",
+    )
+    llm_key_env_pattern: str = _setting(
+        "LLM_KEY_ENV_PATTERN", "AGENTSTREAM_KEY_*",
+        "Shell globs (comma-separated) an agent's `llm.api_key_env` must match; other variables are refused when "
+        "agent files are loaded. (LLM_API_KEY itself goes only to LLM_BASE_URL.)",
+    )
     llm_model: str = _setting("LLM_MODEL", "builtin", "Model name for agents whose YAML names none.")
     llm_timeout: float = _setting("LLM_TIMEOUT", 120.0, "Seconds to wait for the LLM server (connect, and between streamed bytes).")
     llm_max_attempts: int = _setting("LLM_MAX_ATTEMPTS", 5, "Attempts per LLM call on connect errors, 429 and 5xx (exponential backoff with jitter).")

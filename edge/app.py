@@ -36,7 +36,7 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
     state = EdgeState(
         settings=settings,
         auth=auth or Authenticator.from_file(settings.keys_file),
-        catalog=catalog or load_agents(settings.agents_dir),
+        catalog=catalog or load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern),
     )
     app.extensions["agentstream"] = state
     origins = [o.strip() for o in settings.edge_cors_origins.split(",") if o.strip()]
