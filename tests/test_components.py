@@ -4,6 +4,7 @@ dying mid-call, and stop cleanly on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import http.server
 import json
 import os
@@ -179,29 +180,45 @@ async def test_no_tool_runner_the_tool_error_reaches_the_model_and_the_run_ends(
     assert "tool_unavailable" in answer
 
 
-async def test_agent_with_its_own_llm_block_uses_that_server_and_key(fresh):
+async def test_keys_go_only_where_the_operator_sent_them(fresh):
+    # A second model server stands in for one an agent file points at; it records a digest of
+    # the Authorization header each request carried.
     sysm = fresh()
     sysm.start_model()  # the default model server (LLM_BASE_URL)
     other = sysm._proc("other-model", "agentstream.builtin_model", "builtin-model ready: ",
                        BUILTIN_MODEL_BIND=f"127.0.0.1:{free_port()}")
-    (sysm.base / "agents" / "own-llm.yaml").write_text(
-        "name: own-llm\n"
-        "model: builtin\n"
-        f"llm: {{base_url: '{other.ready_value}', api_key_env: OWN_LLM_KEY}}\n"
-    )
-    sysm.start_agent_runner(OWN_LLM_KEY="sk-own-secret")
+    agents = sysm.base / "agents"
+    (agents / "own-llm.yaml").write_text(
+        f"name: own-llm\nmodel: builtin\nllm: {{base_url: '{other.ready_value}', api_key_env: AGENTSTREAM_KEY_OWN}}\n")
+    (agents / "keyless-own.yaml").write_text(f"name: keyless-own\nmodel: builtin\nllm: {{base_url: '{other.ready_value}'}}\n")
+    (agents / "home-key.yaml").write_text(
+        f"name: home-key\nmodel: builtin\nllm: {{base_url: '{other.ready_value}', api_key_env: HOME}}\n")
+    sysm.start_agent_runner(LLM_API_KEY="sk-global-secret", AGENTSTREAM_KEY_OWN="sk-own-secret", HOME="/home/secret")
     sysm.start_edge()
     async with httpx.AsyncClient(base_url=sysm.edge_url) as client:
-        accepted = await submit(client, "own-llm", "hello own server")
-        events = await asyncio.wait_for(read_events(client, accepted["run_id"]), 30)
-        assert events[-1]["event"] == "run.completed"
-        seen_default = (await client.get(sysm.model_url.removesuffix("/v1") + "/debug/requests")).json()
-        seen_other = (await client.get(other.ready_value.removesuffix("/v1") + "/debug/requests")).json()
-    import hashlib
+        for agent in ("own-llm", "keyless-own", "plain"):
+            accepted = await submit(client, agent, f"hello from {agent}")
+            events = await asyncio.wait_for(read_events(client, accepted["run_id"]), 30)
+            assert events[-1]["event"] == "run.completed", events[-1]
+        refused = await client.post("/api/agents/home-key/chat", json={"message": "hi"})
+        listing = (await client.get("/api/agents")).json()
+        seen_default = (await client.get(sysm.model_url.removesuffix("/v1") + "/debug/requests")).json()["requests"]
+        seen_other = (await client.get(other.ready_value.removesuffix("/v1") + "/debug/requests")).json()["requests"]
 
-    assert not any("hello own server" in json.dumps(r["messages"]) for r in seen_default["requests"])
-    mine = [r for r in seen_other["requests"] if "hello own server" in json.dumps(r["messages"])]
-    assert mine and mine[0]["auth_sha256"] == hashlib.sha256(b"Bearer sk-own-secret").hexdigest()[:16]
+    def auth_of(requests: list[dict], agent: str) -> set[str | None]:
+        return {r["auth_sha256"] for r in requests if f"hello from {agent}" in json.dumps(r["messages"])}
+
+    def digest(key: str) -> str:
+        return hashlib.sha256(f"Bearer {key}".encode()).hexdigest()[:16]
+
+    assert auth_of(seen_other, "own-llm") == {digest("sk-own-secret")}
+    assert auth_of(seen_other, "keyless-own") == {None}  # not LLM_API_KEY: that is for LLM_BASE_URL only
+    assert auth_of(seen_default, "plain") == {digest("sk-global-secret")}
+    assert not auth_of(seen_default, "own-llm") and not auth_of(seen_default, "keyless-own")
+    assert refused.status_code == 404
+    assert {"file": "home-key.yaml", "field": "llm.api_key_env",
+            "reason": "'HOME' does not match LLM_KEY_ENV_PATTERN (AGENTSTREAM_KEY_*); put the key in a variable whose "
+                      "name matches it"} in listing["errors"]
 
 
 async def test_a_file_swapped_for_a_fifo_never_stalls_the_tool_runner(fresh, tmp_path):
