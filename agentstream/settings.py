@@ -55,7 +55,14 @@ class Settings:
     )
     edge_cors_origins: str = _setting(
         "EDGE_CORS_ORIGINS", "",
-        "Comma-separated origins (https://app.example) whose browser pages may call the API, or `*`. Unset: same-origin only.",
+        "Comma-separated origins (https://app.example) whose browser pages may call the API, or `*`. Unset: "
+        "same-origin only (a POST from another origin is a 403).",
+    )
+    edge_allowed_hosts: str = _setting(
+        "EDGE_ALLOWED_HOSTS", "",
+        "Comma-separated host names (any port), host:port, .domain (and its subdomains) or `*` that requests may "
+        "name in `Host`; others get 421. Unset: localhost, 127.0.0.1, [::1] and the EDGE_BIND address (bound to "
+        "0.0.0.0 or ::, this machine's host name instead).",
     )
     edge_watch_buffer: int = _setting(
         "EDGE_WATCH_BUFFER", 256,

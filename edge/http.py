@@ -16,6 +16,7 @@ from agentstream import eventlog, sse
 from edge.auth import Tenant
 from edge.errors import ApiError, from_validation
 from edge.feed import EventFeed
+from edge.guard import SSE_ENDPOINTS
 from edge.state import EdgeState
 from schemas import subjects
 from schemas.agents import AgentDefinition
@@ -24,8 +25,6 @@ from schemas.runs import RunControl
 log = logging.getLogger(__name__)
 
 MAX_EVENT_ID = 2**63 - 1
-SIMPLE_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
-"""Content types a browser sends cross-origin without a CORS preflight (Fetch standard)."""
 
 
 def state() -> EdgeState:
@@ -34,8 +33,10 @@ def state() -> EdgeState:
 
 
 def tenant() -> Tenant:
-    """The caller's tenant, from ``Authorization: Bearer`` (or ``?api_key=``). ApiError 401."""
-    return state().auth.tenant_for(request.headers.get("Authorization"), request.args.get("api_key"))
+    """The caller's tenant, from ``Authorization: Bearer`` (or, on the SSE routes only,
+    ``?api_key=``; see edge.guard). ApiError 401."""
+    api_key = request.args.get("api_key") if request.endpoint in SSE_ENDPOINTS else None
+    return state().auth.tenant_for(request.headers.get("Authorization"), api_key)
 
 
 def agent_for(t: Tenant, name: str, *, field: str = "name") -> AgentDefinition:
@@ -55,15 +56,11 @@ def check_run_id(run_id: str) -> None:
 
 
 async def json_object(*, optional: bool = False) -> dict[str, Any]:
-    """The request body as a JSON object. ApiError 415 (form/text body), 400 (not a JSON object).
+    """The request body as a JSON object. ApiError 400 (not a JSON object). (Its Content-Type,
+    ``application/json``, is checked for every POST by edge.guard.)
 
     ``optional``: an empty body is ``{}``.
     """
-    if request.mimetype in SIMPLE_CONTENT_TYPES:
-        # A browser may send these cross-site without asking (no CORS preflight): refusing them
-        # keeps other web pages from starting runs on a local edge.
-        raise ApiError(415, "unsupported_media_type", "send the body as JSON with 'Content-Type: application/json'",
-                       "Content-Type")
     raw = await request.get_data()
     if not raw.strip():
         if optional:
