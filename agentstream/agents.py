@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from agentstream import yamlload
 from agentstream.beneath import BeneathError, open_beneath, read_capped
@@ -149,7 +150,9 @@ def read_beneath(dir_fd: int, rel: str, *, dir_path: str | None = None) -> tuple
         return "", 0.0, AgentFileError(rel, None, f"cannot read: not UTF-8 text (byte {err.start})")
 
 
-def parse_agent(raw: str, rel: str, *, key_env_pattern: str | None = None) -> tuple[AgentDefinition | None, list[AgentFileError]]:
+def parse_agent(
+    raw: str, rel: str, *, key_env_pattern: str | None = None
+) -> tuple[AgentDefinition | None, list[AgentFileError]]:
     """Parse and validate the text of one agent file named ``rel``. Returns the agent (None if
     invalid) and its errors (file, field, reason).
 
@@ -215,7 +218,9 @@ def load_agents(directory: Path, *, key_env_pattern: str | None = None) -> Agent
                         )
                     )
                 elif agent.name in catalog.agents:
-                    errors.append(AgentFileError(rel, "name", f"agent {agent.name!r} is already defined by another file"))
+                    errors.append(
+                        AgentFileError(rel, "name", f"agent {agent.name!r} is already defined by another file")
+                    )
                 else:
                     catalog.agents[agent.name] = agent
                     catalog.created[agent.name] = int(mtime)
@@ -261,11 +266,10 @@ def _check_ensembles(catalog: AgentCatalog) -> None:
                 break
 
 
-def _reason(error: dict) -> str:
-    kind = error.get("type", "")
+def _reason(error: ErrorDetails) -> str:
+    kind = error["type"]
     if kind == "extra_forbidden":
         return "unknown field"
     if kind == "missing":
         return "required field is missing"
-    msg = error.get("msg", "invalid")
-    return msg.removeprefix("Value error, ")
+    return error["msg"].removeprefix("Value error, ")

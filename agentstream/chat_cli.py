@@ -105,7 +105,8 @@ def _summary(output) -> str:
     if isinstance(output, dict):
         if "total_lines" in output:
             if output["total_lines"] is None:  # read_file stopped before the file's end
-                return f": {output.get('path')}, lines {output.get('start_line')}-{output.get('end_line')} of a longer file"
+                lines = f"{output.get('start_line')}-{output.get('end_line')}"
+                return f": {output.get('path')}, lines {lines} of a longer file"
             return f": {output.get('path')}, {output.get('total_lines')} lines"
         if "status" in output:
             return f": HTTP {output.get('status')}, {output.get('bytes')} bytes"

@@ -44,7 +44,7 @@ class NoAliasLoader(yaml.SafeLoader):
             self._path.append(str(part))
         try:
             if self.check_event(yaml.AliasEvent):
-                event = self.peek_event()
+                event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
                 mark = event.start_mark
                 raise AliasRefused(".".join(self._path) or None, str(event.anchor), mark.line + 1, mark.column + 1)
             node: Node | None = super().compose_node(parent, index)

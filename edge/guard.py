@@ -151,8 +151,9 @@ def check(
                        "in EDGE_ALLOWED_HOSTS", "Host")
     if has_api_key_param and endpoint not in SSE_ENDPOINTS:
         raise ApiError(401, "unauthorized",
-                       "?api_key= is taken only by the SSE routes (GET /api/runs/{id}/events, GET /api/agents/{name}/sse), "
-                       "for a browser EventSource; send 'Authorization: Bearer KEY'", "api_key")
+                       "?api_key= is taken only by the SSE routes (GET /api/runs/{id}/events, "
+                       "GET /api/agents/{name}/sse), for a browser EventSource; send 'Authorization: Bearer KEY'",
+                       "api_key")
     if method != "POST":
         return
     if origin is not None:

@@ -162,6 +162,7 @@ def test_a_skill_linked_out_of_the_agents_directory_is_not_loaded(tmp_path):
 
 
 def test_the_key_variable_pattern_is_the_operators(tmp_path):
-    (tmp_path / "own.yaml").write_text("name: own\nllm: {base_url: 'http://x.example/v1', api_key_env: OPENAI_API_KEY}\n")
+    (tmp_path / "own.yaml").write_text(
+        "name: own\nllm: {base_url: 'http://x.example/v1', api_key_env: OPENAI_API_KEY}\n")
     assert "own" not in load_agents(tmp_path).agents
     assert "own" in load_agents(tmp_path, key_env_pattern="AGENTSTREAM_KEY_*, OPENAI_API_KEY").agents

@@ -190,7 +190,8 @@ async def test_keys_go_only_where_the_operator_sent_them(fresh):
     agents = sysm.base / "agents"
     (agents / "own-llm.yaml").write_text(
         f"name: own-llm\nmodel: builtin\nllm: {{base_url: '{other.ready_value}', api_key_env: AGENTSTREAM_KEY_OWN}}\n")
-    (agents / "keyless-own.yaml").write_text(f"name: keyless-own\nmodel: builtin\nllm: {{base_url: '{other.ready_value}'}}\n")
+    (agents / "keyless-own.yaml").write_text(
+        f"name: keyless-own\nmodel: builtin\nllm: {{base_url: '{other.ready_value}'}}\n")
     (agents / "home-key.yaml").write_text(
         f"name: home-key\nmodel: builtin\nllm: {{base_url: '{other.ready_value}', api_key_env: HOME}}\n")
     sysm.start_agent_runner(LLM_API_KEY="sk-global-secret", AGENTSTREAM_KEY_OWN="sk-own-secret", HOME="/home/secret")

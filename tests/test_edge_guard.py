@@ -43,8 +43,10 @@ async def test_a_post_without_content_type_from_another_origin_is_403():
     await error_of(resp, 403, "Origin")
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x", "application/yaml", "application/json-seq"])
+@pytest.mark.parametrize("content_type", [
+    None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/yaml",
+    "application/json-seq",
+])
 async def test_every_post_needs_json(content_type):
     client = app_for().test_client()
     headers = {**BEARER, **({"Content-Type": content_type} if content_type else {})}
@@ -131,7 +133,8 @@ def test_default_host_rule():
 
 @pytest.mark.parametrize("value,expected", [
     ("Example.COM.", ("example.com", None)), ("example.com:8080", ("example.com", 8080)), ("[::1]:80", ("::1", 80)),
-    ("[::1]", ("::1", None)), ("::1", None), ("[::1", None), ("[::1]x", None), ("[nope]", None), ("a:b", None), ("a:0", None), ("a/b", None),
+    ("[::1]", ("::1", None)), ("::1", None), ("[::1", None), ("[::1]x", None), ("[nope]", None), ("a:b", None),
+    ("a:0", None), ("a/b", None),
     ("user@host", None), ("", None),
 ])
 def test_split_host(value, expected):

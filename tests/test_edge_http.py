@@ -264,7 +264,8 @@ async def test_an_early_error_keeps_the_connection_usable(system):
             await writer.drain()
             got, _ = await _read_response(reader)
             assert got == status
-        writer.write(f"GET /api/agents HTTP/1.1\r\nHost: {netloc}\r\nAuthorization: Bearer {ALICE_KEY}\r\n\r\n".encode())
+        writer.write(
+            f"GET /api/agents HTTP/1.1\r\nHost: {netloc}\r\nAuthorization: Bearer {ALICE_KEY}\r\n\r\n".encode())
         await writer.drain()
         got, listing = await _read_response(reader)
         assert got == 200 and "programmer-helper" in json.loads(listing)["agents"]
@@ -279,7 +280,8 @@ async def test_the_real_edge_applies_its_request_rules(system):
         _error(await client.get("/api/agents", headers={"Host": "evil.example"}), 421, "Host")
         _error(await client.post("/api/agents/programmer-helper/chat", content=b'{"message": "hi"}',
                                  headers={"Origin": "https://evil.example"}), 403, "Origin")
-        _error(await client.post("/api/agents/programmer-helper/chat", content=b'{"message": "hi"}'), 415, "Content-Type")
+        _error(await client.post("/api/agents/programmer-helper/chat", content=b'{"message": "hi"}'), 415,
+               "Content-Type")
         _error(await client.post(f"/api/agents/programmer-helper/chat?api_key={ALICE_KEY}", json={"message": "hi"},
                                  headers={"Authorization": ""}), 401, "api_key")
     host, port = system.edge_url.removeprefix("http://").split(":")

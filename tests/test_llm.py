@@ -174,7 +174,8 @@ def _agent(**llm) -> AgentDefinition:
     ({"base_url": "https://llm.internal/v1"}, {}, None),  # another port: another origin
     ({"base_url": "http://llm.internal:8443/v1"}, {}, None),  # another scheme
     ({"base_url": "https://evil.example/v1"}, {}, None),
-    ({"base_url": "https://evil.example/v1", "api_key_env": "AGENTSTREAM_KEY_EVIL"}, {"AGENTSTREAM_KEY_EVIL": "sk-e"}, "sk-e"),
+    ({"base_url": "https://evil.example/v1", "api_key_env": "AGENTSTREAM_KEY_EVIL"}, {"AGENTSTREAM_KEY_EVIL": "sk-e"},
+     "sk-e"),
     ({"api_key_env": "AGENTSTREAM_KEY_OTHER"}, {"AGENTSTREAM_KEY_OTHER": "sk-o"}, "sk-o"),
 ])
 def test_llm_api_key_goes_only_to_llm_base_url(llm, environ, key):
@@ -184,8 +185,9 @@ def test_llm_api_key_goes_only_to_llm_base_url(llm, environ, key):
 
 def test_a_key_variable_outside_the_pattern_or_unset_is_refused():
     settings = Settings.from_env({}, llm_base_url=DEFAULT)
-    with pytest.raises(ValueError, match="llm.api_key_env: 'HOME' does not match LLM_KEY_ENV_PATTERN"):
-        llm_endpoint(_agent(base_url="https://evil.example/v1", api_key_env="HOME"), settings, DEFAULT, {"HOME": "/root"})
+    with pytest.raises(ValueError, match=r"llm\.api_key_env: 'HOME' does not match LLM_KEY_ENV_PATTERN"):
+        llm_endpoint(_agent(base_url="https://evil.example/v1", api_key_env="HOME"), settings, DEFAULT,
+                     {"HOME": "/root"})
     with pytest.raises(ValueError, match=r"\$AGENTSTREAM_KEY_X, which is not set"):
         llm_endpoint(_agent(api_key_env="AGENTSTREAM_KEY_X"), settings, DEFAULT, {})
 

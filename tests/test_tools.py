@@ -88,8 +88,7 @@ async def test_a_huge_sparse_file_answers_its_first_line_without_reading_the_res
     # 6 GiB, almost all a hole: the first line, then NUL bytes to the end (read_file would count
     # lines through all of it before).
     huge = root / "huge.log"
-    with open(huge, "wb") as fh:
-        fh.write(b"first line\n" + b"x" * 9000 + b"\n")
+    huge.write_bytes(b"first line\n" + b"x" * 9000 + b"\n")
     os.truncate(huge, 6 * 1024**3)
     out = await read_file(ReadFileArgs(path="huge.log", end_line=1), ctx_for(root))
     assert out["content"] == "first line\n"
@@ -255,7 +254,8 @@ async def test_http_request_rejects_other_schemes(root):
     # IPv6 addresses that carry an IPv4 address are judged by it too
     ("2002:c0a8:101::1", "6to4 of 192.168.1.1 (private)"), ("2002:7f00:1::", "6to4 of 127.0.0.1 (loopback)"),
     ("2002:a9fe:a9fe::1", "6to4 of 169.254.169.254 (link-local)"), ("2002:5db8:d822::1", None),
-    ("64:ff9b::10.0.0.1", "NAT64 of 10.0.0.1 (private)"), ("64:ff9b::169.254.169.254", "NAT64 of 169.254.169.254 (link-local)"),
+    ("64:ff9b::10.0.0.1", "NAT64 of 10.0.0.1 (private)"),
+    ("64:ff9b::169.254.169.254", "NAT64 of 169.254.169.254 (link-local)"),
     ("64:ff9b::93.184.216.34", None), ("64:ff9b:1::a00:1", "local-use NAT64 (RFC 8215)"),
     ("64:ff9b:1::5db8:d822", "local-use NAT64 (RFC 8215)"),
     ("2001:0:a00:1:8000:63bf:3fff:fdd2", "Teredo server of 10.0.0.1 (private)"),
