@@ -1,13 +1,14 @@
 # agentstream: two commands on a fresh machine with Python 3.11+ and pip.
 #   make run    create .venv if missing, install, start everything (agentstream up)
 #   make test   create .venv if missing, install the test extras, run the whole suite
+#   make lint   ruff over the code, tests and benchmark; mypy --strict over the packages
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test soak bench schemas check docs clean
+.PHONY: run test lint soak bench schemas check docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,10 @@ run: $(VENV)/.installed-run
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
 # Regenerate schemas/json/*.schema.json from the models (a test fails when they drift).
 schemas: $(VENV)/.installed-run
 	$(BIN)/python -m schemas.jsonschema
@@ -35,7 +40,7 @@ check: $(VENV)/.installed-run
 	$(BIN)/agentstream agents check
 
 clean:
-	rm -rf $(VENV) .agentstream .pytest_cache
+	rm -rf $(VENV) .agentstream .pytest_cache .mypy_cache .ruff_cache
 
 # Refresh the README's settings table from agentstream/settings.py (a test fails when it is stale).
 docs: $(VENV)/.installed-run

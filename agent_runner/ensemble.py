@@ -20,6 +20,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
 
 from agent_runner.event_writer import RunEventWriter
 from agentstream import eventlog
@@ -62,11 +63,15 @@ def question_of(request: RunRequest) -> str:
 def combined_message(ensemble: AgentDefinition, question: str, outcomes: list[tuple[str, MemberOutcome]]) -> str:
     """The combiner's user message: ``combine_prompt`` with the question and the answers, each
     under a ``### {member}`` heading, in the ensemble's member order."""
-    answers = "\n\n".join(f"### {member}\n{outcome.answer}" for member, outcome in outcomes if outcome.answer is not None)
+    answers = "\n\n".join(
+        f"### {member}\n{outcome.answer}" for member, outcome in outcomes if outcome.answer is not None
+    )
     return ensemble.combine_prompt.replace("{question}", question).replace("{answers}", answers)
 
 
-async def wait_for_end(nc: NATS, subject: str, timeout: float) -> eventlog.StoredEvent | None:
+async def wait_for_end(
+    nc: NATS, subject: str, timeout: float  # noqa: ASYNC109 - at the deadline it returns None, it does not raise
+) -> eventlog.StoredEvent | None:
     """The terminal event of the run on ``subject``, or None if it does not come within ``timeout``
     seconds. Listens to the live re-publication and re-checks the stream every second."""
     sub = await nc.subscribe(subjects.live_of(subject))
@@ -100,13 +105,15 @@ async def run_members(
     *,
     started_before: dict[str, E.MemberStartedData],
     finished_before: dict[str, E.MemberFinishedData],
-    waiting: Callable[[], AbstractAsyncContextManager],
+    waiting: Callable[[], AbstractAsyncContextManager[None]],
+    index: KeyValue | None = None,
 ) -> list[tuple[str, MemberOutcome]]:
     """Run (or, on a retried parent, find) every member's child run and wait for them.
 
     Returns ``[(member, outcome)]`` in member order. Raises MembersFailed when fewer than
     ``min_success`` completed. ``waiting``: a context manager the runner uses to not count this
-    run against its concurrency while it only waits.
+    run against its concurrency while it only waits; ``index``: the RUN_INDEX bucket the child
+    runs are entered in.
     """
     question = question_of(request)
     outcomes: dict[str, MemberOutcome] = {}
@@ -118,7 +125,8 @@ async def run_members(
                 run_id=child_ids[member], message_id=f"{request.message_id[:150]}:{member}", message=question,
                 history=request.history, conversation_id=request.conversation_id, parent_run_id=request.run_id,
             )
-            await submit(nc, tenant, member, child)  # a repeat (retried parent) is recognised, not re-run
+            # A repeat (a retried parent) is recognised, not re-run.
+            await submit(nc, tenant, member, child, index=index, member=True)
             if member not in started_before:
                 await writer.emit(E.MEMBER_STARTED, E.MemberStartedData(member=member, run_id=child_ids[member]))
         async with waiting():
@@ -127,7 +135,7 @@ async def run_members(
                                 finished_before.get(member))
                 for member in ensemble.members
             ))
-        for member, outcome in zip(ensemble.members, results):
+        for member, outcome in zip(ensemble.members, results, strict=True):
             outcomes[member] = outcome
             if member not in finished_before:
                 await writer.emit(E.MEMBER_FINISHED, outcome.finished)
@@ -139,16 +147,22 @@ async def run_members(
         raise
     ok = [m for m in ensemble.members if outcomes[m].finished.status == "completed"]
     if len(ok) < ensemble.min_success:
-        failures = "; ".join(
-            f"{m} {outcomes[m].finished.status}" + (f" ({outcomes[m].finished.error.message})" if outcomes[m].finished.error else "")
-            for m in ensemble.members if m not in ok
+        failures = "; ".join(_failure(m, outcomes[m].finished) for m in ensemble.members if m not in ok)
+        raise MembersFailed(
+            f"{len(ok)} of {len(ensemble.members)} members answered, {ensemble.min_success} needed: {failures}"
         )
-        raise MembersFailed(f"{len(ok)} of {len(ensemble.members)} members answered, {ensemble.min_success} needed: {failures}")
     return [(m, outcomes[m]) for m in ensemble.members]
 
 
-async def _member_outcome(nc: NATS, tenant: str, member: str, run_id: str, timeout: float, started: float,
-                          finished_before: E.MemberFinishedData | None) -> MemberOutcome:
+def _failure(member: str, finished: E.MemberFinishedData) -> str:
+    return f"{member} {finished.status}" + (f" ({finished.error.message})" if finished.error else "")
+
+
+async def _member_outcome(
+    nc: NATS, tenant: str, member: str, run_id: str,
+    timeout: float,  # noqa: ASYNC109 - the member's budget: at its end the child is cancelled and reported
+    started: float, finished_before: E.MemberFinishedData | None,
+) -> MemberOutcome:
     subject = subjects.run_events(tenant, member, run_id)
     end = await wait_for_end(nc, subject, timeout)
     duration = round((time.perf_counter() - started) * 1000, 3)
@@ -158,14 +172,17 @@ async def _member_outcome(nc: NATS, tenant: str, member: str, run_id: str, timeo
                                         error=ErrorInfo(type="timeout", message=f"no answer within {timeout:g} s"))
         return MemberOutcome(finished_before or finished)
     record = fold_record(await eventlog.read_list(nc, subject))
+    if record is None:  # its terminal event was just read: only a failed read leaves nothing
+        raise eventlog.EventLogError(f"{subject}: no events to read")
     status = record.status if record.status in ("completed", "failed", "cancelled") else "failed"
     error = None
     if status != "completed":
         err = record.error or {}
         error = ErrorInfo(type=err.get("type") or status, message=err.get("message") or record.reason or status)
     usage = Usage(**{k: v for k, v in (record.usage or {}).items() if k in Usage.model_fields})
-    finished = finished_before or E.MemberFinishedData(member=member, run_id=run_id, status=status, duration_ms=duration,
-                                                       error=error, usage=usage)
+    finished = finished_before or E.MemberFinishedData(
+        member=member, run_id=run_id, status=status, duration_ms=duration, error=error, usage=usage
+    )
     return MemberOutcome(finished, record.answer if status == "completed" else None)
 
 

@@ -62,11 +62,11 @@ class RunEventWriter:
         self._buf: list[str] = []
         self._buf_bytes = 0
         self._buf_step = 0
-        self._flush_task: asyncio.Task | None = None
+        self._flush_task: asyncio.Task[None] | None = None
         self._last_delta = 0.0  # monotonic time the last message.delta was stored
         self._failed: BaseException | None = None
-        self._inflight: asyncio.Task | None = None
-        self._opening: asyncio.Task | None = None
+        self._inflight: asyncio.Task[int] | None = None
+        self._opening: asyncio.Task[None] | None = None
 
     def open_later(self, find_last_seq: Callable[[], Awaitable[int]], first: tuple[str, BaseModel]) -> None:
         """Let the run start before its subject is read: ``find_last_seq()`` (which may raise to

@@ -28,12 +28,16 @@ from typing import Any
 import httpx
 import httpx_sse
 import orjson
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity.wait import wait_base
 
 from agentstream.retry import first_then_retry
 from schemas.common import Usage
 
 log = logging.getLogger(__name__)
+
+OnText = Callable[[str], Awaitable[None]]
+"""Called with each fragment of the model's text as it streams."""
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
@@ -132,7 +136,7 @@ class LLMClient:
         *,
         tools: list[dict[str, Any]] | None = None,
         parameters: dict[str, Any] | None = None,
-        on_text: Callable[[str], Awaitable[None]] | None = None,
+        on_text: OnText | None = None,
     ) -> StepResult:
         """Call the model once, streaming; ``on_text`` gets each text fragment as it arrives.
 
@@ -169,11 +173,17 @@ class LLMClient:
                 retry=retry_if_exception(retryable),
                 reraise=True,
             ),
-            first_wait=lambda err: min(err.retry_after, 30.0) if isinstance(err, LLMError) and err.retry_after is not None
-            else 0.25 + random.random() * 0.5,
+            first_wait=lambda err: (
+                min(err.retry_after, 30.0)
+                if isinstance(err, LLMError) and err.retry_after is not None
+                else 0.25 + random.random() * 0.5
+            ),
         )
 
-    async def _once(self, endpoint, body, headers, on_text, streamed) -> StepResult:
+    async def _once(
+        self, endpoint: LLMEndpoint, body: dict[str, Any], headers: dict[str, str], on_text: OnText | None,
+        streamed: dict[str, bool],
+    ) -> StepResult:
         timeout = httpx.Timeout(connect=self._connect_timeout, read=endpoint.timeout, write=30.0, pool=30.0)
         shard = self._shard()
         shard[1] += 1
@@ -207,7 +217,7 @@ class LLMClient:
         finally:
             shard[1] -= 1
 
-    async def _from_stream(self, resp: httpx.Response, on_text, streamed) -> StepResult:
+    async def _from_stream(self, resp: httpx.Response, on_text: OnText | None, streamed: dict[str, bool]) -> StepResult:
         result = StepResult()
         calls: dict[int, ToolCallAccum] = {}
         text_parts: list[str] = []
@@ -253,13 +263,15 @@ class LLMClient:
             result.finish_reason = "tool_calls"
         return result
 
-    async def _from_json(self, raw: bytes, on_text, streamed) -> StepResult:
+    async def _from_json(self, raw: bytes, on_text: OnText | None, streamed: dict[str, bool]) -> StepResult:
         try:
             body = json.loads(raw)
             choice = body["choices"][0]
             message = choice.get("message") or {}
         except (ValueError, KeyError, IndexError, TypeError):
-            raise LLMError("llm_bad_response", f"neither an event stream nor a chat completion: {raw[:200]!r}") from None
+            raise LLMError(
+                "llm_bad_response", f"neither an event stream nor a chat completion: {raw[:200]!r}"
+            ) from None
         result = StepResult(text=message.get("content") or "", finish_reason=choice.get("finish_reason"))
         if body.get("usage"):
             result.usage = _usage(body["usage"])
@@ -279,10 +291,10 @@ class LLMClient:
 class _RetryAfterOrBackoff:
     """tenacity wait: the server's ``Retry-After`` (capped at 30 s) if it gave one, else backoff."""
 
-    def __init__(self, backoff):
+    def __init__(self, backoff: wait_base):
         self.backoff = backoff
 
-    def __call__(self, retry_state) -> float:
+    def __call__(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(exc, LLMError) and exc.retry_after is not None:
             return min(exc.retry_after, 30.0)

@@ -34,6 +34,16 @@ class MaxStepsExceeded(Exception):
     """The model still asked for tools after its last allowed step."""
 
 
+@dataclass(frozen=True)
+class StepCall:
+    """One tool call of a step as the loop handles it: unlike a streamed ToolCallAccum, it has an id
+    (the model's, or one made up for it) and JSON arguments."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 @dataclass
 class RunContext:
     """Everything one run attempt needs. ``usage`` and ``steps`` grow as it goes (also on failure)."""
@@ -110,19 +120,19 @@ async def run_agent(ctx: RunContext, plan: ResumePlan | None = None) -> E.Messag
     messages = initial_messages(agent, ctx.skills, request)
     server_tools = tool_definitions(agent, ctx.skills)
     client_tools = [t.model_dump(mode="json") for t in request.tools]
-    client_names = {t.function.get("name") for t in request.tools}
+    client_names = {t.function["name"] for t in request.tools if isinstance(t.function.get("name"), str)}
     parameters = llm_parameters(agent, request)
 
     step = 1
     if plan is not None:
         ctx.usage = plan.usage
         for record in plan.finished:
-            messages.extend(step_messages(record.text, [_accum(c) for c in record.calls], record.results))
+            messages.extend(step_messages(record.text, [_step_call(c) for c in record.calls], record.results))
         step = plan.step
         if plan.pending is not None:
             record = plan.pending
             ctx.steps = step
-            done = await _finish_step(ctx, step, record.text, [_accum(c) for c in record.calls], record.results,
+            done = await _finish_step(ctx, step, record.text, [_step_call(c) for c in record.calls], record.results,
                                       messages, client_names, record.usage)
             if done is not None:
                 return done
@@ -147,8 +157,8 @@ async def run_agent(ctx: RunContext, plan: ResumePlan | None = None) -> E.Messag
         await writer.flush()
 
         if not result.tool_calls:
-            finish = result.finish_reason if result.finish_reason in ("stop", "length", "content_filter") else "stop"
-            done = E.MessageCompletedData(text=result.text, finish_reason=finish, steps=step, usage=result.usage)
+            done = E.MessageCompletedData(text=result.text, finish_reason=_final_finish_reason(result.finish_reason),
+                                          steps=step, usage=result.usage)
             await writer.emit(E.MESSAGE_COMPLETED, done)
             return done
 
@@ -174,7 +184,7 @@ async def _finish_step(
     ctx: RunContext,
     step: int,
     text: str,
-    calls: list[ToolCallAccum],
+    calls: list[StepCall],
     known: dict[str, E.ToolResultData],
     messages: list[dict[str, Any]],
     client_names: set[str],
@@ -193,18 +203,22 @@ async def _finish_step(
         done = E.MessageCompletedData(text=text, finish_reason="tool_calls", tool_calls=refs, steps=step, usage=usage)
         await ctx.writer.emit(E.MESSAGE_COMPLETED, done)
         return done
-    messages.extend(step_messages(text, calls, dict(zip((c.id for c in server_calls), outcomes))))
+    messages.extend(step_messages(text, calls, dict(zip((c.id for c in server_calls), outcomes, strict=True))))
     return None
 
 
-def step_messages(text: str, calls: list[ToolCallAccum], results: dict[str, Any]) -> list[dict[str, Any]]:
+def step_messages(text: str, calls: list[StepCall], results: dict[str, Any]) -> list[dict[str, Any]]:
     """A finished step as the model sees it next time: its assistant message (text and tool
     calls), then one ``tool`` message per call (``results``: ToolOutcome or ToolResultData by id)."""
-    out: list[dict[str, Any]] = [{
-        "role": "assistant",
-        "content": text or None,
-        "tool_calls": [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls],
-    }]
+    out: list[dict[str, Any]] = [
+        {
+            "role": "assistant",
+            "content": text or None,
+            "tool_calls": [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
+            ],
+        }
+    ]
     for call in calls:
         result = results.get(call.id)
         content = tool_message_content(result) if result is not None else json.dumps(
@@ -217,22 +231,32 @@ async def _reuse(result: E.ToolResultData) -> E.ToolResultData:
     return result
 
 
-def _accum(call: E.ToolCallData) -> ToolCallAccum:
-    return ToolCallAccum(id=call.tool_call_id, name=call.name, arguments=call.arguments)
+def _step_call(call: E.ToolCallData) -> StepCall:
+    return StepCall(id=call.tool_call_id, name=call.name, arguments=call.arguments)
 
 
 def tool_message_content(outcome: ToolOutcome | E.ToolResultData) -> str:
     """What the model reads as a tool's answer: the output as JSON, or ``{"error": {type, message}}``."""
     if outcome.ok:
         return json.dumps(outcome.output, ensure_ascii=False)
-    return json.dumps({"error": outcome.error.model_dump() if outcome.error else {"type": "error", "message": "failed"}})
+    return json.dumps(
+        {"error": outcome.error.model_dump() if outcome.error else {"type": "error", "message": "failed"}}
+    )
 
 
-def _normalise(call: ToolCallAccum) -> ToolCallAccum:
-    return ToolCallAccum(id=call.id or new_tool_call_id(), name=call.name, arguments=call.arguments or "{}")
+def _normalise(call: ToolCallAccum) -> StepCall:
+    return StepCall(id=call.id or new_tool_call_id(), name=call.name, arguments=call.arguments or "{}")
 
 
-async def _execute(ctx: RunContext, step: int, call: ToolCallAccum) -> ToolOutcome:
+def _final_finish_reason(reason: str | None) -> E.FinishReason:
+    """The finish reason of a step without tool calls: the model's, if it is one of these, else ``stop``."""
+    match reason:
+        case "length" | "content_filter":
+            return reason
+    return "stop"
+
+
+async def _execute(ctx: RunContext, step: int, call: StepCall) -> ToolOutcome:
     """Run one server-side tool call and write its ``tool.result``."""
     started = time.perf_counter()
     try:
@@ -240,7 +264,9 @@ async def _execute(ctx: RunContext, step: int, call: ToolCallAccum) -> ToolOutco
         if not isinstance(arguments, dict):
             raise ValueError("arguments must be a JSON object")
     except ValueError as err:
-        outcome = ToolOutcome(ok=False, error=ErrorInfo(type="invalid_arguments", message=f"arguments are not a JSON object: {err}"))
+        outcome = ToolOutcome(
+            ok=False, error=ErrorInfo(type="invalid_arguments", message=f"arguments are not a JSON object: {err}")
+        )
     else:
         if call.name in BUILTIN_AGENT_TOOLS:
             outcome = _load_skill(ctx, arguments)
@@ -257,7 +283,8 @@ async def _execute(ctx: RunContext, step: int, call: ToolCallAccum) -> ToolOutco
         else:
             available = ", ".join([*ctx.agent.actions, *(["load_skill"] if ctx.skills else [])]) or "none"
             outcome = ToolOutcome(
-                ok=False, error=ErrorInfo(type="unknown_tool", message=f"there is no tool {call.name!r}; available: {available}")
+                ok=False,
+                error=ErrorInfo(type="unknown_tool", message=f"there is no tool {call.name!r}; available: {available}"),
             )
     if not outcome.ms:
         outcome.ms = round((time.perf_counter() - started) * 1000, 3)
@@ -277,4 +304,6 @@ def _load_skill(ctx: RunContext, arguments: dict[str, Any]) -> ToolOutcome:
         if skill.name == name:
             return ToolOutcome(ok=True, output={"name": skill.name, "text": skill.text})
     known = ", ".join(s.name for s in ctx.skills) or "none"
-    return ToolOutcome(ok=False, error=ErrorInfo(type="unknown_skill", message=f"no skill {name!r}; this agent's skills: {known}"))
+    return ToolOutcome(
+        ok=False, error=ErrorInfo(type="unknown_skill", message=f"no skill {name!r}; this agent's skills: {known}")
+    )

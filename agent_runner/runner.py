@@ -1,8 +1,10 @@
-"""The agent runner: pulls run requests from AGENT_RUNS through the one durable consumer all
-runners share, runs each (agent_runner.loop), writes its events, and acks the request only once
-the run's terminal event is stored.
+"""The agent runner: takes run requests from AGENT_RUNS through the consumers all runners share
+(one per tenant, one for ensemble members: agent_runner.intake), runs each (agent_runner.loop),
+writes its events, and acks the request only once the run's terminal event is stored.
 
 Guarantees, per run request:
+- a run of an agent its tenant may not use (the keys file's allow-list, also for runs submitted
+  over NATS directly) ends ``run.failed`` with error type ``forbidden_agent``, without running;
 - a request whose run already ended (a duplicate, a redelivery after the terminal event) is acked
   without running again;
 - while a run is held, ``in_progress`` is sent every third of the ack wait, so a long run is not
@@ -21,32 +23,40 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from agent_runner import resume
 from agent_runner.endpoint import llm_endpoint
 from agent_runner.ensemble import MembersFailed, combined_message, question_of, run_members
 from agent_runner.event_writer import OwnershipLost, RunEventWriter
+from agent_runner.intake import Intake, Slots
 from agent_runner.llm import LLMClient, LLMEndpoint, LLMError
 from agent_runner.loop import MaxStepsExceeded, RunContext, run_agent
 from agent_runner.tool_client import ToolClient
 from agentstream import eventlog
 from agentstream.agents import AgentCatalog
-from agentstream.bus import declare
+from agentstream.bus import ensure_topology
 from agentstream.eventlog import StoredEvent
+from agentstream.policies import PolicyWatcher
 from agentstream.runs import write_queued
 from agentstream.settings import Settings
 from schemas import events as E
+from schemas import headers as H
 from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.common import ErrorInfo, Usage
 from schemas.runs import DeadLetter, RunControl, RunRequest
+from schemas.tenants import TenantPolicy
 
 log = logging.getLogger(__name__)
 
@@ -95,20 +105,20 @@ class AgentRunner:
         self.id = settings.runner_name
         self.llm = LLMClient(max_attempts=settings.llm_max_attempts, stream_usage=settings.llm_stream_usage)
         self.tools = ToolClient(nc, progress_interval=settings.tool_progress_interval)
-        self._handlers: set[asyncio.Task] = set()
-        self._runs: dict[tuple[str, str], asyncio.Task] = {}
+        self._handlers: dict[asyncio.Task[None], bool] = {}  # handler task -> has a slot
+        self._runs: dict[tuple[str, str], asyncio.Task[E.MessageCompletedData]] = {}
         self._cancel_reasons: dict[tuple[str, str], str] = {}
         self._cancelled: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._stopping = asyncio.Event()
-        self._slot_freed = asyncio.Event()
-        self._waiting = 0
-        self._pull_task: asyncio.Task | None = None
-        self._control_sub = None
-        self._psub = None
+        self.slots = Slots(settings.runner_concurrency)
+        self.intake = Intake(self.js, self._take, self.slots, ack_wait=settings.runner_ack_wait)
+        self.policies: PolicyWatcher | None = None
+        self.run_index: KeyValue | None = None
+        self._control_sub: JetStreamContext.PushSubscription | None = None
 
     async def start(self) -> None:
-        """Declare streams and the shared consumer, subscribe to control signals, start pulling."""
-        await declare(self.nc, self.settings, runner_consumer=True)
+        """Wait for (or declare) the streams, read cancels, follow the tenant policies, start taking runs."""
+        await ensure_topology(self.nc, self.settings)
         # Every cancel request, stored and live, through one ordered consumer: a runner taking a run
         # knows at once whether it was cancelled before (no lookup per run).
         info = await self.js.stream_info(subjects.RUN_CONTROL_STREAM)
@@ -121,21 +131,26 @@ class AgentRunner:
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
         )
         await asyncio.wait_for(self._control_caught_up.wait(), 60)
-        self._psub = await self.js.pull_subscribe_bind(
-            durable=subjects.AGENT_RUNNERS_CONSUMER, stream=subjects.AGENT_RUNS_STREAM
-        )
-        self._pull_task = asyncio.create_task(self._pull_loop())
+        self.run_index = await self.js.key_value(subjects.RUN_INDEX_BUCKET)
+        self.policies = PolicyWatcher(self.js, on_change=self._on_policy)
+        await self.intake.start()
+        await self.policies.start()
+
+    async def _on_policy(self, tenant: str, policy: TenantPolicy | None) -> None:
+        await self.intake.set_tenant(tenant, policy)
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Stop pulling; let running runs finish for ``grace`` seconds; hand the rest back."""
+        """Stop taking runs; hand back those still waiting for a slot; let running runs finish for
+        ``grace`` seconds; hand the rest back."""
         self._stopping.set()
-        self._slot_freed.set()
-        if self._pull_task is not None:
-            self._pull_task.cancel()
-            try:
-                await self._pull_task
-            except (asyncio.CancelledError, Exception):
-                pass
+        if self.policies is not None:
+            await self.policies.stop()
+        await self.intake.stop()
+        waiting = [task for task, admitted in self._handlers.items() if not admitted]
+        for task in waiting:
+            task.cancel()
+        if waiting:
+            await asyncio.wait(waiting, timeout=10)
         if self._handlers:
             log.info("waiting up to %.0f s for %d run(s)", grace, len(self._handlers))
             _, pending = await asyncio.wait(set(self._handlers), timeout=grace)
@@ -143,49 +158,66 @@ class AgentRunner:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=10)
-        for sub in (self._control_sub, self._psub):
-            if sub is not None:
-                try:
-                    await sub.unsubscribe()
-                except Exception:  # already closed
-                    pass
+        if self._control_sub is not None:
+            try:
+                await self._control_sub.unsubscribe()
+            except Exception:  # already closed
+                pass
         await self.llm.aclose()
 
     @property
     def active_runs(self) -> int:
-        """How many runs this runner holds now."""
+        """How many runs this runner holds now (working, or waiting for a slot)."""
         return len(self._handlers)
 
-    # -- pulling
+    # -- taking runs
 
-    async def _pull_loop(self) -> None:
-        concurrency = self.settings.runner_concurrency
-        while not self._stopping.is_set():
-            free = concurrency - len(self._handlers) + self._waiting
-            if free <= 0:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
-                continue
+    async def _take(self, msg: Msg, admitted: asyncio.Event) -> None:
+        """One delivered request: refuse it if its tenant may not use its agent, else wait for a
+        slot (kept alive meanwhile), then handle it. Sets ``admitted`` once it has a slot (or was
+        refused), so its consumer's loop fetches the next (agent_runner.intake)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers[task] = False
+        keep_alive = asyncio.create_task(self._keep_alive(msg))
+        try:
+            if await self._forbidden(msg):
+                return
             try:
-                msgs = await self._psub.fetch(batch=free, timeout=1.0)
-            except TimeoutError:
-                continue
+                await self.slots.acquire()
             except asyncio.CancelledError:
+                await _nak(msg)  # stopping before it got a slot: another runner takes it at once
                 raise
-            except Exception as err:  # reconnecting, JetStream restarting...
-                log.warning("fetching run requests: %s: %s", type(err).__name__, err)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                task = asyncio.create_task(self._handle(msg))
-                self._handlers.add(task)
-                task.add_done_callback(self._handler_done)
+            self._handlers[task] = True
+            admitted.set()
+            keep_alive.cancel()
+            try:
+                await self._handle(msg)
+            finally:
+                self.slots.release()
+        except Exception:
+            log.exception("run handler crashed")
+        finally:
+            admitted.set()
+            keep_alive.cancel()
+            self._handlers.pop(task, None)
 
-    def _handler_done(self, task: asyncio.Task) -> None:
-        self._handlers.discard(task)
-        self._slot_freed.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("run handler crashed", exc_info=task.exception())
+    async def _forbidden(self, msg: Msg) -> bool:
+        """True (and the run ended ``run.failed``) when the request's tenant may not use its agent."""
+        if self.policies is None or not msg.subject.endswith(".run"):
+            return False  # an ensemble member: its parent was checked
+        try:
+            where = subjects.parse_run_request(msg.subject)
+        except subjects.SubjectTokenError:
+            return False  # _handle terminates it
+        policy = self.policies.get(where.tenant)
+        if policy is None or policy.may_use(where.agent):
+            return False
+        problem = ErrorInfo(type="forbidden_agent",
+                            message=f"tenant {where.tenant!r} may not use agent {where.agent!r}")
+        log.warning("run request on %s refused: %s", msg.subject, problem.message)
+        await self._refuse(msg, where.tenant, where.agent, "agent not allowed", problem)
+        return True
 
     # -- control
 
@@ -287,7 +319,7 @@ class AgentRunner:
         writer = self._writer(subject, tenant, agent, request, attempt, 0)
 
         async def find_last_seq() -> int:
-            last = await self._last_event_or_queued(subject, tenant, agent, request)
+            last = await self._last_event_or_queued(subject, tenant, agent, request, first=True)
             if E.is_terminal(last.type):
                 raise _AlreadyEnded(last.type)
             if last.type != E.RUN_QUEUED:
@@ -297,21 +329,30 @@ class AgentRunner:
         writer.open_later(find_last_seq, (E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt)))
         return _Opened(writer, attempt)
 
-    async def _last_event_or_queued(self, subject: str, tenant: str, agent: str, request: RunRequest) -> StoredEvent:
-        """The run's latest event, writing ``run.queued`` first if the run has none (the edge's
-        write was lost or has not landed). Raises RuntimeError if it still cannot be read."""
-        last = await eventlog.last_event(self.nc, subject)
-        if last is None:
-            try:
-                await write_queued(self.nc, tenant, agent, request)
-            except eventlog.WriteConflict:
-                pass  # the edge wrote it meanwhile
+    async def _last_event_or_queued(
+        self, subject: str, tenant: str, agent: str, request: RunRequest, *, first: bool
+    ) -> StoredEvent:
+        """The run's latest event, writing ``run.queued`` first if the run has none yet (a runner
+        writes it when it takes the run: edges may not write run events). ``first``: this is the
+        request's first delivery, so the write is tried before any read (one round trip when the
+        run is new). Raises RuntimeError if the event cannot be read back."""
+        if not first:
             last = await eventlog.last_event(self.nc, subject)
+            if last is not None:
+                return last
+        try:
+            seq = await write_queued(self.nc, tenant, agent, request)
+            return StoredEvent(seq=seq, subject=subject, type=E.RUN_QUEUED, data=b"")
+        except eventlog.WriteConflict:
+            pass  # the run has events already
+        last = await eventlog.last_event(self.nc, subject)
         if last is None:
             raise RuntimeError(f"{subject}: run.queued was stored but cannot be read back")
         return last
 
-    def _writer(self, subject: str, tenant: str, agent: str, request: RunRequest, attempt: int, last_seq: int) -> RunEventWriter:
+    def _writer(
+        self, subject: str, tenant: str, agent: str, request: RunRequest, attempt: int, last_seq: int
+    ) -> RunEventWriter:
         return RunEventWriter(
             self.nc, subject,
             {"run_id": request.run_id, "tenant": tenant, "agent": agent, "message_id": request.message_id,
@@ -333,7 +374,7 @@ class AgentRunner:
         """
         subject = subjects.run_events(tenant, agent, request.run_id)
         attempt = msg.metadata.num_delivered if msg.metadata else 1
-        last = await self._last_event_or_queued(subject, tenant, agent, request)
+        last = await self._last_event_or_queued(subject, tenant, agent, request, first=attempt == 1)
         if E.is_terminal(last.type):
             log.info("run %s already ended (%s); acking its request", request.run_id, last.type)
             return _Opened(None, attempt)
@@ -381,6 +422,8 @@ class AgentRunner:
 
     async def _run(self, tenant: str, agent_name: str, request: RunRequest, opened: _Opened) -> None:
         writer = opened.writer
+        if writer is None:  # the run had already ended: nothing to run (callers check before)
+            return
         started = time.perf_counter()
         agent = self.catalog.get(agent_name)
         key = (tenant, request.run_id)
@@ -396,7 +439,8 @@ class AgentRunner:
                 duration_ms=duration(),
             ))
             return
-        answering = self.catalog.get(agent.combiner) if agent.is_ensemble else agent
+        # A combiner is set exactly when the agent is an ensemble (AgentDefinition checks it).
+        answering = self.catalog.get(agent.combiner) if agent.combiner is not None else agent
         try:
             if answering is None:
                 raise ValueError(f"the ensemble's combiner {agent.combiner!r} is not an agent of this runner")
@@ -423,11 +467,18 @@ class AgentRunner:
                 await asyncio.wait_for(loop_task, timeout=agent.timeout)
             except TimeoutError:
                 await writer.close()
-                await writer.emit(E.RUN_FAILED, E.RunFailedData(
-                    reason="timed out",
-                    error=ErrorInfo(type="timeout", message=f"the run took longer than its budget of {agent.timeout:g} s"),
-                    usage=ctx.total_usage, steps=ctx.steps, duration_ms=duration(),
-                ))
+                await writer.emit(
+                    E.RUN_FAILED,
+                    E.RunFailedData(
+                        reason="timed out",
+                        error=ErrorInfo(
+                            type="timeout", message=f"the run took longer than its budget of {agent.timeout:g} s"
+                        ),
+                        usage=ctx.total_usage,
+                        steps=ctx.steps,
+                        duration_ms=duration(),
+                    ),
+                )
                 return
             except asyncio.CancelledError:
                 if key in self._cancel_reasons and loop_task.cancelled():
@@ -471,7 +522,7 @@ class AgentRunner:
         outcomes = await run_members(
             self.nc, ctx.tenant, ensemble, ctx.request, ctx.writer,
             started_before=history.members_started, finished_before=history.members_finished,
-            waiting=self._waiting_slot,
+            waiting=self._waiting_slot, index=self.run_index,
         )
         ctx.extra_usage = sum((o.finished.usage for _, o in outcomes), Usage())
         message = combined_message(ensemble, question_of(ctx.request), outcomes)
@@ -479,15 +530,15 @@ class AgentRunner:
         return await run_agent(ctx, opened.plan)
 
     @asynccontextmanager
-    async def _waiting_slot(self):
+    async def _waiting_slot(self) -> AsyncIterator[None]:
         """While a run only waits for others (an ensemble's members), it does not hold a slot:
-        with every slot held by waiting parents the members could never run."""
-        self._waiting += 1
-        self._slot_freed.set()
+        with every slot held by waiting parents the members could never run. It takes its slot
+        back without waiting when they are done."""
+        self.slots.release()
         try:
             yield
         finally:
-            self._waiting -= 1
+            self.slots.take_anyway()
 
     def endpoint_for(self, agent: AgentDefinition) -> LLMEndpoint:
         """Where this agent's model is, and its key (agent_runner.endpoint: LLM_API_KEY only to
@@ -499,24 +550,37 @@ class AgentRunner:
 
     async def _refuse_request(self, msg: Msg, tenant: str, agent: str, err: ValidationError) -> None:
         """An unreadable run request: end its run ``run.failed`` if it names one, and drop it."""
-        run_id = (msg.headers or {}).get("Nats-Msg-Id", "")
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in err.errors())
         log.error("invalid run request on %s: %s", msg.subject, problems)
+        await self._refuse(msg, tenant, agent, "invalid run request",
+                           ErrorInfo(type="invalid_request", message=problems))
+
+    async def _refuse(self, msg: Msg, tenant: str, agent: str, reason: str, error: ErrorInfo) -> None:
+        """End the run a request names (its ``Nats-Msg-Id``) ``run.failed`` without running it,
+        and drop the request (``term``)."""
+        run_id = (msg.headers or {}).get(H.MSG_ID, "")
         if subjects.is_token(run_id):
-            request = RunRequest.model_construct(run_id=run_id, message_id=run_id, message=None)
+            try:
+                request = RunRequest.model_validate_json(msg.data)
+            except ValidationError:
+                request = RunRequest.model_construct(run_id=run_id, message_id=run_id, message=None, history=[],
+                                                     tools=[], submitted_at=datetime.now(UTC))
             subject = subjects.run_events(tenant, agent, run_id)
             try:
-                last = await eventlog.last_event(self.nc, subject)
-                if last is None:
-                    await write_queued(self.nc, tenant, agent, request)
-                    last = await eventlog.last_event(self.nc, subject)
-                if last is not None and not E.is_terminal(last.type):
+                last = await self._last_event_or_queued(subject, tenant, agent, request, first=True)
+                if not E.is_terminal(last.type):
                     writer = RunEventWriter(self.nc, subject, {
-                        "run_id": run_id, "tenant": tenant, "agent": agent, "message_id": run_id, "attempt": 1,
+                        "run_id": run_id, "tenant": tenant, "agent": agent, "message_id": request.message_id,
+                        "attempt": 1,
                     }, last.seq)
-                    await writer.emit(E.RUN_FAILED, E.RunFailedData(
-                        reason="invalid run request", error=ErrorInfo(type="invalid_request", message=problems),
-                    ))
-            except (eventlog.WriteConflict, eventlog.EventLogError) as write_err:
-                log.warning("could not record the invalid request's failure: %s", write_err)
+                    await writer.emit(E.RUN_FAILED, E.RunFailedData(reason=reason, error=error))
+            except (eventlog.WriteConflict, eventlog.EventLogError, RuntimeError) as write_err:
+                log.warning("could not record the refused request's failure: %s", write_err)
         await msg.term()
+
+
+async def _nak(msg: Msg) -> None:
+    try:
+        await msg.nak()
+    except Exception as err:  # the connection is gone: the ack wait hands it back anyway
+        log.debug("nak failed: %s", err)

@@ -9,6 +9,7 @@ from agent_runner.runner import AgentRunner
 from agentstream.agents import load_agents
 from agentstream.bus import close, connect
 from agentstream.settings import Settings
+from schemas.permissions import Role
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         model_task = asyncio.create_task(serve_app(create_app(settings), sock, model_stop, graceful_timeout=1.0))
         log.info("LLM_BASE_URL is not set: using the built-in stand-in model at %s", base_url)
 
-    nc = await connect(settings, f"agent-runner {settings.runner_name}")
+    nc = await connect(settings, f"agent-runner {settings.runner_name}", role=Role.AGENT_RUNNER)
     runner = AgentRunner(settings, nc, catalog, llm_base_url=base_url)
     await runner.start()
     print(f"agent-runner ready: {runner.id}", flush=True)

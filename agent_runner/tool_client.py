@@ -113,13 +113,20 @@ class ToolClient:
             ms = (time.perf_counter() - started) * 1000
             return ToolOutcome(
                 ok=False,
-                error=ErrorInfo(type="tool_unavailable", message=f"{tool} gave no result within {budget:g} s ({last_problem})"),
+                error=ErrorInfo(
+                    type="tool_unavailable", message=f"{tool} gave no result within {budget:g} s ({last_problem})"
+                ),
                 ms=round(ms, 3),
                 attempts=attempts,
             )
         ms = (time.perf_counter() - started) * 1000
         return ToolOutcome(
-            ok=result.ok, output=result.output, error=result.error, ms=round(ms, 3), attempts=attempts, runner=result.runner
+            ok=result.ok,
+            output=result.output,
+            error=result.error,
+            ms=round(ms, 3),
+            attempts=attempts,
+            runner=result.runner,
         )
 
     async def _attempt(self, subject: str, key: str, request: ToolCallRequest, remaining: float) -> ToolCallResult:
@@ -154,7 +161,9 @@ class ToolClient:
                     return ToolCallResult(
                         tool_call_id=request.tool_call_id,
                         ok=False,
-                        error=ErrorInfo(type="tool_protocol_error", message=hdrs.get(H.SERVICE_ERROR, "tool runner error")),
+                        error=ErrorInfo(
+                            type="tool_protocol_error", message=hdrs.get(H.SERVICE_ERROR, "tool runner error")
+                        ),
                         runner=hdrs.get(H.RUNNER),
                     )
                 try:

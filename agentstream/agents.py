@@ -258,8 +258,11 @@ def _check_ensembles(catalog: AgentCatalog) -> None:
             problems = [n for n in names if n not in catalog.agents]
             nested = [n for n in names if n in catalog.agents and catalog.agents[n].is_ensemble]
             if problems or nested:
-                reason = (f"no agent {', '.join(map(repr, problems))}" if problems
-                          else f"{', '.join(map(repr, nested))} is an ensemble; members and combiner must be plain agents")
+                reason = (
+                    f"no agent {', '.join(map(repr, problems))}"
+                    if problems
+                    else f"{', '.join(map(repr, nested))} is an ensemble; members and combiner must be plain agents"
+                )
                 file = next((f for f, n in catalog.files.items() if n == name), f"{name}.yaml")
                 catalog.errors.append(AgentFileError(file, field_name, reason))
                 del catalog.agents[name]

@@ -11,27 +11,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
+from weakref import WeakSet
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from agentstream.natsauth import connect_options
 from agentstream.settings import Settings
 from schemas import streams
+from schemas import subjects as S
+from schemas.permissions import Role, inbox_prefix
 
 log = logging.getLogger(__name__)
+
+_CLOSING: WeakSet[NATS] = WeakSet()
+"""Connections being closed by :func:`close`: their disconnection is expected, not reported."""
 
 
 async def connect(
     settings: Settings,
     name: str,
     *,
+    role: Role,
     wait: float | None = None,
-    on_reconnected=None,
-    on_disconnected=None,
-    on_slow_consumer=None,
+    on_reconnected: Callable[[], Awaitable[None]] | None = None,
+    on_disconnected: Callable[[], Awaitable[None]] | None = None,
+    on_slow_consumer: Callable[[], Awaitable[None]] | None = None,
 ) -> NATS:
-    """Connect to ``settings.nats_servers`` as client ``name``; retry until connected.
+    """Connect to ``settings.nats_servers`` as client ``name`` with the identity of ``role``
+    (``NATS_CREDS``, and the role's inbox prefix: schemas/permissions.py); retry until connected.
 
     ``wait``: give up after this many seconds (``TimeoutError``); None waits forever.
     ``on_reconnected`` / ``on_disconnected``: optional coroutines called on those transitions;
@@ -39,8 +49,14 @@ async def connect(
     behind (nats-notes.md §3 #2: this is the only sign of it).
     """
 
+    options = connect_options(settings.nats_creds, inbox_prefix(role))
+
     async def error_cb(err: Exception) -> None:
-        log.warning("nats: %s: %s", type(err).__name__, err)
+        text = str(err)
+        if "permissions violation" in text.lower() or "authorization violation" in text.lower():
+            log.error("nats refused %s (%s): %s", name, role.value, text)
+        else:
+            log.warning("nats: %s: %s", type(err).__name__, err)
         if on_slow_consumer is not None and isinstance(err, nats.errors.SlowConsumerError):
             await on_slow_consumer()
 
@@ -48,7 +64,7 @@ async def connect(
 
     async def disconnected_cb() -> None:
         nc = holder.get("nc")
-        if nc is not None and (nc.is_closed or getattr(nc, "_agentstream_closing", False)):
+        if nc is not None and (nc.is_closed or nc in _CLOSING):
             return
         log.warning("nats: disconnected; reconnecting")
         if on_disconnected:
@@ -77,6 +93,7 @@ async def connect(
                 error_cb=error_cb,
                 disconnected_cb=disconnected_cb,
                 reconnected_cb=reconnected_cb,
+                **options,
             )
             return holder["nc"]
         except Exception as err:  # any failure to connect is retried
@@ -89,30 +106,31 @@ async def connect(
 
 def jetstream(nc: NATS) -> JetStreamContext:
     """The connection's JetStream context, made once (creating one per call shows in profiles)."""
-    js = getattr(nc, "_agentstream_js", None)
+    # Kept in the connection's own attributes: the context refers back to the connection, so a
+    # WeakKeyDictionary would keep every connection alive.
+    attributes = vars(nc)
+    js: JetStreamContext | None = attributes.get("_agentstream_js")
     if js is None:
-        js = nc.jetstream()
-        nc._agentstream_js = js  # type: ignore[attr-defined]
+        js = attributes["_agentstream_js"] = nc.jetstream()
     return js
 
 
-async def declare(nc: NATS, settings: Settings, *, runner_consumer: bool = False) -> None:
-    """Declare the streams (and the shared runner consumer if asked). Idempotent; retried while
-    JetStream is not yet available (a server that just started)."""
+async def declare(nc: NATS, settings: Settings) -> None:
+    """Declare the streams, buckets and shared consumers (admin identity, or no authentication).
+    Idempotent; retried while JetStream is not yet available (a server that just started)."""
     js = nc.jetstream()
     configs = streams.stream_configs(
         run_dedupe_window=settings.run_dedupe_window,
         events_max_age=settings.run_events_max_age,
         dead_letter_max_age=settings.dead_letter_max_age,
     )
+    buckets = streams.kv_configs(run_index_max_age=settings.run_events_max_age)
     delay = 0.1
-    for attempt in range(50):
+    for _ in range(50):
         try:
             await streams.ensure_streams(js, configs)
-            if runner_consumer:
-                await streams.ensure_runner_consumer(
-                    js, streams.runner_consumer_config(ack_wait=settings.runner_ack_wait)
-                )
+            await streams.ensure_buckets(js, buckets)
+            await streams.ensure_consumers(js, ack_wait=settings.runner_ack_wait)
             return
         except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as err:
             log.warning("jetstream not ready (%s); retrying", err)
@@ -121,7 +139,56 @@ async def declare(nc: NATS, settings: Settings, *, runner_consumer: bool = False
     raise RuntimeError("JetStream did not become available: is the server started with -js?")
 
 
-async def close(nc: NATS, timeout: float = 5.0) -> None:
+async def setup(settings: Settings, *, within: float = 30.0) -> None:
+    """Connect as the admin identity (``settings.nats_creds``), declare everything, disconnect.
+    What ``agentstream nats-setup`` and ``agentstream up`` do. Raises TimeoutError when NATS
+    cannot be reached within ``within`` seconds."""
+    nc = await connect(settings, "agentstream setup", role=Role.ADMIN, wait=within)
+    try:
+        await declare(nc, settings)
+    finally:
+        await close(nc)
+
+
+TOPOLOGY = (
+    S.AGENT_RUNS_STREAM, S.RUN_EVENTS_STREAM, S.RUN_CONTROL_STREAM, S.RUN_DEAD_LETTERS_STREAM,
+    *(f"KV_{b}" for b in (S.TENANTS_BUCKET, S.RATE_LIMITS_BUCKET, S.STREAM_COUNTS_BUCKET, S.RUN_INDEX_BUCKET)),
+)
+"""The streams (and bucket streams) every component needs."""
+
+
+async def ensure_topology(nc: NATS, settings: Settings, *, poll: float = 1.0) -> None:
+    """Make sure the streams and buckets exist before a component starts its work.
+
+    Without credentials (a server without authentication) the component declares them itself,
+    as any component may. With credentials only the admin identity may (``agentstream up`` and
+    ``agentstream nats-setup`` use it): the component waits, polling every ``poll`` seconds,
+    and says once what to run.
+    """
+    if settings.nats_creds is None:
+        await declare(nc, settings)
+        return
+    js = nc.jetstream()
+    told = False
+    while True:
+        missing = []
+        for name in TOPOLOGY:
+            try:
+                await js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                missing.append(name)
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
+                missing.append(name)
+        if not missing:
+            return
+        if not told:
+            log.warning("waiting for %s to be declared: run `agentstream nats-setup` with the admin credentials",
+                        ", ".join(missing))
+            told = True
+        await asyncio.sleep(poll)
+
+
+async def close(nc: NATS, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - bounds the flush; the close follows
     """Flush what is still buffered (up to ``timeout`` seconds), then close the connection.
 
     Used at shutdown after a component has finished its own work; unlike ``drain()`` it never
@@ -129,7 +196,7 @@ async def close(nc: NATS, timeout: float = 5.0) -> None:
     """
     if nc.is_closed:
         return
-    nc._agentstream_closing = True  # type: ignore[attr-defined]  # read by disconnected_cb
+    _CLOSING.add(nc)  # read by disconnected_cb
     try:
         await asyncio.wait_for(nc.flush(), timeout)
     except Exception as err:  # disconnected: nothing more to flush

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any, TextIO
 
 import httpx
 from httpx_sse import connect_sse
@@ -21,7 +22,7 @@ def _dim(text: str) -> str:
 
 
 def chat(url: str, agent: str, message: str, *, api_key: str | None = None, message_id: str | None = None,
-         out=sys.stdout) -> int:
+         out: TextIO = sys.stdout) -> int:
     """Submit and render; returns 0 if the run completed, 1 if it failed or was cancelled, 2 on
     an HTTP error (printed)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -40,12 +41,12 @@ def chat(url: str, agent: str, message: str, *, api_key: str | None = None, mess
         accepted = resp.json()
         run_id = accepted["run_id"]
         print(_dim(f"run {run_id}"), file=out)
-        last_id = None
-        status = None
+        last_id: str | None = None
+        status: str | None = None
         in_text = False
         started = time.monotonic()
         while status is None:
-            hdrs = {"Last-Event-ID": last_id} if last_id else {}
+            hdrs: dict[str, str] = {"Last-Event-ID": last_id} if last_id else {}
             try:
                 with connect_sse(client, "GET", f"/api/runs/{run_id}/events", headers=hdrs) as source:
                     if source.response.status_code == 204:
@@ -81,14 +82,18 @@ def chat(url: str, agent: str, message: str, *, api_key: str | None = None, mess
                             print(f"→ {data.get('name')} {data.get('arguments')}", file=out)
                         elif kind == E.TOOL_RESULT:
                             if data.get("ok"):
-                                print(f"← {data.get('name')} ok ({data.get('ms', 0):.0f} ms){_summary(data.get('output'))}", file=out)
+                                took = f"{data.get('ms', 0):.0f} ms"
+                                print(f"← {data.get('name')} ok ({took}){_summary(data.get('output'))}", file=out)
                             else:
-                                err = data.get("error") or {}
-                                print(f"← {data.get('name')} failed: {err.get('type')}: {err.get('message')}", file=out)
+                                error = data.get("error") or {}
+                                print(f"← {data.get('name')} failed: {error.get('type')}: {error.get('message')}",
+                                      file=out)
                         elif kind in E.TERMINAL_TYPES:
                             status = kind
                             usage = data.get("usage") or {}
-                            line = f"{kind} in {time.monotonic() - started:.2f} s, {usage.get('total_tokens', 0)} tokens"
+                            line = (
+                                f"{kind} in {time.monotonic() - started:.2f} s, {usage.get('total_tokens', 0)} tokens"
+                            )
                             if kind != E.RUN_COMPLETED:
                                 line += f": {data.get('reason')}"
                                 if data.get("error"):
@@ -101,7 +106,7 @@ def chat(url: str, agent: str, message: str, *, api_key: str | None = None, mess
         return 0 if status == E.RUN_COMPLETED else 1
 
 
-def _summary(output) -> str:
+def _summary(output: Any) -> str:
     if isinstance(output, dict):
         if "total_lines" in output:
             if output["total_lines"] is None:  # read_file stopped before the file's end

@@ -8,6 +8,9 @@
     agentstream chat AGENT MESSAGE    submit a message and watch the run
     agentstream agents check [DIR]    validate agent files; exit 1 on errors
     agentstream config                every setting, its environment variable and default
+    agentstream nats-config           the nats-server users and permissions, for an existing server
+    agentstream nats-setup            declare streams and buckets (NATS_CREDS: the admin identity)
+    agentstream creds TENANT          credentials for a tenant's services that skip HTTP (--revoke)
 
 Components read their configuration from environment variables (``agentstream config``).
 """
@@ -46,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     config = sub.add_parser("config", help="list every setting with its environment variable and default")
     config.add_argument("--markdown", action="store_true", help="as a Markdown table (for the README)")
+    nats_config = sub.add_parser("nats-config",
+                                 help="print the nats-server users and permissions (creates component identities)")
+    nats_config.add_argument("--write", action="store_true",
+                             help="also write them to AGENTSTREAM_DATA_DIR/auth/nats-auth.conf")
+    sub.add_parser("nats-setup", help="declare streams, buckets and consumers with the admin identity (NATS_CREDS)")
+    creds = sub.add_parser("creds", help="write (or revoke) the NATS credentials of a tenant's own services")
+    creds.add_argument("tenant")
+    creds.add_argument("--revoke", action="store_true", help="revoke them (applied without restarting nats-server)")
     args = parser.parse_args(argv)
 
     if args.command == "config":
@@ -62,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return 2
+    if args.command in ("nats-config", "nats-setup", "creds"):
+        from agentstream import auth_cli
+
+        if args.command == "nats-config":
+            return auth_cli.nats_config(settings, write=args.write)
+        if args.command == "nats-setup":
+            return auth_cli.nats_setup(settings)
+        return auth_cli.creds(settings, args.tenant, revoke=args.revoke)
     if args.command == "agents":
         return _agents_check(Path(args.directory) if args.directory else settings.agents_dir, args.json,
                              settings.llm_key_env_pattern)

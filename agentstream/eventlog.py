@@ -16,10 +16,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
+from weakref import WeakKeyDictionary
 
 import nats.errors
 import orjson
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
@@ -53,9 +56,10 @@ class StoredEvent:
     sse_frame: bytes | None = field(default=None, compare=False, repr=False)
     """Cache of the event's native SSE frame: built once, shared by every client watching it."""
 
-    def json(self) -> dict:
+    def json(self) -> dict[str, Any]:
         """The event envelope as a dict."""
-        return orjson.loads(self.data)
+        envelope: dict[str, Any] = orjson.loads(self.data)
+        return envelope
 
     @classmethod
     def from_message(cls, subject: str, headers: dict[str, str] | None, data: bytes) -> StoredEvent:
@@ -84,7 +88,7 @@ async def read_batch(
     after_seq: int = 0,
     *,
     batch: int = 256,
-    timeout: float = 5.0,
+    timeout: float = 5.0,  # noqa: ASYNC109 - a deadline for the replies, raised as EventLogError
     stream: str = subjects.RUN_EVENTS_STREAM,
 ) -> tuple[list[StoredEvent], int]:
     """Up to ``batch`` events on ``filter_subject`` with sequence > ``after_seq``.
@@ -92,35 +96,47 @@ async def read_batch(
     Returns ``(events, pending)``: ``pending`` is how many more matching events the stream holds
     after the last one returned. Raises EventLogError.
     """
+    request = {"seq": after_seq + 1, "next_by_subj": filter_subject, "batch": batch}
+    replies, pending = await direct_get_batch(nc, stream, request, what=filter_subject, within=timeout)
+    return [StoredEvent.from_message(msg.subject, msg.headers, msg.data) for msg in replies], pending
+
+
+async def direct_get_batch(
+    nc: NATS, stream: str, request: dict[str, Any], *, what: str, within: float = 5.0
+) -> tuple[list[Msg], int]:
+    """One batched direct get (ADR-31) on ``stream``: the messages it answers, and how many more
+    match after them (``Nats-Num-Pending`` of the end-of-batch status). ``request`` is the JSON
+    request (``seq`` + ``next_by_subj`` + ``batch``, or ``multi_last`` + ``batch``); ``what``
+    names the read in errors; ``within``: seconds to wait for the whole answer. Raises EventLogError.
+    """
     mux = await _BatchMux.of(nc)
     token, replies = mux.open()
     try:
-        request = orjson.dumps({"seq": after_seq + 1, "next_by_subj": filter_subject, "batch": batch})
-        await nc.publish(DIRECT_GET.format(stream=stream), request, reply=f"{mux.prefix}.{token}")
-        events: list[StoredEvent] = []
+        await nc.publish(DIRECT_GET.format(stream=stream), orjson.dumps(request), reply=f"{mux.prefix}.{token}")
+        out: list[Msg] = []
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise EventLogError(f"timed out reading {filter_subject}")
+                raise EventLogError(f"timed out reading {what}")
             try:
                 msg = await asyncio.wait_for(replies.get(), remaining)
             except TimeoutError:
-                raise EventLogError(f"timed out reading {filter_subject}") from None
+                raise EventLogError(f"timed out reading {what}") from None
             hdrs = msg.headers or {}
             status = hdrs.get(H.STATUS)
             if status:
                 if status == "204":  # end of batch
-                    return events, int(hdrs.get(H.NUM_PENDING, "0") or 0)
+                    return out, int(hdrs.get(H.NUM_PENDING, "0") or 0)
                 if status == "404":  # nothing (more) matches
-                    return events, 0
+                    return out, 0
                 if status == "503":
-                    raise EventLogError("no JetStream responders for RUN_EVENTS (is the stream declared?)")
-                raise EventLogError(f"direct get of {filter_subject} failed: {status} {hdrs.get(H.DESCRIPTION, '')}")
-            events.append(StoredEvent.from_message(msg.subject, hdrs, msg.data))
+                    raise EventLogError(f"no JetStream responders for {stream} (is the stream declared?)")
+                raise EventLogError(f"direct get of {what} failed: {status} {hdrs.get(H.DESCRIPTION, '')}")
+            out.append(msg)
     except NoRespondersError:
-        raise EventLogError("no JetStream responders for RUN_EVENTS") from None
+        raise EventLogError(f"no JetStream responders for {stream}") from None
     finally:
         mux.close(token)
 
@@ -132,31 +148,31 @@ class _BatchMux:
 
     def __init__(self, prefix: str):
         self.prefix = prefix
-        self.pending: dict[str, asyncio.Queue] = {}
+        self.pending: dict[str, asyncio.Queue[Msg]] = {}
         self._next = 0
 
     @classmethod
     async def of(cls, nc: NATS) -> _BatchMux:
         """The connection's multiplexer, subscribing its wildcard inbox on first use."""
-        mux = getattr(nc, "_agentstream_batch_mux", None)
+        mux = _MUXES.get(nc)
         if mux is not None:
             return mux
-        lock = getattr(nc, "_agentstream_batch_lock", None)
+        lock = _MUX_LOCKS.get(nc)
         if lock is None:
-            lock = nc._agentstream_batch_lock = asyncio.Lock()  # type: ignore[attr-defined]
+            lock = _MUX_LOCKS[nc] = asyncio.Lock()
         async with lock:
-            mux = getattr(nc, "_agentstream_batch_mux", None)
+            mux = _MUXES.get(nc)
             if mux is None:
                 mux = cls(nc.new_inbox())
                 await nc.subscribe(f"{mux.prefix}.*", cb=mux._on_reply)
-                nc._agentstream_batch_mux = mux  # type: ignore[attr-defined]
+                _MUXES[nc] = mux
         return mux
 
-    def open(self) -> tuple[str, asyncio.Queue]:
+    def open(self) -> tuple[str, asyncio.Queue[Msg]]:
         """A new reply token and the queue its replies land in."""
         self._next += 1
         token = str(self._next)
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
         self.pending[token] = queue
         return token, queue
 
@@ -164,13 +180,20 @@ class _BatchMux:
         """Forget ``token``; late replies to it are dropped."""
         self.pending.pop(token, None)
 
-    async def _on_reply(self, msg) -> None:
+    async def _on_reply(self, msg: Msg) -> None:
         queue = self.pending.get(msg.subject.rsplit(".", 1)[-1])
         if queue is not None:
             queue.put_nowait(msg)
 
 
-async def read_all(nc: NATS, filter_subject: str, after_seq: int = 0, *, batch: int = 256) -> AsyncIterator[StoredEvent]:
+# Each connection's multiplexer, and the lock that makes only one (kept with the connection).
+_MUXES: WeakKeyDictionary[NATS, _BatchMux] = WeakKeyDictionary()
+_MUX_LOCKS: WeakKeyDictionary[NATS, asyncio.Lock] = WeakKeyDictionary()
+
+
+async def read_all(
+    nc: NATS, filter_subject: str, after_seq: int = 0, *, batch: int = 256
+) -> AsyncIterator[StoredEvent]:
     """Every event on ``filter_subject`` after ``after_seq``, in stream order, paging as needed."""
     last = after_seq
     while True:
@@ -187,7 +210,9 @@ async def read_list(nc: NATS, filter_subject: str, after_seq: int = 0) -> list[S
     return [ev async for ev in read_all(nc, filter_subject, after_seq)]
 
 
-async def last_event(nc: NATS, filter_subject: str, *, timeout: float = 5.0) -> StoredEvent | None:
+async def last_event(
+    nc: NATS, filter_subject: str, *, timeout: float = 5.0  # noqa: ASYNC109 - passed on to nc.request
+) -> StoredEvent | None:
     """The latest event on ``filter_subject`` (wildcards allowed), or None if there is none."""
     try:
         msg = await nc.request(

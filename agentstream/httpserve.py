@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+from hypercorn.typing import Framework
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def url_of(sock: socket.socket) -> str:
 
 
 async def serve_app(
-    app,
+    app: Framework,
     sock: socket.socket,
     stop: asyncio.Event,
     *,

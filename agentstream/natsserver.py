@@ -39,7 +39,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -59,17 +60,21 @@ class EmbeddedNats:
 
     ``store_dir``: JetStream storage (kept across restarts); ``port``: wanted port, replaced by a
     free one if taken and ``fallback``; ``log_path``: where its log goes (default: the store's
-    parent ``nats.log``).
+    parent ``nats.log``); ``config``: a configuration file to load (the users and permissions of
+    agentstream.natsauth; None: no authentication). Its pid is written to :attr:`pid_file`, so
+    :func:`agentstream.natsauth.reload_server` can make it re-read ``config``.
     """
 
     def __init__(self, store_dir: Path, *, host: str = "127.0.0.1", port: int = 4222, fallback: bool = True,
-                 log_path: Path | None = None):
+                 log_path: Path | None = None, config: Path | None = None):
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port
         self.fallback = fallback
         self.log_path = log_path or self.store_dir.parent / "nats.log"
-        self.proc: subprocess.Popen | None = None
+        self.config = config
+        self.pid_file = self.store_dir.parent / "nats.pid"
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -84,8 +89,12 @@ class EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
+        args = [find_binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir),
+                "-P", str(self.pid_file)]
+        if self.config is not None:
+            args += ["-c", str(self.config)]
         self.proc = subprocess.Popen(
-            [find_binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
+            args,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
@@ -100,6 +109,11 @@ class EmbeddedNats:
                 time.sleep(0.05)
         self.kill()
         raise NatsServerError(f"nats-server did not listen on {self.host}:{self.port} within {timeout:g} s")
+
+    def reload(self) -> None:
+        """Make the running server re-read its configuration (SIGHUP; nats-server "reload")."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (the server flushes its store), then SIGKILL after ``timeout`` seconds."""

@@ -68,7 +68,12 @@ def chat_chunk(
         "model": model,
         "system_fingerprint": None,
         "choices": [
-            {"index": index, "delta": delta if delta is not None else {}, "logprobs": None, "finish_reason": finish_reason}
+            {
+                "index": index,
+                "delta": delta if delta is not None else {},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
         ],
     }
     if with_usage_field:
@@ -124,6 +129,8 @@ def chat_completion(
     }
 
 
-def error_body(message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     """``{"error": {message, type, param, code}}`` (A7, H1, H2)."""
     return {"error": {"message": message, "type": type, "param": param, "code": code}}

@@ -2,9 +2,11 @@
 
 Two writes, made concurrently: the run request to ``agents.{tenant}.{agent}.run`` (stream
 AGENT_RUNS, ``Nats-Msg-Id`` = run id, so a repeated submit inside the duplicate window is stored
-once) and ``run.queued`` as the first event on the run's subject (written only if the subject is
-empty, so a repeated submit after the window is recognised too). Whichever order they land in is
-safe: a runner that finds no ``run.queued`` writes the same one itself.
+once) and the run's entry in the RUN_INDEX bucket (created only if absent, so a repeated submit
+after the window is recognised too). The run's events, ``run.queued`` first, are written by the
+agent runner that takes it: an edge may not write ``runs.>`` (docs/security.md). A service that
+submits over NATS directly publishes only the request; its run then has no index entry until a
+runner takes it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import asyncio
 from dataclasses import dataclass
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js.errors import NoStreamResponseError
+from nats.js.api import PubAck
+from nats.js.errors import KeyWrongLastSequenceError, NoStreamResponseError
+from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from agentstream import eventlog
@@ -23,7 +28,7 @@ from agentstream.retry import first_then_retry
 from schemas import events as E
 from schemas import headers as H
 from schemas import subjects
-from schemas.runs import RunRequest
+from schemas.runs import RunIndexEntry, RunRequest
 
 
 class SubmitError(Exception):
@@ -68,39 +73,78 @@ async def write_queued(nc: NATS, tenant: str, agent: str, request: RunRequest) -
     )
 
 
-async def submit(nc: NATS, tenant: str, agent: str, request: RunRequest, *, timeout: float = 10.0) -> Submitted:
-    """Store the run request and its ``run.queued`` event. Raises SubmitError.
+INDEX_MESSAGE_CHARS = 2000
+"""How much of a run's message its index entry keeps."""
 
-    ``timeout``: seconds to keep retrying while NATS is unreachable.
+
+def index_entry(agent: str, request: RunRequest) -> RunIndexEntry:
+    """The RUN_INDEX entry of a run request."""
+    return RunIndexEntry(run_id=request.run_id, agent=agent, message_id=request.message_id,
+                         conversation_id=request.conversation_id, parent_run_id=request.parent_run_id,
+                         submitted_at=request.submitted_at,
+                         message=request.message[:INDEX_MESSAGE_CHARS] if request.message else None)
+
+
+async def submit(
+    nc: NATS, tenant: str, agent: str, request: RunRequest,
+    *, index: KeyValue | None, member: bool = False,
+    timeout: float = 10.0,  # noqa: ASYNC109 - the window for retries, then a SubmitError
+) -> Submitted:
+    """Store the run request, and its entry in ``index`` (the RUN_INDEX bucket; None: none).
+    ``member``: an ensemble member's child run (``agents.{tenant}.{agent}.member``).
+
+    ``timeout``: seconds to keep retrying while NATS is unreachable. Raises SubmitError.
     """
     js = jetstream(nc)
     payload = request.model_dump_json().encode()
-    subject = subjects.run_request(tenant, agent)
+    subject = subjects.member_request(tenant, agent) if member else subjects.run_request(tenant, agent)
     # NoStreamResponseError is "no responders" from js.publish: JetStream still loading after a
     # nats-server restart (nats-py raises it instead of NoRespondersError).
     transient = (nats.errors.TimeoutError, NoStreamResponseError, nats.errors.ConnectionReconnectingError)
 
-    async def publish_request():
+    def retrying() -> AsyncRetrying:
+        return AsyncRetrying(
+            stop=stop_after_delay(timeout),
+            wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
+            retry=retry_if_exception_type(transient),
+            reraise=True,
+        )
+
+    async def publish_request() -> PubAck:
         return await first_then_retry(
             lambda: js.publish(subject, payload, headers={H.MSG_ID: request.run_id}, timeout=2.0),
             lambda err: isinstance(err, transient),
-            lambda: AsyncRetrying(
-                stop=stop_after_delay(timeout),
-                wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
-                retry=retry_if_exception_type(transient),
-                reraise=True,
-            ),
+            retrying,
         )
 
-    async def queued() -> bool:
-        try:
-            await write_queued(nc, tenant, agent, request)
+    async def indexed() -> bool:
+        """Create the index entry; True when it existed (a repeated submission)."""
+        if index is None:
             return False
-        except eventlog.WriteConflict:
+        key = subjects.run_index_key(tenant, request.run_id)
+        value = index_entry(agent, request).model_dump_json().encode()
+        try:
+            await first_then_retry(lambda: index.create(key, value), lambda err: isinstance(err, transient), retrying)
+        except KeyWrongLastSequenceError:
             return True
+        return False
 
-    ack, existed = await asyncio.gather(publish_request(), queued(), return_exceptions=True)
-    for outcome in (ack, existed):
-        if isinstance(outcome, BaseException):
-            raise SubmitError(f"could not store the run request: {type(outcome).__name__}: {outcome}") from outcome
-    return Submitted(run_id=request.run_id, duplicate=bool(ack.duplicate) or bool(existed))
+    ack, existed = await asyncio.gather(publish_request(), indexed(), return_exceptions=True)
+    if isinstance(ack, BaseException):
+        raise _not_stored(ack) from ack
+    if isinstance(existed, BaseException):
+        raise _not_stored(existed) from existed
+    return Submitted(run_id=request.run_id, duplicate=bool(ack.duplicate) or existed)
+
+
+async def read_index(index: KeyValue, tenant: str, run_id: str) -> RunIndexEntry | None:
+    """A run's RUN_INDEX entry, or None. Raises nats errors when the bucket cannot be read."""
+    try:
+        entry = await index.get(subjects.run_index_key(tenant, run_id))
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    return RunIndexEntry.model_validate_json(entry.value or b"{}")
+
+
+def _not_stored(err: BaseException) -> SubmitError:
+    return SubmitError(f"could not store the run request: {type(err).__name__}: {err}")

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Final, Literal
 
 from agentstream.eventlog import StoredEvent
 from schemas import events as E
 
-QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
-_TERMINAL_STATUS = {E.RUN_COMPLETED: COMPLETED, E.RUN_FAILED: FAILED, E.RUN_CANCELLED: CANCELLED}
+RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+QUEUED: Final = "queued"
+RUNNING: Final = "running"
+COMPLETED: Final = "completed"
+FAILED: Final = "failed"
+CANCELLED: Final = "cancelled"
+_TERMINAL_STATUS: dict[str, RunStatus] = {E.RUN_COMPLETED: COMPLETED, E.RUN_FAILED: FAILED, E.RUN_CANCELLED: CANCELLED}
 
 
 @dataclass
@@ -26,7 +31,7 @@ class ToolCallRecord:
     step: int
     ok: bool | None = None
     output: Any = None
-    error: dict | None = None
+    error: dict[str, Any] | None = None
     ms: float | None = None
     runner: str | None = None
 
@@ -40,7 +45,7 @@ class RunRecord:
     tenant: str
     agent: str
     message_id: str
-    status: str = QUEUED
+    status: RunStatus = QUEUED
     message: str | None = None
     conversation_id: str | None = None
     attempts: int = 0
@@ -49,9 +54,9 @@ class RunRecord:
     finished_at: str | None = None
     answer: str | None = None
     finish_reason: str | None = None
-    error: dict | None = None
+    error: dict[str, Any] | None = None
     reason: str | None = None
-    usage: dict | None = None
+    usage: dict[str, Any] | None = None
     steps: int = 0
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
     last_event_id: int = 0
@@ -98,10 +103,10 @@ def fold(events: Iterable[StoredEvent]) -> RunRecord | None:
             calls[f"{call.step}:{call.tool_call_id}"] = call
             record.tool_calls.append(call)
         elif t == E.TOOL_RESULT:
-            call = calls.get(f"{data.get('step', 0)}:{data['tool_call_id']}")
-            if call is not None:
-                call.ok, call.output, call.error = data.get("ok"), data.get("output"), data.get("error")
-                call.ms, call.runner = data.get("ms"), data.get("runner")
+            called = calls.get(f"{data.get('step', 0)}:{data['tool_call_id']}")
+            if called is not None:
+                called.ok, called.output, called.error = data.get("ok"), data.get("output"), data.get("error")
+                called.ms, called.runner = data.get("ms"), data.get("runner")
         elif t == E.MESSAGE_COMPLETED:
             record.answer = data.get("text")
             record.finish_reason = data.get("finish_reason")

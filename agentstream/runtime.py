@@ -33,17 +33,20 @@ def raise_open_files_limit() -> None:
         pass
 
 
-def run(main: Callable[[asyncio.Event], Awaitable[None]], settings: Settings) -> int:
-    """Run ``main(stop)`` until it returns; SIGTERM or SIGINT sets ``stop``. Returns the exit code."""
+def run(main: Callable[[asyncio.Event], Awaitable[int | None]], settings: Settings) -> int:
+    """Run ``main(stop)`` until it returns; SIGTERM or SIGINT sets ``stop``. Returns the exit code:
+    what ``main`` returned, or 0 for None."""
     setup_logging(settings)
     raise_open_files_limit()
+    code: int | None = None
 
     async def wrapper() -> None:
+        nonlocal code
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await main(stop)
+        code = await main(stop)
 
     try:
         import uvloop  # optional speed-up
@@ -51,4 +54,4 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]], settings: Settings) ->
         uvloop.run(wrapper())
     except ImportError:
         asyncio.run(wrapper())
-    return 0
+    return code or 0

@@ -34,6 +34,16 @@ class Settings:
         "AGENTSTREAM_DATA_DIR", Path(".agentstream"),
         "Where `agentstream up` keeps the embedded server's JetStream store and logs.",
     )
+    nats_creds: Path | None = _setting(
+        "NATS_CREDS", None,
+        "Credentials this component connects with: an nkey seed file (`agentstream up` writes one per component under "
+        "`AGENTSTREAM_DATA_DIR/auth`) or a JWT `.creds` file. Unset: connect without credentials.",
+    )
+    nats_auth: bool = _setting(
+        "AGENTSTREAM_NATS_AUTH", True,
+        "`agentstream up` starts the embedded nats-server with authentication: every component and tenant its own "
+        "identity and permissions (README, Security model). Off: anyone who reaches the port may do anything.",
+    )
     nats_port: int = _setting(
         "AGENTSTREAM_NATS_PORT", 4222,
         "Port for the embedded nats-server; a free port is used if it is taken.",
@@ -48,10 +58,24 @@ class Settings:
         "KEYS_FILE", None,
         "YAML file mapping API keys to tenants. Unset: one tenant, `default`, no key needed.",
     )
+    keys_file_poll: float = _setting(
+        "KEYS_FILE_POLL", 1.0,
+        "Seconds between checks of the keys file for changes (a new valid file takes effect at once; a bad one is "
+        "logged and the last good one stays).",
+    )
+    auth_failures_per_minute: int = _setting(
+        "EDGE_AUTH_FAILURES_PER_MINUTE", 30,
+        "Requests with a wrong API key one client address may make per minute (burst the same) before it gets 429 "
+        "for a while, whatever key it sends.",
+    )
     sse_heartbeat: float = _setting("SSE_HEARTBEAT", 15.0, "Seconds between SSE comment heartbeats.")
-    edge_max_body: int = _setting("EDGE_MAX_BODY", 1024 * 1024, "Largest request body the edge accepts (bytes); larger is a 413.")
+    edge_max_body: int = _setting(
+        "EDGE_MAX_BODY", 1024 * 1024, "Largest request body the edge accepts (bytes); larger is a 413."
+    )
     process_default_agent: str = _setting(
-        "PROCESS_DEFAULT_AGENT", "trio", "The agent POST /api/process runs when the request names none (llm-sse's endpoint)."
+        "PROCESS_DEFAULT_AGENT",
+        "trio",
+        "The agent POST /api/process runs when the request names none (llm-sse's endpoint).",
     )
     edge_cors_origins: str = _setting(
         "EDGE_CORS_ORIGINS", "",
@@ -84,8 +108,12 @@ class Settings:
         "agent files are loaded. (LLM_API_KEY itself goes only to LLM_BASE_URL.)",
     )
     llm_model: str = _setting("LLM_MODEL", "builtin", "Model name for agents whose YAML names none.")
-    llm_timeout: float = _setting("LLM_TIMEOUT", 120.0, "Seconds to wait for the LLM server (connect, and between streamed bytes).")
-    llm_max_attempts: int = _setting("LLM_MAX_ATTEMPTS", 5, "Attempts per LLM call on connect errors, 429 and 5xx (exponential backoff with jitter).")
+    llm_timeout: float = _setting(
+        "LLM_TIMEOUT", 120.0, "Seconds to wait for the LLM server (connect, and between streamed bytes)."
+    )
+    llm_max_attempts: int = _setting(
+        "LLM_MAX_ATTEMPTS", 5, "Attempts per LLM call on connect errors, 429 and 5xx (exponential backoff with jitter)."
+    )
     llm_stream_usage: bool = _setting(
         "LLM_STREAM_USAGE", True, "Ask the LLM server for usage in streamed responses (`stream_options.include_usage`)."
     )
@@ -104,13 +132,17 @@ class Settings:
         "Seconds without a progress signal before a run is handed to another runner.",
     )
     runner_max_attempts: int = _setting(
-        "AGENT_RUNNER_MAX_ATTEMPTS", 3,
-        "Attempts of a run that may die (runner crashed or killed) before it ends run.failed and its request is kept as a dead letter.",
+        "AGENT_RUNNER_MAX_ATTEMPTS",
+        3,
+        "Attempts of a run that may die (runner crashed or killed) before it ends run.failed and its request "
+        "is kept as a dead letter.",
     )
     delta_flush_interval: float = _setting(
         "DELTA_FLUSH_INTERVAL", 0.02, "Most seconds text deltas wait to be coalesced into one event."
     )
-    delta_flush_bytes: int = _setting("DELTA_FLUSH_BYTES", 4096, "Coalesced text that triggers an immediate event (bytes).")
+    delta_flush_bytes: int = _setting(
+        "DELTA_FLUSH_BYTES", 4096, "Coalesced text that triggers an immediate event (bytes)."
+    )
     event_max_bytes: int = _setting(
         "EVENT_MAX_BYTES", 900 * 1024, "Largest event stored; bigger tool outputs are truncated in the event (bytes)."
     )
@@ -123,7 +155,9 @@ class Settings:
         "RUN_DEDUPE_WINDOW", 300.0, "Seconds during which a repeated run submission is recognised by JetStream."
     )
     run_events_max_age: float = _setting("RUN_EVENTS_MAX_AGE", 7 * 86400.0, "Seconds run events are kept.")
-    dead_letter_max_age: float = _setting("DEAD_LETTER_MAX_AGE", 30 * 86400.0, "Seconds dead letters (requests of runs given up on) are kept.")
+    dead_letter_max_age: float = _setting(
+        "DEAD_LETTER_MAX_AGE", 30 * 86400.0, "Seconds dead letters (requests of runs given up on) are kept."
+    )
     # -- tool runner
     tool_root: Path | None = _setting(
         "TOOL_ROOT", None, "Directory read_file and list_dir are confined to. Default: where the tool runner started."
@@ -134,17 +168,23 @@ class Settings:
         "counted: `total_lines` is null).",
     )
     tool_list_max_entries: int = _setting("TOOL_LIST_MAX_ENTRIES", 1000, "Most entries list_dir returns.")
-    tool_http_max_bytes: int = _setting("TOOL_HTTP_MAX_BYTES", 256 * 1024, "Largest response body http_request returns (bytes).")
+    tool_http_max_bytes: int = _setting(
+        "TOOL_HTTP_MAX_BYTES", 256 * 1024, "Largest response body http_request returns (bytes)."
+    )
     tool_http_timeout: float = _setting("TOOL_HTTP_TIMEOUT", 20.0, "Longest an http_request may take (seconds).")
     tool_http_allow_private: bool = _setting(
         "TOOL_HTTP_ALLOW_PRIVATE", False,
         "Let http_request reach loopback, private and link-local addresses (off: refused, also after redirects).",
     )
     tool_http_allow_hosts: str = _setting(
-        "TOOL_HTTP_ALLOW_HOSTS", "",
-        "Comma-separated host or host:port http_request may reach even if they are not public (e.g. an internal docs server).",
+        "TOOL_HTTP_ALLOW_HOSTS",
+        "",
+        "Comma-separated host or host:port http_request may reach even if they are not public "
+        "(e.g. an internal docs server).",
     )
-    tool_runner_concurrency: int = _setting("TOOL_RUNNER_CONCURRENCY", 32, "Tool calls one tool runner executes at once.")
+    tool_runner_concurrency: int = _setting(
+        "TOOL_RUNNER_CONCURRENCY", 32, "Tool calls one tool runner executes at once."
+    )
     tool_file_workers: int = _setting(
         "TOOL_FILE_WORKERS", 8,
         "Threads one tool runner gives read_file and list_dir (a pool of their own; a call stuck in the file system "

@@ -15,10 +15,13 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from agentstream.bus import setup
+from agentstream.natsauth import AuthStore
 from agentstream.natsserver import EmbeddedNats
 from agentstream.settings import Settings
+from schemas.permissions import Role
 
 COLORS = {"edge": "36", "agent-runner": "35", "tool-runner": "33", "builtin-model": "32", "nats": "34"}
 
@@ -42,6 +45,12 @@ class Component:
     ready_line: str | None = None
     restarts: int = 0
 
+    def ready_url(self) -> str:
+        """The URL its ready line names (``{name} ready: URL``)."""
+        if self.ready_line is None:
+            raise RuntimeError(f"{self.name} has not said it is ready")
+        return self.ready_line.split("ready: ", 1)[1].strip()
+
 
 class Supervisor:
     """Starts, watches and stops the components. ``settings``: the environment's settings."""
@@ -49,33 +58,49 @@ class Supervisor:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.nats: EmbeddedNats | None = None
+        self.auth: AuthStore | None = None
         self.components: list[Component] = []
         self.stopping = False
+        self._pumps: set[asyncio.Task[None]] = set()  # the event loop holds tasks only weakly
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop``; returns the exit code."""
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         if not self.settings.nats_url:
-            self.nats = EmbeddedNats(self.settings.data_dir / "nats", port=self.settings.nats_port)
+            config = None
+            if self.settings.nats_auth:
+                self.auth = AuthStore(self.settings.data_dir / "auth")
+                self.auth.ensure_components()
+                config = self.auth.write_server_config()
+            self.nats = EmbeddedNats(self.settings.data_dir / "nats", port=self.settings.nats_port, config=config)
             url = await asyncio.to_thread(self.nats.start)
             env["NATS_URL"] = url
-            self._say("nats", f"embedded nats-server with JetStream on {url} (store: {self.nats.store_dir})")
+            how = (f"authentication on (identities in {self.auth.directory})" if self.auth is not None
+                   else "NO authentication (AGENTSTREAM_NATS_AUTH=false): anyone who reaches the port may do anything")
+            self._say("nats", f"embedded nats-server with JetStream on {url} (store: {self.nats.store_dir}); {how}")
         else:
             self._say("nats", f"using NATS_URL={self.settings.nats_url}")
         try:
+            if self.auth is not None:
+                admin = replace(self.settings, nats_url=env["NATS_URL"], nats_creds=self.auth.seed_path(Role.ADMIN))
+                await setup(admin)
             if not self.settings.llm_base_url:
                 model = Component("builtin-model", "agentstream.builtin_model")
                 await self._start(model, env)
                 await self._wait_ready(model)
-                env["LLM_BASE_URL"] = model.ready_line.split("ready: ", 1)[1].strip()
-                self._say("builtin-model", "LLM_BASE_URL is not set: agents use the built-in stand-in model (see README)")
-            for name, module in (("tool-runner", "tool_runner"), ("agent-runner", "agent_runner"), ("edge", "edge")):
-                await self._start(Component(name, module), env)
+                env["LLM_BASE_URL"] = model.ready_url()
+                self._say(
+                    "builtin-model", "LLM_BASE_URL is not set: agents use the built-in stand-in model (see README)"
+                )
+            for role, module in ((Role.TOOL_RUNNER, "tool_runner"), (Role.AGENT_RUNNER, "agent_runner"),
+                                 (Role.EDGE, "edge")):
+                own = {"NATS_CREDS": str(self.auth.seed_path(role))} if self.auth is not None else {}
+                await self._start(Component(role.value, module, own), env)
             for comp in self.components:
                 await self._wait_ready(comp)
             edge = next(c for c in self.components if c.name == "edge")
-            url = edge.ready_line.split("ready: ", 1)[1].strip()
+            url = edge.ready_url()
             print(
                 f"\nagentstream is up: {url}\n"
                 f"  curl -s -X POST {url}/api/agents/programmer-helper/chat -H 'Content-Type: application/json' "
@@ -99,7 +124,9 @@ class Supervisor:
             env={**env, **comp.env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
-        asyncio.create_task(self._pump(comp, comp.proc, env))
+        pump = asyncio.create_task(self._pump(comp, comp.proc, env))
+        self._pumps.add(pump)
+        pump.add_done_callback(self._pumps.discard)
 
     async def _pump(self, comp: Component, proc: asyncio.subprocess.Process, env: dict[str, str]) -> None:
         assert proc.stdout is not None
@@ -120,7 +147,7 @@ class Supervisor:
             if not self.stopping:
                 await self._start(comp, env)
 
-    async def _wait_ready(self, comp: Component, timeout: float = 60.0) -> None:
+    async def _wait_ready(self, comp: Component, timeout: float = 60.0) -> None:  # noqa: ASYNC109 - named in the error
         try:
             await asyncio.wait_for(comp.ready.wait(), timeout)
         except TimeoutError:

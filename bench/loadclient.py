@@ -121,7 +121,7 @@ def _worker(host: str, port: int, paths: list[str], headers: str, end_marker: by
         pass
     import resource
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     async def main():
@@ -133,7 +133,9 @@ def _worker(host: str, port: int, paths: list[str], headers: str, end_marker: by
         tasks = []
         for i in range(0, len(paths), 100):
             for p in paths[i:i + 100]:
-                tasks.append(asyncio.ensure_future(_one(host, port, p, headers, connected, counter, stop_local, end_marker)))
+                tasks.append(
+                    asyncio.ensure_future(_one(host, port, p, headers, connected, counter, stop_local, end_marker))
+                )
             await asyncio.sleep(0.02)
         await connected.wait()
         ready.put(len(paths))

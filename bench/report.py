@@ -50,6 +50,12 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         if key in s:
             worst = max(s[key]["to_202_ms"]["p99"], s[key]["to_first_event_ms"]["p99"])
             rows.append((f"{label}: submit → 202 and → first event", "≤ 50 ms p99", f"{_f(worst)} ms", worst <= 50))
+    fair = r.get("fairness", {})
+    for key in ("1_runner", "2_runner"):
+        if key in fair:
+            x = fair[key]["b_start_delay_ms"]
+            rows.append((f"tenant B's start delay behind A's backlog of {fair[key]['backlog']:,}, {key[0]} runner(s)",
+                         "≤ 1 s p50", f"{_f(x['p50'])} ms p50, {_f(x['p99'])} ms p99", x["p50"] <= 1000))
     t = r.get("run_throughput", {}).get("bench-one-step")
     if t:
         rows.append(("one-step runs per second, one runner", "≥ 300", _f(t["1_runner"]["runs_per_s"]),
@@ -59,8 +65,14 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                      t["scaling_ratio"] >= 1.6 if cores >= 4 else None))
     f = r.get("fan_out", {}).get("5000")
     if f:
-        rows.append(("5,000 SSE clients on one edge: edge RSS", "≤ 600 MiB", f"{_f(f['edge_rss_mib_peak'], 0)} MiB peak",
-                     f["edge_rss_mib_peak"] <= 600))
+        rows.append(
+            (
+                "5,000 SSE clients on one edge: edge RSS",
+                "≤ 600 MiB",
+                f"{_f(f['edge_rss_mib_peak'], 0)} MiB peak",
+                f["edge_rss_mib_peak"] <= 600,
+            )
+        )
         rows.append(("5,000 SSE clients: events delivered per second", "≥ 20,000", _f(f["events_per_s"], 0),
                      f["events_per_s"] >= 20000))
     i = r.get("idle_streams")
@@ -81,8 +93,9 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         "# Benchmark results",
         "",
         f"Measured {m.get('date')} on {m.get('cores')} cores ({m.get('cpu')}), Python {m.get('python')}, "
-        f"{m.get('nats_server')}, {m.get('platform')}. Everything (nats-server, the model server, the edge, the runners "
-        "and the load clients) shares this one machine. Regenerate with `make bench` (`bench/results.json` has every number).",
+        f"{m.get('nats_server')}, {m.get('platform')}. Everything (nats-server, the model server, the edge, "
+        "the runners and the load clients) shares this one machine. Regenerate with `make bench` "
+        "(`bench/results.json` has every number).",
         "",
         "## Targets (issue 6)",
         "",
@@ -105,43 +118,61 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         ]
     ceiling = r.get("nats_ceiling", {})
     if "overhead" in r:
-        lines += ["## 1. Overhead vs calling the model directly", "",
-                  "The same streamed completion, read from the model server directly and through `/v1/chat/completions`.", "",
-                  "| pace | path | first token p50 / p99 (ms) | total p50 / p99 (ms) | chars/s p50 |", "|---|---|---|---|---|"]
+        lines += [
+            "## 1. Overhead vs calling the model directly",
+            "",
+            "The same streamed completion, read from the model server directly and through `/v1/chat/completions`.",
+            "",
+            "| pace | path | first token p50 / p99 (ms) | total p50 / p99 (ms) | chars/s p50 |",
+            "|---|---|---|---|---|",
+        ]
         for pace, row in r["overhead"].items():
             if pace == "first_token":
                 continue
             for name in ("direct", "agentstream"):
                 x = row[name]
-                lines.append(f"| {pace} | {name} | {_f(x['ttft_ms']['p50'])} / {_f(x['ttft_ms']['p99'])} | "
-                             f"{_f(x['total_ms']['p50'])} / {_f(x['total_ms']['p99'])} | {_f(x['chars_per_s']['p50'], 0)} |")
+                lines.append(
+                    f"| {pace} | {name} | {_f(x['ttft_ms']['p50'])} / {_f(x['ttft_ms']['p99'])} | "
+                    f"{_f(x['total_ms']['p50'])} / {_f(x['total_ms']['p99'])} | {_f(x['chars_per_s']['p50'], 0)} |"
+                )
             lines.append(f"| {pace} | ratio | +{_f(row['added_ttft_ms_p50'])} ms | {_f(row['total_ratio_p50'], 3)}× / "
                          f"{_f(row['total_ratio_p99'], 3)}× | {_f(row['chars_per_s_ratio_p50'], 2)}× |")
         if "first_token" in r["overhead"]:
             x = r["overhead"]["first_token"]
-            lines += ["", f"Time to first token alone, from {x['agentstream_ttft_ms']['n']} short completions per path at "
-                      "the realistic pace (3 tokens at 50 tokens/s), interleaved: direct "
-                      f"{_f(x['direct_ttft_ms']['p50'])} / {_f(x['direct_ttft_ms']['p99'])} ms p50 / p99, agentstream "
-                      f"{_f(x['agentstream_ttft_ms']['p50'])} / {_f(x['agentstream_ttft_ms']['p99'])} ms, added "
-                      f"+{_f(x['added_ttft_ms_p50'])} ms p50."]
+            lines += [
+                "",
+                f"Time to first token alone, from {x['agentstream_ttft_ms']['n']} short completions per path at "
+                "the realistic pace (3 tokens at 50 tokens/s), interleaved: direct "
+                f"{_f(x['direct_ttft_ms']['p50'])} / {_f(x['direct_ttft_ms']['p99'])} ms p50 / p99, agentstream "
+                f"{_f(x['agentstream_ttft_ms']['p50'])} / {_f(x['agentstream_ttft_ms']['p99'])} ms, added "
+                f"+{_f(x['added_ttft_ms_p50'])} ms p50.",
+            ]
         lines.append("")
     if "submit_latency" in r:
         submit_stores = 2 * max(x.get("submits_per_s", 0) for x in r["submit_latency"].values())
-        lines += ["## 2. Submit latency", "",
-                  "`POST /api/agents/bench-one-step/chat` → 202, and → the first event of `GET /api/runs/{id}/events`. "
-                  "`raw` is a bare HTTP/1.1 client (keep-alive for the POSTs, a new connection per stream), so the time "
-                  "is the server's; `httpx` is what a Python client using httpx sees. The runs started execute meanwhile. "
-                  "A submit is two concurrent JetStream stores (the request and `run.queued`); the busiest row's "
-                  f"{_f(submit_stores, 0)} stores/s are {_share(submit_stores, ceiling.get('js_publish_async_per_s'))} "
-                  "of the async JetStream publish ceiling.",
-                  "", "| clients | client | think time (mean) | submits/s | → 202 p50 / p99 (ms) | "
-                  "→ first SSE event p50 / p99 (ms) | samples |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## 2. Submit latency",
+            "",
+            "`POST /api/agents/bench-one-step/chat` → 202, and → the first event of `GET /api/runs/{id}/events`. "
+            "`raw` is a bare HTTP/1.1 client (keep-alive for the POSTs, a new connection per stream), so the time "
+            "is the server's; `httpx` is what a Python client using httpx sees. The runs started execute meanwhile. "
+            "A submit is two concurrent JetStream stores (the request and `run.queued`); the busiest row's "
+            f"{_f(submit_stores, 0)} stores/s are {_share(submit_stores, ceiling.get('js_publish_async_per_s'))} "
+            "of the async JetStream publish ceiling.",
+            "",
+            "| clients | client | think time (mean) | submits/s | → 202 p50 / p99 (ms) | "
+            "→ first SSE event p50 / p99 (ms) | samples |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for key, x in r["submit_latency"].items():
             think = f"{x.get('think_s_mean', 0):g} s" if x.get("think_s_mean") else "none (closed loop)"
-            lines.append(f"| {x.get('clients', key.split('_')[0])} | {x.get('client', 'httpx')} | {think} | "
-                         f"{_f(x.get('submits_per_s', float('nan')), 0)} | "
-                         f"{_f(x['to_202_ms']['p50'], 2)} / {_f(x['to_202_ms']['p99'], 2)} | "
-                         f"{_f(x['to_first_event_ms']['p50'], 2)} / {_f(x['to_first_event_ms']['p99'], 2)} | {x['to_202_ms']['n']} |")
+            lines.append(
+                f"| {x.get('clients', key.split('_')[0])} | {x.get('client', 'httpx')} | {think} | "
+                f"{_f(x.get('submits_per_s', float('nan')), 0)} | "
+                f"{_f(x['to_202_ms']['p50'], 2)} / {_f(x['to_202_ms']['p99'], 2)} | "
+                f"{_f(x['to_first_event_ms']['p50'], 2)} / {_f(x['to_first_event_ms']['p99'], 2)} | "
+                f"{x['to_202_ms']['n']} |"
+            )
         lines.append("")
     if "run_throughput" in r:
         lines += ["## 3. Run throughput (a full queue drained by the runners)", "",
@@ -161,11 +192,16 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
                          f"{_f(x['scaling_ratio'], 2)}× | {per_run} | {stores} |")
         lines.append("")
     if "fan_out" in r:
-        lines += ["## 4. Event fan-out", "",
-                  "The broker sends each event to an edge once (one subscription to `live.runs.>`); the edge fans it "
-                  "out to its clients, so the number of clients costs the broker nothing.", "",
-                  "| SSE clients | runs watched | events delivered | events/s | all ended | errors | edge RSS before / connected / peak (MiB) |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## 4. Event fan-out",
+            "",
+            "The broker sends each event to an edge once (one subscription to `live.runs.>`); the edge fans it "
+            "out to its clients, so the number of clients costs the broker nothing.",
+            "",
+            "| SSE clients | runs watched | events delivered | events/s | all ended | errors "
+            "| edge RSS before / connected / peak (MiB) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for key, x in r["fan_out"].items():
             lines.append(f"| {key} | {x['runs_watched']} | {x['events_delivered']:,} | {_f(x['events_per_s'], 0)} | "
                          f"{x['all_ended']} | {x['errors']} | {_f(x['edge_rss_mib_before'], 0)} / "
@@ -173,11 +209,15 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         lines.append("")
     if "idle_streams" in r:
         x = r["idle_streams"]
-        lines += ["## 5. Concurrent idle streams (heartbeats every 2 s)", "",
-                  "| streams opened | held, receiving pings | errors | edge RSS before / with streams (MiB) | per stream |",
-                  "|---|---|---|---|---|",
-                  f"| {x['opened']} | {x['held_with_pings']} | {x['errors']} | {_f(x['edge_rss_mib_before'], 0)} / "
-                  f"{_f(x['edge_rss_mib_with_streams'], 0)} | {_f(x['kib_per_stream'])} KiB |", ""]
+        lines += [
+            "## 5. Concurrent idle streams (heartbeats every 2 s)",
+            "",
+            "| streams opened | held, receiving pings | errors | edge RSS before / with streams (MiB) | per stream |",
+            "|---|---|---|---|---|",
+            f"| {x['opened']} | {x['held_with_pings']} | {x['errors']} | {_f(x['edge_rss_mib_before'], 0)} / "
+            f"{_f(x['edge_rss_mib_with_streams'], 0)} | {_f(x['kib_per_stream'])} KiB |",
+            "",
+        ]
     if "tool_throughput" in r:
         x = r["tool_throughput"]
         c = ceiling.get("request_reply_100_concurrent_per_s")
@@ -189,6 +229,20 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
             lines.append(f"| {key[0]} | {_f(x[key]['calls_per_s'], 0)} | {_share(x[key]['calls_per_s'], c)} | "
                          f"{x[key]['by_runner']} |")
         lines += [f"| scaling | {_f(x['scaling_ratio'], 2)}× | | |", ""]
+    if "fairness" in r:
+        lines += ["## 7. Fairness between tenants", "",
+                  "Tenant A queues a backlog of one-second runs; tenant B then submits one run at a time. B's start "
+                  "delay is from its submit to its `run.started`.", "",
+                  "| agent runners | A's backlog | B's start delay p50 | p99 | samples "
+                  "| A's runs left when B was done |",
+                  "|---|---|---|---|---|---|"]
+        for key in ("1_runner", "2_runner"):
+            if key in r["fairness"]:
+                x = r["fairness"][key]
+                d = x["b_start_delay_ms"]
+                lines.append(f"| {key[0]} | {x['backlog']:,} | {_f(d['p50'])} ms | {_f(d['p99'])} ms | {d['n']} | "
+                             f"{x['a_left_when_done']:,} |")
+        lines.append("")
     analysis = BENCH / "analysis.md"
     if analysis.exists():
         lines += [analysis.read_text().rstrip(), ""]

@@ -41,14 +41,18 @@ def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+    k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
     return ordered[k]
 
 
 def dist(values: list[float]) -> dict[str, float]:
     """p50/p99/mean/n of a sample."""
-    return {"p50": pct(values, 50), "p99": pct(values, 99), "mean": statistics.fmean(values) if values else float("nan"),
-            "n": len(values)}
+    return {
+        "p50": pct(values, 50),
+        "p99": pct(values, 99),
+        "mean": statistics.fmean(values) if values else float("nan"),
+        "n": len(values),
+    }
 
 
 def rss_mib(pid: int) -> float:
@@ -115,7 +119,7 @@ class Bench:
     async def nats_ceiling(self) -> None:
         """JetStream publish (async and one at a time) and core request/reply (sequential and 100
         concurrent) rates from Python, on a stream of its own, deleted afterwards."""
-        nc = await nats.connect(self.system.env["NATS_URL"])
+        nc = await nats.connect(**self.system.connect_options())
         js = nc.jetstream()
         from nats.js.api import StorageType, StreamConfig
 
@@ -188,11 +192,15 @@ class Bench:
                 row["total_ratio_p99"] = row["agentstream"]["total_ms"]["p99"] / row["direct"]["total_ms"]["p99"]
                 row["added_ttft_ms_p50"] = row["agentstream"]["ttft_ms"]["p50"] - row["direct"]["ttft_ms"]["p50"]
                 row["added_ttft_ms_p99"] = row["agentstream"]["ttft_ms"]["p99"] - row["direct"]["ttft_ms"]["p99"]
-                row["chars_per_s_ratio_p50"] = row["agentstream"]["chars_per_s"]["p50"] / row["direct"]["chars_per_s"]["p50"]
+                row["chars_per_s_ratio_p50"] = (
+                    row["agentstream"]["chars_per_s"]["p50"] / row["direct"]["chars_per_s"]["p50"]
+                )
                 out[pace] = row
             # Time to first token alone, with many more samples than the 4-second runs above give:
             # short completions at the same pace, interleaved the same way.
-            samples = await interleaved("builtin:tokens=3,delay=0.02", "bench-first-token", 30 if QUICK else 110, warm=10)
+            samples = await interleaved(
+                "builtin:tokens=3,delay=0.02", "bench-first-token", 30 if QUICK else 110, warm=10
+            )
             direct, through = (dist([s["ttft"] * 1000 for s in sample]) for sample in samples)
             out["first_token"] = {"direct_ttft_ms": direct, "agentstream_ttft_ms": through,
                                   "added_ttft_ms_p50": through["p50"] - direct["p50"],
@@ -264,9 +272,9 @@ class Bench:
         await self._drain()
         self.results["submit_latency"] = out
 
-    async def _drain(self, timeout: float = 120) -> None:
+    async def _drain(self, timeout: float = 120) -> None:  # noqa: ASYNC109 - gives up quietly at the deadline
         """Wait until no run is queued or running (the work queue is empty)."""
-        nc = await nats.connect(self.system.env["NATS_URL"])
+        nc = await nats.connect(**self.system.connect_options())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = await nc.jetstream().stream_info("AGENT_RUNS")
@@ -284,7 +292,9 @@ class Bench:
         for agent in ("bench-one-step", "bench-two-step"):
             row = {}
             for runners in (1, 2):
-                row[f"{runners}_runner"] = await self._drain_rate(agent, n if agent == "bench-one-step" else n // 2, runners)
+                row[f"{runners}_runner"] = await self._drain_rate(
+                    agent, n if agent == "bench-one-step" else n // 2, runners
+                )
             row["scaling_ratio"] = row["2_runner"]["runs_per_s"] / row["1_runner"]["runs_per_s"]
             out[agent] = row
         self.results["run_throughput"] = out
@@ -295,7 +305,7 @@ class Bench:
             proc.terminate(20)
         self.runners.clear()
         tenant = "default"
-        nc = await nats.connect(self.system.env["NATS_URL"], pending_size=64 * 1024 * 1024)
+        nc = await nats.connect(**self.system.connect_options(), pending_size=64 * 1024 * 1024)
         from agentstream.runs import submit
         from schemas.runs import RunRequest, new_run_id
 
@@ -316,13 +326,19 @@ class Bench:
         async def submit_one():
             async with sem:
                 await submit(nc, tenant, agent, RunRequest(run_id=new_run_id(), message_id=uuid.uuid4().hex,
-                                                           message="Read README.md please"))
+                                                           message="Read README.md please"), index=None)
 
         await asyncio.gather(*(submit_one() for _ in range(n)))
         stored_before = (await nc.jetstream().stream_info(subjects.RUN_EVENTS_STREAM)).state.last_seq
         started = time.perf_counter()
-        procs = await asyncio.gather(*(asyncio.to_thread(self.system.start_agent_runner, f"runner-{agent}-{runners}-{i}",
-                                                         AGENT_RUNNER_CONCURRENCY="64") for i in range(runners)))
+        procs = await asyncio.gather(
+            *(
+                asyncio.to_thread(
+                    self.system.start_agent_runner, f"runner-{agent}-{runners}-{i}", AGENT_RUNNER_CONCURRENCY="64"
+                )
+                for i in range(runners)
+            )
+        )
         ready = time.perf_counter()
         self.runners.extend(procs)
         await asyncio.wait_for(done.wait(), 600)
@@ -415,12 +431,12 @@ class Bench:
         for count in (1, 2):
             while len(self.tools) < count:
                 self.tools.append(self.system.start_tool_runner(f"tools-{len(self.tools) + 1}"))
-            nc = await nats.connect(self.system.env["NATS_URL"])
+            nc = await nats.connect(**self.system.connect_options())
             client = ToolClient(nc)
             sem = asyncio.Semaphore(128)
             runners: dict[str, int] = {}
 
-            async def call(i):
+            async def call(i, client=client, sem=sem, runners=runners, count=count):
                 async with sem:
                     outcome = await client.call("default", "read_file", run_id="bench", tool_call_id=f"c{count}-{i}",
                                                 idempotency_key=f"bench:{count}:{i}:{uuid.uuid4().hex}",
@@ -439,6 +455,74 @@ class Bench:
         self.results["tool_throughput"] = out
 
 
+    # -- 7. fairness between tenants
+
+    async def fairness(self) -> None:
+        """Tenant A holds a backlog of runs of one second each; tenant B submits one run at a time
+        meanwhile: B's start delay (submit to ``run.started``), with one and two agent runners."""
+        backlog = 400 if QUICK else 2000
+        samples = 6 if QUICK else 20
+        out = {}
+        for runners in (1, 2):
+            out[f"{runners}_runner"] = await self._fairness(backlog, samples, runners)
+        self.results["fairness"] = out
+
+    async def _fairness(self, backlog: int, samples: int, runners: int) -> dict[str, Any]:
+        from agentstream.runs import submit
+        from schemas.runs import RunRequest, new_run_id
+        from schemas.tenants import TenantPolicy
+
+        for proc in self.runners:
+            proc.terminate(20)
+        self.runners.clear()
+        nc = await nats.connect(**self.system.connect_options(), pending_size=64 * 1024 * 1024)
+        js = nc.jetstream()
+        # The bench's edge serves the open single tenant; the two tenants are given to the runners
+        # the way edges do it, through the TENANTS bucket (the bench connects as admin).
+        tenants = await js.key_value(subjects.TENANTS_BUCKET)
+        for name in ("bench-a", "bench-b"):
+            await tenants.put(name, TenantPolicy(tenant=name, max_concurrent_runs=10_000).model_dump_json().encode())
+        agent = "bench-second"
+        started: dict[str, float] = {}
+        got_start = asyncio.Event()
+
+        async def on_event(msg: Any) -> None:
+            if (msg.headers or {}).get("Agentstream-Event") == "run.started":
+                started[msg.subject.rsplit(".", 1)[-1]] = time.perf_counter()
+                got_start.set()
+
+        sub = await nc.subscribe(f"live.runs.bench-b.{agent}.*", cb=on_event)
+        sem = asyncio.Semaphore(200)
+
+        async def queue_a() -> None:
+            async with sem:
+                await submit(nc, "bench-a", agent, RunRequest(run_id=new_run_id(), message_id=uuid.uuid4().hex,
+                                                              message="work"), index=None)
+
+        await asyncio.gather(*(queue_a() for _ in range(backlog)))
+        procs = await asyncio.gather(*(asyncio.to_thread(
+            self.system.start_agent_runner, f"runner-fair-{runners}-{i}", AGENT_RUNNER_CONCURRENCY="64")
+            for i in range(runners)))
+        self.runners.extend(procs)
+        await asyncio.sleep(3)  # A's backlog is being worked on
+        delays = []
+        for _ in range(samples):
+            run_id = new_run_id()
+            sent = time.perf_counter()
+            await submit(nc, "bench-b", agent, RunRequest(run_id=run_id, message_id=run_id, message="mine"), index=None)
+            while run_id not in started:
+                got_start.clear()
+                await asyncio.wait_for(got_start.wait(), 600)
+            delays.append((started[run_id] - sent) * 1000)
+            await asyncio.sleep(0.5)
+        left = (await js.stream_info(subjects.AGENT_RUNS_STREAM, subjects_filter="agents.bench-a.*.run")).state
+        await sub.unsubscribe()
+        await js.purge_stream(subjects.AGENT_RUNS_STREAM, subject="agents.bench-a.*.run")
+        await nc.close()
+        await self._drain()
+        return {"backlog": backlog, "a_left_when_done": left.messages, "b_start_delay_ms": dist(delays)}
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     nats_bin = str(Path(sys.executable).parent / "nats-server")
@@ -455,7 +539,7 @@ async def main() -> None:
         bench.start()
         try:
             for name in ("nats_ceiling", "overhead", "submit_latency", "run_throughput", "fan_out", "idle_streams",
-                         "tool_throughput"):
+                         "tool_throughput", "fairness"):
                 if os.environ.get("BENCH_ONLY") and name not in os.environ["BENCH_ONLY"].split(","):
                     continue
                 started = time.perf_counter()
@@ -465,7 +549,11 @@ async def main() -> None:
                       f"{json.dumps(bench.results.get(name), default=str)[:600]}", flush=True)
         finally:
             bench.stop()
-    results = {"machine": machine(), **bench.results}
+    save({"machine": machine(), **bench.results})
+
+
+def save(results: dict[str, Any]) -> None:
+    """Write the results (merged into the existing ones with BENCH_ONLY) and their Markdown report."""
     OUT.mkdir(parents=True, exist_ok=True)
     out = OUT / ("results.quick.json" if QUICK else "results.json")
     previous = json.loads(out.read_text()) if out.exists() and os.environ.get("BENCH_ONLY") else {}

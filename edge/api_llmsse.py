@@ -10,16 +10,16 @@ disconnects cancels the run, and with it the member runs.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, ConfigDict, Field
-from quart import Blueprint
+from quart import Blueprint, Response
 
 from agentstream import sse
-from agentstream.runs import SubmitError, submit
 from edge.dialects.llmsse import ProcessStream
 from edge.errors import ApiError
-from edge.feed import HEARTBEAT
-from edge.http import agent_for, cancel_later, json_body, run_feed, sse_response, state, tenant
+from edge.feed import HEARTBEAT, EventFeed
+from edge.http import agent_for, cancel_later, json_body, open_stream, run_feed, sse_response, state, submit_run, tenant
 from edge.state import EdgeState
 from schemas import subjects
 from schemas.common import MessageId
@@ -41,7 +41,7 @@ class ProcessBody(BaseModel):
 
 
 @bp.post("/api/process")
-async def process():
+async def process() -> Response:
     t = tenant()
     body: ProcessBody = await json_body(ProcessBody, status=400)
     if not body.message.strip():
@@ -51,18 +51,22 @@ async def process():
     run_id = run_id_for(t.name, agent.name, body.message_id)
     request = RunRequest(run_id=run_id, message_id=body.message_id, message=body.message.strip(),
                          conversation_id=body.conversation_id)
+    lease = await open_stream(t)
     try:
-        await submit(st.bus(), t.name, agent.name, request)
-    except SubmitError as err:
-        log.error("submit failed: %s", err)
-        raise ApiError(503, "unavailable", "the run could not be stored; retry with the same message_id") from None
+        await submit_run(t, agent.name, request)
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
     renderer = ProcessStream(body.message_id, body.conversation_id, agent=agent.name,
                              source=agent.combiner or agent.name, members=len(agent.members))
-    feed = run_feed(t.name, run_id, subjects.run_events(t.name, agent.name, run_id))
-    return sse_response(_body(st, t.name, run_id, renderer, feed), {"X-Run-Id": run_id})
+    feed = run_feed(t.name, run_id, subjects.run_events(t.name, agent.name, run_id), lease=lease)
+    return sse_response(_body(st, t.name, run_id, renderer, feed), {"X-Run-Id": run_id}, lease=lease)
 
 
-async def _body(st: EdgeState, tenant_name: str, run_id: str, renderer: ProcessStream, feed):
+async def _body(
+    st: EdgeState, tenant_name: str, run_id: str, renderer: ProcessStream, feed: EventFeed
+) -> AsyncIterator[bytes]:
     complete = False
     try:
         async for item in feed:

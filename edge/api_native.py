@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 import nats.js.errors
 import orjson
@@ -10,8 +12,7 @@ from pydantic import Field
 from quart import Blueprint, Response
 
 from agentstream import eventlog, sse
-from agentstream.runs import SubmitError, submit
-from agentstream.runstate import RunRecord, fold
+from agentstream.runstate import RunRecord
 from edge.dialects import localai
 from edge.errors import ApiError
 from edge.feed import HEARTBEAT
@@ -24,11 +25,14 @@ from edge.http import (
     json_body,
     json_response,
     last_event_id,
+    open_stream,
     request_cancel,
-    run_events,
     run_feed,
+    run_index_entry,
+    run_record,
     sse_response,
     state,
+    submit_run,
     tenant,
 )
 from schemas import subjects
@@ -59,19 +63,21 @@ class CancelBody(Strict):
 
 
 @bp.get("/healthz")
-async def healthz():
-    """``GET /healthz``: 200 ``{"status": "ok", ...}`` once connected to NATS, 503 before (issue 2)."""
+async def healthz() -> Response:
+    """``GET /healthz``: 200 ``{"status": "ok", ...}`` once connected to NATS, 503 before. ``keys_file``
+    says whether the keys file on disk is the one in force (``problem``: why not)."""
     st = state()
+    keys = {"path": str(st.auth.path), "problem": st.auth.problem} if st.auth.path is not None else None
     if not st.healthy:
-        return json_response({"status": "starting", "nats": "disconnected"}, 503)
+        return json_response({"status": "starting", "nats": "disconnected", "keys_file": keys}, 503)
     return json_response({"status": "ok", "nats": "connected", "watchers": st.hub.watchers if st.hub else 0,
-                          "overflows": st.hub.overflows if st.hub else 0})
+                          "overflows": st.hub.overflows if st.hub else 0, "keys_file": keys})
 
 
 # -- agents
 
 @bp.get("/api/agents")
-async def list_agents():
+async def list_agents() -> Response:
     """``GET /api/agents``: the caller's tenant's agents, each with name, description, model, tools."""
     t = tenant()
     catalog = state().catalog
@@ -88,14 +94,14 @@ async def list_agents():
 
 
 @bp.get("/api/agents/<name>")
-async def get_agent(name: str):
+async def get_agent(name: str) -> Response:
     """``GET /api/agents/{name}``: one agent's public view; 404 naming ``name`` if unknown."""
     agent = agent_for(tenant(), name)
     return json_response({"active": True, **agent.public_view()})
 
 
 @bp.post("/api/agents/<name>/chat")
-async def chat(name: str):
+async def chat(name: str) -> Response:
     """``POST /api/agents/{name}/chat`` with ``{"message", "message_id"?, "conversation_id"?}`` → 202
     ``{"status": "message_received", "message_id", "run_id", "duplicate", "events_url"}`` once the run
     request is stored in JetStream; 400/404/413/422 for bad input, 503 if it cannot be stored."""
@@ -110,11 +116,7 @@ async def chat(name: str):
         run_id = message_id = new_run_id()
     req = RunRequest(run_id=run_id, message_id=message_id, message=body.message.strip(),
                      conversation_id=body.conversation_id)
-    try:
-        submitted = await submit(state().bus(), t.name, agent.name, req)
-    except SubmitError as err:
-        log.error("submit failed: %s", err)
-        raise ApiError(503, "unavailable", "the run could not be stored; retry with the same message_id") from None
+    submitted = await submit_run(t, agent.name, req)
     return json_response({
         "status": "message_received",
         "message_id": message_id,
@@ -125,7 +127,7 @@ async def chat(name: str):
 
 
 @bp.get("/api/agents/<name>/status")
-async def agent_status(name: str):
+async def agent_status(name: str) -> Response:
     """``GET /api/agents/{name}/status``: the agent's status history, run by run, from stored events."""
     t = tenant()
     agent = agent_for(t, name)
@@ -138,7 +140,7 @@ async def agent_status(name: str):
 
 
 @bp.get("/api/agents/<name>/sse")
-async def agent_sse(name: str):
+async def agent_sse(name: str) -> Response:
     """``GET /api/agents/{name}/sse``: LocalAI's agent stream (``json_message``, ``json_message_status``,
     ``stream_event``, ``json_error``; localai-agents.md) for every run of the agent, from now or
     after ``Last-Event-ID``."""
@@ -148,9 +150,10 @@ async def agent_sse(name: str):
     if not after:  # start "now", like LocalAI's stream
         latest = await eventlog.last_event(state().bus(), subjects.run_events_of_agent(t.name, agent.name))
         after = latest.seq if latest else 0
-    feed = agent_feed(t.name, agent.name, after)
+    lease = await open_stream(t)
+    feed = agent_feed(t.name, agent.name, after, lease=lease)
 
-    async def body():
+    async def body() -> AsyncIterator[bytes]:
         yield sse.comment("agentstream: LocalAI agent stream")
         async for item in feed:
             if item is HEARTBEAT:
@@ -161,28 +164,29 @@ async def agent_sse(name: str):
                 data = payload if isinstance(payload, str) else orjson.dumps(payload)
                 yield sse.frame(data, event=event, id=item.seq if i == len(frames) - 1 else None)
 
-    return sse_response(body())
+    return sse_response(body(), lease=lease)
 
 
 # -- runs
 
 @bp.get("/api/runs/<run_id>")
-async def get_run(run_id: str):
+async def get_run(run_id: str) -> Response:
     """``GET /api/runs/{run_id}``: the run's state folded from its events, plus its dead letter if any."""
     t = tenant()
-    record = fold(await run_events(t, run_id))
+    record = await run_record(t, run_id)
     return json_response({**record.as_dict(), "dead_letter": await _dead_letter(t.name, run_id),
                           "events_url": f"/api/runs/{run_id}/events"})
 
 
-async def _dead_letter(tenant_name: str, run_id: str) -> dict | None:
+async def _dead_letter(tenant_name: str, run_id: str) -> dict[str, Any] | None:
     """The run's dead letter (the request of a run given up on), or None."""
     try:
         msg = await state().bus().jetstream().get_msg(
             subjects.RUN_DEAD_LETTERS_STREAM, subject=subjects.dead_letter_of_run(tenant_name, run_id), direct=True)
     except nats.js.errors.NotFoundError:
         return None
-    return orjson.loads(msg.data)
+    letter: dict[str, Any] | None = orjson.loads(msg.data) if msg.data else None
+    return letter
 
 
 def native_frame(ev: eventlog.StoredEvent) -> bytes:
@@ -196,7 +200,7 @@ def native_frame(ev: eventlog.StoredEvent) -> bytes:
 
 
 @bp.get("/api/runs/<run_id>/events")
-async def run_sse(run_id: str):
+async def run_sse(run_id: str) -> Response:
     """``GET /api/runs/{run_id}/events``: SSE, ``id:`` = stream sequence, ``event:`` = type, ``data:`` =
     the envelope; replays from the start or after ``Last-Event-ID``; ends after the terminal event;
     204 when ``Last-Event-ID`` is already the terminal event; 404 naming ``run_id`` if unknown."""
@@ -205,40 +209,49 @@ async def run_sse(run_id: str):
     after = last_event_id()
     latest = await eventlog.last_event(state().bus(), subjects.run_events_of_run(t.name, run_id))
     if latest is None:
-        raise ApiError(404, "not_found", f"no run {run_id!r}", "run_id")
-    if after and after >= latest.seq and is_terminal(latest.type):
-        # Nothing left and nothing will come: 204 tells EventSource to stop reconnecting.
-        return Response(b"", status=204)
-    feed = run_feed(t.name, run_id, latest.subject, after)
+        # No event yet: the run waits in its tenant's queue (known from its index entry).
+        entry = await run_index_entry(t, run_id)
+        if entry is None:
+            raise ApiError(404, "not_found", f"no run {run_id!r}", "run_id")
+        subject = subjects.run_events(t.name, entry.agent, run_id)
+    else:
+        if after and after >= latest.seq and is_terminal(latest.type):
+            # Nothing left and nothing will come: 204 tells EventSource to stop reconnecting.
+            return Response(b"", status=204)
+        subject = latest.subject
+    lease = await open_stream(t)
+    feed = run_feed(t.name, run_id, subject, after, lease=lease)
 
-    async def body():
+    async def body() -> AsyncIterator[bytes]:
         async for batch in feed.batches():
             yield sse.PING if batch is HEARTBEAT else b"".join(map(native_frame, batch))
 
-    return sse_response(body())
+    return sse_response(body(), lease=lease)
 
 
 @bp.post("/api/runs/<run_id>/cancel")
-async def cancel_run(run_id: str):
+async def cancel_run(run_id: str) -> Response:
     """``POST /api/runs/{run_id}/cancel``: 202 when the cancel is stored; 409 with the status if the run
     already ended; 404 if unknown (issue 5, fault 8)."""
     t = tenant()
     body = await json_body(CancelBody, optional=True)
-    record = fold(await run_events(t, run_id))
+    record = await run_record(t, run_id)
     if record.finished:
-        raise ApiError(409, "conflict", f"run {run_id} already ended: {record.status}", "run_id", run_status=record.status)
+        raise ApiError(
+            409, "conflict", f"run {run_id} already ended: {record.status}", "run_id", run_status=record.status
+        )
     await request_cancel(state(), t.name, run_id, body.reason)
     return json_response({"status": "cancelling", "run_id": run_id, "events_url": f"/api/runs/{run_id}/events"}, 202)
 
 
-def _agent_summary(agent: AgentDefinition) -> dict:
+def _agent_summary(agent: AgentDefinition) -> dict[str, Any]:
     return {
         "name": agent.name, "description": agent.description, "model": agent.model,
         "actions": agent.actions, "skills": agent.skills, "max_steps": agent.max_steps,
     }
 
 
-def _run_summary(record: RunRecord) -> dict:
+def _run_summary(record: RunRecord) -> dict[str, Any]:
     return {
         "run_id": record.run_id, "message_id": record.message_id, "status": record.status,
         "message": record.message, "answer": record.answer, "created_at": record.created_at,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -25,12 +26,24 @@ from quart import Blueprint, Response
 
 from agentstream import openai_format as oai
 from agentstream import sse
-from agentstream.runs import SubmitError, submit
+from edge.auth import Tenant
 from edge.dialects.openai import ChatStream, Collected, TextCompletionStream, collect, text_completion
 from edge.errors import ApiError, from_validation
-from edge.feed import HEARTBEAT
-from edge.http import agent_for, cancel_later, json_object, json_response, run_feed, sse_response, state, tenant
+from edge.feed import HEARTBEAT, EventFeed
+from edge.http import (
+    agent_for,
+    cancel_later,
+    json_object,
+    json_response,
+    open_stream,
+    run_feed,
+    sse_response,
+    state,
+    submit_run,
+    tenant,
+)
 from edge.state import EdgeState
+from edge.streamcaps import Lease
 from schemas import events as E
 from schemas import subjects
 from schemas.agents import AgentDefinition
@@ -106,13 +119,18 @@ def error_response(err: ApiError) -> Response:
     else:
         kind = "invalid_request_error"
     code = err.extra.get("code") or err.type
-    headers = {"x-should-retry": "false"} if (status < 500 and status not in (408, 409, 429)) or err.extra.get("final") else {}
+    headers = (
+        {"x-should-retry": "false"}
+        if (status < 500 and status not in (408, 409, 429)) or err.extra.get("final")
+        else {}
+    )
     if err.extra.get("run_id"):
         headers["X-Run-Id"] = err.extra["run_id"]
+    headers.update(err.headers())
     return json_response(oai.error_body(err.message, kind, err.field, code), status, headers)
 
 
-def _model(t, name: str) -> AgentDefinition:
+def _model(t: Tenant, name: str) -> AgentDefinition:
     try:
         return agent_for(t, name, field="model")
     except ApiError as err:
@@ -152,7 +170,12 @@ def _client_tools(body: ChatCompletionBody, agent: AgentDefinition) -> list[Func
             raise ApiError(400, "invalid_request", f"tools[{i}].function.name must match ^[A-Za-z0-9_-]{{1,64}}$",
                            f"tools.{i}.function.name")
         if name in taken:
-            raise ApiError(400, "invalid_request", f"tool name {name!r} is taken by the agent's own tools", f"tools.{i}.function.name")
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"tool name {name!r} is taken by the agent's own tools",
+                f"tools.{i}.function.name",
+            )
         if name in seen:
             raise ApiError(400, "invalid_request", f"tool name {name!r} is given twice", f"tools.{i}.function.name")
         seen.add(name)
@@ -172,7 +195,9 @@ def _tool_choice(body: ChatCompletionBody, client_tools: list[FunctionTool]) -> 
         if name not in {t.function.get("name") for t in client_tools}:
             raise ApiError(400, "invalid_request", f"tool_choice names {name!r}, which is not in tools", "tool_choice")
         return choice
-    raise ApiError(400, "invalid_request", "tool_choice must be 'none', 'auto', 'required' or a function", "tool_choice")
+    raise ApiError(
+        400, "invalid_request", "tool_choice must be 'none', 'auto', 'required' or a function", "tool_choice"
+    )
 
 
 def _split(messages: list[ChatMessage]) -> tuple[str | None, list[ChatMessage]]:
@@ -188,19 +213,23 @@ def _split(messages: list[ChatMessage]) -> tuple[str | None, list[ChatMessage]]:
     return None, messages
 
 
-async def _start_run(t, agent: AgentDefinition, request: RunRequest) -> str:
+async def _start_run(t: Tenant, agent: AgentDefinition, request: RunRequest, *, stream: bool) -> Lease | None:
+    """Submit the run; for a streamed answer first take a place among the key's open streams
+    (429 over ``max_streams``), returned as the lease the stream holds."""
+    lease = await open_stream(t) if stream else None
     try:
-        submitted = await submit(state().bus(), t.name, agent.name, request)
-    except SubmitError as err:
-        log.error("submit failed: %s", err)
-        raise ApiError(503, "unavailable", "the run could not be stored; retry") from None
-    return submitted.run_id
+        await submit_run(t, agent.name, request)
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+    return lease
 
 
 async def _collect_run(tenant_name: str, agent: str, run_id: str) -> Collected:
     """Wait for a run's end and fold its events; cancel the run if the caller goes away."""
     st = state()
-    bodies = []
+    bodies: list[dict[str, Any]] = []
     ended = False
     try:
         async for item in run_feed(tenant_name, run_id, subjects.run_events(tenant_name, agent, run_id)):
@@ -216,8 +245,9 @@ async def _collect_run(tenant_name: str, agent: str, run_id: str) -> Collected:
     return collect(bodies)
 
 
-def _failed(run: Collected, run_id: str) -> ApiError:
-    error = run.error["error"]
+def _failed(run: Collected, failure: dict[str, Any], run_id: str) -> ApiError:
+    """``failure``: the run's OpenAI error object (``run.error``)."""
+    error = failure["error"]
     if run.error_type == "run_cancelled":
         return ApiError(409, "run_cancelled", error["message"], None, code="run_cancelled", run_id=run_id)
     upstream = (run.error_type or "").startswith("llm_") or run.error_type in ("tool_unavailable", "timeout")
@@ -225,16 +255,22 @@ def _failed(run: Collected, run_id: str) -> ApiError:
                     code=run.error_type or "run_failed", run_id=run_id, final=not upstream)
 
 
-def _stream(tenant_name: str, agent: str, run_id: str, renderer, first: bytes | None):
+def _stream(
+    tenant_name: str, agent: str, run_id: str, renderer: ChatStream | TextCompletionStream, first: bytes | None,
+    lease: Lease | None,
+) -> AsyncIterator[bytes]:
     """The SSE body: the renderer's frames for the run's events, keep-alive comments in silences;
     the run is cancelled if the stream ends before the run does (client gone, edge stopping).
     Call inside the request (the feed and state are taken from it); iterate later."""
     st = state()
-    feed = run_feed(tenant_name, run_id, subjects.run_events(tenant_name, agent, run_id))
+    feed = run_feed(tenant_name, run_id, subjects.run_events(tenant_name, agent, run_id), lease=lease)
     return _stream_body(st, tenant_name, run_id, renderer, first, feed)
 
 
-async def _stream_body(st: EdgeState, tenant_name: str, run_id: str, renderer, first: bytes | None, feed):
+async def _stream_body(
+    st: EdgeState, tenant_name: str, run_id: str, renderer: ChatStream | TextCompletionStream, first: bytes | None,
+    feed: EventFeed,
+) -> AsyncIterator[bytes]:
     complete = False
     try:
         if first is not None:
@@ -263,7 +299,7 @@ async def _stream_body(st: EdgeState, tenant_name: str, run_id: str, renderer, f
 
 
 @bp.post("/chat/completions")
-async def chat_completions():
+async def chat_completions() -> Response:
     """``POST /v1/chat/completions``, streaming or not (openai-streaming.md is the checklist); the run id
     is in the ``X-Run-Id`` header."""
     t = tenant()
@@ -272,7 +308,9 @@ async def chat_completions():
     if body.n is not None and body.n > 1:
         raise ApiError(400, "unsupported", "n > 1 is not supported: an agent run gives one answer", "n")
     if body.functions:
-        raise ApiError(400, "unsupported", "the legacy 'functions' parameter is not supported; use 'tools'", "functions")
+        raise ApiError(
+            400, "unsupported", "the legacy 'functions' parameter is not supported; use 'tools'", "functions"
+        )
     client_tools = _client_tools(body, agent)
     parameters = _parameters(body)
     choice = _tool_choice(body, client_tools)
@@ -282,16 +320,17 @@ async def chat_completions():
     run_id = new_run_id()
     request = RunRequest(run_id=run_id, message_id=run_id, message=message, history=history,
                          tools=client_tools, parameters=parameters)
-    await _start_run(t, agent, request)
+    lease = await _start_run(t, agent, request, stream=bool(body.stream))
     completion_id, created = f"chatcmpl-{run_id}", oai.now()
     headers = {"X-Run-Id": run_id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         renderer = ChatStream(completion_id, created, body.model, include_usage=include_usage)
-        return sse_response(_stream(t.name, agent.name, run_id, renderer, renderer.start()), headers)
+        body_stream = _stream(t.name, agent.name, run_id, renderer, renderer.start(), lease)
+        return sse_response(body_stream, headers, lease=lease)
     run = await _collect_run(t.name, agent.name, run_id)
     if run.error:
-        raise _failed(run, run_id)
+        raise _failed(run, run.error, run_id)
     content = run.text if run.text or not run.tool_calls else None
     return json_response(oai.chat_completion(
         completion_id, created, body.model, content=content, finish_reason=run.finish_reason, usage_=run.usage,
@@ -300,7 +339,7 @@ async def chat_completions():
 
 
 @bp.post("/completions")
-async def completions():
+async def completions() -> Response:
     """``POST /v1/completions`` (legacy text completions), streaming or not."""
     t = tenant()
     body: CompletionBody = await _body(CompletionBody)
@@ -323,16 +362,16 @@ async def completions():
         raise ApiError(400, "invalid_request", "prompt must not be empty", "prompt")
     run_id = new_run_id()
     request = RunRequest(run_id=run_id, message_id=run_id, message=prompt, parameters=_parameters(body))
-    await _start_run(t, agent, request)
+    lease = await _start_run(t, agent, request, stream=bool(body.stream))
     completion_id, created = f"cmpl-{run_id}", oai.now()
     headers = {"X-Run-Id": run_id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         renderer = TextCompletionStream(completion_id, created, body.model, include_usage=include_usage)
-        return sse_response(_stream(t.name, agent.name, run_id, renderer, None), headers)
+        return sse_response(_stream(t.name, agent.name, run_id, renderer, None, lease), headers, lease=lease)
     run = await _collect_run(t.name, agent.name, run_id)
     if run.error:
-        raise _failed(run, run_id)
+        raise _failed(run, run.error, run_id)
     return json_response(text_completion(completion_id, created, body.model, run), headers=headers)
 
 
@@ -342,7 +381,7 @@ def _model_object(agent: AgentDefinition) -> dict[str, Any]:
 
 
 @bp.get("/models")
-async def list_models():
+async def list_models() -> Response:
     """``GET /v1/models``: the tenant's agents as models."""
     t = tenant()
     catalog = state().catalog
@@ -352,7 +391,7 @@ async def list_models():
 
 
 @bp.get("/models/<path:model_id>")
-async def get_model(model_id: str):
+async def get_model(model_id: str) -> Response:
     """``GET /v1/models/{model}``: one agent as a model; 404 naming ``model`` if unknown."""
     return json_response(_model_object(_model(tenant(), model_id)))
 

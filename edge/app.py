@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from quart import Quart, request
+from quart import Quart, Response, request
 from quart_cors import cors
 from werkzeug.exceptions import HTTPException
 
@@ -21,6 +21,7 @@ from edge import api_llmsse, api_native, api_openai, guard
 from edge.auth import Authenticator
 from edge.bodylimit import WholeBodyFirst
 from edge.errors import ApiError
+from edge.gate import admit
 from edge.state import EdgeState
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
     app.config["RESPONSE_TIMEOUT"] = None  # streams live as long as their run (Quart's default: 60 s)
     app.config["MAX_CONTENT_LENGTH"] = settings.edge_max_body
     app.config["BODY_TIMEOUT"] = 60
-    app.asgi_app = WholeBodyFirst(app.asgi_app, settings.edge_max_body)  # answers the client can read
+    # Answers the client can read. Quart documents wrapping asgi_app so; mypy forbids assigning to a method.
+    app.asgi_app = WholeBodyFirst(app.asgi_app, settings.edge_max_body)  # type: ignore[method-assign]
     state = EdgeState(
         settings=settings,
         auth=auth or Authenticator.from_file(settings.keys_file),
@@ -53,7 +55,11 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
     app.register_blueprint(api_native.bp)
     app.register_blueprint(api_openai.bp)
     app.register_blueprint(api_llmsse.bp)
-    background: list[asyncio.Task] = []
+    background: list[asyncio.Task[None]] = []
+
+    @app.before_request
+    async def gate() -> None:
+        await admit(state)
 
     @app.before_serving
     async def startup() -> None:
@@ -62,6 +68,8 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
         if state.auth.open:
             log.warning("no KEYS_FILE: serving the single tenant 'default' to every caller, no key needed")
         background.append(asyncio.create_task(state.connect()))
+        if state.auth.path is not None:
+            background.append(asyncio.create_task(state.watch_keys_file()))
 
     @app.after_serving
     async def shutdown() -> None:
@@ -69,18 +77,20 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
             task.cancel()
         if state.hub is not None:
             await state.hub.stop()
+        if state.streams is not None:
+            await state.streams.stop()
         if state.nc is not None:
             await close(state.nc)
 
-    def render(err: ApiError):
+    def render(err: ApiError) -> Response:
         return api_openai.error_response(err) if request.path.startswith("/v1/") else err.response()
 
     @app.errorhandler(ApiError)
-    async def api_error(err: ApiError):
+    async def api_error(err: ApiError) -> Response:
         return render(err)
 
     @app.errorhandler(HTTPException)
-    async def http_error(err: HTTPException):
+    async def http_error(err: HTTPException) -> Response:
         kind = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(err.code or 500, "http_error")
         message = err.description or err.name
         if err.code == 413:
@@ -88,7 +98,7 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
         return render(ApiError(err.code or 500, kind, message, "body" if err.code == 413 else None))
 
     @app.errorhandler(Exception)
-    async def internal_error(err: Exception):
+    async def internal_error(err: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return render(ApiError(500, "internal_error", "internal error; see the edge's log"))
 

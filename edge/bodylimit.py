@@ -22,19 +22,24 @@ larger than that, or slower, is still refused by closing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
 
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    HTTPRequestEvent,
+    HTTPScope,
+    Scope,
+)
 
 DRAIN_BYTES = 16 * 1024 * 1024
 """Most bytes of an over-limit body read and discarded before answering 413."""
 DRAIN_SECONDS = 10.0
 """Longest time a response waits for its request's body, and an over-limit body is read (seconds)."""
 
-_END = {"type": "http.request", "body": b"", "more_body": False}
+_END: HTTPRequestEvent = {"type": "http.request", "body": b"", "more_body": False}
 
 
 class WholeBodyFirst:
@@ -46,13 +51,15 @@ class WholeBodyFirst:
     ``drain_bytes`` (bytes) and ``drain_seconds`` (seconds) bound the waiting and the reading.
     """
 
-    def __init__(self, app, max_body: int, *, drain_bytes: int = DRAIN_BYTES, drain_seconds: float = DRAIN_SECONDS):
+    def __init__(
+        self, app: ASGIFramework, max_body: int, *, drain_bytes: int = DRAIN_BYTES, drain_seconds: float = DRAIN_SECONDS
+    ):
         self.app = app
         self.max_body = max_body
         self.drain_bytes = drain_bytes
         self.drain_seconds = drain_seconds
 
-    async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = _content_length(scope)
@@ -65,14 +72,14 @@ class WholeBodyFirst:
         received = asyncio.Event()  # the body has ended, or the client left
         return await self.app(scope, self._tracking(receive, received), self._after_body(send, received))
 
-    def _tracking(self, receive: Receive, received: asyncio.Event) -> Receive:
+    def _tracking(self, receive: ASGIReceiveCallable, received: asyncio.Event) -> ASGIReceiveCallable:
         """``receive`` that sets ``received`` at the body's end, and, once a body without a
         (truthful) length passes ``max_body``, reads the rest before handing the app the message
         that passed the limit."""
         seen = 0
-        pending: list[Message] = []  # a disconnect met while draining, for the app's next call
+        pending: list[ASGIReceiveEvent] = []  # a disconnect met while draining, for the app's next call
 
-        async def tracked() -> Message:
+        async def tracked() -> ASGIReceiveEvent:
             nonlocal seen
             if pending:
                 return pending.pop()
@@ -93,10 +100,10 @@ class WholeBodyFirst:
 
         return tracked
 
-    def _after_body(self, send: Send, received: asyncio.Event) -> Send:
+    def _after_body(self, send: ASGISendCallable, received: asyncio.Event) -> ASGISendCallable:
         """``send`` that holds the response's start until ``received`` (at most ``drain_seconds``)."""
 
-        async def sending(message: Message) -> None:
+        async def sending(message: ASGISendEvent) -> None:
             if message["type"] == "http.response.start" and not received.is_set():
                 try:
                     async with asyncio.timeout(self.drain_seconds):
@@ -107,7 +114,7 @@ class WholeBodyFirst:
 
         return sending
 
-    async def _drain(self, receive: Receive) -> Message | None:
+    async def _drain(self, receive: ASGIReceiveCallable) -> ASGIReceiveEvent | None:
         """Read and discard request messages until the body ends (returns the end message, or
         ``http.disconnect`` if the client left); None when the bounds ran out first."""
         read = 0
@@ -126,7 +133,7 @@ class WholeBodyFirst:
             return None
 
 
-def _content_length(scope: dict) -> int | None:
+def _content_length(scope: HTTPScope) -> int | None:
     for name, value in scope.get("headers", ()):
         if name.lower() == b"content-length":
             try:
@@ -136,11 +143,11 @@ def _content_length(scope: dict) -> int | None:
     return None
 
 
-def _replay(first: Message, receive: Receive) -> Receive:
+def _replay(first: ASGIReceiveEvent, receive: ASGIReceiveCallable) -> ASGIReceiveCallable:
     """``receive`` that returns ``first`` once, then defers to ``receive``."""
     pending = [first]
 
-    async def replayed() -> Message:
+    async def replayed() -> ASGIReceiveEvent:
         return pending.pop() if pending else await receive()
 
     return replayed

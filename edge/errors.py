@@ -16,15 +16,25 @@ from quart import Response
 class ApiError(Exception):
     """A request the edge refuses. ``status``: HTTP status; ``type``: machine-readable kind
     (``invalid_json``, ``invalid_request``, ``not_found``, ``unauthorized``, ...); ``field``: the
-    request field at fault (``message``, ``name``, ``run_id``, ``Last-Event-ID``, ...) or None."""
+    request field at fault (``message``, ``name``, ``run_id``, ``Last-Event-ID``, ...) or None;
+    ``retry_after``: seconds, sent as ``Retry-After`` (RFC 9110 §10.2.3) with a 429 or 503."""
 
-    def __init__(self, status: int, type: str, message: str, field: str | None = None, **extra: Any):
+    def __init__(self, status: int, type: str, message: str, field: str | None = None, *,
+                 retry_after: int | None = None, **extra: Any):
         super().__init__(message)
         self.status = status
         self.type = type
         self.message = message
         self.field = field
+        self.retry_after = retry_after
         self.extra = extra
+
+    def headers(self) -> dict[str, str]:
+        """Headers the refusal carries (``WWW-Authenticate`` on 401, ``Retry-After``)."""
+        headers = {"WWW-Authenticate": 'Bearer realm="agentstream"'} if self.status == 401 else {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers
 
     def body(self) -> dict[str, Any]:
         """The JSON body."""
@@ -32,8 +42,8 @@ class ApiError(Exception):
 
     def response(self) -> Response:
         """The HTTP response."""
-        headers = {"WWW-Authenticate": 'Bearer realm="agentstream"'} if self.status == 401 else {}
-        return Response(orjson.dumps(self.body()), status=self.status, content_type="application/json", headers=headers)
+        return Response(orjson.dumps(self.body()), status=self.status, content_type="application/json",
+                        headers=self.headers())
 
 
 def from_validation(err: ValidationError, *, status: int = 422, prefix: str = "") -> ApiError:

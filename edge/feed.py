@@ -17,13 +17,16 @@ was reconnecting), a reconnect to NATS, and a periodic check at each heartbeat.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from typing import Final, Literal
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from agentstream import eventlog
 from agentstream.eventlog import StoredEvent
@@ -32,8 +35,14 @@ from schemas import subjects
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT = object()
+class _Signal(enum.Enum):
+    HEARTBEAT = "heartbeat"
+
+
+HEARTBEAT: Final = _Signal.HEARTBEAT
 """Yielded by a feed when nothing happened for one heartbeat interval."""
+Heartbeat = Literal[_Signal.HEARTBEAT]
+"""The type of :data:`HEARTBEAT` (a feed yields ``StoredEvent | Heartbeat``; test with ``is``)."""
 
 RECHECK_EVERY = 4
 """A quiet feed re-reads the stream every this many heartbeats (a safety net, see EventFeed)."""
@@ -92,7 +101,7 @@ class LiveHub:
     def __init__(self, nc: NATS):
         self.nc = nc
         self._watchers: dict[tuple[str, str, str], set[Watcher]] = {}
-        self._sub = None
+        self._sub: Subscription | None = None
         self._closing = False
         self.overflows = 0  # times a watcher's buffer overflowed (a client too slow; it re-reads)
 
@@ -186,21 +195,32 @@ class EventFeed:
         self._done = False
         self.heartbeat = heartbeat
         self.buffer = buffer
+        self._watcher: Watcher | None = None
+        self._closed = False
 
-    async def __aiter__(self) -> AsyncIterator[StoredEvent | object]:
+    def close(self) -> None:
+        """End the feed now (its key was revoked): a waiting iteration returns at once."""
+        self._closed = True
+        if self._watcher is not None:
+            self._watcher.close()
+
+    async def __aiter__(self) -> AsyncIterator[StoredEvent | Heartbeat]:
         async with aclosing(self.batches()) as batches:
             async for batch in batches:
                 if batch is HEARTBEAT:
                     yield HEARTBEAT
                 else:
-                    for ev in batch:  # type: ignore[union-attr]
+                    for ev in batch:
                         yield ev
 
-    async def batches(self) -> AsyncIterator[list[StoredEvent] | object]:
+    async def batches(self) -> AsyncGenerator[list[StoredEvent] | Heartbeat, None]:
         """The feed, with every event available at one moment in one non-empty list (so a client
         that fell behind gets them in one write, not one write each), or :data:`HEARTBEAT`."""
         self._done = False
         watcher = self.hub.register(self.key, self.buffer)
+        self._watcher = watcher
+        if self._closed:
+            watcher.close()
         try:
             if watcher.closed:
                 return

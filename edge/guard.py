@@ -27,7 +27,9 @@ Checked in this order (:func:`check`), each refusal an :class:`ApiError` naming 
    without a preflight, so a JSON body is also what makes every cross-origin ``POST`` go through
    the CORS preflight, which only ``EDGE_CORS_ORIGINS`` pass.
 
-``OPTIONS`` (preflights) and other methods meet rules 1 and 2 only.
+``OPTIONS`` (preflights) and other methods meet rules 1 and 2 only. ``/healthz`` meets none:
+health probes address the edge by its IP address (Kubernetes sends the pod's IP as ``Host``), and
+it shows no tenant's data.
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ from quart import Quart, request
 
 from agentstream.settings import Settings
 from edge.errors import ApiError
+from edge.gate import PUBLIC_PATHS, SSE_GET_ENDPOINTS
 
-SSE_ENDPOINTS = frozenset({"native.run_sse", "native.agent_sse"})
-"""Quart endpoint names of the routes that take ``?api_key=``."""
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+"""Names every edge serves unless EDGE_ALLOWED_HOSTS says otherwise (IPv6 without brackets)."""
 _WILDCARDS = ("0.0.0.0", "::", "")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -137,19 +139,21 @@ def split_host(value: str) -> tuple[str, int | None] | None:
 
 
 def check(
-    *, method: str, host: str | None, endpoint: str | None, has_api_key_param: bool, mimetype: str,
+    *, method: str, path: str, host: str | None, endpoint: str | None, has_api_key_param: bool, mimetype: str,
     origin: str | None, sec_fetch_site: str | None, hosts: HostRule, cors_origins: frozenset[str],
 ) -> None:
     """Apply the rules of the module docstring to one request. Raises :class:`ApiError` (421,
     401, 403 or 415) naming the field at fault. ``mimetype``: the Content-Type without
     parameters, lower-case ("" if none); ``cors_origins``: EDGE_CORS_ORIGINS, normalised."""
+    if path in PUBLIC_PATHS:
+        return
     parsed = split_host(host) if host else None
     if parsed is None or not hosts.allows(*parsed):
         shown = (host or "")[:100]
         raise ApiError(421, "misdirected_request",
                        f"this edge does not serve the host {shown!r}; the operator lists the names it serves "
                        "in EDGE_ALLOWED_HOSTS", "Host")
-    if has_api_key_param and endpoint not in SSE_ENDPOINTS:
+    if has_api_key_param and endpoint not in SSE_GET_ENDPOINTS:
         raise ApiError(401, "unauthorized",
                        "?api_key= is taken only by the SSE routes (GET /api/runs/{id}/events, "
                        "GET /api/agents/{name}/sse), for a browser EventSource; send 'Authorization: Bearer KEY'",
@@ -182,8 +186,9 @@ def normal_origin(origin: str) -> str | None:
 
 
 def install(app: Quart, settings: Settings) -> None:
-    """Check every request of ``app`` with :func:`check`, before any route (``before_request``).
-    Raises ValueError for a bad EDGE_ALLOWED_HOSTS."""
+    """Check every request of ``app`` with :func:`check`, before any route (``before_request``;
+    install it before edge.gate, so that nothing is authenticated or counted for a request these
+    rules refuse). Raises ValueError for a bad EDGE_ALLOWED_HOSTS."""
     hosts = host_rule(settings.edge_allowed_hosts, settings.edge_bind)
     listed = [o.strip() for o in settings.edge_cors_origins.split(",") if o.strip()]
     cors_origins = frozenset("*" if o == "*" else (normal_origin(o) or o) for o in listed)
@@ -191,7 +196,7 @@ def install(app: Quart, settings: Settings) -> None:
     @app.before_request
     async def guard() -> None:
         check(
-            method=request.method, host=request.headers.get("Host"), endpoint=request.endpoint,
+            method=request.method, path=request.path, host=request.headers.get("Host"), endpoint=request.endpoint,
             has_api_key_param="api_key" in request.args, mimetype=(request.mimetype or "").lower(),
             origin=request.headers.get("Origin"), sec_fetch_site=request.headers.get("Sec-Fetch-Site"),
             hosts=hosts, cors_origins=cors_origins,

@@ -16,7 +16,9 @@ from schemas import events as E
 from schemas import subjects
 
 
-async def recent_runs(nc: NATS, tenant: str, agent: str, *, limit: int = 20, max_scan: int = 1_000_000) -> list[RunRecord]:
+async def recent_runs(
+    nc: NATS, tenant: str, agent: str, *, limit: int = 20, max_scan: int = 1_000_000
+) -> list[RunRecord]:
     """Up to ``limit`` most recent runs of ``agent``, newest first. ``max_scan``: most stream
     sequences to look back through."""
     js = nc.jetstream()
@@ -43,7 +45,7 @@ async def recent_runs(nc: NATS, tenant: str, agent: str, *, limit: int = 20, max
         scanned += hi - lo
         hi = lo
         window *= 4
-    newest = sorted(queued, key=queued.get, reverse=True)[:limit]
+    newest = sorted(queued, key=queued.__getitem__, reverse=True)[:limit]
     records = []
     for subject in newest:
         record = fold(await eventlog.read_list(nc, subject))

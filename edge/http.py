@@ -8,19 +8,23 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 import orjson
 from pydantic import BaseModel, ValidationError
-from quart import Response, current_app, request
+from quart import Response, current_app, g, request
 
 from agentstream import eventlog, sse
+from agentstream.runs import SubmitError, Submitted, read_index, submit
+from agentstream.runstate import RunRecord, fold
 from edge.auth import Tenant
 from edge.errors import ApiError, from_validation
 from edge.feed import EventFeed
-from edge.guard import SSE_ENDPOINTS
 from edge.state import EdgeState
+from edge.streamcaps import Lease
 from schemas import subjects
 from schemas.agents import AgentDefinition
-from schemas.runs import RunControl
+from schemas.runs import RunControl, RunIndexEntry, RunRequest
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +33,17 @@ MAX_EVENT_ID = 2**63 - 1
 
 def state() -> EdgeState:
     """This edge's :class:`EdgeState`."""
-    return current_app.extensions["agentstream"]
+    st: EdgeState = current_app.extensions["agentstream"]
+    return st
 
 
 def tenant() -> Tenant:
-    """The caller's tenant, from ``Authorization: Bearer`` (or, on the SSE routes only,
-    ``?api_key=``; see edge.guard). ApiError 401."""
-    api_key = request.args.get("api_key") if request.endpoint in SSE_ENDPOINTS else None
-    return state().auth.tenant_for(request.headers.get("Authorization"), api_key)
+    """The caller, as the gate found it (edge.gate: ``Authorization: Bearer``, or ``?api_key=`` on
+    the SSE routes). ApiError 401."""
+    caller: Tenant | None = g.get("caller")
+    if caller is None:
+        caller = state().auth.tenant_for(request.headers.get("Authorization"))
+    return caller
 
 
 def agent_for(t: Tenant, name: str, *, field: str = "name") -> AgentDefinition:
@@ -94,7 +101,9 @@ def last_event_id() -> int:
         return 0
     raw = raw.strip()
     if not raw.isdigit() or int(raw) > MAX_EVENT_ID:
-        raise ApiError(400, "invalid_request", f"{name} must be a non-negative integer event id, not {raw[:40]!r}", name)
+        raise ApiError(
+            400, "invalid_request", f"{name} must be a non-negative integer event id, not {raw[:40]!r}", name
+        )
     return int(raw)
 
 
@@ -109,31 +118,122 @@ def int_arg(name: str, default: int, lo: int, hi: int) -> int:
 
 
 async def run_events(t: Tenant, run_id: str) -> list[eventlog.StoredEvent]:
-    """All stored events of one of ``t``'s runs. ApiError 400 / 404."""
+    """All stored events of one of ``t``'s runs (empty for a run still waiting in its tenant's
+    queue). ApiError 400 / 404 (neither events nor an index entry)."""
     check_run_id(run_id)
     events = await eventlog.read_list(state().bus(), subjects.run_events_of_run(t.name, run_id))
-    if not events:
+    if not events and await run_index_entry(t, run_id) is None:
         raise ApiError(404, "not_found", f"no run {run_id!r}", "run_id")
     return events
 
 
-def run_feed(tenant_name: str, run_id: str, filter_subject: str, after: int = 0) -> EventFeed:
-    """A feed of one run's events after ``after`` (stored, then live; ends after the terminal event)."""
+async def run_record(t: Tenant, run_id: str) -> RunRecord:
+    """The run's record: folded from its events, or (a run still waiting in its tenant's queue,
+    no event yet) from its index entry. ApiError 400 / 404."""
+    record = fold(await run_events(t, run_id))
+    if record is not None:
+        return record
+    entry = await run_index_entry(t, run_id)
+    if entry is None:
+        raise ApiError(404, "not_found", f"no run {run_id!r}", "run_id")
+    return RunRecord(run_id=run_id, tenant=t.name, agent=entry.agent, message_id=entry.message_id,
+                     message=entry.message, conversation_id=entry.conversation_id,
+                     created_at=entry.submitted_at.isoformat().replace("+00:00", "Z"))
+
+
+async def run_index_entry(t: Tenant, run_id: str) -> RunIndexEntry | None:
+    """The run's RUN_INDEX entry (written at submit), or None. ApiError 503 if unreadable."""
     st = state()
-    return EventFeed(
-        st.bus(), st.hub, scope="run", tenant=tenant_name, name=run_id, filter_subject=filter_subject,
+    if st.run_index is None:
+        return None
+    try:
+        return await read_index(st.run_index, t.name, run_id)
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as err:
+        raise ApiError(503, "unavailable", f"the run index could not be read ({type(err).__name__}); retry",
+                       retry_after=1) from None
+
+
+async def submit_run(t: Tenant, agent: str, req: RunRequest) -> Submitted:
+    """Store a run request of ``t`` (after its ``max_queued_runs`` check). ApiError 429 when the
+    tenant's queue is full, 503 when the request cannot be stored."""
+    st = state()
+    nc = st.bus()
+    await check_queue(st, t)
+    try:
+        return await submit(nc, t.name, agent, req, index=st.run_index)
+    except SubmitError as err:
+        log.error("submit failed: %s", err)
+        raise ApiError(503, "unavailable", "the run could not be stored; retry with the same message_id",
+                       retry_after=1) from None
+
+
+async def check_queue(st: EdgeState, t: Tenant) -> None:
+    """ApiError 429 when ``t`` has ``max_queued_runs`` runs waiting (stored in AGENT_RUNS and not
+    handed to a runner). Counts from the stream, so every edge sees the same queue; two edges
+    admitting the last place at once may both admit it."""
+    limit = t.policy.max_queued_runs
+    if limit is None:
+        return
+    js = st.bus().jetstream()
+    consumer = subjects.tenant_consumer(t.name)
+    consumer_read = asyncio.ensure_future(js.consumer_info(subjects.AGENT_RUNS_STREAM, consumer))
+    try:
+        info = await js.stream_info(subjects.AGENT_RUNS_STREAM, subjects_filter=subjects.run_requests_of_tenant(t.name))
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as err:
+        consumer_read.cancel()  # the count is a protection; failing to read it is not the caller's
+        log.warning("queue of %s not counted: %s", t.name, err)
+        return
+    working = 0
+    try:
+        working = int((await consumer_read).num_ack_pending or 0)
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
+        pass  # no consumer yet (no runner has seen the tenant): nothing is being worked on
+    stored = sum(info.state.subjects.values()) if info.state.subjects else 0
+    waiting = stored - working
+    if waiting >= limit:
+        raise ApiError(429, "queue_full", f"tenant {t.name} has {waiting} runs waiting, its max_queued_runs is "
+                       f"{limit}; retry when some have started", None, retry_after=5, code="rate_limit_exceeded")
+
+
+async def open_stream(t: Tenant) -> Lease | None:
+    """Count one more open SSE stream of the caller's key against its tenant's ``max_streams``
+    (across edges). Returns the lease the stream holds until it ends (None without a key: open
+    mode). ApiError 429 over the cap."""
+    st = state()
+    if t.key_id is None or st.streams is None:
+        return None
+    lease = await st.streams.admit(t.key_id, t.policy.max_streams)
+    if lease is None:
+        raise ApiError(429, "too_many_streams", f"this API key has {t.policy.max_streams} streams open, its "
+                       "tenant's max_streams; close one first", None, retry_after=5, code="rate_limit_exceeded")
+    return lease
+
+
+def run_feed(tenant_name: str, run_id: str, filter_subject: str, after: int = 0, *,
+             lease: Lease | None = None) -> EventFeed:
+    """A feed of one run's events after ``after`` (stored, then live; ends after the terminal
+    event, or when ``lease``'s key is revoked)."""
+    st = state()
+    feed = EventFeed(
+        st.bus(), st.live(), scope="run", tenant=tenant_name, name=run_id, filter_subject=filter_subject,
         after=after, heartbeat=st.settings.sse_heartbeat, buffer=st.settings.edge_watch_buffer,
     )
+    if lease is not None:
+        lease.on_revoke.append(feed.close)
+    return feed
 
 
-def agent_feed(tenant_name: str, agent: str, after: int) -> EventFeed:
-    """A feed of every run of one agent after ``after`` (never ends by itself)."""
+def agent_feed(tenant_name: str, agent: str, after: int, *, lease: Lease | None = None) -> EventFeed:
+    """A feed of every run of one agent after ``after`` (ends only when ``lease``'s key is revoked)."""
     st = state()
-    return EventFeed(
-        st.bus(), st.hub, scope="agent", tenant=tenant_name, name=agent,
+    feed = EventFeed(
+        st.bus(), st.live(), scope="agent", tenant=tenant_name, name=agent,
         filter_subject=subjects.run_events_of_agent(tenant_name, agent),
         after=after, heartbeat=st.settings.sse_heartbeat, buffer=st.settings.edge_watch_buffer,
     )
+    if lease is not None:
+        lease.on_revoke.append(feed.close)
+    return feed
 
 
 async def request_cancel(st: EdgeState, tenant_name: str, run_id: str, reason: str) -> None:
@@ -148,10 +248,12 @@ async def request_cancel(st: EdgeState, tenant_name: str, run_id: str, reason: s
     except ApiError:
         raise
     except Exception as err:  # NATS down or slow
-        raise ApiError(503, "unavailable", f"the cancel request could not be stored ({type(err).__name__}); retry") from None
+        raise ApiError(
+            503, "unavailable", f"the cancel request could not be stored ({type(err).__name__}); retry"
+        ) from None
 
 
-_background: set[asyncio.Task] = set()
+_background: set[asyncio.Task[None]] = set()
 
 
 def cancel_later(st: EdgeState, tenant_name: str, run_id: str, reason: str) -> None:
@@ -174,8 +276,23 @@ def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = 
     return Response(orjson.dumps(doc), status=status, content_type="application/json", headers=headers)
 
 
-def sse_response(body: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> Response:
-    """A streaming SSE response with no time limit (Quart's default would cut it after 60 s)."""
+def sse_response(body: AsyncIterator[bytes], headers: dict[str, str] | None = None, *,
+                 lease: Lease | None = None) -> Response:
+    """A streaming SSE response with no time limit (Quart's default would cut it after 60 s);
+    ``lease`` (edge.http.open_stream) is released when the stream ends."""
+    if lease is not None:
+        body = _releasing(body, lease)
     response = Response(body, headers={**sse.HEADERS, **(headers or {})})
     response.timeout = None
     return response
+
+
+async def _releasing(body: AsyncIterator[bytes], lease: Lease) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        lease.release()
+        closer = getattr(body, "aclose", None)
+        if closer is not None:
+            await closer()

@@ -76,7 +76,7 @@ class ChatMessage(BaseModel):
 
 
 class FunctionTool(BaseModel):
-    """A tool definition in OpenAI's request shape: ``{type: "function", function: {name, description, parameters}}``."""
+    """A tool definition, OpenAI's request shape: ``{type: "function", function: {name, description, parameters}}``."""
 
     model_config = ConfigDict(extra="allow")
     type: Literal["function"] = "function"

@@ -11,26 +11,26 @@ events"). Exactly one terminal event (``run.completed``, ``run.failed``, ``run.c
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, TypeAdapter
 
 from schemas.common import ErrorInfo, MessageId, Strict, Token, ToolCallRef, Usage
 
-# Event type names, in one place.
-RUN_QUEUED = "run.queued"
-RUN_STARTED = "run.started"
-RUN_RETRYING = "run.retrying"
-RUN_REQUEUED = "run.requeued"
-MEMBER_STARTED = "member.started"
-MEMBER_FINISHED = "member.finished"
-MESSAGE_DELTA = "message.delta"
-TOOL_CALL = "tool.call"
-TOOL_RESULT = "tool.result"
-MESSAGE_COMPLETED = "message.completed"
-RUN_COMPLETED = "run.completed"
-RUN_FAILED = "run.failed"
-RUN_CANCELLED = "run.cancelled"
+# Event type names, in one place (Final: each is its Literal, as the models' ``type`` fields want).
+RUN_QUEUED: Final = "run.queued"
+RUN_STARTED: Final = "run.started"
+RUN_RETRYING: Final = "run.retrying"
+RUN_REQUEUED: Final = "run.requeued"
+MEMBER_STARTED: Final = "member.started"
+MEMBER_FINISHED: Final = "member.finished"
+MESSAGE_DELTA: Final = "message.delta"
+TOOL_CALL: Final = "tool.call"
+TOOL_RESULT: Final = "tool.result"
+MESSAGE_COMPLETED: Final = "message.completed"
+RUN_COMPLETED: Final = "run.completed"
+RUN_FAILED: Final = "run.failed"
+RUN_CANCELLED: Final = "run.cancelled"
 
 TERMINAL_TYPES = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
 ALL_TYPES = (
@@ -141,7 +141,9 @@ class ToolCallData(Strict):
     name: str
     arguments: str
     client: bool = False
-    usage: Usage | None = Field(default=None, description="the usage of the step's LLM call, on its first tool call only")
+    usage: Usage | None = Field(
+        default=None, description="the usage of the step's LLM call, on its first tool call only"
+    )
 
 
 class ToolResultData(Strict):

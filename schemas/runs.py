@@ -95,3 +95,22 @@ class DeadLetter(Strict):
     deliveries: int
     request: dict[str, Any]
     failed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class RunIndexEntry(Strict):
+    """A run's entry in the RUN_INDEX bucket (key ``{tenant}.{run_id}``), written when the run is
+    submitted, before any of its events: it makes a run that waits in its tenant's queue visible
+    (status ``queued``), and a repeated submission recognisable after JetStream's duplicate window.
+
+    ``agent``: the run's agent (so its event subject is known); ``message_id`` and
+    ``conversation_id`` as submitted; ``parent_run_id`` for an ensemble member;
+    ``submitted_at``: when it was accepted (UTC); ``message``: the start of the user's message.
+    """
+
+    run_id: Token
+    agent: Token
+    message_id: MessageId
+    conversation_id: str | None = Field(default=None, max_length=200)
+    parent_run_id: Token | None = None
+    submitted_at: datetime
+    message: str | None = Field(default=None, description="the first 2,000 characters of the message")

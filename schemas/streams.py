@@ -1,13 +1,15 @@
 """JetStream streams and consumers, and their idempotent declaration.
 
-Any component may start first: each calls :func:`ensure_streams` at start-up. Declaring an
-identical stream is a no-op on the server; a stream whose configuration changed (a new release, a
-new setting) is updated in place when the change is one the server allows.
+The admin identity declares them (``agentstream up``, ``agentstream nats-setup``); with no
+authentication any component may, and does, at start-up. Declaring an identical stream is a no-op
+on the server; a stream whose configuration changed (a new release, a new setting) is updated in
+place when the change is one the server allows.
 
 =============  =========================  ==========  ==================================================
 stream         subjects                   retention   why
 =============  =========================  ==========  ==================================================
-AGENT_RUNS     ``agents.*.*.run``         work queue  each request is held until a runner acks it
+AGENT_RUNS     ``agents.*.*.run``,        work queue  each request is held until a runner acks it; one
+               ``agents.*.*.member``                  consumer per tenant, one for ensemble members
 RUN_EVENTS     ``runs.*.*.*``             limits      every event, replayable; age-bounded;
                                                       re-published to ``live.runs.>`` for live readers
 RUN_CONTROL    ``control.*.*``            limits      cancel requests, kept so a runner that takes the
@@ -27,12 +29,13 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
     RePublish,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from schemas import subjects
 
@@ -54,7 +57,7 @@ def stream_configs(
         StreamConfig(
             name=subjects.AGENT_RUNS_STREAM,
             description="agentstream run requests (work queue, one shared durable consumer)",
-            subjects=[subjects.RUN_REQUESTS_ALL],
+            subjects=[subjects.RUN_REQUESTS_ALL, subjects.MEMBER_REQUESTS_ALL],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             discard=DiscardPolicy.OLD,
@@ -100,21 +103,63 @@ def stream_configs(
     ]
 
 
-def runner_consumer_config(*, ack_wait: float = 30.0, max_deliver: int = -1) -> ConsumerConfig:
-    """The one durable pull consumer all agent runners share on AGENT_RUNS.
+def kv_configs(*, run_index_max_age: float = 7 * 86400.0, replicas: int = 1) -> list[KeyValueConfig]:
+    """The key-value buckets (each one JetStream stream ``KV_{bucket}``). Durations in seconds.
 
-    ``ack_wait`` (seconds) is how long a run may go without a progress signal before the server
-    hands it to another runner; runners send ``in_progress`` well within it.
+    - TENANTS: one entry per tenant (its policy, no keys), kept until removed;
+    - RATE_LIMITS: rate-limit state, forgotten an hour after its last use (it is full again by then);
+    - STREAM_COUNTS: open SSE streams per key and edge, refreshed by each edge, gone 60 s after
+      an edge that held them stops refreshing (it died);
+    - RUN_INDEX: one entry per run, kept as long as run events are.
+    """
+    return [
+        KeyValueConfig(bucket=subjects.TENANTS_BUCKET, description="agentstream tenant policies", history=1,
+                       storage=StorageType.FILE, replicas=replicas, direct=True),
+        KeyValueConfig(bucket=subjects.RATE_LIMITS_BUCKET, description="agentstream rate limits", history=1,
+                       ttl=3600.0, storage=StorageType.FILE, replicas=replicas, direct=True),
+        KeyValueConfig(bucket=subjects.STREAM_COUNTS_BUCKET, description="agentstream open SSE streams", history=1,
+                       ttl=60.0, storage=StorageType.FILE, replicas=replicas, direct=True),
+        KeyValueConfig(bucket=subjects.RUN_INDEX_BUCKET, description="agentstream runs by id", history=1,
+                       ttl=run_index_max_age, storage=StorageType.FILE, replicas=replicas, direct=True),
+    ]
+
+
+def runner_consumer_config(
+    name: str, filter_subject: str, *, ack_wait: float = 30.0, max_ack_pending: int = 10_000
+) -> ConsumerConfig:
+    """A durable pull consumer on AGENT_RUNS shared by every agent runner.
+
+    One per tenant (``tenant_{tenant}``, filter ``agents.{tenant}.*.run``; ``max_ack_pending`` is the
+    tenant's ``max_concurrent_runs``: the server hands out no more of its runs at once, across all
+    runners) and one for ensemble members (``member-runs``, ``agents.*.*.member``). Filters never
+    overlap, as a work-queue stream requires. ``ack_wait`` (seconds) is how long a run may go
+    without a progress signal before the server hands it to another runner; runners send
+    ``in_progress`` well within it. The name is set as well as the durable name, so nats-py
+    creates it on ``$JS.API.CONSUMER.CREATE.{stream}.{name}.{filter}`` (confinable by permissions).
     """
     return ConsumerConfig(
-        durable_name=subjects.AGENT_RUNNERS_CONSUMER,
+        name=name,
+        durable_name=name,
         description="agentstream agent runners (shared)",
-        filter_subject=subjects.RUN_REQUESTS_ALL,
+        filter_subject=filter_subject,
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ack_wait,
-        max_deliver=max_deliver,
-        max_ack_pending=10_000,
+        max_deliver=-1,
+        max_ack_pending=max_ack_pending,
+    )
+
+
+def member_consumer_config(*, ack_wait: float = 30.0) -> ConsumerConfig:
+    """The consumer of ensemble members' child runs (see :func:`runner_consumer_config`)."""
+    return runner_consumer_config(subjects.MEMBER_RUNS_CONSUMER, subjects.MEMBER_REQUESTS_ALL, ack_wait=ack_wait)
+
+
+def tenant_consumer_config(tenant: str, *, max_concurrent_runs: int, ack_wait: float = 30.0) -> ConsumerConfig:
+    """The consumer of one tenant's run requests (see :func:`runner_consumer_config`)."""
+    return runner_consumer_config(
+        subjects.tenant_consumer(tenant), subjects.run_requests_of_tenant(tenant),
+        ack_wait=ack_wait, max_ack_pending=max_concurrent_runs,
     )
 
 
@@ -134,6 +179,28 @@ async def ensure_streams(js: JetStreamContext, configs: list[StreamConfig]) -> N
             await js.update_stream(config)
 
 
-async def ensure_runner_consumer(js: JetStreamContext, config: ConsumerConfig) -> None:
-    """Create (or update) the shared agent-runner consumer. Idempotent."""
-    await js.add_consumer(subjects.AGENT_RUNS_STREAM, config)
+async def ensure_buckets(js: JetStreamContext, configs: list[KeyValueConfig]) -> None:
+    """Create each key-value bucket, or update its stream in place when its configuration changed."""
+    for config in configs:
+        try:
+            await js.create_key_value(config)
+        except BadRequestError as err:
+            if err.err_code != _STREAM_CONFIG_CHANGED:
+                raise
+            log.info("bucket %s exists with another configuration; updating it", config.bucket)
+            info = await js.stream_info(f"KV_{config.bucket}")
+            stream = info.config
+            stream.max_age = config.ttl or 0.0
+            stream.description = config.description
+            await js.update_stream(stream)
+
+
+async def ensure_consumers(js: JetStreamContext, *, ack_wait: float) -> None:
+    """Create (or update) the members' consumer, and remove the one shared consumer of earlier
+    releases, whose filter overlaps the per-tenant ones (a work-queue stream refuses that)."""
+    try:
+        await js.delete_consumer(subjects.AGENT_RUNS_STREAM, subjects.LEGACY_RUNNERS_CONSUMER)
+        log.info("removed the consumer %s of an earlier release", subjects.LEGACY_RUNNERS_CONSUMER)
+    except NotFoundError:
+        pass
+    await js.add_consumer(subjects.AGENT_RUNS_STREAM, member_consumer_config(ack_wait=ack_wait))

@@ -4,6 +4,7 @@ Subjects (design card, "Subjects"):
 
 ====================================  ============================================================
 ``agents.{tenant}.{agent}.run``       a run request, stored in stream ``AGENT_RUNS`` (work queue)
+``agents.{tenant}.{agent}.member``    an ensemble member's child run request (same stream; no tenant cap)
 ``runs.{tenant}.{agent}.{run_id}``    that run's events, stored in stream ``RUN_EVENTS``
 ``live.runs.{tenant}.{agent}.{run}``  the same events re-published by the server (core, at-most-once)
 ``tools.{tenant}.{tool}``             one tool invocation (core request/reply, queue group per tool)
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeGuard
 
 TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -29,7 +31,22 @@ AGENT_RUNS_STREAM = "AGENT_RUNS"
 RUN_EVENTS_STREAM = "RUN_EVENTS"
 RUN_CONTROL_STREAM = "RUN_CONTROL"
 RUN_DEAD_LETTERS_STREAM = "RUN_DEAD_LETTERS"
-AGENT_RUNNERS_CONSUMER = "agent-runners"
+LEGACY_RUNNERS_CONSUMER = "agent-runners"
+"""The one shared consumer of earlier releases; it overlaps the per-tenant ones and is removed."""
+MEMBER_RUNS_CONSUMER = "member-runs"
+"""The consumer of ensemble members' child runs (``agents.*.*.member``), shared by all runners."""
+TENANT_CONSUMER_PREFIX = "tenant_"
+"""Per-tenant consumers on AGENT_RUNS are named ``tenant_{tenant}`` (see :func:`tenant_consumer`)."""
+
+# Key-value buckets (JetStream KV; each is stream ``KV_{bucket}``).
+TENANTS_BUCKET = "TENANTS"
+"""Tenant policies (limits, allowed agents), written by edges from the keys file, read by runners."""
+RATE_LIMITS_BUCKET = "RATE_LIMITS"
+"""Rate-limit state shared by every edge (one GCRA timestamp per key, tenant or client address)."""
+STREAM_COUNTS_BUCKET = "STREAM_COUNTS"
+"""Open SSE streams per API key and edge, so ``max_streams`` holds across edges."""
+RUN_INDEX_BUCKET = "RUN_INDEX"
+"""One entry per run (``{tenant}.{run_id}``): agent, message id, status; written at submit."""
 
 # Subject prefixes (first token of each family).
 _RUN_REQUEST_PREFIX = "agents"
@@ -41,9 +58,11 @@ _DEAD_LETTER_PREFIX = "deadletter"
 
 # Wildcards that cover each family; used by stream and consumer definitions.
 RUN_REQUESTS_ALL = f"{_RUN_REQUEST_PREFIX}.*.*.run"
+MEMBER_REQUESTS_ALL = f"{_RUN_REQUEST_PREFIX}.*.*.member"
 RUN_EVENTS_ALL = f"{_RUN_EVENTS_PREFIX}.*.*.*"
 LIVE_RUN_EVENTS_ALL = f"{_LIVE_PREFIX}.{_RUN_EVENTS_PREFIX}.*.*.*"
 CONTROL_ALL = f"{_CONTROL_PREFIX}.*.*"
+TOOLS_ALL = f"{_TOOLS_PREFIX}.*.*"
 DEAD_LETTERS_ALL = f"{_DEAD_LETTER_PREFIX}.*.*.*"
 
 # Republish mapping for RUN_EVENTS (source -> destination); server-side, see streams.py.
@@ -70,7 +89,7 @@ class SubjectTokenError(ValueError):
         )
 
 
-def is_token(value: object) -> bool:
+def is_token(value: object) -> TypeGuard[str]:
     """True when ``value`` is a str usable as one subject token (``[A-Za-z0-9_-]{1,64}``)."""
     return isinstance(value, str) and _TOKEN_RE.fullmatch(value) is not None
 
@@ -82,12 +101,45 @@ def token(value: object, field: str) -> str:
     """
     if not is_token(value):
         raise SubjectTokenError(field, value)
-    return value  # type: ignore[return-value]
+    return value
 
 
 def run_request(tenant: str, agent: str) -> str:
     """Subject of a run request: ``agents.{tenant}.{agent}.run`` (stream AGENT_RUNS)."""
     return f"{_RUN_REQUEST_PREFIX}.{token(tenant, 'tenant')}.{token(agent, 'agent')}.run"
+
+
+def member_request(tenant: str, agent: str) -> str:
+    """Subject of an ensemble member's child run: ``agents.{tenant}.{agent}.member`` (stream AGENT_RUNS).
+
+    Only agent runners publish here (a tenant cannot): child runs are admitted with their parent,
+    so they are not held back by the tenant's ``max_concurrent_runs`` the parent already counts in.
+    """
+    return f"{_RUN_REQUEST_PREFIX}.{token(tenant, 'tenant')}.{token(agent, 'agent')}.member"
+
+
+def run_requests_of_tenant(tenant: str) -> str:
+    """Filter for every run request of one tenant: ``agents.{tenant}.*.run``."""
+    return f"{_RUN_REQUEST_PREFIX}.{token(tenant, 'tenant')}.*.run"
+
+
+def tenant_consumer(tenant: str) -> str:
+    """Name of the tenant's durable consumer on AGENT_RUNS (``tenant_{tenant}``): its
+    ``max_ack_pending`` is the tenant's ``max_concurrent_runs`` across all runners."""
+    return f"{TENANT_CONSUMER_PREFIX}{token(tenant, 'tenant')}"
+
+
+def tenant_of_consumer(name: str) -> str | None:
+    """The tenant a ``tenant_{tenant}`` consumer serves, or None for any other name."""
+    if not name.startswith(TENANT_CONSUMER_PREFIX):
+        return None
+    rest = name[len(TENANT_CONSUMER_PREFIX):]
+    return rest if is_token(rest) else None
+
+
+def run_index_key(tenant: str, run_id: str) -> str:
+    """Key of a run's entry in the RUN_INDEX bucket: ``{tenant}.{run_id}``."""
+    return f"{token(tenant, 'tenant')}.{token(run_id, 'run_id')}"
 
 
 def run_events(tenant: str, agent: str, run_id: str) -> str:
@@ -111,6 +163,16 @@ def run_events_of_agent(tenant: str, agent: str) -> str:
 def run_events_of_tenant(tenant: str) -> str:
     """Filter for every run of one tenant: ``runs.{tenant}.*.*``."""
     return f"{_RUN_EVENTS_PREFIX}.{token(tenant, 'tenant')}.*.*"
+
+
+def run_events_tree_of_tenant(tenant: str) -> str:
+    """Everything under one tenant's run events, at any depth: ``runs.{tenant}.>`` (for permissions)."""
+    return f"{_RUN_EVENTS_PREFIX}.{token(tenant, 'tenant')}.>"
+
+
+def control_of_tenant(tenant: str) -> str:
+    """Filter for every control signal of one tenant: ``control.{tenant}.*``."""
+    return f"{_CONTROL_PREFIX}.{token(tenant, 'tenant')}.*"
 
 
 def live_of(events_subject: str) -> str:
@@ -155,12 +217,12 @@ class RunSubject:
 
 
 def parse_run_request(subject: str) -> RunSubject:
-    """Split ``agents.{tenant}.{agent}.run``; raises SubjectTokenError on any other shape.
+    """Split ``agents.{tenant}.{agent}.run`` (or ``.member``); raises SubjectTokenError on any other shape.
 
-    The tenant of a run always comes from here, never from the payload (design card).
+    The tenant of a run always comes from here, never from the payload (docs/architecture.md).
     """
     parts = subject.split(".")
-    if len(parts) != 4 or parts[0] != _RUN_REQUEST_PREFIX or parts[3] != "run":
+    if len(parts) != 4 or parts[0] != _RUN_REQUEST_PREFIX or parts[3] not in ("run", "member"):
         raise SubjectTokenError("subject", subject)
     return RunSubject(token(parts[1], "tenant"), token(parts[2], "agent"))
 

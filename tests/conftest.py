@@ -3,8 +3,10 @@ two tool runners as separate processes), and helpers to talk to it over real HTT
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -78,6 +80,16 @@ async def read_events(client: httpx.AsyncClient, run_id: str, *, last_event_id: 
             if stop_after is not None and len(events) >= stop_after:
                 break
     return events
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = 10.0, every: float = 0.1) -> None:
+    """Wait until ``check()`` is true (a state another process reaches, observable only by asking),
+    asking every ``every`` seconds; AssertionError after ``within`` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not true within {within:g} s: {check.__doc__ or check}")
+        await asyncio.sleep(every)
 
 
 def repo_file(path: str) -> str:

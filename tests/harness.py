@@ -15,10 +15,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from agentstream.natsauth import AuthStore, connect_options
 from agentstream.natsserver import EmbeddedNats, free_port
+from schemas.permissions import Role, inbox_prefix
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_AGENTS = Path(__file__).resolve().parent / "agents"
@@ -100,6 +103,7 @@ class System:
     base: Path
     env: dict[str, str]
     nats: EmbeddedNats
+    auth: AuthStore | None = None
     procs: list[Proc] = field(default_factory=list)
     edge_url: str = ""
     model_url: str = ""
@@ -108,8 +112,22 @@ class System:
     def _env(self, **extra: str) -> dict[str, str]:
         return {**self.env, **{k: str(v) for k, v in extra.items()}}
 
+    def creds(self, role: Role | str) -> Path:
+        """The seed file of a component identity (admin, edge, agent-runner, tool-runner)."""
+        assert self.auth is not None, "this system runs without authentication"
+        return self.auth.seed_path(role)
+
+    def connect_options(self, role: Role | str = Role.ADMIN) -> dict[str, Any]:
+        """``nats.connect`` keyword arguments for a bare client with a component's identity."""
+        if self.auth is None:
+            return {"servers": self.env["NATS_URL"]}
+        return {"servers": self.env["NATS_URL"], **connect_options(self.creds(role), inbox_prefix(role))}
+
     def _proc(self, name: str, module: str, ready: str, **env: str) -> Proc:
         self._counter += 1
+        role = _ROLE_OF_MODULE.get(module)
+        if self.auth is not None and role is not None and "NATS_CREDS" not in env:
+            env = {**env, "NATS_CREDS": str(self.creds(role))}
         proc = Proc(f"{name}-{self._counter}", module, self._env(**env), self.base, ready)
         self.procs.append(proc)
         return proc.start()
@@ -161,13 +179,30 @@ def make_agents_dir(target: Path, extra: Path = TEST_AGENTS) -> Path:
     return target
 
 
-def new_system(base: Path, *, extra_agents: Path = TEST_AGENTS, **env: str) -> System:
-    """A nats-server on a free port with JetStream under ``base``; components start on demand."""
+_ROLE_OF_MODULE = {"edge": Role.EDGE, "agent_runner": Role.AGENT_RUNNER, "tool_runner": Role.TOOL_RUNNER}
+
+
+def new_system(
+    base: Path, *, extra_agents: Path = TEST_AGENTS, auth: bool = True, setup: bool = True, **env: str
+) -> System:
+    """A nats-server on a free port with JetStream under ``base``; components start on demand.
+
+    ``auth``: the server requires the identities of ``base/auth`` (as ``agentstream up`` does) and
+    every component connects with its own; ``setup``: the admin identity declares the streams and
+    buckets first (``agentstream nats-setup``).
+    """
     base.mkdir(parents=True, exist_ok=True)
     agents = make_agents_dir(base / "agents", extra_agents) if not (base / "agents").exists() else base / "agents"
-    nats = EmbeddedNats(base / "nats-store", port=0, log_path=base / "nats.log")
+    store = AuthStore(base / "auth") if auth else None
+    config = None
+    if store is not None:
+        store.ensure_components()
+        config = store.write_server_config()
+    nats = EmbeddedNats(base / "nats-store", port=0, log_path=base / "nats.log", config=config)
     url = nats.start()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT"))}
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT"))
+    }
     system_env = {
         **clean,
         "PYTHONUNBUFFERED": "1",
@@ -177,6 +212,16 @@ def new_system(base: Path, *, extra_agents: Path = TEST_AGENTS, **env: str) -> S
         "BUILTIN_MODEL_TOKEN_DELAY": "0.002",
         "LOG_LEVEL": "INFO",
         "SHUTDOWN_GRACE": "5",
+        "AGENTSTREAM_DATA_DIR": str(base),
         **env,
     }
-    return System(base=base, env=system_env, nats=nats)
+    if store is not None and setup:
+        done = subprocess.run(
+            [sys.executable, "-m", "agentstream", "nats-setup"],
+            env={**system_env, "NATS_CREDS": str(store.seed_path(Role.ADMIN))},
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )
+        if done.returncode != 0:
+            nats.stop()
+            raise RuntimeError(f"nats-setup failed:\n{done.stdout}\n{done.stderr}")
+    return System(base=base, env=system_env, nats=nats, auth=store)

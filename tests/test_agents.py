@@ -29,7 +29,11 @@ BAD = {
     "syntax.yaml": ("name: [unclosed\n", None, "YAML syntax error at line"),
     "unknown-field.yaml": ("name: u\nmodle: gpt\n", "modle", "unknown field"),
     "wrong-type.yaml": ("name: w\nmax_steps: many\n", "max_steps", "integer"),
-    "unknown-tool.yaml": ("name: t\nactions: [read_file, launch_rockets]\n", "actions", "unknown tool(s) 'launch_rockets'"),
+    "unknown-tool.yaml": (
+        "name: t\nactions: [read_file, launch_rockets]\n",
+        "actions",
+        "unknown tool(s) 'launch_rockets'",
+    ),
     "bad-name.yaml": ("name: a.b\n", "name", "pattern"),
     "missing-name.yaml": ("description: nameless\n", "name", "required"),
     "missing-skill.yaml": ("name: s\nskills: [nonexistent]\n", "skills", "skills/nonexistent.md"),

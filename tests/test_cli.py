@@ -70,7 +70,8 @@ def test_up_then_chat_then_ctrl_c(tmp_path):
         assert "run.completed" in chat.stdout
 
         unknown = subprocess.run(
-            [sys.executable, "-m", "agentstream", "chat", "no-such-agent", "hi", "--url", f"http://127.0.0.1:{edge_port}"],
+            [sys.executable, "-m", "agentstream", "chat", "no-such-agent", "hi",
+             "--url", f"http://127.0.0.1:{edge_port}"],
             capture_output=True, text=True, cwd=REPO, timeout=60,
         )
         assert unknown.returncode == 2 and "HTTP 404" in unknown.stderr

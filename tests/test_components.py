@@ -229,6 +229,7 @@ async def test_a_file_swapped_for_a_fifo_never_stalls_the_tool_runner(fresh, tmp
     import nats
 
     from schemas import subjects
+    from schemas.permissions import Role
     from schemas.tools import ToolCallRequest, ToolCallResult
 
     root = tmp_path / "files"
@@ -237,7 +238,7 @@ async def test_a_file_swapped_for_a_fifo_never_stalls_the_tool_runner(fresh, tmp
     (root / "spare.txt").write_text("plain text\n")
     sysm = fresh(TOOL_ROOT=str(root))
     sysm.start_tool_runner("tools-fifo")
-    nc = await nats.connect(sysm.env["NATS_URL"])
+    nc = await nats.connect(**sysm.connect_options(Role.AGENT_RUNNER))  # who calls tools
     stop = threading.Event()
 
     def swap() -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from schemas import subjects
 from schemas.jsonschema import JSON_DIR, generate
+from schemas.permissions import tenant_inbox_prefix, tenant_permissions
 
 SCHEMAS = Path(subjects.__file__).resolve().parent
 ASYNCAPI = SCHEMAS / "asyncapi.yaml"
@@ -90,13 +93,19 @@ def test_asyncapi_names_every_subject_family_and_its_schema():
     assert doc["asyncapi"].startswith("3.")
     addresses = {c["address"] for c in doc["channels"].values() if c.get("address")}
     assert addresses == {
-        "agents.{tenant}.{agent}.run", "runs.{tenant}.{agent}.{run_id}", "live.runs.{tenant}.{agent}.{run_id}",
-        "tools.{tenant}.{tool}", "control.{tenant}.{run_id}", "deadletter.{tenant}.{agent}.{run_id}",
+        "agents.{tenant}.{agent}.run", "agents.{tenant}.{agent}.member", "runs.{tenant}.{agent}.{run_id}",
+        "live.runs.{tenant}.{agent}.{run_id}", "tools.{tenant}.{tool}", "control.{tenant}.{run_id}",
+        "deadletter.{tenant}.{agent}.{run_id}",
     }
-    assert subjects.dead_letter("T", "A", "R") == "deadletter.{tenant}.{agent}.{run_id}".format(tenant="T", agent="A", run_id="R")
+    assert subjects.member_request("T", "A") == "agents.{tenant}.{agent}.member".format(tenant="T", agent="A")
+    assert subjects.dead_letter("T", "A", "R") == "deadletter.{tenant}.{agent}.{run_id}".format(
+        tenant="T", agent="A", run_id="R"
+    )
     # The addresses are the ones the code builds.
     assert subjects.run_request("T", "A") == "agents.{tenant}.{agent}.run".format(tenant="T", agent="A")
-    assert subjects.run_events("T", "A", "R") == "runs.{tenant}.{agent}.{run_id}".format(tenant="T", agent="A", run_id="R")
+    assert subjects.run_events("T", "A", "R") == "runs.{tenant}.{agent}.{run_id}".format(
+        tenant="T", agent="A", run_id="R"
+    )
     assert subjects.tool("T", "X") == "tools.{tenant}.{tool}".format(tenant="T", tool="X")
     assert subjects.control("T", "R") == "control.{tenant}.{run_id}".format(tenant="T", run_id="R")
     for name, message in doc["components"]["messages"].items():
@@ -113,8 +122,29 @@ def _payload_schema(doc: dict, message: str) -> dict:
     return json.loads((SCHEMAS / doc["components"]["messages"][message]["payload"]["schema"]["$ref"]).read_text())
 
 
+def issue_creds(system, tenant: str) -> Path:
+    """``agentstream creds TENANT`` against the system, as an operator runs it; the seed's path."""
+    env = {**system.env, "KEYS_FILE": str(system.base / "keys.yaml")}
+    out = subprocess.run([sys.executable, "-m", "agentstream", "creds", tenant], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return Path(re.search(r"wrote (\S+)", out).group(1))
+
+
+def test_asyncapi_states_the_tenant_permissions_the_server_is_given():
+    scheme = _asyncapi()["components"]["securitySchemes"]["tenantNkey"]
+    granted = tenant_permissions("T")
+
+    def fill(rules: list[str]) -> list[str]:
+        return [r.replace("{tenant}", "T") for r in rules]
+
+    assert fill(scheme["x-permissions"]["publish"]) == list(granted.publish)
+    assert fill(scheme["x-permissions"]["subscribe"]) == list(granted.subscribe)
+    assert scheme["x-inbox-prefix"].replace("{tenant}", "T") == tenant_inbox_prefix("T")
+
+
 async def test_a_service_runs_an_agent_from_the_asyncapi_document_alone(system):
-    """Uses only: the AsyncAPI document, the JSON Schema files it references, and bare nats-py."""
+    """Uses only: the AsyncAPI document, the JSON Schema files it references, bare nats-py and the
+    tenant's credentials from ``agentstream creds``."""
     doc = _asyncapi()
     submit_op = doc["operations"]["submitRun"]
     request_channel = doc["channels"][submit_op["channel"]["$ref"].split("/")[-1]]
@@ -126,11 +156,13 @@ async def test_a_service_runs_an_agent_from_the_asyncapi_document_alone(system):
     def fill(address: str, **params: str) -> str:
         return re.sub(r"\{(\w+)\}", lambda m: params[m.group(1)], address)
 
-    tenant, agent, run_id = "other-language-svc", "programmer-helper", uuid.uuid4().hex
+    tenant, agent, run_id = "alice", "programmer-helper", uuid.uuid4().hex
     request = {"run_id": run_id, "message_id": f"svc-{run_id}", "message": "What is the first line of pyproject.toml?"}
     jsonschema.validate(request, request_schema)
+    seed = issue_creds(system, tenant)
+    inbox = fill(doc["components"]["securitySchemes"]["tenantNkey"]["x-inbox-prefix"], tenant=tenant)
 
-    nc = await nats.connect(system.env["NATS_URL"])
+    nc = await nats.connect(system.env["NATS_URL"], nkeys_seed=str(seed), inbox_prefix=inbox)
     try:
         js = nc.jetstream()
         events_subject = fill(events_channel["address"], tenant=tenant, agent=agent, run_id=run_id)
@@ -145,7 +177,7 @@ async def test_a_service_runs_an_agent_from_the_asyncapi_document_alone(system):
 
         sub = await js.subscribe(
             events_subject, stream=events_channel["x-jetstream"]["stream"], cb=on_event, ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+            config=ConsumerConfig(name=f"svc-{run_id}", deliver_policy=DeliverPolicy.ALL),
         )
         ack = await js.publish(
             fill(request_channel["address"], tenant=tenant, agent=agent),

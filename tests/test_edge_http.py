@@ -24,7 +24,9 @@ def _error(resp: httpx.Response, status: int, field: str | None) -> dict:
 
 
 async def test_malformed_json_is_400_naming_the_body(api):
-    resp = await api.post("/api/agents/programmer-helper/chat", content=b"{not json", headers={"Content-Type": "application/json"})
+    resp = await api.post(
+        "/api/agents/programmer-helper/chat", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     _error(resp, 400, "body")
 
 
@@ -46,7 +48,9 @@ async def test_wrong_type_is_422(api):
 
 
 async def test_unknown_field_is_422(api):
-    body = _error(await api.post("/api/agents/programmer-helper/chat", json={"message": "hi", "mesage_id": "x"}), 422, "mesage_id")
+    body = _error(
+        await api.post("/api/agents/programmer-helper/chat", json={"message": "hi", "mesage_id": "x"}), 422, "mesage_id"
+    )
     assert "unknown field" in body["message"]
 
 
@@ -93,12 +97,18 @@ async def test_oversized_chunked_body_is_413(api):
             yield b"x" * 65536
 
     for _ in range(3):
-        resp = await api.post("/api/agents/programmer-helper/chat", content=chunks(), headers={"Content-Type": "application/json"})
+        resp = await api.post(
+            "/api/agents/programmer-helper/chat", content=chunks(), headers={"Content-Type": "application/json"}
+        )
         _error(resp, 413, "body")
 
 
 async def test_oversized_message_id_is_422(api):
-    _error(await api.post("/api/agents/programmer-helper/chat", json={"message": "hi", "message_id": "m" * 201}), 422, "message_id")
+    _error(
+        await api.post("/api/agents/programmer-helper/chat", json={"message": "hi", "message_id": "m" * 201}),
+        422,
+        "message_id",
+    )
 
 
 async def test_missing_and_unknown_keys_are_401(system):
@@ -133,7 +143,9 @@ async def test_api_key_query_parameter_works_for_eventsource(system):
     async with httpx.AsyncClient(base_url=system.edge_url, headers={"Authorization": f"Bearer {ALICE_KEY}"}) as api:
         accepted = await submit(api, "programmer-helper", "hello")
     async with httpx.AsyncClient(base_url=system.edge_url) as browserlike:
-        async with aconnect_sse(browserlike, "GET", f"/api/runs/{accepted['run_id']}/events?api_key={ALICE_KEY}") as src:
+        async with aconnect_sse(
+            browserlike, "GET", f"/api/runs/{accepted['run_id']}/events?api_key={ALICE_KEY}"
+        ) as src:
             assert src.response.status_code == 200
             first = await anext(src.aiter_sse())
             assert first.event == "run.queued"
@@ -210,7 +222,9 @@ async def test_unknown_route_and_method_are_json(api):
 
 async def test_form_and_text_bodies_are_refused_415(api):
     for ctype in ("text/plain", "application/x-www-form-urlencoded"):
-        resp = await api.post("/api/agents/programmer-helper/chat", content=b'{"message": "hi"}', headers={"Content-Type": ctype})
+        resp = await api.post(
+            "/api/agents/programmer-helper/chat", content=b'{"message": "hi"}', headers={"Content-Type": ctype}
+        )
         _error(resp, 415, "Content-Type")
 
 

@@ -14,7 +14,9 @@ import pytest
 from tests.conftest import ALICE_KEY, read_events, submit
 
 
-async def process_frames(client: httpx.AsyncClient, body: dict, *, stop_after: int | None = None) -> tuple[httpx.Response, list[dict], bytes]:
+async def process_frames(
+    client: httpx.AsyncClient, body: dict, *, stop_after: int | None = None
+) -> tuple[httpx.Response, list[dict], bytes]:
     """POST /api/process and read its frames (raw bytes kept, to check the framing)."""
     frames, raw = [], b""
     async with client.stream("POST", "/api/process", json=body) as resp:
@@ -43,8 +45,8 @@ async def model_log(client: httpx.AsyncClient, system) -> list[dict]:
 
 async def test_members_run_concurrently_and_the_combiner_sees_question_and_labelled_answers(api, system):
     question = f"Why is the sky blue? ({time.monotonic_ns()})"
-    resp, frames, raw = await asyncio.wait_for(process_frames(api, {"message": question, "message_id": f"m-{time.time_ns()}",
-                                                                    "conversation_id": "conv-1", "agent": "ens-pair"}), 60)
+    body = {"message": question, "message_id": f"m-{time.time_ns()}", "conversation_id": "conv-1", "agent": "ens-pair"}
+    resp, frames, _raw = await asyncio.wait_for(process_frames(api, body), 60)
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
     data = [f for f in frames if "status" in f]
     assert all(f["message_id"] == data[0]["message_id"] and f["conversation_id"] == "conv-1" for f in data)
@@ -90,7 +92,10 @@ async def test_a_failed_and_a_stuck_member_are_left_out(api, system):
     finished = {e["data"]["data"]["member"]: e["data"]["data"] for e in events if e["event"] == "member.finished"}
     assert finished["member-quick"]["status"] == "completed"
     assert finished["member-broken"]["status"] == "failed"
-    assert finished["member-broken"]["error"]["type"] == "llm_http_error" and "500" in finished["member-broken"]["error"]["message"]
+    assert (
+        finished["member-broken"]["error"]["type"] == "llm_http_error"
+        and "500" in finished["member-broken"]["error"]["message"]
+    )
     assert finished["member-stuck"]["status"] == "timeout"
     assert events[-1]["event"] == "run.completed"
     answer = next(e["data"]["data"]["text"] for e in events if e["event"] == "message.completed")
@@ -121,7 +126,7 @@ async def test_not_enough_members_fails_the_run_naming_them(api):
 
 
 async def test_process_error_frame_has_the_real_message_id(api):
-    resp, frames, raw = await asyncio.wait_for(process_frames(api, {"message": "hi", "message_id": "abc-123",
+    _resp, frames, _raw = await asyncio.wait_for(process_frames(api, {"message": "hi", "message_id": "abc-123",
                                                                     "agent": "ens-strict"}), 60)
     last = [f for f in frames if "status" in f][-1]
     assert last["status"] == "error" and last["message_id"] == "abc-123" and last["final"] is True
@@ -182,8 +187,9 @@ async def test_native_and_openai_endpoints_serve_ensembles(api, system):
     import openai
 
     client = openai.AsyncOpenAI(base_url=f"{system.edge_url}/v1", api_key=ALICE_KEY, max_retries=0)
-    stream = await client.chat.completions.create(model="trio", messages=[{"role": "user", "content": "Why do cats purr?"}],
-                                                  stream=True)
+    stream = await client.chat.completions.create(
+        model="trio", messages=[{"role": "user", "content": "Why do cats purr?"}], stream=True
+    )
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     await client.close()
     assert text.startswith("Combining 2 answers (creative, fact-checker)")

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import urllib.parse
+from typing import ClassVar
 
 import httpx
 import nats
@@ -63,7 +64,7 @@ class Watch:
                     self.events.append({"id": int(sse.id), "event": sse.event, "data": json.loads(sse.data)})
                     self._changed.set()
 
-    async def until(self, predicate, timeout: float = 30.0) -> None:
+    async def until(self, predicate, timeout: float = 30.0) -> None:  # noqa: ASYNC109 - asserts, listing the events
         deadline = time.monotonic() + timeout
         while not predicate(self.events):
             remaining = deadline - time.monotonic()
@@ -72,7 +73,7 @@ class Watch:
             with contextlib.suppress(TimeoutError):  # the loop's assert reports the timeout
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
-    async def finished(self, timeout: float = 60.0) -> list[dict]:
+    async def finished(self, timeout: float = 60.0) -> list[dict]:  # noqa: ASYNC109 - passed on to until()
         await self.until(lambda evs: bool(evs) and evs[-1]["event"] in TERMINAL, timeout)
         await asyncio.wait_for(self._task, 5)  # the server closes the stream after the terminal event
         return self.events
@@ -85,7 +86,7 @@ def types(events):
 class Counter(http.server.BaseHTTPRequestHandler):
     """A web page with a side effect: every GET is counted; ``?delay=S`` answers after S seconds."""
 
-    hits: dict[str, int] = {}
+    hits: ClassVar[dict[str, int]] = {}
     lock = threading.Lock()
 
     def log_message(self, *args):
@@ -357,11 +358,12 @@ async def test_writes_while_jetstream_has_no_stream_yet_are_retried_not_failed(f
     # has loaded its streams (nats-py raises NoStreamResponseError). A run's events and a submit
     # made in that window must wait for JetStream, not fail the run: here the streams are declared
     # only after both writes have started.
-    sysm = fresh()
-    nc = await nats.connect(sysm.env["NATS_URL"])
+    sysm = fresh(setup=False)
+    nc = await nats.connect(**sysm.connect_options())
     try:
         request = RunRequest(run_id="0123456789abcdef0123456789abcdef", message_id="m-1", message="hi")
-        submitted = asyncio.create_task(submit_run(nc, "default", "programmer-helper", request, timeout=20))
+        submitted = asyncio.create_task(submit_run(nc, "default", "programmer-helper", request, index=None,
+                                                   timeout=20))
         stored = asyncio.create_task(eventlog.append(
             nc, subjects.run_events("default", "programmer-helper", "fedcba98765432100123456789abcdef"), b"{}",
             event_type=E.RUN_STARTED, msg_id="x-1", expected_last_seq=0, retry_seconds=20))

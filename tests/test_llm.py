@@ -134,7 +134,10 @@ def test_tool_call_fragments_without_index_are_joined_by_id():
     _merge_tool_call(calls, {"id": "a", "function": {"name": "f", "arguments": '{"x":'}})
     _merge_tool_call(calls, {"id": "a", "function": {"arguments": "1}"}})
     _merge_tool_call(calls, {"id": "b", "function": {"name": "g", "arguments": {"y": 2}}})
-    assert [(c.id, c.name, json.loads(c.arguments)) for c in calls.values()] == [("a", "f", {"x": 1}), ("b", "g", {"y": 2})]
+    assert [(c.id, c.name, json.loads(c.arguments)) for c in calls.values()] == [
+        ("a", "f", {"x": 1}),
+        ("b", "g", {"y": 2}),
+    ]
 
 
 def test_repeated_name_is_not_doubled():
@@ -148,11 +151,24 @@ async def test_model_answers_from_the_tool_result(system, llm):
     text = (REPO / "README.md").read_text() if (REPO / "README.md").exists() else "line one\nline two\n"
     messages = [
         {"role": "user", "content": "How long is README.md?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "read_file", "arguments": '{"path": "README.md"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1",
-         "content": json.dumps({"path": "README.md", "total_lines": len(text.splitlines()), "size": len(text),
-                                "content": text})},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "read_file", "arguments": '{"path": "README.md"}'},
+                }
+            ],
+        },
+        {
+            "role": "tool",
+            "tool_call_id": "call_1",
+            "content": json.dumps(
+                {"path": "README.md", "total_lines": len(text.splitlines()), "size": len(text), "content": text}
+            ),
+        },
     ]
     result = await llm.chat(endpoint(system), messages, tools=[READ_FILE.function_definition()])
     assert f"has {len(text.splitlines())} lines" in result.text

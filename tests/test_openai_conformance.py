@@ -8,6 +8,7 @@ each case (tests/agents: echo, paced, midstream-failure, plain, slow-talker, pro
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import time
@@ -51,7 +52,9 @@ def check_framing(raw: bytes) -> list[dict | str]:
         if text.startswith(":"):
             assert "\n" not in text, "B5: keep-alive is a one-line comment"
             continue
-        assert re.fullmatch(r"data: (\{.*\}|\[DONE\])", text), f"B1/B3/B4: a frame is exactly one data line: {text[:120]!r}"
+        assert re.fullmatch(r"data: (\{.*\}|\[DONE\])", text), (
+            f"B1/B3/B4: a frame is exactly one data line: {text[:120]!r}"
+        )
         assert not text.startswith("data: data:"), "B10"
         value = text[len("data: "):]
         payloads.append(value if value == "[DONE]" else json.loads(value))
@@ -64,7 +67,8 @@ def check_framing(raw: bytes) -> list[dict | str]:
 def check_headers(resp: httpx.Response) -> None:
     assert resp.status_code == 200, "A2"
     assert resp.headers["content-type"].split(";")[0].strip() == "text/event-stream", "A3"
-    assert "no-cache" in resp.headers.get("cache-control", "") or "no-store" in resp.headers.get("cache-control", ""), "A4"
+    cache_control = resp.headers.get("cache-control", "")
+    assert "no-cache" in cache_control or "no-store" in cache_control, "A4"
     assert resp.headers.get("x-accel-buffering") == "no", "A5"
     assert "content-encoding" not in resp.headers, "A5/N3: never compressed"
     assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["x-run-id"])
@@ -118,7 +122,7 @@ async def oai(system):
 
 
 async def test_text_stream(oai):
-    resp, raw, frames, t_done, t_eof = await raw_chat(oai, {
+    resp, raw, _frames, t_done, t_eof = await raw_chat(oai, {
         "model": "echo", "stream": True,
         "messages": [{"role": "user", "content": "line one\nline two\r\nthird\u2028 emoji 🚀 中文字符 e\u0301 done"}],
     })
@@ -129,9 +133,17 @@ async def test_text_stream(oai):
     assert content == "line one\nline two\r\nthird\u2028 emoji 🚀 中文字符 e\u0301 done", "B2/B11/D6: exact text"
     assert t_eof - t_done < 1.0, "A9: the body ends right after [DONE]"
 
-    whole = (await oai.post("/v1/chat/completions", json={
-        "model": "echo", "messages": [{"role": "user", "content": "line one\nline two\r\nthird\u2028 emoji 🚀 中文字符 e\u0301 done"}],
-    })).json()
+    whole = (
+        await oai.post(
+            "/v1/chat/completions",
+            json={
+                "model": "echo",
+                "messages": [
+                    {"role": "user", "content": "line one\nline two\r\nthird\u2028 emoji 🚀 中文字符 e\u0301 done"}
+                ],
+            },
+        )
+    ).json()
     assert whole["choices"][0]["message"]["content"] == content, "D6: streamed == not streamed"
 
 
@@ -163,12 +175,12 @@ async def test_length_finish(oai):
 
 async def test_events_are_flushed_as_they_are_produced(oai):
     started = time.monotonic()
-    _, raw, frames, _, t_eof = await raw_chat(oai, {"model": "paced", "stream": True,
+    _, _raw, frames, _, t_eof = await raw_chat(oai, {"model": "paced", "stream": True,
                                                      "messages": [{"role": "user", "content": "go"}]})
     content_times = [t for t, f in frames if b'"content":"' in f and b'"content":""' not in f]
     assert len(content_times) == 6
     assert frames[0][0] - started < 0.5 < t_eof - started, "A5: the first event comes long before the end"
-    gaps = [b - a for a, b in zip(content_times, content_times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(content_times)]
     assert min(gaps) > 0.05, f"A6: content events arrive as generated, not in a burst: {gaps}"
 
 
@@ -197,7 +209,9 @@ async def test_tool_call_stream(oai):
     args = "".join(e["function"].get("arguments", "") for e in entries)
     assert json.loads(args) == {"city": "Paris"}, "E5: fragments concatenate to the JSON"
 
-    whole = (await oai.post("/v1/chat/completions", json={"model": "plain", "tools": TOOLS, "messages": messages})).json()
+    whole = (
+        await oai.post("/v1/chat/completions", json={"model": "plain", "tools": TOOLS, "messages": messages})
+    ).json()
     call = whole["choices"][0]["message"]["tool_calls"][0]
     assert whole["choices"][0]["finish_reason"] == "tool_calls"
     assert whole["choices"][0]["message"]["content"] is None, "E8"
@@ -216,7 +230,9 @@ async def test_tool_call_stream(oai):
 
 
 async def test_non_streaming_shape(oai):
-    resp = await oai.post("/v1/chat/completions", json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]})
+    resp = await oai.post(
+        "/v1/chat/completions", json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    )
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("application/json"), "K3"
     body = resp.json()
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
@@ -244,10 +260,16 @@ async def test_errors_before_the_stream(oai, system):
     assert err["code"] == "model_not_found"
     _openai_error(await oai.post("/v1/chat/completions", json={
         "model": "echo", "stream": True, "n": 2, "messages": [{"role": "user", "content": "hi"}]}), 400, "n")
-    _openai_error(await oai.post("/v1/chat/completions", json={"model": "echo", "stream": True, "messages": []}), 400, "messages")
+    _openai_error(
+        await oai.post("/v1/chat/completions", json={"model": "echo", "stream": True, "messages": []}), 400, "messages"
+    )
     _openai_error(await oai.post("/v1/chat/completions", json={
         "model": "echo", "messages": [{"role": "robot", "content": "hi"}]}), 400, "messages.0.role")
-    _openai_error(await oai.post("/v1/chat/completions", content=b"{nope", headers={"Content-Type": "application/json"}), 400, "body")
+    _openai_error(
+        await oai.post("/v1/chat/completions", content=b"{nope", headers={"Content-Type": "application/json"}),
+        400,
+        "body",
+    )
     _openai_error(await oai.post("/v1/chat/completions", json={
         "model": "plain", "tools": [{"type": "function", "function": {"name": "read file"}}],
         "messages": [{"role": "user", "content": "hi"}]}), 400, "tools.0.function.name")
@@ -258,7 +280,7 @@ async def test_errors_before_the_stream(oai, system):
 
 
 async def test_error_mid_stream(oai):
-    resp, raw, frames, t_done, t_eof = await raw_chat(oai, {
+    resp, raw, _frames, t_done, t_eof = await raw_chat(oai, {
         "model": "midstream-failure", "stream": True, "messages": [{"role": "user", "content": "a b c d e f g"}]})
     assert resp.status_code == 200
     payloads = check_framing(raw)
@@ -375,7 +397,9 @@ async def test_stream_true_is_always_sse(oai, extra):
 
 
 async def test_a_failed_run_is_never_a_200(oai):
-    resp = await oai.post("/v1/chat/completions", json={"model": "failing-model", "messages": [{"role": "user", "content": "hi"}]})
+    resp = await oai.post(
+        "/v1/chat/completions", json={"model": "failing-model", "messages": [{"role": "user", "content": "hi"}]}
+    )
     err = _openai_error(resp, 502, None)  # K4: the model server failed: a retryable upstream error
     assert err["type"] == "server_error" and "500" in err["message"]
     assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["x-run-id"])
@@ -413,7 +437,9 @@ async def test_client_gone_from_a_non_streaming_call_cancels_the_run(oai, system
         with pytest.raises(asyncio.CancelledError):
             await request
         while True:
-            mine = next(r for r in (await probe.get(model_url)).json()["requests"] if marker in json.dumps(r["messages"]))
+            mine = next(
+                r for r in (await probe.get(model_url)).json()["requests"] if marker in json.dumps(r["messages"])
+            )
             if mine["disconnected"] or mine["finished"]:
                 break
             assert time.monotonic() < deadline

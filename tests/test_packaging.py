@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -32,7 +33,7 @@ def _is_entry_point(command: list[str]) -> bool:
 
 def test_compose_services_run_real_entry_points():
     services = _compose()["services"]
-    assert set(services) == {"nats", "edge", "agent-runner", "tool-runner"}
+    assert set(services) == {"auth", "nats", "setup", "edge", "agent-runner", "tool-runner"}
     for name in ("edge", "agent-runner", "tool-runner"):
         svc = services[name]
         assert _is_entry_point(svc["command"]), f"{name}: {svc['command']} is not an entry point"
@@ -51,6 +52,34 @@ def test_compose_nats_has_jetstream_and_a_volume():
     assert "--jetstream" in nats["command"] or "-js" in nats["command"]
     store = nats["command"][nats["command"].index("--store_dir") + 1]
     assert any(v.split(":")[1] == store and v.split(":")[0] in compose["volumes"] for v in nats["volumes"])
+
+
+def test_compose_runs_nats_with_authentication_and_each_component_with_its_identity(tmp_path):
+    compose = _compose()
+    services = compose["services"]
+    auth, nats, setup = services["auth"], services["nats"], services["setup"]
+    # auth writes AGENTSTREAM_DATA_DIR/auth/nats-auth.conf into the auth volume; nats loads it.
+    assert auth["command"] == ["agentstream", "nats-config", "--write"]
+    data_dir = auth["environment"]["AGENTSTREAM_DATA_DIR"]
+    auth_mount = next(v.split(":")[1] for v in auth["volumes"] if v.startswith("auth:"))
+    assert auth_mount == f"{data_dir}/auth"
+    config = nats["command"][nats["command"].index("--config") + 1]
+    nats_mount = next(v.split(":")[1] for v in nats["volumes"] if v.startswith("auth:"))
+    assert config == f"{nats_mount}/nats-auth.conf"
+    assert nats["depends_on"]["auth"]["condition"] == "service_completed_successfully"
+    assert all(p.startswith("127.0.0.1:") for p in nats["ports"]), "NATS is not published on every interface"
+    assert setup["environment"]["NATS_CREDS"] == f"{auth_mount}/admin.nk"
+    for name, role in (("edge", "edge"), ("agent-runner", "agent-runner"), ("tool-runner", "tool-runner")):
+        svc = services[name]
+        assert svc["environment"]["NATS_CREDS"] == f"{auth_mount}/{role}.nk"
+        assert f"auth:{auth_mount}:ro" in svc["volumes"]
+        assert svc["depends_on"]["setup"]["condition"] == "service_completed_successfully"
+    # The auth command writes the files the others read.
+    env = {**os.environ, "AGENTSTREAM_DATA_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-m", "agentstream", *auth["command"][1:]], env=env, check=True,
+                   capture_output=True, cwd=REPO)
+    for name in ("nats-auth.conf", "admin.nk", "edge.nk", "agent-runner.nk", "tool-runner.nk"):
+        assert (tmp_path / "auth" / name).is_file(), name
 
 
 def test_scalable_services_can_be_scaled():

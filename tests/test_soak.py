@@ -79,7 +79,7 @@ async def test_soak_random_kills(tmp_path):
 
         import nats
 
-        nc = await nats.connect(sysm.env["NATS_URL"])
+        nc = await nats.connect(**sysm.connect_options())
         outcome = Counter()
         duplicated_answers = 0
         multiple_terminals = 0

@@ -57,7 +57,11 @@ def ctx_for(root: Path, files: FilePool = _POOL, **settings) -> ToolContext:
 async def test_read_file_returns_content_and_real_line_count(root):
     out = await read_file(ReadFileArgs(path="src/main.go"), ctx_for(root))
     assert out["content"] == "package main\n\nfunc main() {}\n"
-    assert out["total_lines"] == 3 and out["size"] == (root / "src" / "main.go").stat().st_size and out["truncated"] is False
+    assert (
+        out["total_lines"] == 3
+        and out["size"] == (root / "src" / "main.go").stat().st_size
+        and out["truncated"] is False
+    )
     notes = await read_file(ReadFileArgs(path="notes.txt"), ctx_for(root))
     assert notes["total_lines"] == 5
 
@@ -227,7 +231,9 @@ async def test_http_request_when_the_operator_allows_private_addresses(web, root
 
 
 async def test_http_request_caps_the_body(web, root):
-    out = await http_request(HttpRequestArgs(url=f"{web}/big"), ctx_for(root, tool_http_allow_private=True, tool_http_max_bytes=1000))
+    out = await http_request(
+        HttpRequestArgs(url=f"{web}/big"), ctx_for(root, tool_http_allow_private=True, tool_http_max_bytes=1000)
+    )
     assert out["bytes"] == 1000 and out["truncated"] is True
 
 

@@ -100,7 +100,7 @@ async def resolve_allowed(host: str, port: int, *, allow_private: bool) -> str:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
         raise ToolError("dns_error", f"cannot resolve {host!r}: {err.strerror or err}") from None
-    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))  # (host, port, ...) for IPv4 and IPv6
     if allow_private:
         return addresses[0]
     refused = []

@@ -14,18 +14,21 @@ import logging
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats.micro
 import orjson
 from nats.aio.client import Client as NATS
 from nats.micro.request import Request
+from nats.micro.service import Service
 from pydantic import ValidationError
 
 from agentstream.settings import Settings
 from schemas import headers as H
 from schemas import subjects
 from schemas.common import ErrorInfo
+from schemas.permissions import Role
 from schemas.tools import TOOL_RUNNER_TOOLS, ToolCallRequest, ToolCallResult
 from tool_runner.errors import ToolError
 from tool_runner.filepool import FilePool
@@ -50,17 +53,17 @@ class ToolRunner:
         self.root = root.resolve()
         self._tools = registry()
         self._slots = asyncio.Semaphore(settings.tool_runner_concurrency)
-        self._tasks: set[asyncio.Task] = set()
-        self._inflight: dict[str, asyncio.Future] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: dict[str, asyncio.Future[bytes]] = {}
         self._done: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
-        self._service = None
+        self._service: Service | None = None
         self._http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         self._files = FilePool(settings.tool_file_workers, settings.tool_file_timeout)
         self.ctx = ToolContext(settings=settings, root=self.root, http=self._http, files=self._files)
 
     async def start(self) -> None:
         """Register the micro service and one endpoint per tool."""
-        self._service = await nats.micro.add_service(
+        service = self._service = await nats.micro.add_service(
             self.nc,
             name=SERVICE_NAME,
             version=SERVICE_VERSION,
@@ -69,7 +72,7 @@ class ToolRunner:
             queue_group=subjects.TOOL_QUEUE_GROUP,
         )
         for name in self._tools:
-            await self._service.add_endpoint(
+            await service.add_endpoint(
                 name=name,
                 subject=subjects.tool_all_tenants(name),
                 handler=self._on_request,
@@ -96,7 +99,7 @@ class ToolRunner:
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 
-    def _finished(self, task: asyncio.Task) -> None:
+    def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._slots.release()
 
@@ -144,7 +147,7 @@ class ToolRunner:
         running = self._inflight.get(key)
         if running is not None:
             return await asyncio.shield(running)
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             result = await self._execute(tool_name, call)
@@ -186,9 +189,13 @@ class ToolRunner:
             return self._result(call, started, error=ErrorInfo(type="timeout", message=msg))
         except Exception as err:  # a tool bug must not kill the runner
             log.exception("tool %s failed", tool_name)
-            return self._result(call, started, error=ErrorInfo(type="internal_error", message=f"{type(err).__name__}: {err}"))
+            return self._result(
+                call, started, error=ErrorInfo(type="internal_error", message=f"{type(err).__name__}: {err}")
+            )
 
-    def _result(self, call: ToolCallRequest, started: float, *, output=None, error=None) -> ToolCallResult:
+    def _result(
+        self, call: ToolCallRequest, started: float, *, output: Any = None, error: ErrorInfo | None = None
+    ) -> ToolCallResult:
         return ToolCallResult(
             tool_call_id=call.tool_call_id,
             ok=error is None,
@@ -210,7 +217,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Connect, serve tools until ``stop`` is set, then shut down gracefully."""
     from agentstream.bus import close, connect
 
-    nc = await connect(settings, f"tool-runner {settings.runner_name}")
+    nc = await connect(settings, f"tool-runner {settings.runner_name}", role=Role.TOOL_RUNNER)
     runner = ToolRunner(settings, nc)
     await runner.start()
     print(f"tool-runner ready: {runner.id}", flush=True)

@@ -134,7 +134,7 @@ def decide(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, o
     return Reply(text=_plain_answer(question, _persona(messages)))
 
 
-def _plan_tool_call(question: str, offered: dict[str, dict]) -> ToolCallPlan | None:
+def _plan_tool_call(question: str, offered: dict[str, dict[str, Any]]) -> ToolCallPlan | None:
     urls = _URL.findall(question)
     if urls and "http_request" in offered:
         return ToolCallPlan("http_request", {"url": urls[0].rstrip(".,;:!?"), "method": "GET"})
@@ -160,14 +160,15 @@ def _plan_tool_call(question: str, offered: dict[str, dict]) -> ToolCallPlan | N
     return None
 
 
-def _skill_names(tool: dict) -> list[str]:
+def _skill_names(tool: dict[str, Any]) -> list[str]:
     params = tool.get("function", {}).get("parameters", {})
     enum = params.get("properties", {}).get("name", {}).get("enum")
     return list(enum or [])
 
 
 def _find_path(text: str) -> str | None:
-    for candidate in _BACKTICKED.findall(text):
+    candidates: list[str] = _BACKTICKED.findall(text)
+    for candidate in candidates:
         if "/" in candidate or "." in candidate:
             return candidate.strip("'\".,;:")
     m = _PATH.search(text)
@@ -241,7 +242,7 @@ def _answer_from_tool_results(messages: list[dict[str, Any]]) -> str:
     return " ".join(parts) if parts else "I have no tool results to answer from."
 
 
-def _describe(name: str, args: dict, content: str) -> str:
+def _describe(name: str, args: dict[str, Any], content: str) -> str:
     try:
         result = json.loads(content)
     except json.JSONDecodeError:

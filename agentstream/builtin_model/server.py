@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any
 
 from quart import Quart, Response, request
@@ -41,23 +42,28 @@ def create_app(settings: Settings) -> Quart:
     state = {"active": 0}
     seen_per_model: dict[str, int] = {}
 
-    def error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None):
-        return Response(oai.dumps(oai.error_body(message, type_, param)), status=status, content_type="application/json")
+    def error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None) -> Response:
+        return Response(
+            oai.dumps(oai.error_body(message, type_, param)), status=status, content_type="application/json"
+        )
 
     @app.get("/healthz")
-    async def healthz():
+    async def healthz() -> dict[str, Any]:
         return {"ok": True}
 
     @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": MODEL_NAME, "object": "model", "created": 0, "owned_by": "agentstream"}]}
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"id": MODEL_NAME, "object": "model", "created": 0, "owned_by": "agentstream"}],
+        }
 
     @app.get("/debug/requests")
-    async def debug_requests():
+    async def debug_requests() -> dict[str, Any]:
         return {"active": state["active"], "requests": list(records)}
 
     @app.post("/v1/chat/completions")
-    async def chat_completions():
+    async def chat_completions() -> Response | dict[str, Any]:
         raw = await request.get_data()
         try:
             body = json.loads(raw)
@@ -97,7 +103,11 @@ def create_app(settings: Settings) -> Quart:
         fail = opts.fail or (500 if seen_per_model[model] <= opts.fail_first else None)
         if fail:
             record["finished"] = True
-            return error(fail, f"built-in model told to fail with {fail}", "server_error" if fail >= 500 else "invalid_request_error")
+            return error(
+                fail,
+                f"built-in model told to fail with {fail}",
+                "server_error" if fail >= 500 else "invalid_request_error",
+            )
         tools = body.get("tools") or None
         reply = decide(body["messages"], tools, opts)
         delay = settings.builtin_model_token_delay if opts.delay is None else opts.delay
@@ -120,7 +130,7 @@ def create_app(settings: Settings) -> Quart:
             )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-        async def stream():
+        async def stream() -> AsyncIterator[bytes]:
             state["active"] += 1
             pending = bytearray()
             try:
@@ -149,10 +159,10 @@ def create_app(settings: Settings) -> Quart:
     return app
 
 
-def _complete(reply: Reply, max_tokens: int | None) -> tuple[str | None, list | None, str, int]:
+def _complete(reply: Reply, max_tokens: int | None) -> tuple[str | None, list[dict[str, Any]] | None, str, int]:
     """Non-streaming: (content, tool_calls, finish_reason, completion tokens)."""
     if reply.tool_calls:
-        calls = [
+        calls: list[dict[str, Any]] = [
             {"id": oai.new_tool_call_id(), "type": "function",
              "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
             for c in reply.tool_calls
@@ -165,8 +175,11 @@ def _complete(reply: Reply, max_tokens: int | None) -> tuple[str | None, list | 
     return "".join(tokens), None, finish, len(tokens)
 
 
-async def _stream(reply, completion_id, created, model, delay, max_tokens, prompt_tokens, include_usage, fail_after):
-    def chunk(**kw) -> bytes:
+async def _stream(
+    reply: Reply, completion_id: str, created: int, model: str, delay: float, max_tokens: int | None,
+    prompt_tokens: int, include_usage: bool, fail_after: int | None,
+) -> AsyncIterator[bytes]:
+    def chunk(**kw: Any) -> bytes:
         return sse.frame(oai.dumps(oai.chat_chunk(completion_id, created, model, with_usage_field=include_usage, **kw)))
 
     yield chunk(delta={"role": "assistant", "content": ""})
@@ -199,7 +212,9 @@ async def _stream(reply, completion_id, created, model, delay, max_tokens, promp
             completion_tokens += 1
     yield chunk(finish_reason=finish)
     if include_usage:
-        yield sse.frame(oai.dumps(oai.chat_usage_chunk(completion_id, created, model, oai.usage(prompt_tokens, completion_tokens))))
+        yield sse.frame(
+            oai.dumps(oai.chat_usage_chunk(completion_id, created, model, oai.usage(prompt_tokens, completion_tokens)))
+        )
     yield sse.DONE
 
 

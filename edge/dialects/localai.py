@@ -32,7 +32,9 @@ def render(body: dict[str, Any]) -> list[tuple[str, dict[str, Any] | str]]:
     mid = body.get("message_id")
     common = {"message_id": mid, "run_id": body.get("run_id"), "timestamp": _ts(body)}
     if t == E.RUN_QUEUED:
-        return [("json_message", {"id": f"{mid}-user", "sender": "user", "content": data.get("message") or "", **common})]
+        return [
+            ("json_message", {"id": f"{mid}-user", "sender": "user", "content": data.get("message") or "", **common})
+        ]
     if t == E.RUN_STARTED:
         return [("json_message_status", {"status": "processing", **common})]
     if t == E.RUN_RETRYING:
@@ -43,7 +45,10 @@ def render(body: dict[str, Any]) -> list[tuple[str, dict[str, Any] | str]]:
         return [("stream_event", {"type": "content", "content": data.get("text", ""), **common})]
     if t == E.TOOL_CALL:
         return [
-            ("stream_event", {"type": "tool_call", "tool_name": data.get("name"), "tool_args": data.get("arguments", ""), **common}),
+            (
+                "stream_event",
+                {"type": "tool_call", "tool_name": data.get("name"), "tool_args": data.get("arguments", ""), **common},
+            ),
         ]
     if t == E.TOOL_RESULT:
         result = data.get("output") if data.get("ok") else {"error": data.get("error")}

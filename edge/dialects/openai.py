@@ -29,7 +29,9 @@ def error_for_run(body: dict[str, Any]) -> dict[str, Any]:
     """The OpenAI error object for a ``run.failed`` / ``run.cancelled`` event."""
     data = body.get("data") or {}
     if body.get("type") == E.RUN_CANCELLED:
-        return oai.error_body(f"the run was cancelled: {data.get('reason', '')}".rstrip(": "), "cancelled", None, "run_cancelled")
+        return oai.error_body(
+            f"the run was cancelled: {data.get('reason', '')}".rstrip(": "), "cancelled", None, "run_cancelled"
+        )
     error = data.get("error") or {}
     return oai.error_body(error.get("message") or data.get("reason") or "the run failed", "server_error", None,
                           error.get("type") or "run_failed")

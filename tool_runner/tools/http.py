@@ -18,7 +18,9 @@ from tool_runner.netguard import resolve_allowed
 from tool_runner.tools import ToolContext
 
 MAX_REDIRECTS = 5
-_DROP_REQUEST_HEADERS = {"host", "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-authorization"}
+_DROP_REQUEST_HEADERS = {
+    "host", "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-authorization",
+}
 
 
 async def http_request(args: HttpRequestArgs, ctx: ToolContext) -> dict[str, Any]:
@@ -38,7 +40,9 @@ async def http_request(args: HttpRequestArgs, ctx: ToolContext) -> dict[str, Any
         raise ToolError("timeout", f"no complete answer from {args.url} within {timeout:g} s") from None
 
 
-async def _request(args: HttpRequestArgs, ctx: ToolContext, timeout: float) -> dict[str, Any]:
+async def _request(
+    args: HttpRequestArgs, ctx: ToolContext, timeout: float  # noqa: ASYNC109 - also httpx's per-phase timeouts
+) -> dict[str, Any]:
     url = _parse_url(args.url)
     method = args.method
     body: bytes | None = args.body.encode("utf-8") if args.body is not None else None
@@ -53,7 +57,10 @@ async def _request(args: HttpRequestArgs, ctx: ToolContext, timeout: float) -> d
             url.copy_with(host=address),
             headers={**headers, "Host": url.netloc.decode("ascii")},
             content=body,
-            extensions={"sni_hostname": url.host, "timeout": _timeouts(timeout)} if url.scheme == "https" else {"timeout": _timeouts(timeout)},
+            extensions=(
+                {"sni_hostname": url.host, "timeout": _timeouts(timeout)} if url.scheme == "https"
+                else {"timeout": _timeouts(timeout)}
+            ),
         )
         try:
             response = await ctx.http.send(request, stream=True, follow_redirects=False)
