@@ -165,7 +165,7 @@ def check(
             raise ApiError(403, "forbidden",
                            f"requests from web pages of {origin[:100]!r} are not allowed; the operator lists the "
                            "origins that may call this edge in EDGE_CORS_ORIGINS", "Origin")
-    elif (sec_fetch_site or "").strip().lower() == "cross-site":
+    elif (sec_fetch_site or "").strip().lower() == "cross-site" and "*" not in cors_origins:
         raise ApiError(403, "forbidden",
                        "requests from web pages of other sites are not allowed (Sec-Fetch-Site: cross-site); the "
                        "operator lists the origins that may call this edge in EDGE_CORS_ORIGINS", "Origin")

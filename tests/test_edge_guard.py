@@ -84,8 +84,9 @@ async def test_posts_from_other_web_pages_are_403(headers):
 
 async def test_any_origin_when_the_operator_says_so():
     client = app_for(edge_cors_origins="*").test_client()
-    resp = await client.post(CHAT, json={"message": "hi"}, headers={**BEARER, "Origin": "null"})
-    assert resp.status_code == 503
+    for headers in ({"Origin": "null"}, {"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        resp = await client.post(CHAT, json={"message": "hi"}, headers={**BEARER, **headers})
+        assert resp.status_code == 503, headers  # past every rule
 
 
 async def test_gets_and_preflights_are_not_refused_for_their_origin():
