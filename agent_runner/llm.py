@@ -10,7 +10,9 @@ not at all, ``reasoning_content`` (ignored: never mixed into the answer).
 
 Connect errors, 408, 429 and 5xx are retried (tenacity: exponential backoff with jitter,
 honouring ``Retry-After``) as long as nothing has been streamed yet; a failure after the first
-streamed token ends the call with :class:`LLMError`.
+streamed token ends the call with :class:`LLMError`. An error's message goes to the run's
+clients (``run.failed``), so it says what failed but not where: the server's URL, host and port
+are logged, never put in the message.
 """
 
 from __future__ import annotations
@@ -189,9 +191,10 @@ class LLMClient:
             async with shard[0].stream("POST", endpoint.chat_url, json=body, headers=headers, timeout=timeout) as resp:
                 if resp.status_code != 200:
                     text = (await resp.aread())[:2000].decode("utf-8", "replace")
+                    log.warning("model server %s answered HTTP %d", endpoint.chat_url, resp.status_code)
                     err = LLMError(
                         "llm_http_error",
-                        f"{endpoint.chat_url} answered HTTP {resp.status_code}: {_error_message(text)}",
+                        f"the model server answered HTTP {resp.status_code}: {_error_message(text)}",
                         status=resp.status_code,
                         retryable=resp.status_code in RETRY_STATUSES,
                     )
@@ -203,13 +206,14 @@ class LLMClient:
                     return await self._from_json(await resp.aread(), on_text, streamed)
                 return await self._from_stream(resp, on_text, streamed)
         except httpx.TimeoutException as err:
-            raise LLMError(
-                "llm_unreachable", f"{endpoint.chat_url}: timed out ({type(err).__name__})", retryable=True
-            ) from None
+            log.warning("model server %s: timed out (%s)", endpoint.chat_url, type(err).__name__)
+            raise LLMError("llm_unreachable", f"the model server did not answer in time ({type(err).__name__})",
+                           retryable=True) from None
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
-            raise LLMError(
-                "llm_unreachable", f"{endpoint.chat_url}: {type(err).__name__}: {err}", retryable=True
-            ) from None
+            # The details (host, port, resolver text) go to the log, not to the run's clients.
+            log.warning("model server %s: %s: %s", endpoint.chat_url, type(err).__name__, err)
+            raise LLMError("llm_unreachable", f"the model server could not be reached ({type(err).__name__})",
+                           retryable=True) from None
         finally:
             shard[1] -= 1
 

@@ -36,6 +36,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from agent_runner import resume
+from agent_runner.endpoint import llm_endpoint
 from agent_runner.ensemble import MembersFailed, combined_message, question_of, run_members
 from agent_runner.event_writer import OwnershipLost, RunEventWriter
 from agent_runner.intake import Intake, Slots
@@ -561,23 +562,12 @@ class AgentRunner:
             self.slots.take_anyway()
 
     def endpoint_for(self, agent: AgentDefinition) -> LLMEndpoint:
-        """Where this agent's model is: its ``llm`` block, else LLM_BASE_URL / the built-in model.
+        """Where this agent's model is, and its key (agent_runner.endpoint: LLM_API_KEY only to
+        LLM_BASE_URL's origin, ``llm.api_key_env`` only within LLM_KEY_ENV_PATTERN).
 
-        Raises ValueError when the agent names an API key variable that is not set.
+        Raises ValueError when the agent names an API key variable that is refused or not set.
         """
-        llm = agent.llm
-        base_url = (llm.base_url if llm and llm.base_url else None) or self.llm_base_url
-        api_key = self.settings.llm_api_key
-        if llm and llm.api_key_env:
-            api_key = os.environ.get(llm.api_key_env)
-            if not api_key:
-                raise ValueError(
-                    f"agent {agent.name!r} takes its LLM API key from ${llm.api_key_env}, which is not set"
-                )
-        timeout = (llm.timeout if llm and llm.timeout else None) or self.settings.llm_timeout
-        return LLMEndpoint(
-            base_url=base_url, model=agent.model or self.settings.llm_model, api_key=api_key, timeout=timeout
-        )
+        return llm_endpoint(agent, self.settings, self.llm_base_url, os.environ)
 
     async def _refuse_request(self, msg: Msg, tenant: str, agent: str, err: ValidationError) -> None:
         """An unreadable run request: end its run ``run.failed`` if it names one, and drop it."""

@@ -3,10 +3,20 @@
 A bad file (YAML syntax, unknown field, wrong type, unknown tool, missing skill, duplicate name)
 is reported as an :class:`AgentFileError` with the file, the field and the reason; every other
 file still loads (design card, "Agents").
+
+Agent files are input from whoever can write to the directory, and the edge shows them to
+tenants, so reading them is bounded: files are opened through a descriptor of the directory,
+never blocking (a FIFO is an error, not a hang), regular files only (``/dev/zero`` is an error,
+not a MemoryError), symlinks followed only while they stay inside the directory (a skill linked
+to ``/etc/hostname`` is an error, not a skill), at most :data:`MAX_FILE_BYTES` read; YAML aliases
+are refused (an alias bomb is an error, not 30 MB of JSON) and the parsed document is bounded.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,11 +24,18 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from schemas.agents import AgentDefinition
+from agentstream import yamlload
+from agentstream.beneath import BeneathError, open_beneath, read_capped
+from agentstream.settings import Settings
+from schemas.agents import AgentDefinition, key_env_allowed, key_env_refusal
 from schemas.subjects import is_token
 
 MAX_FILE_BYTES = 256 * 1024
+"""Largest agent or skill file read (bytes); a bigger one is an error of its file."""
+MAX_DOCUMENT_SIZE = 256 * 1024
+"""Largest parsed agent document (characters, see :func:`agentstream.yamlload.document_size`)."""
 SKILLS_SUBDIR = "skills"
+_LABEL = "the agents directory"
 
 
 @dataclass(frozen=True)
@@ -70,38 +87,84 @@ class AgentCatalog:
         return [self.skills[s] for s in agent.skills if s in self.skills]
 
 
-def load_skills(directory: Path, errors: list[AgentFileError]) -> dict[str, Skill]:
-    """Read ``directory/skills/*.md``. A skill's name is its file name without ``.md``."""
+def load_skills(directory: Path, errors: list[AgentFileError], *, dir_fd: int | None = None) -> dict[str, Skill]:
+    """Read ``directory/skills/*.md``. A skill's name is its file name without ``.md``.
+
+    Each file is opened as :func:`read_beneath` opens agent files (regular files of at most
+    :data:`MAX_FILE_BYTES`, symlinks only within ``directory``); a bad one is an error in
+    ``errors`` and is left out. ``dir_fd``: ``directory`` already open (else it is opened here).
+    """
     skills: dict[str, Skill] = {}
-    skills_dir = directory / SKILLS_SUBDIR
-    if not skills_dir.is_dir():
-        return skills
-    for path in sorted(skills_dir.glob("*.md")):
-        rel = f"{SKILLS_SUBDIR}/{path.name}"
-        name = path.stem
-        if not is_token(name):
-            errors.append(AgentFileError(rel, None, "a skill's file name must be 1-64 of A-Z a-z 0-9 _ - plus .md"))
-            continue
+    with _directory(directory, dir_fd) as (fd, real):
+        if fd is None:
+            return skills
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            errors.append(AgentFileError(rel, None, f"cannot read: {err}"))
-            continue
-        first = next((line.strip().lstrip("#").strip() for line in text.splitlines() if line.strip()), "")
-        skills[name] = Skill(name=name, description=first, text=text)
+            opened = open_beneath(fd, SKILLS_SUBDIR, "dir", dir_path=real, label=_LABEL)
+        except BeneathError as err:
+            if err.kind != "not_found":
+                errors.append(AgentFileError(SKILLS_SUBDIR, None, err.message))
+            return skills
+        try:
+            names = sorted(n for n in os.listdir(opened.fd) if n.endswith(".md"))
+        finally:
+            os.close(opened.fd)
+        for file_name in names:
+            rel = f"{SKILLS_SUBDIR}/{file_name}"
+            name = file_name.removesuffix(".md")
+            if not is_token(name):
+                errors.append(AgentFileError(rel, None, "a skill's file name must be 1-64 of A-Z a-z 0-9 _ - plus .md"))
+                continue
+            text, _, problem = read_beneath(fd, rel, dir_path=real)
+            if problem is not None:
+                errors.append(problem)
+                continue
+            first = next((line.strip().lstrip("#").strip() for line in text.splitlines() if line.strip()), "")
+            skills[name] = Skill(name=name, description=first, text=text)
     return skills
 
 
-def load_agent_file(path: Path, rel: str) -> tuple[AgentDefinition | None, list[AgentFileError]]:
-    """Parse and validate one YAML file. Returns the agent (None if invalid) and its errors."""
+def read_beneath(dir_fd: int, rel: str, *, dir_path: str | None = None) -> tuple[str, float, AgentFileError | None]:
+    """The UTF-8 text of file ``rel`` beneath the agents directory open as ``dir_fd``, and its
+    modification time (Unix seconds); or ``("", 0, error)``.
+
+    The file is opened with :func:`agentstream.beneath.open_beneath` (no blocking on a FIFO, no
+    device, symlinks followed only while they stay inside the directory; ``dir_path`` is the
+    directory's real path, for absolute symlinks into it), must be a regular file of at most
+    :data:`MAX_FILE_BYTES` by ``fstat``, and at most that many bytes plus one are read.
+    """
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            return None, [AgentFileError(rel, None, f"file is larger than {MAX_FILE_BYTES} bytes")]
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        return None, [AgentFileError(rel, None, f"cannot read: {err}")]
+        opened = open_beneath(dir_fd, rel, "file", dir_path=dir_path, label=_LABEL)
+    except BeneathError as err:
+        return "", 0.0, AgentFileError(rel, None, f"cannot read: {err.message}")
     try:
-        doc = yaml.safe_load(raw)
+        data = read_capped(opened.fd, MAX_FILE_BYTES) if opened.st.st_size <= MAX_FILE_BYTES else None
+    except OSError as err:
+        return "", 0.0, AgentFileError(rel, None, f"cannot read: {err.strerror or err}")
+    finally:
+        os.close(opened.fd)
+    if data is None:
+        return "", 0.0, AgentFileError(rel, None, f"file is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        return data.decode("utf-8"), opened.st.st_mtime, None
+    except UnicodeDecodeError as err:
+        return "", 0.0, AgentFileError(rel, None, f"cannot read: not UTF-8 text (byte {err.start})")
+
+
+def parse_agent(
+    raw: str, rel: str, *, key_env_pattern: str | None = None
+) -> tuple[AgentDefinition | None, list[AgentFileError]]:
+    """Parse and validate the text of one agent file named ``rel``. Returns the agent (None if
+    invalid) and its errors (file, field, reason).
+
+    Refused besides what :class:`AgentDefinition` refuses: YAML aliases (field: where the alias
+    stands), a parsed document larger than :data:`MAX_DOCUMENT_SIZE` (see
+    :func:`agentstream.yamlload.document_size`), and an ``llm.api_key_env`` that does not match
+    ``key_env_pattern`` (LLM_KEY_ENV_PATTERN; None: its default).
+    """
+    try:
+        doc = yamlload.load(raw)
+    except yamlload.AliasRefused as err:
+        return None, [AgentFileError(rel, err.field, f"{err}: YAML aliases are not allowed in agent files")]
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -109,46 +172,81 @@ def load_agent_file(path: Path, rel: str) -> tuple[AgentDefinition | None, list[
         return None, [AgentFileError(rel, None, f"YAML syntax error{where}: {problem}")]
     if not isinstance(doc, dict):
         return None, [AgentFileError(rel, None, "expected a mapping of fields (name: ..., model: ...)")]
+    if yamlload.document_size(doc, MAX_DOCUMENT_SIZE) is None:
+        return None, [AgentFileError(rel, None, f"the parsed document is larger than {MAX_DOCUMENT_SIZE} characters")]
     try:
-        return AgentDefinition.model_validate(doc), []
+        agent = AgentDefinition.model_validate(doc)
     except ValidationError as err:
         return None, [
             AgentFileError(rel, ".".join(str(p) for p in e["loc"]) or None, _reason(e)) for e in err.errors()
         ]
+    pattern = key_env_pattern if key_env_pattern is not None else Settings().llm_key_env_pattern
+    key_env = agent.llm.api_key_env if agent.llm else None
+    if key_env is not None and not key_env_allowed(key_env, pattern):
+        return None, [AgentFileError(rel, "llm.api_key_env", key_env_refusal(key_env, pattern))]
+    return agent, []
 
 
-def load_agents(directory: Path) -> AgentCatalog:
+def load_agents(directory: Path, *, key_env_pattern: str | None = None) -> AgentCatalog:
     """Load every ``*.yaml`` / ``*.yml`` directly in ``directory`` plus its skills.
 
-    Never raises for a bad file; a missing directory is one catalog error.
+    Files are read through one descriptor of ``directory`` (see :func:`read_beneath`: symlinks
+    that leave it, FIFOs, devices and oversized files are errors of their file).
+    ``key_env_pattern``: the globs ``llm.api_key_env`` must match (LLM_KEY_ENV_PATTERN; None: its
+    default). Never raises for a bad file; a missing directory is one catalog error.
     """
     directory = Path(directory)
     catalog = AgentCatalog(directory=directory)
-    if not directory.is_dir():
-        catalog.errors.append(AgentFileError(str(directory), None, "agents directory not found"))
-        return catalog
-    catalog.skills = load_skills(directory, catalog.errors)
-    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
-    for path in files:
-        rel = path.name
-        agent, errors = load_agent_file(path, rel)
-        if agent is not None:
-            missing = [s for s in agent.skills if s not in catalog.skills]
-            if missing:
-                errors.append(
-                    AgentFileError(
-                        rel, "skills", f"no skill file {', '.join(f'{SKILLS_SUBDIR}/{m}.md' for m in missing)}"
+    with _directory(directory, None) as (fd, real):
+        if fd is None:
+            catalog.errors.append(AgentFileError(str(directory), None, "agents directory not found"))
+            return catalog
+        catalog.skills = load_skills(directory, catalog.errors, dir_fd=fd)
+        files = sorted(n for n in os.listdir(fd) if n.endswith((".yaml", ".yml")))
+        for rel in files:
+            raw, mtime, problem = read_beneath(fd, rel, dir_path=real)
+            if problem is not None:
+                catalog.errors.append(problem)
+                continue
+            agent, errors = parse_agent(raw, rel, key_env_pattern=key_env_pattern)
+            if agent is not None:
+                missing = [s for s in agent.skills if s not in catalog.skills]
+                if missing:
+                    errors.append(
+                        AgentFileError(
+                            rel, "skills", f"no skill file {', '.join(f'{SKILLS_SUBDIR}/{m}.md' for m in missing)}"
+                        )
                     )
-                )
-            elif agent.name in catalog.agents:
-                errors.append(AgentFileError(rel, "name", f"agent {agent.name!r} is already defined by another file"))
-            else:
-                catalog.agents[agent.name] = agent
-                catalog.created[agent.name] = int(path.stat().st_mtime)
-                catalog.files[rel] = agent.name
-        catalog.errors.extend(errors)
+                elif agent.name in catalog.agents:
+                    errors.append(
+                        AgentFileError(rel, "name", f"agent {agent.name!r} is already defined by another file")
+                    )
+                else:
+                    catalog.agents[agent.name] = agent
+                    catalog.created[agent.name] = int(mtime)
+                    catalog.files[rel] = agent.name
+            catalog.errors.extend(errors)
     _check_ensembles(catalog)
     return catalog
+
+
+@contextmanager
+def _directory(directory: Path, dir_fd: int | None) -> Iterator[tuple[int | None, str]]:
+    """``directory`` open as a descriptor (None if it cannot be opened), and its real path;
+    an already open ``dir_fd`` is used as it is and left open."""
+    real = os.path.realpath(directory)
+    if dir_fd is not None:
+        yield dir_fd, real
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield None, real
+        return
+    try:
+        yield fd, real
+    finally:
+        os.close(fd)
 
 
 def _check_ensembles(catalog: AgentCatalog) -> None:
@@ -172,10 +270,9 @@ def _check_ensembles(catalog: AgentCatalog) -> None:
 
 
 def _reason(error: ErrorDetails) -> str:
-    kind = error.get("type", "")
+    kind = error["type"]
     if kind == "extra_forbidden":
         return "unknown field"
     if kind == "missing":
         return "required field is missing"
-    msg = error.get("msg", "invalid")
-    return msg.removeprefix("Value error, ")
+    return error["msg"].removeprefix("Value error, ")

@@ -109,6 +109,9 @@ def chat(url: str, agent: str, message: str, *, api_key: str | None = None, mess
 def _summary(output: Any) -> str:
     if isinstance(output, dict):
         if "total_lines" in output:
+            if output["total_lines"] is None:  # read_file stopped before the file's end
+                lines = f"{output.get('start_line')}-{output.get('end_line')}"
+                return f": {output.get('path')}, lines {lines} of a longer file"
             return f": {output.get('path')}, {output.get('total_lines')} lines"
         if "status" in output:
             return f": HTTP {output.get('status')}, {output.get('bytes')} bytes"

@@ -78,10 +78,15 @@ class Settings:
         "The agent POST /api/process runs when the request names none (llm-sse's endpoint).",
     )
     edge_cors_origins: str = _setting(
-        "EDGE_CORS_ORIGINS",
-        "",
-        "Comma-separated origins (https://app.example) whose browser pages may call the API, or `*`. "
-        "Unset: same-origin only.",
+        "EDGE_CORS_ORIGINS", "",
+        "Comma-separated origins (https://app.example) whose browser pages may call the API, or `*`. Unset: "
+        "same-origin only (a POST from another origin is a 403).",
+    )
+    edge_allowed_hosts: str = _setting(
+        "EDGE_ALLOWED_HOSTS", "",
+        "Comma-separated host names (any port), host:port, .domain (and its subdomains) or `*` that requests may "
+        "name in `Host`; others get 421. Unset: localhost, 127.0.0.1, [::1] and the EDGE_BIND address (bound to "
+        "0.0.0.0 or ::, this machine's host name instead).",
     )
     edge_watch_buffer: int = _setting(
         "EDGE_WATCH_BUFFER", 256,
@@ -93,7 +98,14 @@ class Settings:
         "OpenAI-compatible base URL (…/v1). Unset: the built-in deterministic model.",
     )
     llm_api_key: str | None = _setting(
-        "LLM_API_KEY", None, "API key sent as `Authorization: Bearer` to the LLM server."
+        "LLM_API_KEY", None,
+        "API key sent as `Authorization: Bearer` to LLM_BASE_URL (only to that origin: an agent with its own "
+        "`llm.base_url` gets a key only through `llm.api_key_env`).",
+    )
+    llm_key_env_pattern: str = _setting(
+        "LLM_KEY_ENV_PATTERN", "AGENTSTREAM_KEY_*",
+        "Shell globs (comma-separated) an agent's `llm.api_key_env` must match; other variables are refused when "
+        "agent files are loaded. (LLM_API_KEY itself goes only to LLM_BASE_URL.)",
     )
     llm_model: str = _setting("LLM_MODEL", "builtin", "Model name for agents whose YAML names none.")
     llm_timeout: float = _setting(
@@ -161,9 +173,9 @@ class Settings:
         "TOOL_ROOT", None, "Directory read_file and list_dir are confined to. Default: where the tool runner started."
     )
     tool_read_max_bytes: int = _setting(
-        "TOOL_READ_MAX_BYTES",
-        256 * 1024,
-        "Most bytes of a file read_file returns; a longer file is cut (its lines are still counted).",
+        "TOOL_READ_MAX_BYTES", 256 * 1024,
+        "Most bytes of a file read_file returns; reading stops there (a longer file is cut and its lines are not "
+        "counted: `total_lines` is null).",
     )
     tool_list_max_entries: int = _setting("TOOL_LIST_MAX_ENTRIES", 1000, "Most entries list_dir returns.")
     tool_http_max_bytes: int = _setting(
@@ -182,6 +194,16 @@ class Settings:
     )
     tool_runner_concurrency: int = _setting(
         "TOOL_RUNNER_CONCURRENCY", 32, "Tool calls one tool runner executes at once."
+    )
+    tool_file_workers: int = _setting(
+        "TOOL_FILE_WORKERS", 8,
+        "Threads one tool runner gives read_file and list_dir (a pool of their own; a call stuck in the file system "
+        "holds one of them, nothing else).",
+    )
+    tool_file_timeout: float = _setting(
+        "TOOL_FILE_TIMEOUT", 10.0,
+        "Longest a read_file or list_dir may take, waiting for a free thread included (seconds); past it the call "
+        "answers `timeout`.",
     )
     # -- all
     shutdown_grace: float = _setting(

@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from agentstream.agents import AgentCatalog, load_agents
 from agentstream.bus import close
 from agentstream.settings import Settings
-from edge import api_llmsse, api_native, api_openai
+from edge import api_llmsse, api_native, api_openai, guard
 from edge.auth import Authenticator
 from edge.bodylimit import WholeBodyFirst
 from edge.errors import ApiError
@@ -38,9 +38,10 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
     state = EdgeState(
         settings=settings,
         auth=auth or Authenticator.from_file(settings.keys_file),
-        catalog=catalog or load_agents(settings.agents_dir),
+        catalog=catalog or load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern),
     )
     app.extensions["agentstream"] = state
+    guard.install(app, settings)  # Host, ?api_key=, Origin and Content-Type rules, before any route
     origins = [o.strip() for o in settings.edge_cors_origins.split(",") if o.strip()]
     if origins:
         cors(

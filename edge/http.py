@@ -29,8 +29,6 @@ from schemas.runs import RunControl, RunIndexEntry, RunRequest
 log = logging.getLogger(__name__)
 
 MAX_EVENT_ID = 2**63 - 1
-SIMPLE_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
-"""Content types a browser sends cross-origin without a CORS preflight (Fetch standard)."""
 
 
 def state() -> EdgeState:
@@ -65,15 +63,11 @@ def check_run_id(run_id: str) -> None:
 
 
 async def json_object(*, optional: bool = False) -> dict[str, Any]:
-    """The request body as a JSON object. ApiError 415 (form/text body), 400 (not a JSON object).
+    """The request body as a JSON object. ApiError 400 (not a JSON object). (Its Content-Type,
+    ``application/json``, is checked for every POST by edge.guard.)
 
     ``optional``: an empty body is ``{}``.
     """
-    if request.mimetype in SIMPLE_CONTENT_TYPES:
-        # A browser may send these cross-site without asking (no CORS preflight): refusing them
-        # keeps other web pages from starting runs on a local edge.
-        raise ApiError(415, "unsupported_media_type", "send the body as JSON with 'Content-Type: application/json'",
-                       "Content-Type")
     raw = await request.get_data()
     if not raw.strip():
         if optional:

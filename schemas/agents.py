@@ -8,6 +8,7 @@ reported rather than silently ignored (a gap of LocalAI's config, localai-agents
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
@@ -26,13 +27,27 @@ class LLMSettings(Strict):
 
     - ``base_url``: e.g. ``http://localhost:11434/v1`` (Ollama) or ``https://api.openai.com/v1``.
     - ``api_key_env``: the *name* of an environment variable holding the key. The key itself is
-      never written in the file.
+      never written in the file. Only variables matching the operator's ``LLM_KEY_ENV_PATTERN``
+      (default ``AGENTSTREAM_KEY_*``) may be named, so an agent file cannot have ``HOME`` or
+      another process secret sent to a server of its choosing (:func:`key_env_allowed`).
     - ``timeout``: seconds to wait for the server between streamed bytes (default from settings).
     """
 
     base_url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$")] | None = None
     api_key_env: EnvVarName | None = None
     timeout: float | None = Field(default=None, gt=0, le=3600)
+
+
+def key_env_allowed(name: str, pattern: str) -> bool:
+    """True when environment variable ``name`` matches one of the comma-separated shell globs of
+    ``pattern`` (``fnmatch``, case-sensitive as variable names are: ``AGENTSTREAM_KEY_*``)."""
+    return any(fnmatchcase(name, glob.strip()) for glob in pattern.split(",") if glob.strip())
+
+
+def key_env_refusal(name: str, pattern: str) -> str:
+    """Why ``llm.api_key_env: name`` is refused under ``pattern`` (for an error naming that field)."""
+    return (f"{name!r} does not match LLM_KEY_ENV_PATTERN ({pattern or 'empty: no variable may be named'}); "
+            "put the key in a variable whose name matches it")
 
 
 class AgentDefinition(Strict):
@@ -47,7 +62,7 @@ class AgentDefinition(Strict):
     - ``timeout``: the run's time budget in seconds; past it the run fails.
     - ``tool_timeout``: budget in seconds for one tool call, retries included.
 
-    An **ensemble** (issue 4) names ``members`` (agents asked the same question concurrently, each
+    An **ensemble** names ``members`` (agents asked the same question concurrently, each
     as its own child run) and a ``combiner`` (the agent that answers from their answers):
     - ``min_success``: members that must succeed for the combiner to run (default 1);
     - ``member_timeout``: seconds a member may take; a slower one is cancelled and left out;

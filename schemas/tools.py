@@ -142,8 +142,9 @@ def json_schema_for_llm(model: type[BaseModel]) -> dict[str, Any]:
 
 READ_FILE = ToolSpec(
     "read_file",
-    "Read a text file from the project. Returns its content (optionally a line range), its total "
-    "line count and size. Paths are relative to the project root.",
+    "Read a text file from the project. Returns its content (optionally a line range), its size in bytes "
+    "and, when the file was read to its end (read_to_end: true), its total line count; reading stops at "
+    "end_line and at a size cap, and then total_lines is null. Paths are relative to the project root.",
     ReadFileArgs,
 )
 LIST_DIR = ToolSpec(

@@ -4,8 +4,10 @@ dying mid-call, and stop cleanly on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import http.server
 import json
+import os
 import threading
 import time
 
@@ -179,26 +181,95 @@ async def test_no_tool_runner_the_tool_error_reaches_the_model_and_the_run_ends(
     assert "tool_unavailable" in answer
 
 
-async def test_agent_with_its_own_llm_block_uses_that_server_and_key(fresh):
+async def test_keys_go_only_where_the_operator_sent_them(fresh):
+    # A second model server stands in for one an agent file points at; it records a digest of
+    # the Authorization header each request carried.
     sysm = fresh()
     sysm.start_model()  # the default model server (LLM_BASE_URL)
     other = sysm._proc("other-model", "agentstream.builtin_model", "builtin-model ready: ",
                        BUILTIN_MODEL_BIND=f"127.0.0.1:{free_port()}")
-    (sysm.base / "agents" / "own-llm.yaml").write_text(
-        "name: own-llm\n"
-        "model: builtin\n"
-        f"llm: {{base_url: '{other.ready_value}', api_key_env: OWN_LLM_KEY}}\n"
-    )
-    sysm.start_agent_runner(OWN_LLM_KEY="sk-own-secret")
+    agents = sysm.base / "agents"
+    (agents / "own-llm.yaml").write_text(
+        f"name: own-llm\nmodel: builtin\nllm: {{base_url: '{other.ready_value}', api_key_env: AGENTSTREAM_KEY_OWN}}\n")
+    (agents / "keyless-own.yaml").write_text(
+        f"name: keyless-own\nmodel: builtin\nllm: {{base_url: '{other.ready_value}'}}\n")
+    (agents / "home-key.yaml").write_text(
+        f"name: home-key\nmodel: builtin\nllm: {{base_url: '{other.ready_value}', api_key_env: HOME}}\n")
+    sysm.start_agent_runner(LLM_API_KEY="sk-global-secret", AGENTSTREAM_KEY_OWN="sk-own-secret", HOME="/home/secret")
     sysm.start_edge()
     async with httpx.AsyncClient(base_url=sysm.edge_url) as client:
-        accepted = await submit(client, "own-llm", "hello own server")
-        events = await asyncio.wait_for(read_events(client, accepted["run_id"]), 30)
-        assert events[-1]["event"] == "run.completed"
-        seen_default = (await client.get(sysm.model_url.removesuffix("/v1") + "/debug/requests")).json()
-        seen_other = (await client.get(other.ready_value.removesuffix("/v1") + "/debug/requests")).json()
-    import hashlib
+        for agent in ("own-llm", "keyless-own", "plain"):
+            accepted = await submit(client, agent, f"hello from {agent}")
+            events = await asyncio.wait_for(read_events(client, accepted["run_id"]), 30)
+            assert events[-1]["event"] == "run.completed", events[-1]
+        refused = await client.post("/api/agents/home-key/chat", json={"message": "hi"})
+        listing = (await client.get("/api/agents")).json()
+        seen_default = (await client.get(sysm.model_url.removesuffix("/v1") + "/debug/requests")).json()["requests"]
+        seen_other = (await client.get(other.ready_value.removesuffix("/v1") + "/debug/requests")).json()["requests"]
 
-    assert not any("hello own server" in json.dumps(r["messages"]) for r in seen_default["requests"])
-    mine = [r for r in seen_other["requests"] if "hello own server" in json.dumps(r["messages"])]
-    assert mine and mine[0]["auth_sha256"] == hashlib.sha256(b"Bearer sk-own-secret").hexdigest()[:16]
+    def auth_of(requests: list[dict], agent: str) -> set[str | None]:
+        return {r["auth_sha256"] for r in requests if f"hello from {agent}" in json.dumps(r["messages"])}
+
+    def digest(key: str) -> str:
+        return hashlib.sha256(f"Bearer {key}".encode()).hexdigest()[:16]
+
+    assert auth_of(seen_other, "own-llm") == {digest("sk-own-secret")}
+    assert auth_of(seen_other, "keyless-own") == {None}  # not LLM_API_KEY: that is for LLM_BASE_URL only
+    assert auth_of(seen_default, "plain") == {digest("sk-global-secret")}
+    assert not auth_of(seen_default, "own-llm") and not auth_of(seen_default, "keyless-own")
+    assert refused.status_code == 404
+    assert {"file": "home-key.yaml", "field": "llm.api_key_env",
+            "reason": "'HOME' does not match LLM_KEY_ENV_PATTERN (AGENTSTREAM_KEY_*); put the key in a variable whose "
+                      "name matches it"} in listing["errors"]
+
+
+async def test_a_file_swapped_for_a_fifo_never_stalls_the_tool_runner(fresh, tmp_path):
+    # A read_file whose file became a FIFO between its check and its open used to wait for a
+    # writer forever, holding a thread; once the threads were all taken, every tenant's
+    # read_file timed out. Now the FIFO is opened without waiting and refused.
+    import nats
+
+    from schemas import subjects
+    from schemas.permissions import Role
+    from schemas.tools import ToolCallRequest, ToolCallResult
+
+    root = tmp_path / "files"
+    root.mkdir()
+    (root / "notes.txt").write_text("one\ntwo\n")
+    (root / "spare.txt").write_text("plain text\n")
+    sysm = fresh(TOOL_ROOT=str(root))
+    sysm.start_tool_runner("tools-fifo")
+    nc = await nats.connect(**sysm.connect_options(Role.AGENT_RUNNER))  # who calls tools
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            os.rename(root / "spare.txt", root / "swapped")
+            os.mkfifo(root / "fifo-tmp")
+            os.rename(root / "fifo-tmp", root / "swapped")
+            os.rename(root / "swapped", root / "fifo-gone")
+            os.unlink(root / "fifo-gone")
+            (root / "spare.txt").write_text("plain text\n")
+
+    async def call(tenant: str, path: str, n: int) -> ToolCallResult:
+        request = ToolCallRequest(run_id=f"run-{n}", tool_call_id=f"call-{n}", arguments={"path": path}, timeout=5)
+        reply = await nc.request(subjects.tool(tenant, "read_file"), request.model_dump_json().encode(), timeout=10)
+        return ToolCallResult.model_validate_json(reply.data)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    try:
+        results = []
+        for batch in range(25):
+            results += await asyncio.gather(*(call("mallory", "swapped", batch * 16 + i) for i in range(16)))
+    finally:
+        stop.set()
+        swapper.join()
+    try:
+        outcomes = {"ok" if r.ok else r.error.type for r in results}
+        assert outcomes <= {"ok", "not_found", "not_a_file"}, outcomes  # never "timeout"
+        assert "not_a_file" in outcomes  # some calls did meet the FIFO
+        after = await call("alice", "notes.txt", 999)
+        assert after.ok and after.output["content"] == "one\ntwo\n"
+    finally:
+        await nc.close()

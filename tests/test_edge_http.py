@@ -125,7 +125,7 @@ async def test_another_tenants_run_is_404(api, system):
     async with httpx.AsyncClient(base_url=system.edge_url, headers={"Authorization": f"Bearer {BOB_KEY}"}) as bob:
         _error(await bob.get(f"/api/runs/{accepted['run_id']}"), 404, "run_id")
         _error(await bob.get(f"/api/runs/{accepted['run_id']}/events"), 404, "run_id")
-        _error(await bob.post(f"/api/runs/{accepted['run_id']}/cancel"), 404, "run_id")
+        _error(await bob.post(f"/api/runs/{accepted['run_id']}/cancel", json={}), 404, "run_id")
         # bob may use only programmer-helper (keys file), and sees only that one
         listing = (await bob.get("/api/agents")).json()
         assert listing["agents"] == ["programmer-helper"]
@@ -264,12 +264,13 @@ async def test_an_early_error_keeps_the_connection_usable(system):
     # client); the answer must wait for it, or Hypercorn closes the keep-alive connection without
     # saying so and the client's next request on it fails ("server disconnected").
     host, port = system.edge_url.removeprefix("http://").split(":")
+    netloc = f"{host}:{port}"
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
         body = b'{"message": "hi"}'
         for path, auth, status in (("/api/agents/no-such-agent/chat", ALICE_KEY, 404),
                                    ("/api/agents/programmer-helper/chat", "not-a-key", 401)):
-            writer.write(f"POST {path} HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {auth}\r\n"
+            writer.write(f"POST {path} HTTP/1.1\r\nHost: {netloc}\r\nAuthorization: Bearer {auth}\r\n"
                          f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode())
             await writer.drain()
             await asyncio.sleep(0.3)  # the body comes later
@@ -277,9 +278,32 @@ async def test_an_early_error_keeps_the_connection_usable(system):
             await writer.drain()
             got, _ = await _read_response(reader)
             assert got == status
-        writer.write(f"GET /api/agents HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {ALICE_KEY}\r\n\r\n".encode())
+        writer.write(
+            f"GET /api/agents HTTP/1.1\r\nHost: {netloc}\r\nAuthorization: Bearer {ALICE_KEY}\r\n\r\n".encode())
         await writer.drain()
         got, listing = await _read_response(reader)
         assert got == 200 and "programmer-helper" in json.loads(listing)["agents"]
+    finally:
+        writer.close()
+
+
+async def test_the_real_edge_applies_its_request_rules(system):
+    # The rules themselves are tested in test_edge_guard.py through the app; this checks them
+    # on the running edge, behind Hypercorn, as a browser or a rebinding page would meet them.
+    async with httpx.AsyncClient(base_url=system.edge_url, headers={"Authorization": f"Bearer {ALICE_KEY}"}) as client:
+        _error(await client.get("/api/agents", headers={"Host": "evil.example"}), 421, "Host")
+        _error(await client.post("/api/agents/programmer-helper/chat", content=b'{"message": "hi"}',
+                                 headers={"Origin": "https://evil.example"}), 403, "Origin")
+        _error(await client.post("/api/agents/programmer-helper/chat", content=b'{"message": "hi"}'), 415,
+               "Content-Type")
+        _error(await client.post(f"/api/agents/programmer-helper/chat?api_key={ALICE_KEY}", json={"message": "hi"},
+                                 headers={"Authorization": ""}), 401, "api_key")
+    host, port = system.edge_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"GET /api/agents HTTP/1.1\r\nHost: [::1\r\n\r\n")
+        await writer.drain()
+        status, _ = await _read_response(reader)
+        assert status == 421  # a malformed Host is not served either
     finally:
         writer.close()

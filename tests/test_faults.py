@@ -422,7 +422,8 @@ async def test_a_client_that_stops_reading_slows_nobody_and_misses_nothing(fresh
     stuck = socket.socket()
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting, so the window stays small
     stuck.connect((host, int(port)))
-    stuck.sendall(b"GET /api/agents/echo/sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+    stuck.sendall(
+        f"GET /api/agents/echo/sse HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode())
     await asyncio.sleep(0.5)
     big = "x" * 190_000  # each run: ~1 MB of LocalAI frames; ten of them outgrow every socket buffer
     async with httpx.AsyncClient(base_url=sysm.edge_url, timeout=60) as client:

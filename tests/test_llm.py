@@ -9,7 +9,10 @@ import uuid
 import httpx
 import pytest
 
+from agent_runner.endpoint import llm_endpoint, origin
 from agent_runner.llm import LLMClient, LLMEndpoint, LLMError, ToolCallAccum, _merge_tool_call
+from agentstream.settings import Settings
+from schemas.agents import AgentDefinition
 from schemas.tools import READ_FILE
 from tests.harness import REPO
 
@@ -80,6 +83,8 @@ async def test_gives_up_after_max_attempts(system, llm):
     with pytest.raises(LLMError) as err:
         await llm.chat(endpoint(system, model), [{"role": "user", "content": "hi"}])
     assert err.value.type == "llm_http_error" and err.value.status == 503
+    assert err.value.message.startswith("the model server answered HTTP 503")
+    assert httpx.URL(system.model_url).netloc.decode() not in err.value.message  # logged, not shown to clients
     assert len(await requests_for(system, model)) == 3
 
 
@@ -108,10 +113,14 @@ async def test_error_mid_stream_is_not_retried(system, llm):
 async def test_unreachable_server_is_retried_then_reported(llm):
     from agentstream.natsserver import free_port
 
+    port = free_port()
     with pytest.raises(LLMError) as err:
-        await llm.chat(LLMEndpoint(base_url=f"http://127.0.0.1:{free_port()}/v1", model="x", timeout=2),
+        await llm.chat(LLMEndpoint(base_url=f"http://127.0.0.1:{port}/v1", model="x", timeout=2),
                        [{"role": "user", "content": "hi"}])
     assert err.value.type == "llm_unreachable"
+    # The message reaches the run's clients (run.failed): it names no internal address.
+    assert err.value.message == "the model server could not be reached (ConnectError)"
+    assert str(port) not in err.value.message
 
 
 async def test_accepts_a_json_body_answered_to_a_streaming_request(system, llm):
@@ -164,3 +173,44 @@ async def test_model_answers_from_the_tool_result(system, llm):
     result = await llm.chat(endpoint(system), messages, tools=[READ_FILE.function_definition()])
     assert f"has {len(text.splitlines())} lines" in result.text
     assert text.splitlines()[0] in result.text
+
+
+# -- which key goes where (agent_runner.endpoint)
+
+DEFAULT = "https://llm.internal:8443/v1"
+
+
+def _agent(**llm) -> AgentDefinition:
+    return AgentDefinition.model_validate({"name": "a", **({"llm": llm} if llm else {})})
+
+
+@pytest.mark.parametrize("llm,environ,key", [
+    ({}, {}, "sk-global"),  # the default server
+    ({"base_url": "https://LLM.Internal:8443/other/"}, {}, "sk-global"),  # the same origin, spelled differently
+    ({"base_url": "https://llm.internal/v1"}, {}, None),  # another port: another origin
+    ({"base_url": "http://llm.internal:8443/v1"}, {}, None),  # another scheme
+    ({"base_url": "https://evil.example/v1"}, {}, None),
+    ({"base_url": "https://evil.example/v1", "api_key_env": "AGENTSTREAM_KEY_EVIL"}, {"AGENTSTREAM_KEY_EVIL": "sk-e"},
+     "sk-e"),
+    ({"api_key_env": "AGENTSTREAM_KEY_OTHER"}, {"AGENTSTREAM_KEY_OTHER": "sk-o"}, "sk-o"),
+])
+def test_llm_api_key_goes_only_to_llm_base_url(llm, environ, key):
+    settings = Settings.from_env({}, llm_api_key="sk-global", llm_base_url=DEFAULT)
+    assert llm_endpoint(_agent(**llm), settings, DEFAULT, environ).api_key == key
+
+
+def test_a_key_variable_outside_the_pattern_or_unset_is_refused():
+    settings = Settings.from_env({}, llm_base_url=DEFAULT)
+    with pytest.raises(ValueError, match=r"llm\.api_key_env: 'HOME' does not match LLM_KEY_ENV_PATTERN"):
+        llm_endpoint(_agent(base_url="https://evil.example/v1", api_key_env="HOME"), settings, DEFAULT,
+                     {"HOME": "/root"})
+    with pytest.raises(ValueError, match=r"\$AGENTSTREAM_KEY_X, which is not set"):
+        llm_endpoint(_agent(api_key_env="AGENTSTREAM_KEY_X"), settings, DEFAULT, {})
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("http://Example.COM/v1", ("http", "example.com", 80)), ("https://[::1]:8443", ("https", "::1", 8443)),
+    ("ftp://example.com", None), ("http://example.com:99999/", None), ("not a url", None),
+])
+def test_origin(url, expected):
+    assert origin(url) == expected

@@ -137,7 +137,7 @@ async def test_cancel_stops_a_running_run(api):
     assert _types(events)[-1] == "run.cancelled"
     assert events[-1]["data"]["data"]["reason"] == "user pressed stop"
     assert "message.completed" not in _types(events)
-    again = await api.post(f"/api/runs/{run_id}/cancel")
+    again = await api.post(f"/api/runs/{run_id}/cancel", json={})
     assert again.status_code == 409
     assert again.json()["error"]["run_status"] == "cancelled"
 

@@ -1,46 +1,40 @@
 """Confining file tools to one root directory.
 
-Refused (issue 2, "Tool runner"): absolute paths, any ``..`` component, NUL bytes, and any path
-whose real location (after following symlinks) is outside the root.
+A path is opened beneath the root by :func:`agentstream.beneath.open_beneath`: one component at a
+time from a descriptor of the root, never following a symlink by name, so a directory swapped for
+a symlink while a call runs cannot lead out. Refused, as a :class:`ToolError` of the same type as
+the walk's refusal: absolute paths, any ``..`` component and NUL bytes (``invalid_path``),
+symlinks whose target climbs above the root or is an absolute path elsewhere (``outside_root``), FIFOs, devices and
+sockets (``not_a_file``), and missing paths (``not_found``). Symlinks that stay inside the root
+are followed.
 """
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath, PureWindowsPath
+import os
+from pathlib import Path
 
+from agentstream.beneath import BeneathError, Kind, Opened, open_beneath
 from tool_runner.errors import ToolError
 
 
-def resolve_in_root(root: Path, relative: str, *, must_exist: bool = True) -> Path:
-    """Return the real path of ``relative`` under ``root`` (which must itself be resolved).
+def open_in_root(root: Path, relative: str, kind: Kind) -> Opened:
+    """Open ``relative`` beneath ``root`` as a regular file (``kind="file"``) or a directory
+    (``kind="dir"``). The caller closes ``Opened.fd``.
 
-    Raises ToolError ``invalid_path`` (absolute, ``..``, NUL, empty), ``not_found`` or
-    ``outside_root`` (a symlink leading out of the root).
+    Raises ToolError ``invalid_path``, ``not_found``, ``outside_root``, ``symlink_loop``,
+    ``not_a_file``, ``not_a_directory``, ``permission_denied`` or ``os_error``.
     """
-    if not isinstance(relative, str) or relative.strip() == "":
-        raise ToolError("invalid_path", "path must be a non-empty relative path")
-    if "\x00" in relative:
-        raise ToolError("invalid_path", "path contains a NUL byte")
-    posix = PurePosixPath(relative)
-    if posix.is_absolute() or PureWindowsPath(relative).is_absolute() or relative.startswith("~"):
-        raise ToolError(
-            "invalid_path", f"absolute paths are refused; give a path relative to the project root, not {relative!r}"
-        )
-    if ".." in posix.parts or ".." in PureWindowsPath(relative).parts:
-        raise ToolError("invalid_path", "paths with '..' are refused")
-    candidate = root.joinpath(*posix.parts)
     try:
-        real = candidate.resolve(strict=must_exist)
-    except FileNotFoundError:
-        raise ToolError("not_found", f"{relative!r} does not exist") from None
-    except (OSError, RuntimeError) as err:  # RuntimeError: symlink loop on some Pythons
-        raise ToolError("invalid_path", f"cannot resolve {relative!r}: {err}") from None
-    if real != root and not real.is_relative_to(root):
-        raise ToolError("outside_root", f"{relative!r} leads outside the project root (symlink)")
-    return real
-
-
-def display_path(root: Path, real: Path) -> str:
-    """``real`` relative to ``root``, POSIX style ('.' for the root itself)."""
-    rel = real.relative_to(root).as_posix()
-    return rel or "."
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise ToolError("os_error", f"the tool runner's root cannot be opened: {err.strerror or err}") from None
+    try:
+        return open_beneath(root_fd, relative, kind, dir_path=os.path.realpath(root), label="the project root")
+    except BeneathError as err:
+        message = err.message
+        if err.kind == "outside_root":
+            message += "; only symlinks that stay inside the project root are followed"
+        raise ToolError(err.kind, message) from None
+    finally:
+        os.close(root_fd)

@@ -34,6 +34,7 @@ from schemas.common import ErrorInfo
 from schemas.permissions import Role
 from schemas.tools import TOOL_RUNNER_TOOLS, ToolCallRequest, ToolCallResult
 from tool_runner.errors import ToolError
+from tool_runner.filepool import FilePool
 from tool_runner.once import ResultStore, StoreUnavailable
 from tool_runner.tools import ToolContext, registry
 
@@ -62,7 +63,8 @@ class ToolRunner:
         self._service: Service | None = None
         self._results: ResultStore | None = None
         self._http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
-        self.ctx = ToolContext(settings=settings, root=self.root, http=self._http)
+        self._files = FilePool(settings.tool_file_workers, settings.tool_file_timeout)
+        self.ctx = ToolContext(settings=settings, root=self.root, http=self._http, files=self._files)
         self._contexts: dict[str, ToolContext] = {}
         self.policies: PolicyWatcher | None = None
 
@@ -102,6 +104,7 @@ class ToolRunner:
             for task in pending:
                 task.cancel()
         await self._http.aclose()
+        self._files.close()
 
     async def _on_request(self, request: Request) -> None:
         # Runs on the endpoint's (serial) subscription task: hand off at once, bounded by _slots.

@@ -254,6 +254,12 @@ def _describe(name: str, args: dict[str, Any], content: str) -> str:
     if name == "read_file" and isinstance(result, dict) and "content" in result:
         lines = result.get("content", "").splitlines()
         first = lines[0] if lines else ""
+        if result.get("total_lines") is None:  # reading stopped before the end: lines not counted
+            return (
+                f"The file {result.get('path')} is {result.get('size')} bytes; I read lines "
+                f"{result.get('start_line')} to {result.get('end_line')} of it, not to its end. "
+                f"Its first line is: {first}"
+            )
         return (
             f"The file {result.get('path')} has {result.get('total_lines')} lines "
             f"({result.get('size')} bytes). Its first line is: {first}"

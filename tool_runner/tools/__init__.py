@@ -10,15 +10,18 @@ from typing import Any
 import httpx
 
 from agentstream.settings import Settings
+from tool_runner.filepool import FilePool
 
 
 @dataclass
 class ToolContext:
-    """What tools share in one tool runner: settings, the resolved file root, one HTTP client."""
+    """What tools share in one tool runner: settings, the resolved file root, one HTTP client,
+    the file tools' pool of threads."""
 
     settings: Settings
     root: Path
     http: httpx.AsyncClient
+    files: FilePool
 
 
 ToolFunc = Callable[[Any, ToolContext], Awaitable[dict[str, Any]]]
