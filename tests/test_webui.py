@@ -47,9 +47,10 @@ def chromium_path() -> str:
 @pytest.fixture(scope="module")
 def ui_system(tmp_path_factory) -> Iterator[System]:
     """One system for the module. DELTA_FLUSH_BYTES=1: every streamed word is its own event, so
-    ``many-deltas`` (1,000 words) makes a run of more than 1,000 events."""
+    ``many-deltas`` (1,000 words) makes a run of more than 1,000 events; AGENT_RUNNER_ACK_WAIT=1.5:
+    a killed runner's run is retried soon (the last test)."""
     base = tmp_path_factory.mktemp("webui")
-    sysm = new_system(base, DELTA_FLUSH_BYTES="1")
+    sysm = new_system(base, DELTA_FLUSH_BYTES="1", AGENT_RUNNER_ACK_WAIT="1.5")
     try:
         sysm.start_model()
         sysm.start_tool_runner("tools-ui")
@@ -413,6 +414,8 @@ def test_a_phone_width_screen_has_no_horizontal_scroll(browser, ui_system):
         assert t.wait_finished() == "completed"
         t.page.locator(".row.tool details.result summary").click()  # a whole file, unfolded
         t.page.locator(".row.text summary").first.click()
+        width = t.page.evaluate("[document.documentElement.scrollWidth, document.body.scrollWidth]")
+        assert max(width) <= PHONE["width"], f"the page scrolls sideways: {width}"
         t.send("trio", "Why is the sky blue? Answer with a really-long-word-that-does-not-fit-anywhere-at-all-ever")
         assert t.wait_finished() == "completed"
         for selector in ("#send", "#cancel", "#agent", "#api-key", ".member >> nth=1", "#run-id"):
@@ -534,3 +537,30 @@ def test_stream_parsing_and_retry_rendering(tab):
     assert result["status"] == "completed" and result["events"] == "10"
     assert result["elapsed"] == "11.0 s"
     assert result["usage"] == "1 prompt + 2 completion = 3 tokens"
+
+
+# -- last: kills a runner of the module's system
+
+def test_a_retry_supersedes_the_text_it_rewrites(tab, ui_system):
+    """A runner killed mid-answer: another takes the run over (``run.retrying``, resume_step 1), and
+    the page drops the text it had shown of that step instead of showing it twice."""
+    spare = ui_system.start_agent_runner("runner-ui-spare")
+    runners = {p.ready_value: p for p in ui_system.procs if p.name.startswith("agent-runner") and p.alive()}
+    tab.login()
+    run_id = tab.send("long-story", "A story that survives its runner")
+    expect(tab.page.locator("#exchange .msg.agent")).to_contain_text("golf hotel alpha bravo", timeout=20_000)
+    holder = re.search(r"on (\S+) ·", tab.page.locator(".row.run-started").inner_text()).group(1)
+    runners[holder].kill()
+    assert tab.wait_finished(60) == "completed"
+
+    events = server_events(ui_system, run_id)
+    retry = next(e["data"]["data"] for e in events if e["event"] == "run.retrying")
+    assert retry["resume_step"] == 1
+    expect(tab.page.locator(".row.run-retrying")).to_contain_text("attempt 2")
+    expect(tab.page.locator(".row.run-started")).to_have_count(2)
+    expect(tab.page.locator(".row.step[data-attempt='1'] .row.text")).to_have_class(re.compile(r"\bsuperseded\b"))
+    expect(tab.page.locator(".row.step[data-attempt='2'] .row.text")).not_to_have_class(re.compile("superseded"))
+    assert tab.answer() == final_answer(events) and len(tab.answer().split()) == 100
+    expect(tab.page.locator("#timeline")).to_have_attribute("data-events", str(len(events)))
+    tab.shot("retry.png")
+    assert spare.alive()

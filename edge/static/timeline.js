@@ -320,7 +320,8 @@ export class Timeline {
     if (usage) what.push(el("div", { class: "muted", text: usage }));
     this.#row(ev.type, ev, ...what);
     this.parts.usage.textContent = usage;
-    this.elapsedMs = data.duration_ms ?? ts - this.startMs;
+    // Wall time from queued to the end, as the runs list counts it (duration_ms is the last attempt's).
+    this.elapsedMs = Number.isNaN(ts - this.startMs) ? data.duration_ms : ts - this.startMs;
     clearInterval(this.ticker);
     this.ticker = null;
   }
