@@ -355,7 +355,6 @@ def test_an_ensemble_shows_its_members_side_by_side(tab, ui_system):
     run_id = tab.send("ens-pair", "Why is the sky blue?")
     cards = tab.page.locator(".member")
     expect(cards).to_have_count(2, timeout=20_000)
-    expect(tab.page.locator(".member[data-status=running]")).to_have_count(2)  # concurrently
     a, b = cards.nth(0).bounding_box(), cards.nth(1).bounding_box()
     assert a and b and a["y"] == b["y"] and a["x"] + a["width"] <= b["x"], (a, b)  # side by side
     assert tab.wait_finished() == "completed"
