@@ -1,7 +1,9 @@
 """``agentstream chat AGENT "message"``: submit a message and render its run live in the terminal.
 
 Talks to an edge over HTTP like any client: ``POST /api/agents/{agent}/chat``, then the run's SSE
-stream (resuming with ``Last-Event-ID`` if the connection drops).
+stream (resuming with ``Last-Event-ID`` if the connection drops): the answer as it streams, each
+tool call (``→``) and its result (``←``), each ensemble member as it starts (``⇉``) and finishes
+(``⇇``, with its status, duration, tokens and error), and how the run ended.
 """
 
 from __future__ import annotations
@@ -78,6 +80,10 @@ def chat(url: str, agent: str, message: str, *, api_key: str | None = None, mess
                                        f"continuing from step {data.get('resume_step')}"), file=out)
                         elif kind == E.RUN_REQUEUED:
                             print(_dim(f"handed back by {data.get('runner')}: {data.get('reason')}"), file=out)
+                        elif kind == E.MEMBER_STARTED:
+                            print(f"⇉ member {data.get('member')} started (run {data.get('run_id')})", file=out)
+                        elif kind == E.MEMBER_FINISHED:
+                            print(_member_finished(data), file=out)
                         elif kind == E.TOOL_CALL:
                             print(f"→ {data.get('name')} {data.get('arguments')}", file=out)
                         elif kind == E.TOOL_RESULT:
@@ -104,6 +110,18 @@ def chat(url: str, agent: str, message: str, *, api_key: str | None = None, mess
                 print(_dim(f"stream interrupted ({err}); resuming"), file=out)
                 time.sleep(0.5)
         return 0 if status == E.RUN_COMPLETED else 1
+
+
+def _member_finished(data: dict[str, Any]) -> str:
+    """``⇇ member NAME STATUS (1.23 s, 45 tokens)``, with the error of a member left out."""
+    usage = data.get("usage") or {}
+    took = f"{(data.get('duration_ms') or 0) / 1000:.2f} s"
+    tokens = f", {usage['total_tokens']} tokens" if usage.get("total_tokens") is not None else ""
+    line = f"⇇ member {data.get('member')} {data.get('status')} ({took}{tokens})"
+    error = data.get("error") or {}
+    if error:
+        line += f": {error.get('type')}: {error.get('message')}"
+    return line
 
 
 def _summary(output: Any) -> str:

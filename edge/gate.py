@@ -1,6 +1,7 @@
 """The door every request passes before its route: who is calling, and whether they may call now.
 
-In order, for every request but the public ones (``/healthz``):
+In order, for every request but the public ones (``/healthz``, and the web page: ``/``, ``/ui``
+and the files under ``/static/``, which carry no tenant data; the page calls the API with a key):
 
 1. A client address that sent too many wrong API keys (``EDGE_AUTH_FAILURES_PER_MINUTE``) gets
    429 whatever it sends, until its limit lets it in again (the address is the TCP peer; put a
@@ -20,12 +21,16 @@ import hashlib
 
 from quart import g, request
 
+from edge import ui
 from edge.auth import Tenant
 from edge.errors import ApiError
 from edge.ratelimit import Decision, Limit
 from edge.state import EdgeState
 
-PUBLIC_PATHS = frozenset({"/healthz"})
+PUBLIC_PATHS = frozenset({"/healthz"}) | ui.PAGE_PATHS
+"""Paths served without a key: the health check and the web page (edge.ui)."""
+PUBLIC_ENDPOINTS = frozenset({"ui.static_file"})
+"""Routes served without a key whatever their path: the web page's files under ``/static/``."""
 SSE_GET_ENDPOINTS = frozenset({"native.run_sse", "native.agent_sse"})
 """Routes a browser ``EventSource`` opens (it cannot set headers): ``?api_key=`` is accepted there."""
 
@@ -46,7 +51,7 @@ def refusal(decision: Decision, what: str) -> ApiError:
 async def admit(st: EdgeState) -> Tenant | None:
     """Authenticate and rate-limit the current request; returns the caller (None for public
     routes). Raises ApiError 401 or 429."""
-    if request.path in PUBLIC_PATHS or request.method == "OPTIONS":
+    if request.path in PUBLIC_PATHS or request.endpoint in PUBLIC_ENDPOINTS or request.method == "OPTIONS":
         return None
     limiter = st.limiter if st.healthy else None
     failures = Limit(st.settings.auth_failures_per_minute, st.settings.auth_failures_per_minute, "wrong API keys")

@@ -4,13 +4,16 @@ question and the labelled answers, partial failure, llm-sse's /api/process, canc
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import re
 import time
 from datetime import datetime
 
 import httpx
 import pytest
 
+from agentstream.chat_cli import chat
 from tests.conftest import ALICE_KEY, read_events, submit
 
 
@@ -111,6 +114,19 @@ async def test_a_failed_and_a_stuck_member_are_left_out(api, system):
             break
         assert time.monotonic() < deadline, hung
         await asyncio.sleep(0.1)
+
+
+def test_chat_cli_shows_each_member_as_it_starts_and_finishes(system):
+    out = io.StringIO()
+    code = chat(system.edge_url, "ens-partial", "What is three plus three?", api_key=ALICE_KEY, out=out)
+    text = out.getvalue()
+    assert code == 0, text
+    for member in ("member-quick", "member-broken", "member-stuck"):
+        assert re.search(rf"^⇉ member {member} started \(run [\w-]+\)$", text, re.M), text
+    assert re.search(r"^⇇ member member-quick completed \(\d+\.\d\d s, \d+ tokens\)$", text, re.M), text
+    assert re.search(r"^⇇ member member-broken failed \(.*\): llm_http_error: .*500", text, re.M), text
+    assert re.search(r"^⇇ member member-stuck timeout \(", text, re.M), text
+    assert text.rindex("⇇ member") < text.index("Question: What is three plus three?")  # then the combiner's answer
 
 
 async def test_not_enough_members_fails_the_run_naming_them(api):
