@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from quart import Blueprint, Response
+from quart import request as http_request
 
 from agentstream import openai_format as oai
 from agentstream import sse
@@ -42,13 +43,14 @@ from edge.http import (
     submit_run,
     tenant,
 )
+from edge.idempotency import claim, request_fingerprint
 from edge.state import EdgeState
 from edge.streamcaps import Lease
 from schemas import events as E
 from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.common import ChatMessage, FunctionTool
-from schemas.runs import RunRequest, new_run_id
+from schemas.runs import CLIENT_DISCONNECTED, PENDING_RUN_ID, RunRequest, new_run_id
 from schemas.tools import BUILTIN_AGENT_TOOLS
 
 log = logging.getLogger(__name__)
@@ -213,6 +215,20 @@ def _split(messages: list[ChatMessage]) -> tuple[str | None, list[ChatMessage]]:
     return None, messages
 
 
+async def _identified(t: Tenant, agent: AgentDefinition, draft: RunRequest) -> RunRequest:
+    """``draft`` with its run id: a new one, or, with an ``Idempotency-Key`` header, the run that key
+    names (the same request again; a different request with a used key is 409)."""
+    key = http_request.headers.get("Idempotency-Key")
+    if not key:
+        run_id = new_run_id()
+        return draft.model_copy(update={"run_id": run_id, "message_id": run_id})
+    if len(key) > 200:
+        raise ApiError(400, "invalid_request", "Idempotency-Key must be at most 200 characters", "Idempotency-Key")
+    run_id, _ = await claim(state(), t.name, agent.name, key, request_fingerprint(agent.name, draft),
+                            field="Idempotency-Key")
+    return draft.model_copy(update={"run_id": run_id, "message_id": key})
+
+
 async def _start_run(t: Tenant, agent: AgentDefinition, request: RunRequest, *, stream: bool) -> Lease | None:
     """Submit the run; for a streamed answer first take a place among the key's open streams
     (429 over ``max_streams``), returned as the lease the stream holds."""
@@ -241,7 +257,7 @@ async def _collect_run(tenant_name: str, agent: str, run_id: str) -> Collected:
                 break
     finally:
         if not ended:
-            cancel_later(st, tenant_name, run_id, "client disconnected")
+            cancel_later(st, tenant_name, run_id, CLIENT_DISCONNECTED)
     return collect(bodies)
 
 
@@ -295,7 +311,7 @@ async def _stream_body(
         yield sse.DONE
     finally:
         if not complete:
-            cancel_later(st, tenant_name, run_id, "client disconnected")
+            cancel_later(st, tenant_name, run_id, CLIENT_DISCONNECTED)
 
 
 @bp.post("/chat/completions")
@@ -317,9 +333,10 @@ async def chat_completions() -> Response:
     if choice is not None:
         parameters["tool_choice"] = choice
     message, history = _split(body.messages)
-    run_id = new_run_id()
-    request = RunRequest(run_id=run_id, message_id=run_id, message=message, history=history,
-                         tools=client_tools, parameters=parameters)
+    request = await _identified(t, agent, RunRequest(
+        run_id=PENDING_RUN_ID, message_id=PENDING_RUN_ID, message=message, history=history, tools=client_tools,
+        parameters=parameters))
+    run_id = request.run_id
     lease = await _start_run(t, agent, request, stream=bool(body.stream))
     completion_id, created = f"chatcmpl-{run_id}", oai.now()
     headers = {"X-Run-Id": run_id}
@@ -360,8 +377,9 @@ async def completions() -> Response:
         prompt = prompt[0]
     if not prompt.strip():
         raise ApiError(400, "invalid_request", "prompt must not be empty", "prompt")
-    run_id = new_run_id()
-    request = RunRequest(run_id=run_id, message_id=run_id, message=prompt, parameters=_parameters(body))
+    request = await _identified(t, agent, RunRequest(
+        run_id=PENDING_RUN_ID, message_id=PENDING_RUN_ID, message=prompt, parameters=_parameters(body)))
+    run_id = request.run_id
     lease = await _start_run(t, agent, request, stream=bool(body.stream))
     completion_id, created = f"cmpl-{run_id}", oai.now()
     headers = {"X-Run-Id": run_id}

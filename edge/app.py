@@ -20,6 +20,7 @@ from agentstream.settings import Settings
 from edge import api_llmsse, api_native, api_openai, guard, ui
 from edge.auth import Authenticator
 from edge.bodylimit import WholeBodyFirst
+from edge.disconnect import EndOnDisconnect
 from edge.errors import ApiError
 from edge.gate import admit
 from edge.state import EdgeState
@@ -35,6 +36,7 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
     app.config["BODY_TIMEOUT"] = 60
     # Answers the client can read. Quart documents wrapping asgi_app so; mypy forbids assigning to a method.
     app.asgi_app = WholeBodyFirst(app.asgi_app, settings.edge_max_body)  # type: ignore[method-assign]
+    app.asgi_app = EndOnDisconnect(app.asgi_app)  # type: ignore[method-assign]  # streams of departed clients end
     state = EdgeState(
         settings=settings,
         auth=auth or Authenticator.from_file(settings.keys_file),

@@ -51,7 +51,7 @@ RECHECK_EVERY = 4
 class Watcher:
     """A bounded mailbox of live events for one feed."""
 
-    __slots__ = ("closed", "events", "hub", "key", "limit", "overflowed", "ready")
+    __slots__ = ("_waiter", "closed", "events", "hub", "key", "limit", "overflowed", "ready")
 
     def __init__(self, key: tuple[str, str, str], limit: int, hub: LiveHub | None = None):
         self.hub = hub
@@ -60,7 +60,31 @@ class Watcher:
         self.events: deque[StoredEvent] = deque()
         self.overflowed = False
         self.closed = False
-        self.ready = asyncio.Event()
+        self.ready = False
+        self._waiter: asyncio.Future[bool] | None = None
+
+    def _wake(self) -> None:
+        self.ready = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(True)
+
+    async def wait(self, seconds: float) -> bool:
+        """Wait until something is offered (True) or ``seconds`` pass (False).
+
+        A plain future and a timer, no task and no ``asyncio.timeout``: Python 3.11's timeout and
+        wait_for can lose a cancellation that arrives as the timeout expires (CPython gh-86296),
+        which left the stream of a client that had gone away running, unseen, for ever.
+        """
+        if self.ready:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(seconds, _settle, waiter, False)
+        try:
+            return bool(await waiter)
+        finally:
+            timer.cancel()
+            self._waiter = None
 
     def offer(self, event: StoredEvent) -> None:
         """Buffer one live event; past ``limit`` drop the buffer and mark the feed for a re-read."""
@@ -72,26 +96,31 @@ class Watcher:
                     self.hub.overflows += 1
             else:
                 self.events.append(event)
-        self.ready.set()
+        self._wake()
 
     def resync(self) -> None:
         """Ask the feed to re-read from the stream (after a reconnect)."""
         self.overflowed = True
         self.events.clear()
-        self.ready.set()
+        self._wake()
 
     def close(self) -> None:
         """End the feed (the edge is shutting down; the client will resume elsewhere)."""
         self.closed = True
-        self.ready.set()
+        self._wake()
 
     def take(self) -> tuple[list[StoredEvent], bool]:
         """The buffered events and whether the feed must re-read; clears both."""
         events, overflowed = list(self.events), self.overflowed
         self.events.clear()
         self.overflowed = False
-        self.ready.clear()
+        self.ready = False
         return events, overflowed
+
+
+def _settle(waiter: asyncio.Future[bool], value: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(value)
 
 
 class LiveHub:
@@ -233,10 +262,7 @@ class EventFeed:
                     if self._done:
                         return
                     reread = False
-                try:
-                    async with asyncio.timeout(self.heartbeat):  # no task per wait, unlike wait_for
-                        await watcher.ready.wait()
-                except TimeoutError:
+                if not await watcher.wait(self.heartbeat):
                     if watcher.closed:
                         return
                     yield HEARTBEAT

@@ -16,6 +16,15 @@ from pydantic import Field, model_validator
 from schemas.common import ChatMessage, FunctionTool, MessageId, Strict, Token
 
 
+CLIENT_DISCONNECTED = "client disconnected"
+"""The reason of a cancel the edge makes because the client of a stream went away (such a run does
+not hold its message id: edge/idempotency.py)."""
+
+
+PENDING_RUN_ID = "pending"
+"""A placeholder run id for a request whose id is decided later (after an idempotency check)."""
+
+
 def new_run_id() -> str:
     """A fresh run id: 32 lowercase hex characters (a random UUID, subject-safe)."""
     return uuid.uuid4().hex
