@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from agentstream.agents import AgentCatalog, load_agents
 from agentstream.bus import close
 from agentstream.settings import Settings
-from edge import api_llmsse, api_native, api_openai
+from edge import api_agui, api_llmsse, api_native, api_openai, api_responses
 from edge.auth import Authenticator
 from edge.bodylimit import WholeBodyFirst
 from edge.errors import ApiError
@@ -53,7 +53,9 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
         )
     app.register_blueprint(api_native.bp)
     app.register_blueprint(api_openai.bp)
+    app.register_blueprint(api_responses.bp)
     app.register_blueprint(api_llmsse.bp)
+    app.register_blueprint(api_agui.bp)
     background: list[asyncio.Task[None]] = []
 
     @app.before_request
