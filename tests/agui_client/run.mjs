@@ -26,7 +26,7 @@ const agent = new HttpAgent({
 const runs = [];
 const observe = (events) => ({
   onEvent({ event }) {
-    events.push(event.type);
+    events.push(event.type === "RUN_ERROR" ? `RUN_ERROR: ${event.message}` : event.type);
   },
 });
 
