@@ -244,3 +244,20 @@ async def test_the_ag_ui_typescript_client(system, agui_client):
     failed = await node_client(system, "failure")
     assert failed["runs"][0]["events"][0] == "RUN_STARTED"
     assert failed["runs"][0]["events"][-1].startswith("RUN_ERROR: ") and "500" in failed["runs"][0]["events"][-1]
+
+
+async def test_keep_alive_comments_on_both_new_streams(system):
+    """``: ping`` comments while the model is silent, on /ag-ui and /v1/responses alike."""
+    edge = await asyncio.to_thread(system.start_edge, SSE_HEARTBEAT="0.2")
+    try:
+        async with httpx.AsyncClient(base_url=edge.ready_value, headers={"Authorization": f"Bearer {ALICE_KEY}"},
+                                     timeout=30) as c:
+            agui, responses = await asyncio.gather(
+                c.post("/ag-ui/slow-starter", json=run_input([user("hi")])),
+                c.post("/v1/responses", json={"model": "slow-starter", "input": "hi", "stream": True}))
+    finally:
+        await asyncio.to_thread(edge.terminate)
+    for body in (agui.content, responses.content):
+        assert body.count(b": ping\n\n") >= 3
+    assert agui.content.rstrip().split(b"\n\n")[-1].startswith(b'data: {"type":"RUN_FINISHED"')
+    assert responses.content.rstrip().split(b"\n\n")[-1].startswith(b"event: response.completed\n")
