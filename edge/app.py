@@ -1,7 +1,9 @@
 """The edge: agentstream's only HTTP surface (Quart, served by Hypercorn).
 
 It authenticates, validates, stores run requests in JetStream and renders run events as SSE, in
-the native vocabulary (``/api``), LocalAI's (``/api/agents/{name}/sse``) and OpenAI's (``/v1``).
+the native vocabulary (``/api``), LocalAI's (``/api/agents/{name}/sse``), llm-sse's
+(``/api/process``), OpenAI's (``/v1``: chat completions and the Responses API) and AG-UI's
+(``/ag-ui/{name}``).
 It keeps no run state of its own: any number of edges can serve the same runs.
 """
 
