@@ -53,6 +53,8 @@ def queued_event(tenant: str, agent: str, request: RunRequest) -> bytes:
             history_length=len(request.history),
             client_tools=[t.function.get("name", "") for t in request.tools],
             conversation_id=request.conversation_id,
+            history=request.kept_history(),
+            echo=request.echo,
         ),
     ).model_dump_json().encode()
 
@@ -82,7 +84,8 @@ def index_entry(agent: str, request: RunRequest) -> RunIndexEntry:
     return RunIndexEntry(run_id=request.run_id, agent=agent, message_id=request.message_id,
                          conversation_id=request.conversation_id, parent_run_id=request.parent_run_id,
                          submitted_at=request.submitted_at,
-                         message=request.message[:INDEX_MESSAGE_CHARS] if request.message else None)
+                         message=request.message[:INDEX_MESSAGE_CHARS] if request.message else None,
+                         echo=request.echo)
 
 
 async def submit(

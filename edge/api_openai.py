@@ -17,7 +17,6 @@ Checklist: ``openai-streaming.md``. Deliberate choices where it leaves room:
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +27,7 @@ from quart import request as http_request
 from agentstream import openai_format as oai
 from agentstream import sse
 from edge.auth import Tenant
+from edge.clienttools import check_client_tools
 from edge.dialects.openai import ChatStream, Collected, TextCompletionStream, collect, text_completion
 from edge.errors import ApiError, from_validation
 from edge.feed import HEARTBEAT, EventFeed
@@ -51,7 +51,6 @@ from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.common import ChatMessage, FunctionTool
 from schemas.runs import CLIENT_DISCONNECTED, PENDING_RUN_ID, RunRequest, new_run_id
-from schemas.tools import BUILTIN_AGENT_TOOLS
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +62,6 @@ PASS_THROUGH = frozenset({
     "repetition_penalty", "reasoning_effort",
 })
 """Request fields passed on to the agent's model; other unknown fields are accepted and ignored."""
-
-_FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -132,7 +128,9 @@ def error_response(err: ApiError) -> Response:
     return json_response(oai.error_body(err.message, kind, err.field, code), status, headers)
 
 
-def _model(t: Tenant, name: str) -> AgentDefinition:
+def model_agent(t: Tenant, name: str) -> AgentDefinition:
+    """The agent a request's ``model`` names, if the caller may use it; ApiError 404 with
+    ``code: "model_not_found"`` (OpenAI's) naming ``model`` otherwise."""
     try:
         return agent_for(t, name, field="model")
     except ApiError as err:
@@ -162,25 +160,10 @@ def _parameters(body: BaseModel) -> dict[str, Any]:
 def _client_tools(body: ChatCompletionBody, agent: AgentDefinition) -> list[FunctionTool]:
     if body.tool_choice == "none" or not body.tools:
         return []
-    taken = set(agent.actions) | set(BUILTIN_AGENT_TOOLS)
-    seen: set[str] = set()
     for i, tool in enumerate(body.tools):
         if tool.type != "function":
             raise ApiError(400, "invalid_request", f"tools[{i}]: only function tools are supported", f"tools.{i}.type")
-        name = tool.function.get("name")
-        if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
-            raise ApiError(400, "invalid_request", f"tools[{i}].function.name must match ^[A-Za-z0-9_-]{{1,64}}$",
-                           f"tools.{i}.function.name")
-        if name in taken:
-            raise ApiError(
-                400,
-                "invalid_request",
-                f"tool name {name!r} is taken by the agent's own tools",
-                f"tools.{i}.function.name",
-            )
-        if name in seen:
-            raise ApiError(400, "invalid_request", f"tool name {name!r} is given twice", f"tools.{i}.function.name")
-        seen.add(name)
+    check_client_tools(body.tools, agent, lambda i: f"tools.{i}.function.name")
     return list(body.tools)
 
 
@@ -320,7 +303,7 @@ async def chat_completions() -> Response:
     is in the ``X-Run-Id`` header."""
     t = tenant()
     body: ChatCompletionBody = await _body(ChatCompletionBody)
-    agent = _model(t, body.model)
+    agent = model_agent(t, body.model)
     if body.n is not None and body.n > 1:
         raise ApiError(400, "unsupported", "n > 1 is not supported: an agent run gives one answer", "n")
     if body.functions:
@@ -360,7 +343,7 @@ async def completions() -> Response:
     """``POST /v1/completions`` (legacy text completions), streaming or not."""
     t = tenant()
     body: CompletionBody = await _body(CompletionBody)
-    agent = _model(t, body.model)
+    agent = model_agent(t, body.model)
     for name, bad, why in (
         ("n", (body.n or 1) > 1, "n > 1 is not supported"),
         ("best_of", (body.best_of or 1) > 1, "best_of > 1 is not supported"),
@@ -411,5 +394,5 @@ async def list_models() -> Response:
 @bp.get("/models/<path:model_id>")
 async def get_model(model_id: str) -> Response:
     """``GET /v1/models/{model}``: one agent as a model; 404 naming ``model`` if unknown."""
-    return json_response(_model_object(_model(tenant(), model_id)))
+    return json_response(_model_object(model_agent(tenant(), model_id)))
 

@@ -1,7 +1,9 @@
 """The edge: agentstream's only HTTP surface (Quart, served by Hypercorn).
 
 It authenticates, validates, stores run requests in JetStream and renders run events as SSE, in
-the native vocabulary (``/api``), LocalAI's (``/api/agents/{name}/sse``) and OpenAI's (``/v1``).
+the native vocabulary (``/api``), LocalAI's (``/api/agents/{name}/sse``), llm-sse's
+(``/api/process``), OpenAI's (``/v1``: chat completions and the Responses API) and AG-UI's
+(``/ag-ui/{name}``).
 It keeps no run state of its own: any number of edges can serve the same runs.
 """
 
@@ -17,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 from agentstream.agents import AgentCatalog, load_agents
 from agentstream.bus import close
 from agentstream.settings import Settings
-from edge import api_llmsse, api_native, api_openai, guard, ui
+from edge import api_agui, api_llmsse, api_native, api_openai, api_responses, guard, ui
 from edge.auth import Authenticator
 from edge.bodylimit import WholeBodyFirst
 from edge.disconnect import EndOnDisconnect
@@ -56,8 +58,10 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
         )
     app.register_blueprint(api_native.bp)
     app.register_blueprint(api_openai.bp)
+    app.register_blueprint(api_responses.bp)
     app.register_blueprint(api_llmsse.bp)
     app.register_blueprint(ui.bp)
+    app.register_blueprint(api_agui.bp)
     background: list[asyncio.Task[None]] = []
 
     @app.before_request

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, TypeAdapter
 
-from schemas.common import ErrorInfo, MessageId, Strict, Token, ToolCallRef, Usage
+from schemas.common import ChatMessage, ErrorInfo, MessageId, Strict, Token, ToolCallRef, Usage
 
 # Event type names, in one place (Final: each is its Literal, as the models' ``type`` fields want).
 RUN_QUEUED: Final = "run.queued"
@@ -62,12 +62,19 @@ def is_terminal(event_type: str) -> bool:
 
 
 class RunQueuedData(Strict):
-    """``run.queued``: the user's message, as accepted."""
+    """``run.queued``: the user's message, as accepted.
+
+    ``history``: the turns this run adds to a conversation, when its request asked to keep them
+    (``RunRequest.keep_history_from``), so a later run can continue it; ``echo``: the request's
+    ``echo`` (what the client's protocol shows back, e.g. the Responses API's instructions).
+    """
 
     message: str | None = None
     history_length: int = 0
     client_tools: list[str] = Field(default_factory=list, description="names of client-side tools")
     conversation_id: str | None = None
+    history: list[ChatMessage] | None = None
+    echo: dict[str, Any] | None = None
 
 
 class RunStartedData(Strict):

@@ -15,7 +15,6 @@ from pydantic import Field, model_validator
 
 from schemas.common import ChatMessage, FunctionTool, MessageId, Strict, Token
 
-
 CLIENT_DISCONNECTED = "client disconnected"
 """The reason of a cancel the edge makes because the client of a stream went away (such a run does
 not hold its message id: edge/idempotency.py)."""
@@ -61,6 +60,13 @@ class RunRequest(Strict):
     - ``conversation_id``: free text grouping runs into a conversation.
     - ``parent_run_id``: set on the child runs of an ensemble's members.
     - ``submitted_at``: when the edge accepted it (UTC).
+    - ``echo``: what the client's protocol shows back whenever the run is read again (the Responses
+      API's ``instructions``, ``tools``, ``metadata``, ``previous_response_id``...); kept in
+      ``run.queued`` and in the run's RUN_INDEX entry, so every edge renders the same response.
+    - ``keep_history_from``: when set, ``run.queued`` keeps ``history[keep_history_from:]`` (the turns
+      this run adds to a conversation, not the earlier ones it continues nor its instructions), so a
+      later run can continue the conversation from the stored events (the Responses API's
+      ``previous_response_id``); None keeps only ``message``.
     """
 
     run_id: Token
@@ -72,12 +78,18 @@ class RunRequest(Strict):
     conversation_id: str | None = Field(default=None, max_length=200)
     parent_run_id: Token | None = Field(default=None, description="the ensemble run this run is a member of")
     submitted_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    echo: dict[str, Any] | None = None
+    keep_history_from: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _has_input(self) -> RunRequest:
         if (self.message is None or not self.message.strip()) and not self.history:
             raise ValueError("a run needs a non-empty 'message' or a 'history'")
         return self
+
+    def kept_history(self) -> list[ChatMessage] | None:
+        """The turns ``run.queued`` keeps (see ``keep_history_from``), or None."""
+        return None if self.keep_history_from is None else self.history[self.keep_history_from:]
 
 
 class RunControl(Strict):
@@ -113,7 +125,9 @@ class RunIndexEntry(Strict):
 
     ``agent``: the run's agent (so its event subject is known); ``message_id`` and
     ``conversation_id`` as submitted; ``parent_run_id`` for an ensemble member;
-    ``submitted_at``: when it was accepted (UTC); ``message``: the start of the user's message.
+    ``submitted_at``: when it was accepted (UTC); ``message``: the start of the user's message;
+    ``echo``: the request's ``echo`` (what its protocol shows back), so a run still waiting for a
+    runner can be shown as its client created it.
     """
 
     run_id: Token
@@ -123,3 +137,4 @@ class RunIndexEntry(Strict):
     parent_run_id: Token | None = None
     submitted_at: datetime
     message: str | None = Field(default=None, description="the first 2,000 characters of the message")
+    echo: dict[str, Any] | None = None
