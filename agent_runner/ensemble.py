@@ -126,7 +126,7 @@ async def run_members(
                 history=request.history, conversation_id=request.conversation_id, parent_run_id=request.run_id,
             )
             # A repeat (a retried parent) is recognised, not re-run.
-            await submit(nc, tenant, member, child, index=index, member=True)
+            await submit(nc, tenant, member, child, index=index, member=True, log=True)
             if member not in started_before:
                 await writer.emit(E.MEMBER_STARTED, E.MemberStartedData(member=member, run_id=child_ids[member]))
         async with waiting():

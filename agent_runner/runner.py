@@ -23,17 +23,20 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agent_runner import resume
 from agent_runner.endpoint import llm_endpoint
@@ -43,7 +46,7 @@ from agent_runner.intake import Intake, Slots
 from agent_runner.llm import LLMClient, LLMEndpoint, LLMError
 from agent_runner.loop import MaxStepsExceeded, RunContext, run_agent
 from agent_runner.tool_client import ToolClient
-from agentstream import eventlog
+from agentstream import eventlog, runlog
 from agentstream.agents import AgentCatalog
 from agentstream.bus import ensure_topology
 from agentstream.eventlog import StorageFull, StoredEvent
@@ -118,6 +121,7 @@ class AgentRunner:
         self.policies: PolicyWatcher | None = None
         self.run_index: KeyValue | None = None
         self._control_sub: JetStreamContext.PushSubscription | None = None
+        self._chores: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Wait for (or declare) the streams, read cancels, follow the tenant policies, start taking runs."""
@@ -236,7 +240,8 @@ class AgentRunner:
         except (ValueError, ValidationError) as err:
             log.warning("ignoring control message on %s: %s", msg.subject, err)
             return
-        if control.action != "cancel":
+        if control.action == "delete":
+            self._background(self._delete(tenant, run_id, control.reason))
             return
         key = (tenant, run_id)
         self._cancelled[key] = control.reason
@@ -246,6 +251,23 @@ class AgentRunner:
         if task is not None and not task.done():
             self._cancel_reasons[key] = control.reason
             task.cancel()
+
+    async def _delete(self, tenant: str, run_id: str, reason: str) -> None:
+        """Replace a finished run's events by one ``run.deleted`` tombstone (a subject rollup,
+        ``Nats-Rollup: sub``). Every runner sees the request and may do it: the write is
+        deduplicated by its message id, and a run already deleted or still running is left alone."""
+        try:
+            last = await eventlog.last_event(self.nc, subjects.run_events_of_run(tenant, run_id))
+            if last is None or not E.is_terminal(last.type):
+                return
+            where = subjects.parse_run_events(last.subject)
+            tombstone = E.RunDeleted(run_id=run_id, tenant=tenant, agent=where.agent, message_id=last.json().get(
+                "message_id", run_id), attempt=0, data=E.RunDeletedData(reason=reason))
+            await self.js.publish(last.subject, tombstone.model_dump_json().encode(), timeout=5.0, headers={
+                H.MSG_ID: f"{run_id}:deleted", H.ROLLUP: H.ROLLUP_SUBJECT, H.EVENT_TYPE: E.RUN_DELETED})
+            log.info("run %s of tenant %s deleted (%s)", run_id, tenant, reason)
+        except (eventlog.EventLogError, nats.errors.Error, nats.js.errors.Error, TimeoutError) as err:
+            log.warning("run %s not deleted: %s", run_id, err)
 
     # -- one run
 
@@ -349,6 +371,8 @@ class AgentRunner:
                 return last
         try:
             seq = await write_queued(self.nc, tenant, agent, request)
+            if not request.logged:  # it came over the bus directly: the run log has no entry yet
+                self._background(runlog.write(self.nc, tenant, runlog.submitted_entry(agent, request)))
             return StoredEvent(seq=seq, subject=subject, type=E.RUN_QUEUED, data=b"")
         except eventlog.WriteConflict:
             pass  # the run has events already
@@ -369,7 +393,30 @@ class AgentRunner:
             flush_bytes=self.settings.delta_flush_bytes,
             event_max_bytes=self.settings.event_max_bytes,
             storage_patience=self.settings.storage_patience,
+            on_end=self._logger(tenant, agent, request),
         )
+
+    def _logger(
+        self, tenant: str, agent: str, request: RunRequest
+    ) -> Callable[[str, BaseModel, str | None], Awaitable[None]]:
+        """What a run's writer does once its terminal event is stored: the run log's ending entry."""
+
+        async def log_end(event_type: str, data: BaseModel, answer: str | None) -> None:
+            entry = runlog.submitted_entry(agent, request).model_copy(update={
+                "kind": runlog.ended_kind(event_type), "ended_at": datetime.now(UTC),
+                "duration_ms": getattr(data, "duration_ms", None),
+                "usage": usage.model_dump() if isinstance(usage := getattr(data, "usage", None), Usage) else None,
+                "error": error.model_dump() if isinstance(error := getattr(data, "error", None), ErrorInfo) else None,
+                "answer": answer[: runlog.MESSAGE_CHARS] if answer else None,
+            })
+            await runlog.write(self.nc, tenant, entry)
+
+        return log_end
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
     async def _open(self, msg: Msg, tenant: str, agent: str, request: RunRequest) -> _Opened:
         """Decide what this delivery does, and write its first events.
@@ -590,10 +637,7 @@ class AgentRunner:
             try:
                 last = await self._last_event_or_queued(subject, tenant, agent, request, first=True)
                 if not E.is_terminal(last.type):
-                    writer = RunEventWriter(self.nc, subject, {
-                        "run_id": run_id, "tenant": tenant, "agent": agent, "message_id": request.message_id,
-                        "attempt": 1,
-                    }, last.seq)
+                    writer = self._writer(subject, tenant, agent, request, 1, last.seq)
                     await writer.emit(E.RUN_FAILED, E.RunFailedData(reason=reason, error=error))
             except (eventlog.WriteConflict, eventlog.EventLogError, RuntimeError) as write_err:
                 log.warning("could not record the refused request's failure: %s", write_err)

@@ -212,15 +212,15 @@ async def read_list(nc: NATS, filter_subject: str, after_seq: int = 0) -> list[S
 
 
 async def last_event(
-    nc: NATS, filter_subject: str, *, timeout: float = 5.0  # noqa: ASYNC109 - passed on to nc.request
+    nc: NATS, filter_subject: str, *, timeout: float = 5.0,  # noqa: ASYNC109 - passed on to nc.request
+    stream: str = subjects.RUN_EVENTS_STREAM,
 ) -> StoredEvent | None:
-    """The latest event on ``filter_subject`` (wildcards allowed), or None if there is none."""
+    """The latest message on ``filter_subject`` (wildcards allowed) of ``stream`` (default
+    RUN_EVENTS), or None if there is none. Raises EventLogError."""
     try:
-        msg = await nc.request(
-            f"{DIRECT_GET.format(stream=subjects.RUN_EVENTS_STREAM)}.{filter_subject}", b"", timeout=timeout
-        )
+        msg = await nc.request(f"{DIRECT_GET.format(stream=stream)}.{filter_subject}", b"", timeout=timeout)
     except NoRespondersError:
-        raise EventLogError("no JetStream responders for RUN_EVENTS") from None
+        raise EventLogError(f"no JetStream responders for {stream}") from None
     except TimeoutError:
         raise EventLogError(f"timed out reading {filter_subject}") from None
     hdrs = msg.headers or {}

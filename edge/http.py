@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import nats.errors
 import nats.js.errors
@@ -22,6 +22,7 @@ from edge.errors import ApiError, from_validation
 from edge.feed import EventFeed
 from edge.state import EdgeState
 from edge.streamcaps import Lease
+from schemas import events as E
 from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.runs import RunControl, RunIndexEntry, RunRequest
@@ -122,6 +123,8 @@ async def run_events(t: Tenant, run_id: str) -> list[eventlog.StoredEvent]:
     queue). ApiError 400 / 404 (neither events nor an index entry)."""
     check_run_id(run_id)
     events = await eventlog.read_list(state().bus(), subjects.run_events_of_run(t.name, run_id))
+    if events and E.is_deleted(events[-1].type):
+        raise ApiError(404, "not_found", f"no run {run_id!r} (it was deleted)", "run_id")
     if not events and await run_index_entry(t, run_id) is None:
         raise ApiError(404, "not_found", f"no run {run_id!r}", "run_id")
     return events
@@ -160,7 +163,7 @@ async def submit_run(t: Tenant, agent: str, req: RunRequest) -> Submitted:
     nc = st.bus()
     await check_queue(st, t)
     try:
-        return await submit(nc, t.name, agent, req, index=st.run_index)
+        return await submit(nc, t.name, agent, req, index=st.run_index, log=True)
     except SubmitError as err:
         log.error("submit failed: %s", err)
         raise ApiError(503, "unavailable", "the run could not be stored; retry with the same message_id",
@@ -236,11 +239,13 @@ def agent_feed(tenant_name: str, agent: str, after: int, *, lease: Lease | None 
     return feed
 
 
-async def request_cancel(st: EdgeState, tenant_name: str, run_id: str, reason: str) -> None:
-    """Store a cancel request for the run (RUN_CONTROL); the runner holding it, or the next one to
-    take it, obeys. ApiError 503 if it cannot be stored. (``st`` is passed in so this also works
-    outside a request, e.g. from a stream being torn down.)"""
-    control = RunControl(reason=reason)
+async def request_cancel(
+    st: EdgeState, tenant_name: str, run_id: str, reason: str, *, action: Literal["cancel", "delete"] = "cancel"
+) -> None:
+    """Store a cancel (or delete) request for the run (RUN_CONTROL); the runner holding it, or the
+    next one to take it, obeys. ApiError 503 if it cannot be stored. (``st`` is passed in so this
+    also works outside a request, e.g. from a stream being torn down.)"""
+    control = RunControl(action=action, reason=reason)
     try:
         await st.bus().jetstream().publish(
             subjects.control(tenant_name, run_id), control.model_dump_json().encode(), timeout=5.0

@@ -121,7 +121,9 @@ _EDGE = Permissions(
     publish=(
         S.RUN_REQUESTS_ALL,
         S.CONTROL_ALL,
+        S.RUN_LOG_SUBMITTED_ALL,
         *_stream_read(S.RUN_EVENTS_STREAM),
+        *_stream_read(S.RUN_LOG_STREAM),
         *_stream_read(S.RUN_DEAD_LETTERS_STREAM),
         f"{API}.INFO",
         f"{API}.STREAM.INFO.*",
@@ -140,6 +142,7 @@ _AGENT_RUNNER = Permissions(
         S.MEMBER_REQUESTS_ALL,
         S.CONTROL_ALL,
         S.DEAD_LETTERS_ALL,
+        S.RUN_LOG_ALL,
         S.TOOLS_ALL,
         f"{API}.INFO",
         f"{API}.STREAM.INFO.*",

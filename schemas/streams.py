@@ -16,6 +16,8 @@ RUN_CONTROL    ``control.*.*``            limits      cancel requests, kept so a
                                                       run later still sees them
 RUN_DEAD_      ``deadletter.*.*.*``       limits      requests of runs given up on, for inspection
 LETTERS
+RUN_LOG        ``runlog.*.*.*``           limits      an entry per run submitted and per run ended:
+                                                      run listings read it newest first
 =============  =========================  ==========  ==================================================
 """
 
@@ -52,7 +54,7 @@ def stream_configs(
     dead_letter_max_age: float = 30 * 86400.0,
     max_msg_size: int = 1024 * 1024,
 ) -> list[StreamConfig]:
-    """The four streams. Durations in seconds; ``max_msg_size`` in bytes (-1: server limit)."""
+    """The streams. Durations in seconds; ``max_msg_size`` in bytes (-1: server limit)."""
     return [
         StreamConfig(
             name=subjects.AGENT_RUNS_STREAM,
@@ -73,6 +75,7 @@ def stream_configs(
             discard=DiscardPolicy.OLD,
             max_age=events_max_age,
             allow_direct=True,
+            allow_rollup_hdrs=True,  # DELETE /api/runs/{id}: a tombstone replaces the run's events
             max_msg_size=max_msg_size,
             republish=RePublish(
                 src=subjects.RUN_EVENTS_REPUBLISH_SRC,
@@ -89,6 +92,17 @@ def stream_configs(
             max_age=control_max_age,
             max_msgs_per_subject=16,
             allow_direct=True,
+        ),
+        StreamConfig(
+            name=subjects.RUN_LOG_STREAM,
+            description="agentstream run log: runs submitted and ended, newest last (the run listings' index)",
+            subjects=[subjects.RUN_LOG_ALL],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_age=events_max_age,
+            allow_direct=True,
+            duplicate_window=run_dedupe_window,
         ),
         StreamConfig(
             name=subjects.RUN_DEAD_LETTERS_STREAM,

@@ -10,6 +10,9 @@ Subjects (design card, "Subjects"):
 ``tools.{tenant}.{tool}``             one tool invocation (core request/reply, queue group per tool)
 ``control.{tenant}.{run_id}``         cancel and other signals for a run, stored in stream ``RUN_CONTROL``
 ``deadletter.{tenant}.{agent}.{run}`` the request of a run given up on, stored in ``RUN_DEAD_LETTERS``
+``runlog.{tenant}.{agent}.{kind}``    the run log: one entry when a run is submitted, one when it ends
+                                      (``kind``: submitted, completed, failed, cancelled), in
+                                      ``RUN_LOG``: the index run listings are read from
 ====================================  ============================================================
 
 Every token (tenant, agent, tool, run id) must match ``[A-Za-z0-9_-]{1,64}``. Anything else is
@@ -32,6 +35,7 @@ AGENT_RUNS_STREAM = "AGENT_RUNS"
 RUN_EVENTS_STREAM = "RUN_EVENTS"
 RUN_CONTROL_STREAM = "RUN_CONTROL"
 RUN_DEAD_LETTERS_STREAM = "RUN_DEAD_LETTERS"
+RUN_LOG_STREAM = "RUN_LOG"
 LEGACY_RUNNERS_CONSUMER = "agent-runners"
 """The one shared consumer of earlier releases; it overlaps the per-tenant ones and is removed."""
 MEMBER_RUNS_CONSUMER = "member-runs"
@@ -59,6 +63,7 @@ _LIVE_PREFIX = "live"
 _TOOLS_PREFIX = "tools"
 _CONTROL_PREFIX = "control"
 _DEAD_LETTER_PREFIX = "deadletter"
+_RUN_LOG_PREFIX = "runlog"
 
 # Wildcards that cover each family; used by stream and consumer definitions.
 RUN_REQUESTS_ALL = f"{_RUN_REQUEST_PREFIX}.*.*.run"
@@ -68,6 +73,10 @@ LIVE_RUN_EVENTS_ALL = f"{_LIVE_PREFIX}.{_RUN_EVENTS_PREFIX}.*.*.*"
 CONTROL_ALL = f"{_CONTROL_PREFIX}.*.*"
 TOOLS_ALL = f"{_TOOLS_PREFIX}.*.*"
 DEAD_LETTERS_ALL = f"{_DEAD_LETTER_PREFIX}.*.*.*"
+RUN_LOG_ALL = f"{_RUN_LOG_PREFIX}.*.*.*"
+RUN_LOG_SUBMITTED_ALL = f"{_RUN_LOG_PREFIX}.*.*.submitted"
+RUN_LOG_KINDS = ("submitted", "completed", "failed", "cancelled")
+"""What a run log entry records: the run was submitted, or it ended so."""
 
 # Republish mapping for RUN_EVENTS (source -> destination); server-side, see streams.py.
 RUN_EVENTS_REPUBLISH_SRC = f"{_RUN_EVENTS_PREFIX}.>"
@@ -211,6 +220,25 @@ def dead_letter(tenant: str, agent: str, run_id: str) -> str:
     return (
         f"{_DEAD_LETTER_PREFIX}.{token(tenant, 'tenant')}.{token(agent, 'agent')}.{token(run_id, 'run_id')}"
     )
+
+
+def run_log(tenant: str, agent: str, kind: str) -> str:
+    """Subject of a run log entry: ``runlog.{tenant}.{agent}.{kind}`` (stream RUN_LOG)."""
+    if kind not in RUN_LOG_KINDS:
+        raise SubjectTokenError("kind", kind)
+    return f"{_RUN_LOG_PREFIX}.{token(tenant, 'tenant')}.{token(agent, 'agent')}.{kind}"
+
+
+def run_log_filter(tenant: str, agent: str | None, kind: str) -> str:
+    """Filter for run log entries of one tenant, one agent (None: every agent), one kind."""
+    if kind not in RUN_LOG_KINDS:
+        raise SubjectTokenError("kind", kind)
+    return f"{_RUN_LOG_PREFIX}.{token(tenant, 'tenant')}.{token(agent, 'agent') if agent else '*'}.{kind}"
+
+
+def run_log_of_tenant(tenant: str) -> str:
+    """Every run log entry of one tenant: ``runlog.{tenant}.>``."""
+    return f"{_RUN_LOG_PREFIX}.{token(tenant, 'tenant')}.>"
 
 
 def dead_letter_of_run(tenant: str, run_id: str) -> str:
