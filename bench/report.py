@@ -56,6 +56,12 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             x = fair[key]["b_start_delay_ms"]
             rows.append((f"tenant B's start delay behind A's backlog of {fair[key]['backlog']:,}, {key[0]} runner(s)",
                          "≤ 1 s p50", f"{_f(x['p50'])} ms p50, {_f(x['p99'])} ms p99", x["p50"] <= 1000))
+    listing = r.get("listing", {})
+    for key, label in (("runs", "GET /api/runs?limit=20"), ("agent_status", "GET /api/agents/{name}/status?limit=20")):
+        if key in listing:
+            x = listing[key]["ms"]
+            rows.append((f"{label} with {listing['stored_runs']:,} runs stored", "≤ 50 ms p50",
+                         f"{_f(x['p50'])} ms p50, {_f(x['p99'])} ms p99", x["p50"] <= 50))
     t = r.get("run_throughput", {}).get("bench-one-step")
     if t:
         rows.append(("one-step runs per second, one runner", "≥ 300", _f(t["1_runner"]["runs_per_s"]),

@@ -455,6 +455,27 @@ class Bench:
         self.results["tool_throughput"] = out
 
 
+    # -- 8. listing runs
+
+    async def listing(self) -> None:
+        """``GET /api/runs?limit=20`` and ``GET /api/agents/{name}/status?limit=20`` with 10,000 stored
+        runs (the run log answers them: their time must not grow with the number of runs)."""
+        n = 2000 if QUICK else 10_000
+        await self._drain_rate("bench-one-step", n, 1)
+        samples = 30 if QUICK else 100
+        out: dict[str, Any] = {"stored_runs": n}
+        async with httpx.AsyncClient(base_url=self.edge_url, timeout=30) as client:
+            for name, path in (("runs", "/api/runs?limit=20"),
+                               ("agent_status", "/api/agents/bench-one-step/status?limit=20")):
+                times = []
+                for _ in range(samples):
+                    started = time.perf_counter()
+                    resp = await client.get(path)
+                    times.append((time.perf_counter() - started) * 1000)
+                    assert resp.status_code == 200, resp.text
+                out[name] = {"ms": dist(times), "returned": len(resp.json().get("runs") or [])}
+        self.results["listing"] = out
+
     # -- 7. fairness between tenants
 
     async def fairness(self) -> None:
@@ -539,7 +560,7 @@ async def main() -> None:
         bench.start()
         try:
             for name in ("nats_ceiling", "overhead", "submit_latency", "run_throughput", "fan_out", "idle_streams",
-                         "tool_throughput", "fairness"):
+                         "tool_throughput", "fairness", "listing"):
                 if os.environ.get("BENCH_ONLY") and name not in os.environ["BENCH_ONLY"].split(","):
                     continue
                 started = time.perf_counter()
