@@ -38,7 +38,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
-from agent_runner import resume
+from agent_runner import conversation, resume
 from agent_runner.endpoint import llm_endpoint
 from agent_runner.ensemble import MembersFailed, combined_message, question_of, run_members
 from agent_runner.event_writer import OwnershipLost, RunEventWriter
@@ -62,6 +62,9 @@ from schemas.runs import DeadLetter, RunControl, RunRequest
 from schemas.tenants import TenantPolicy
 
 log = logging.getLogger(__name__)
+
+TURN_WAIT = 0.5
+"""Seconds before a conversation's turn whose previous turn is still running is offered again."""
 
 STORAGE_FULL_RETRY = 5.0
 """Seconds before a run that could not start (the event store was full) is offered again."""
@@ -120,6 +123,7 @@ class AgentRunner:
         self.intake = Intake(self.js, self._take, self.slots, ack_wait=settings.runner_ack_wait)
         self.policies: PolicyWatcher | None = None
         self.run_index: KeyValue | None = None
+        self.conversations: KeyValue | None = None
         self._control_sub: JetStreamContext.PushSubscription | None = None
         self._chores: set[asyncio.Task[None]] = set()
 
@@ -139,6 +143,7 @@ class AgentRunner:
         )
         await asyncio.wait_for(self._control_caught_up.wait(), 60)
         self.run_index = await self.js.key_value(subjects.RUN_INDEX_BUCKET)
+        self.conversations = await self.js.key_value(subjects.CONVERSATIONS_BUCKET)
         self.policies = PolicyWatcher(self.js, on_change=self._on_policy)
         await self.intake.start()
         await self.policies.start()
@@ -188,7 +193,7 @@ class AgentRunner:
         self._handlers[task] = False
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         try:
-            if await self._forbidden(msg):
+            if await self._forbidden(msg) or await self._waits_for_its_turn(msg):
                 return
             try:
                 await self.slots.acquire()
@@ -208,6 +213,27 @@ class AgentRunner:
             admitted.set()
             keep_alive.cancel()
             self._handlers.pop(task, None)
+
+    async def _waits_for_its_turn(self, msg: Msg) -> bool:
+        """True (and the request handed back for a moment) when the run is a conversation's turn
+        whose previous turn has not ended yet (``on_busy: enqueue``)."""
+        if self.conversations is None:
+            return False
+        try:
+            request = RunRequest.model_validate_json(msg.data)
+            tenant = subjects.parse_run_request(msg.subject).tenant
+        except (ValidationError, subjects.SubjectTokenError):
+            return False  # _handle refuses it
+        if not conversation.is_turn(request):
+            return False
+        try:
+            waiting = await conversation.previous_still_running(self.nc, self.conversations, tenant, request)
+        except (eventlog.EventLogError, nats.errors.Error, nats.js.errors.Error, TimeoutError) as err:
+            log.warning("run %s: its conversation could not be read (%s); running it now", request.run_id, err)
+            return False
+        if waiting:
+            await _nak(msg, delay=TURN_WAIT)
+        return waiting
 
     async def _forbidden(self, msg: Msg) -> bool:
         """True (and the run ended ``run.failed``) when the request's tenant may not use its agent."""
@@ -293,6 +319,7 @@ class AgentRunner:
             await self._refuse_request(msg, where.tenant, where.agent, err)
             return
         keep_alive = asyncio.create_task(self._keep_alive(msg))
+        request = await self._with_history(where.tenant, where.agent, request)
         opened: _Opened | None = None
         try:
             opened = self._open_fresh(msg, where.tenant, where.agent, request)
@@ -333,6 +360,21 @@ class AgentRunner:
             raise
         finally:
             keep_alive.cancel()
+
+    async def _with_history(self, tenant: str, agent: str, request: RunRequest) -> RunRequest:
+        """The request, with its conversation's earlier turns as its history when it is a turn."""
+        definition = self.catalog.get(agent)
+        if self.conversations is None or definition is None or not conversation.is_turn(request):
+            return request
+        answering = self.catalog.get(definition.combiner) if definition.is_ensemble and definition.combiner else None
+        try:
+            history = await conversation.history_for(self.nc, self.conversations, tenant, answering or definition,
+                                                     request)
+        except (eventlog.EventLogError, nats.errors.Error, nats.js.errors.Error, TimeoutError) as err:
+            log.warning("run %s: its conversation could not be read (%s); it runs without history", request.run_id,
+                        err)
+            return request
+        return request.model_copy(update={"history": history}) if history else request
 
     def _open_fresh(self, msg: Msg, tenant: str, agent: str, request: RunRequest) -> _Opened | None:
         """The fast path for a first delivery of a plain agent's run: its model call starts at

@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 from agentstream.agents import AgentCatalog, load_agents
 from agentstream.bus import close
 from agentstream.settings import Settings
-from edge import api_agui, api_llmsse, api_native, api_openai, api_responses, api_runs, guard, ui
+from edge import api_agui, api_conversations, api_llmsse, api_native, api_openai, api_responses, api_runs, guard, ui
 from edge.auth import Authenticator
 from edge.bodylimit import WholeBodyFirst
 from edge.disconnect import EndOnDisconnect
@@ -58,6 +58,7 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
         )
     app.register_blueprint(api_native.bp)
     app.register_blueprint(api_runs.bp)
+    app.register_blueprint(api_conversations.bp)
     app.register_blueprint(api_openai.bp)
     app.register_blueprint(api_responses.bp)
     app.register_blueprint(api_llmsse.bp)

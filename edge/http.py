@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from quart import Response, current_app, g, request
 
-from agentstream import eventlog, sse
+from agentstream import conversations, eventlog, sse
 from agentstream.runs import SubmitError, Submitted, read_index, submit
 from agentstream.runstate import RunRecord, fold
 from edge.auth import Tenant
@@ -162,11 +162,47 @@ async def submit_run(t: Tenant, agent: str, req: RunRequest) -> Submitted:
     st = state()
     nc = st.bus()
     await check_queue(st, t)
+    if req.conversation_id and req.parent_run_id is None:
+        await take_turn(st, t, agent, req)
     try:
         return await submit(nc, t.name, agent, req, index=st.run_index, log=True)
     except SubmitError as err:
         log.error("submit failed: %s", err)
         raise ApiError(503, "unavailable", "the run could not be stored; retry with the same message_id",
+                       retry_after=1) from None
+
+
+async def take_turn(st: EdgeState, t: Tenant, agent: str, req: RunRequest) -> None:
+    """Make the run the next turn of its conversation, applying the agent's ``on_busy`` while the
+    previous turn still runs: ``enqueue`` (it waits for it), ``reject`` (409 ``conversation_busy``),
+    ``interrupt`` (the previous run is cancelled first). ApiError 409 / 503."""
+    assert req.conversation_id is not None
+    kv = st.conversations
+    if kv is None:
+        raise ApiError(503, "unavailable", "the edge is not connected to NATS yet; retry shortly", retry_after=1)
+    definition = st.catalog.get(agent)
+    on_busy = definition.on_busy if definition is not None else "enqueue"
+    try:
+        current, _ = await conversations.load(kv, t.name, req.conversation_id)
+        earlier = current.before(req.run_id) if current else []
+        busy = earlier[-1] if earlier else None
+        if busy is not None and on_busy != "enqueue" and busy.run_id != req.run_id:
+            last = await eventlog.last_event(st.bus(), subjects.run_events(t.name, busy.agent, busy.run_id))
+            if last is not None:
+                running = not (E.is_terminal(last.type) or E.is_deleted(last.type))
+            else:  # no event yet: still queued if it was submitted at all
+                index = st.run_index
+                running = index is not None and await read_index(index, t.name, busy.run_id) is not None
+            if running and on_busy == "reject":
+                raise ApiError(409, "conversation_busy", f"conversation {req.conversation_id[:80]!r} is still "
+                               f"answering run {busy.run_id}; retry when it has ended", "conversation_id",
+                               run_id=busy.run_id)
+            if running:
+                await request_cancel(st, t.name, busy.run_id, "interrupted by a new message")
+        await conversations.append(kv, t.name, req.conversation_id, conversations.Turn(
+            run_id=req.run_id, agent=agent, message_id=req.message_id, submitted_at=req.submitted_at))
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError, eventlog.EventLogError, RuntimeError) as err:
+        raise ApiError(503, "unavailable", f"the conversation could not be updated ({type(err).__name__}); retry",
                        retry_after=1) from None
 
 

@@ -9,7 +9,7 @@ reported rather than silently ignored (a gap of LocalAI's config, localai-agents
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
@@ -69,6 +69,14 @@ class AgentDefinition(Strict):
     - ``combine_prompt``: how the combiner is asked, with ``{question}`` and ``{answers}`` (each
       answer labelled with its member's name).
     An ensemble has no model, prompt or tools of its own: those of its members and combiner apply.
+
+    Conversations (a message with a ``conversation_id`` continues it: the model sees the earlier
+    turns, agent_runner/conversation.py):
+    - ``on_busy``: what a message gets while the conversation's previous run is still going:
+      ``enqueue`` (it waits, then runs), ``reject`` (409), ``interrupt`` (the running run is
+      cancelled, then this one runs) — LangGraph's multitask strategies;
+    - ``history_max_messages`` / ``history_max_tokens``: the budget of earlier turns the model is
+      given (whole turns, newest kept; tokens estimated as four characters each).
     """
 
     name: Token
@@ -87,6 +95,9 @@ class AgentDefinition(Strict):
     min_success: int = Field(default=1, ge=1)
     member_timeout: float = Field(default=300.0, gt=0, le=86400)
     combine_prompt: str = "Question:\n{question}\n\nAnswers:\n\n{answers}"
+    on_busy: Literal["enqueue", "reject", "interrupt"] = "enqueue"
+    history_max_messages: int = Field(default=40, ge=0, le=10_000)
+    history_max_tokens: int = Field(default=8000, ge=0, le=10_000_000)
 
     @property
     def is_ensemble(self) -> bool:

@@ -132,6 +132,7 @@ _EDGE = Permissions(
         *_bucket(S.RATE_LIMITS_BUCKET),
         *_bucket(S.STREAM_COUNTS_BUCKET),
         *_bucket(S.RUN_INDEX_BUCKET),
+        *_bucket(S.CONVERSATIONS_BUCKET),
     ),
     subscribe=(S.LIVE_RUN_EVENTS_ALL, f"{inbox_prefix(Role.EDGE)}.>"),
 )
@@ -158,6 +159,7 @@ _AGENT_RUNNER = Permissions(
         *_stream_read(S.RUN_CONTROL_STREAM),
         *_bucket(S.TENANTS_BUCKET, watch=True),
         *_bucket(S.RUN_INDEX_BUCKET),
+        *_bucket(S.CONVERSATIONS_BUCKET),
     ),
     subscribe=(S.LIVE_RUN_EVENTS_ALL, f"{inbox_prefix(Role.AGENT_RUNNER)}.>"),
 )

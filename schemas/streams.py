@@ -126,6 +126,7 @@ def kv_configs(*, run_index_max_age: float = 7 * 86400.0, replicas: int = 1) -> 
       an edge that held them stops refreshing (it died);
     - TOOL_RESULTS: a side-effecting tool call's claim, then its result, kept two days (longer
       than any run may take, so a retry always finds it);
+    - CONVERSATIONS: one entry per conversation (its turns), kept as long as run events are;
     - RUN_INDEX: one entry per run, kept as long as run events are.
     """
     return [
@@ -137,6 +138,8 @@ def kv_configs(*, run_index_max_age: float = 7 * 86400.0, replicas: int = 1) -> 
                        ttl=60.0, storage=StorageType.FILE, replicas=replicas, direct=True),
         KeyValueConfig(bucket=subjects.TOOL_RESULTS_BUCKET, description="agentstream tool results by call",
                        history=1, ttl=2 * 86400.0, storage=StorageType.FILE, replicas=replicas, direct=True),
+        KeyValueConfig(bucket=subjects.CONVERSATIONS_BUCKET, description="agentstream conversations", history=1,
+                       ttl=run_index_max_age, storage=StorageType.FILE, replicas=replicas, direct=True),
         KeyValueConfig(bucket=subjects.RUN_INDEX_BUCKET, description="agentstream runs by id", history=1,
                        ttl=run_index_max_age, storage=StorageType.FILE, replicas=replicas, direct=True),
     ]

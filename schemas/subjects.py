@@ -53,6 +53,8 @@ STREAM_COUNTS_BUCKET = "STREAM_COUNTS"
 TOOL_RESULTS_BUCKET = "TOOL_RESULTS"
 """Results of (and claims on) tool calls with side effects, by tenant and idempotency key, so a
 retried call is not executed again on another tool runner (tool_runner/once.py)."""
+CONVERSATIONS_BUCKET = "CONVERSATIONS"
+"""One entry per conversation (``{tenant}.{sha256 of its id}``): its turns, the runs in order."""
 RUN_INDEX_BUCKET = "RUN_INDEX"
 """One entry per run (``{tenant}.{run_id}``): agent, message id, status; written at submit."""
 
@@ -154,6 +156,13 @@ def tool_result_key(tenant: str, idempotency_key: str) -> str:
     """Key of a tool call's entry in the TOOL_RESULTS bucket: ``{tenant}.{sha256 of the
     idempotency key, 40 hex digits}`` (the key itself may hold any character the model wrote)."""
     digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
+    return f"{token(tenant, 'tenant')}.{digest}"
+
+
+def conversation_key(tenant: str, conversation_id: str) -> str:
+    """Key of a conversation in the CONVERSATIONS bucket: ``{tenant}.{sha256 of its id, 40 hex}``
+    (a conversation id is free text, up to 200 characters)."""
+    digest = hashlib.sha256(conversation_id.encode()).hexdigest()[:40]
     return f"{token(tenant, 'tenant')}.{digest}"
 
 
