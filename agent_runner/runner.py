@@ -39,6 +39,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
 from agent_runner import conversation, resume
+from agent_runner.admission import AUTO_MAX_RUNS, Admission
 from agent_runner.endpoint import llm_endpoint
 from agent_runner.ensemble import MembersFailed, combined_message, question_of, run_members
 from agent_runner.event_writer import OwnershipLost, RunEventWriter
@@ -119,7 +120,9 @@ class AgentRunner:
         self._cancel_reasons: dict[tuple[str, str], str] = {}
         self._cancelled: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._stopping = asyncio.Event()
-        self.slots = Slots(settings.runner_concurrency)
+        self.slots = Slots(settings.runner_concurrency or AUTO_MAX_RUNS)
+        self.admission = Admission(self.slots, max_runs=settings.runner_concurrency,
+                                   memory_budget=settings.runner_memory_budget, max_lag=settings.runner_max_loop_lag)
         self.intake = Intake(self.js, self._take, self.slots, ack_wait=settings.runner_ack_wait)
         self.policies: PolicyWatcher | None = None
         self.run_index: KeyValue | None = None
@@ -145,6 +148,7 @@ class AgentRunner:
         self.run_index = await self.js.key_value(subjects.RUN_INDEX_BUCKET)
         self.conversations = await self.js.key_value(subjects.CONVERSATIONS_BUCKET)
         self.policies = PolicyWatcher(self.js, on_change=self._on_policy)
+        self.admission.start()
         await self.intake.start()
         await self.policies.start()
 
@@ -158,6 +162,7 @@ class AgentRunner:
         if self.policies is not None:
             await self.policies.stop()
         await self.intake.stop()
+        await self.admission.stop()
         waiting = [task for task, admitted in self._handlers.items() if not admitted]
         for task in waiting:
             task.cancel()

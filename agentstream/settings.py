@@ -126,7 +126,20 @@ class Settings:
     )
     # -- agent runner
     runner_id: str = _setting("RUNNER_ID", "", "Name of this runner process in events and logs (default host-pid).")
-    runner_concurrency: int = _setting("AGENT_RUNNER_CONCURRENCY", 16, "Runs one agent runner works on at once.")
+    runner_concurrency: int = _setting(
+        "AGENT_RUNNER_CONCURRENCY", 0,
+        "Most runs one agent runner works on at once; 0: as many as its memory and CPU allow "
+        "(AGENT_RUNNER_MEMORY_BUDGET, AGENT_RUNNER_MAX_LOOP_LAG), up to 10,000.",
+    )
+    runner_memory_budget: int = _setting(
+        "AGENT_RUNNER_MEMORY_BUDGET", 0,
+        "Resident memory (bytes) above which an agent runner takes no more runs; 0: half the memory available "
+        "when it starts.",
+    )
+    runner_max_loop_lag: float = _setting(
+        "AGENT_RUNNER_MAX_LOOP_LAG", 0.1,
+        "Seconds an agent runner's event loop may run late (its CPU is saturated) before it takes no more runs.",
+    )
     runner_ack_wait: float = _setting(
         "AGENT_RUNNER_ACK_WAIT", 30.0,
         "Seconds without a progress signal before a run is handed to another runner.",

@@ -11,6 +11,7 @@ the results elsewhere. It reports; it does not assert.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -90,7 +91,7 @@ class Bench:
 
     def __init__(self, base: Path):
         self.system: System = new_system(base, extra_agents=BENCH / "agents", LOG_LEVEL="WARNING",
-                                         AGENT_RUNNER_CONCURRENCY="64", TOOL_RUNNER_CONCURRENCY="64")
+                                         TOOL_RUNNER_CONCURRENCY="64")
         self.results: dict[str, Any] = {}
         self.runners = []
         self.tools = []
@@ -334,7 +335,7 @@ class Bench:
         procs = await asyncio.gather(
             *(
                 asyncio.to_thread(
-                    self.system.start_agent_runner, f"runner-{agent}-{runners}-{i}", AGENT_RUNNER_CONCURRENCY="64"
+                    self.system.start_agent_runner, f"runner-{agent}-{runners}-{i}"
                 )
                 for i in range(runners)
             )
@@ -455,6 +456,109 @@ class Bench:
         self.results["tool_throughput"] = out
 
 
+    # -- 9. many clients of llm-sse's endpoint, many runs on one runner
+
+    async def process_concurrency(self) -> None:
+        """``POST /api/process`` with an ensemble (two members, then the combiner) on the paced
+        stand-in model: the time to the final frame for one client, then for 50 at once."""
+        async with httpx.AsyncClient(base_url=self.edge_url, timeout=300) as client:
+
+            async def one() -> float:
+                body = {"message": "Why is the sky blue?", "message_id": uuid.uuid4().hex, "agent": "bench-trio"}
+                started = time.perf_counter()
+                async with client.stream("POST", "/api/process", json=body) as resp:
+                    async for line in resp.aiter_lines():
+                        if '"final":true' in line.replace(" ", ""):
+                            break
+                return time.perf_counter() - started
+
+            await one()  # warm
+            single = [await one() for _ in range(3 if QUICK else 5)]
+            many = await asyncio.gather(*(one() for _ in range(50)))
+        base = pct(single, 50)
+        self.results["process_concurrency"] = {
+            "one_client_s": dist(single), "fifty_clients_s": dist(list(many)),
+            "p50_ratio": pct(list(many), 50) / base, "slowest_ratio": max(many) / base,
+        }
+
+    async def many_runs(self) -> None:
+        """Runs streaming at the realistic pace (200 tokens at 50 tokens/s, 4 s each) arriving
+        steadily so that about 1,000 are in flight at once on one agent runner: do all complete?
+        added time to first token once that many are in flight; the runner's memory per run."""
+        from agentstream.runs import submit
+        from schemas.runs import RunRequest, new_run_id
+
+        in_flight = 300 if QUICK else 1000
+        duration = 4.0  # seconds a bench-realistic run streams
+        n = in_flight * 3  # a ramp of one run duration, then two at the full count
+        for proc in self.runners:
+            proc.terminate(20)
+        self.runners.clear()
+        runner = await asyncio.to_thread(self.system.start_agent_runner, "runner-many")
+        self.runners.append(runner)
+        assert runner.proc is not None
+        rss_before = rss_mib(runner.proc.pid)
+        async with httpx.AsyncClient(timeout=60) as client:  # the model's own time to first token
+            direct = [(await stream_completion(client, self.system.model_url + "/chat/completions",
+                                               "builtin:tokens=200,delay=0.02"))["ttft"] for _ in range(5)]
+        nc = await nats.connect(**self.system.connect_options(), pending_size=64 * 1024 * 1024)
+        submitted: dict[str, float] = {}
+        first: dict[str, float] = {}
+        ended: dict[str, str] = {}
+        done = asyncio.Event()
+
+        async def on_event(msg: Any) -> None:
+            run_id = msg.subject.rsplit(".", 1)[-1]
+            kind = (msg.headers or {}).get("Agentstream-Event", "")
+            if kind == "message.delta" and run_id not in first:
+                first[run_id] = time.perf_counter()
+            elif kind in ("run.completed", "run.failed", "run.cancelled"):
+                ended[run_id] = kind
+                if len(ended) == n:
+                    done.set()
+
+        sub = await nc.subscribe("live.runs.default.bench-realistic.*", cb=on_event)
+        peak, concurrent = rss_before, 0
+
+        async def sample() -> None:
+            nonlocal peak, concurrent
+            while not done.is_set():
+                peak = max(peak, rss_mib(runner.proc.pid))  # type: ignore[union-attr]
+                concurrent = max(concurrent, len(first) - len(ended))
+                await asyncio.sleep(0.5)
+
+        sampler = asyncio.create_task(sample())
+        started = time.perf_counter()
+        gap = duration / in_flight
+        pending = set()
+        for i in range(n):
+            run_id = new_run_id()
+            submitted[run_id] = time.perf_counter()
+            pending.add(asyncio.create_task(submit(nc, "default", "bench-realistic", RunRequest(
+                run_id=run_id, message_id=run_id, message="go"), index=None)))
+            delay = started + (i + 1) * gap - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await asyncio.gather(*pending)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 600)
+        elapsed = time.perf_counter() - started
+        done.set()
+        await sampler
+        await sub.unsubscribe()
+        await nc.close()
+        steady = [(first[r] - t) * 1000 for r, t in submitted.items() if r in first and t - started >= duration]
+        direct_ms = pct([d * 1000 for d in direct], 50)
+        self.results["many_runs"] = {
+            "target_in_flight": in_flight, "runs": n, "most_in_flight": concurrent,
+            "completed": sum(1 for k in ended.values() if k == "run.completed"), "ended": len(ended),
+            "seconds": elapsed, "steady_ttft_ms": dist(steady), "model_ttft_ms": direct_ms,
+            "added_ttft_ms_p50": pct(steady, 50) - direct_ms, "added_ttft_ms_p99": pct(steady, 99) - direct_ms,
+            "runner_rss_mib_before": rss_before, "runner_rss_mib_peak": peak,
+            "rss_kib_per_run": (peak - rss_before) * 1024 / max(concurrent, 1),
+        }
+        await self._drain()
+
     # -- 8. listing runs
 
     async def listing(self) -> None:
@@ -560,7 +664,7 @@ async def main() -> None:
         bench.start()
         try:
             for name in ("nats_ceiling", "overhead", "submit_latency", "run_throughput", "fan_out", "idle_streams",
-                         "tool_throughput", "fairness", "listing"):
+                         "tool_throughput", "fairness", "listing", "process_concurrency", "many_runs"):
                 if os.environ.get("BENCH_ONLY") and name not in os.environ["BENCH_ONLY"].split(","):
                     continue
                 started = time.perf_counter()
