@@ -26,9 +26,16 @@ def auth_store(settings: Settings) -> AuthStore:
     return AuthStore(settings.data_dir / "auth")
 
 
-def pid_file(settings: Settings) -> Path:
-    """Where the embedded nats-server of ``agentstream up`` writes its pid."""
-    return settings.data_dir / "nats.pid"
+def pid_files(settings: Settings) -> list[Path]:
+    """Where the embedded nats-servers of ``agentstream up`` write their pids: the single server's
+    ``nats.pid``, and each cluster node's (agentstream.natsserver.NatsCluster) that exists."""
+    return [settings.data_dir / "nats.pid", *sorted((settings.data_dir / "nats-cluster").glob("n*/nats.pid"))]
+
+
+def reload_servers(settings: Settings) -> bool:
+    """Make every running embedded nats-server re-read its configuration; True if any did."""
+    results = [reload_server(path) for path in pid_files(settings)]
+    return any(results)
 
 
 def nats_config(settings: Settings, *, write: bool = False) -> int:
@@ -86,7 +93,7 @@ def creds(settings: Settings, tenant: str, *, revoke: bool) -> int:
             return 2
         store.ensure_components()
         store.write_server_config()
-        applied = reload_server(pid_file(settings))
+        applied = reload_servers(settings)
         print(f"revoked the credentials of tenant {tenant!r}"
               + ("; the running nats-server closed its connections" if applied else
                  "; no running embedded nats-server: re-run `agentstream nats-config` for an external one"))
@@ -103,7 +110,7 @@ def creds(settings: Settings, tenant: str, *, revoke: bool) -> int:
     store.ensure_components()
     path = store.issue_tenant(tenant)
     store.write_server_config()
-    applied = reload_server(pid_file(settings))
+    applied = reload_servers(settings)
     print(f"wrote {path} (mode 0600; keep it secret)")
     inbox = tenant_inbox_prefix(tenant)
     print("connect with nats-py:")

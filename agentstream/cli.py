@@ -1,6 +1,7 @@
 """The ``agentstream`` command.
 
     agentstream up                    everything on this machine (embedded NATS unless NATS_URL)
+    agentstream up --nats-cluster 3   the same on a 3-server JetStream cluster (streams in 3 replicas)
     agentstream edge                  one edge             (same as: python -m edge)
     agentstream agent-runner          one agent runner     (python -m agent_runner)
     agentstream tool-runner           one tool runner      (python -m tool_runner)
@@ -30,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the command; returns the exit code."""
     parser = argparse.ArgumentParser(prog="agentstream", description="Run YAML-defined LLM agents as services.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start NATS (embedded), the built-in model, edge, agent runner and tool runner")
+    up = sub.add_parser("up", help="start NATS (embedded), the built-in model, edge, agent runner and tool runner")
+    up.add_argument("--nats-cluster", type=int, metavar="N",
+                    help="start N embedded nats-servers as one JetStream cluster (AGENTSTREAM_NATS_CLUSTER)")
     sub.add_parser("edge", help="run one edge (HTTP API)")
     sub.add_parser("agent-runner", help="run one agent runner")
     sub.add_parser("tool-runner", help="run one tool runner")
@@ -91,7 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     from agentstream.runtime import run
 
     if args.command == "up":
+        from dataclasses import replace
+
         from agentstream.supervisor import Supervisor
+
+        if args.nats_cluster is not None:
+            if args.nats_cluster < 1:
+                print("configuration error: --nats-cluster: at least 1 server", file=sys.stderr)
+                return 2
+            settings = replace(settings, nats_cluster=args.nats_cluster)
 
         return run(lambda stop: Supervisor(settings).run(stop), settings)
     if args.command == "edge":
