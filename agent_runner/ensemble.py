@@ -73,13 +73,18 @@ async def wait_for_end(
     nc: NATS, subject: str, timeout: float  # noqa: ASYNC109 - at the deadline it returns None, it does not raise
 ) -> eventlog.StoredEvent | None:
     """The terminal event of the run on ``subject``, or None if it does not come within ``timeout``
-    seconds. Listens to the live re-publication and re-checks the stream every second."""
+    seconds. Listens to the live re-publication and re-checks the stream every second; a read
+    that fails (a server died with it in flight, a leader election) counts as "not yet"."""
     sub = await nc.subscribe(subjects.live_of(subject))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     try:
         while True:
-            last = await eventlog.last_event(nc, subject)
+            try:
+                last = await eventlog.last_event(nc, subject)
+            except eventlog.EventLogError as err:
+                log.warning("waiting for %s: %s; reading again", subject, err)
+                last = None
             if last is not None and E.is_terminal(last.type):
                 return last
             remaining = deadline - loop.time()
@@ -171,7 +176,7 @@ async def _member_outcome(
         finished = E.MemberFinishedData(member=member, run_id=run_id, status="timeout", duration_ms=duration,
                                         error=ErrorInfo(type="timeout", message=f"no answer within {timeout:g} s"))
         return MemberOutcome(finished_before or finished)
-    record = fold_record(await eventlog.read_list(nc, subject))
+    record = fold_record(await _read_ended(nc, subject))
     if record is None:  # its terminal event was just read: only a failed read leaves nothing
         raise eventlog.EventLogError(f"{subject}: no events to read")
     status = record.status if record.status in ("completed", "failed", "cancelled") else "failed"
@@ -184,6 +189,20 @@ async def _member_outcome(
         member=member, run_id=run_id, status=status, duration_ms=duration, error=error, usage=usage
     )
     return MemberOutcome(finished, record.answer if status == "completed" else None)
+
+
+async def _read_ended(nc: NATS, subject: str) -> list[eventlog.StoredEvent]:
+    """The events of an ended run, up to its terminal event: re-read (within
+    eventlog.READ_RETRY_SECONDS) while the answer lacks it, as a replica behind the one that
+    answered before may (agentstream.eventlog)."""
+
+    async def read() -> list[eventlog.StoredEvent]:
+        events = await eventlog.read_list(nc, subject)
+        if not events or not E.is_terminal(events[-1].type):
+            raise eventlog.EventLogError(f"{subject}: the terminal event is not in this replica's answer yet")
+        return events
+
+    return await eventlog.retrying(read)
 
 
 async def _cancel_child(nc: NATS, tenant: str, run_id: str, reason: str) -> None:

@@ -151,6 +151,8 @@ _AGENT_RUNNER = Permissions(
         f"{API}.CONSUMER.CREATE.{S.RUN_CONTROL_STREAM}.>",
         f"{FLOW_CONTROL}.{S.RUN_CONTROL_STREAM}.>",
         *_stream_read(S.RUN_EVENTS_STREAM),
+        # The leader's answer when a replica's may be stale (agentstream.eventlog.last_event_from_leader).
+        f"{API}.STREAM.MSG.GET.{S.RUN_EVENTS_STREAM}",
         *_stream_read(S.RUN_CONTROL_STREAM),
         *_bucket(S.TENANTS_BUCKET, watch=True),
         *_bucket(S.RUN_INDEX_BUCKET),
