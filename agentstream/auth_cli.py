@@ -14,7 +14,14 @@ import asyncio
 import sys
 from pathlib import Path
 
-from agentstream.natsauth import AuthError, AuthStore, reload_server
+from agentstream.natsauth import (
+    CLUSTER_CONFIG_FILE,
+    SERVER_CONFIG_FILE,
+    AuthError,
+    AuthStore,
+    reload_server,
+    write_secret,
+)
 from agentstream.settings import Settings
 from schemas.permissions import Role, tenant_inbox_prefix
 from schemas.subjects import is_token
@@ -38,14 +45,26 @@ def reload_servers(settings: Settings) -> bool:
     return any(results)
 
 
-def nats_config(settings: Settings, *, write: bool = False) -> int:
+def nats_config(settings: Settings, *, write: bool = False, cluster_routes: list[str] | None = None) -> int:
     """Print the ``authorization`` block for an existing nats-server; create missing component
-    seeds; ``write``: also write it to the auth directory (``nats-auth.conf``)."""
+    seeds; ``write``: also write it to the auth directory (``nats-auth.conf``); ``cluster_routes``
+    (``host:port`` of every server's routes): also write ``nats-cluster.conf``, the configuration
+    every server of such a cluster loads (it includes ``nats-auth.conf``; each server is named on
+    its command line, ``--name``)."""
     store = auth_store(settings)
     store.ensure_components()
     print(store.server_config())
     if write:
         print(f"# written to {store.write_server_config()}", file=sys.stderr)
+    if cluster_routes:
+        from agentstream.natsserver import cluster_config
+
+        port = cluster_routes[0].rsplit(":", 1)[-1]
+        text = cluster_config(name="agentstream", listen=f"0.0.0.0:{port}", routes=cluster_routes,
+                              password=store.route_password(), include=Path(SERVER_CONFIG_FILE))
+        path = store.directory / CLUSTER_CONFIG_FILE
+        write_secret(path, text.encode())
+        print(f"# cluster configuration for {', '.join(cluster_routes)} written to {path}", file=sys.stderr)
     print(
         f"# Add this to the server's configuration and reload it (nats-server --signal reload).\n"
         f"# Each component then connects with NATS_CREDS={store.directory}/<role>.nk "

@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                                  help="print the nats-server users and permissions (creates component identities)")
     nats_config.add_argument("--write", action="store_true",
                              help="also write them to AGENTSTREAM_DATA_DIR/auth/nats-auth.conf")
+    nats_config.add_argument("--cluster-routes", metavar="HOST:PORT,...",
+                             help="also write auth/nats-cluster.conf for a cluster whose servers' routes are these "
+                                  "(with a route password kept in auth/cluster-route.secret)")
     sub.add_parser("nats-setup", help="declare streams, buckets and consumers with the admin identity (NATS_CREDS)")
     creds = sub.add_parser("creds", help="write (or revoke) the NATS credentials of a tenant's own services")
     creds.add_argument("tenant")
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         from agentstream import auth_cli
 
         if args.command == "nats-config":
-            return auth_cli.nats_config(settings, write=args.write)
+            routes = [r.strip() for r in (args.cluster_routes or "").split(",") if r.strip()]
+            return auth_cli.nats_config(settings, write=args.write, cluster_routes=routes or None)
         if args.command == "nats-setup":
             return auth_cli.nats_setup(settings)
         return auth_cli.creds(settings, args.tenant, revoke=args.revoke)

@@ -156,6 +156,34 @@ CLUSTER_ROUTE_USER = "route"
 """The user cluster routes authenticate as (with a random password; see :class:`NatsCluster`)."""
 
 
+def cluster_config(*, name: str, listen: str, routes: list[str], password: str, include: Path | None,
+                   server_name: str | None = None, monitor: str | None = None) -> str:
+    """A nats-server configuration for one server of a cluster (nats-server configuration format).
+
+    ``name``: the cluster's name; ``listen``: ``host:port`` its routes listen on; ``routes``: every
+    server's route ``host:port`` (a server ignores its own); ``password``: the routes' password
+    (user :data:`CLUSTER_ROUTE_USER`); ``include``: the client users and permissions to include
+    (agentstream.natsauth; relative to this file, as nats-server resolves includes), None for
+    none; ``server_name`` and ``monitor`` (``host:port`` of the monitoring endpoint): set here, or
+    on the command line (``--name``, ``--http_port``).
+    """
+    lines = []
+    if server_name is not None:
+        lines.append(f"server_name: {json.dumps(server_name)}")
+    if monitor is not None:
+        lines.append(f"http: {json.dumps(monitor)}")
+    if include is not None:
+        lines.append(f"include {json.dumps(include.as_posix())}")
+    cluster = {
+        "name": name,
+        "listen": listen,
+        "authorization": {"user": CLUSTER_ROUTE_USER, "password": password},
+        "routes": [f"nats-route://{CLUSTER_ROUTE_USER}:{password}@{route}" for route in routes],
+    }
+    lines.append(f"cluster: {json.dumps(cluster, indent=2)}")
+    return "\n".join(lines) + "\n"
+
+
 class NatsCluster:
     """``size`` nats-servers on ``host`` joined by routes into one JetStream cluster.
 
@@ -234,21 +262,13 @@ class NatsCluster:
     def node_config(self, index: int) -> str:
         """Node ``index``'s configuration file (nats-server configuration format)."""
         directory = self.base_dir / self.node_name(index)
-        secret = self._route_password
-        routes = [f"nats-route://{CLUSTER_ROUTE_USER}:{secret}@{self.host}:{p}" for p in self.route_ports]
-        lines = [f"server_name: {json.dumps(self.node_name(index))}",
-                 f"http: {json.dumps(f'{self.host}:{self.monitor_ports[index]}')}"]
-        if self.auth_config is not None:
-            # nats-server resolves an include relative to the including file.
-            lines.append(f"include {json.dumps(os.path.relpath(self.auth_config, directory))}")
-        cluster = {
-            "name": self.cluster_name,
-            "listen": f"{self.host}:{self.route_ports[index]}",
-            "authorization": {"user": CLUSTER_ROUTE_USER, "password": secret},
-            "routes": routes,
-        }
-        lines.append(f"cluster: {json.dumps(cluster, indent=2)}")
-        return "\n".join(lines) + "\n"
+        include = None if self.auth_config is None else Path(os.path.relpath(self.auth_config, directory))
+        return cluster_config(
+            name=self.cluster_name, listen=f"{self.host}:{self.route_ports[index]}",
+            routes=[f"{self.host}:{p}" for p in self.route_ports], password=self._route_password,
+            include=include, server_name=self.node_name(index),
+            monitor=f"{self.host}:{self.monitor_ports[index]}",
+        )
 
     def _write_config(self, index: int) -> None:
         write_secret(self.base_dir / self.node_name(index) / "node.conf", self.node_config(index).encode())
