@@ -103,7 +103,8 @@ class AgentRunner:
         self.llm_base_url = llm_base_url
         self.id = settings.runner_name
         self.llm = LLMClient(max_attempts=settings.llm_max_attempts, stream_usage=settings.llm_stream_usage)
-        self.tools = ToolClient(nc, progress_interval=settings.tool_progress_interval)
+        self.tools = ToolClient(nc, progress_interval=settings.tool_progress_interval,
+                                restart_grace=settings.tool_restart_grace)
         self._handlers: dict[asyncio.Task[None], bool] = {}  # handler task -> has a slot
         self._runs: dict[tuple[str, str], asyncio.Task[E.MessageCompletedData]] = {}
         self._cancel_reasons: dict[tuple[str, str], str] = {}

@@ -148,6 +148,12 @@ class Settings:
         "TOOL_PROGRESS_INTERVAL", 1.0,
         "Seconds between a tool runner's progress signals; 3 missed ones mean it died and the call is retried.",
     )
+    tool_restart_grace: float = _setting(
+        "TOOL_RESTART_GRACE", 30.0,
+        "Seconds after a tool was last seen served during which a call finding no tool runner for it is retried "
+        "until the agent's tool_timeout (its tool runner is restarting); a tool no tool runner has served for "
+        "longer, or ever, fails at once with tool_unavailable.",
+    )
     # -- streams
     run_dedupe_window: float = _setting(
         "RUN_DEDUPE_WINDOW", 300.0, "Seconds during which a repeated run submission is recognised by JetStream."
@@ -182,6 +188,11 @@ class Settings:
     )
     tool_runner_concurrency: int = _setting(
         "TOOL_RUNNER_CONCURRENCY", 32, "Tool calls one tool runner executes at once."
+    )
+    tool_runner_tools: str = _setting(
+        "TOOL_RUNNER_TOOLS", "",
+        "Comma-separated tools this tool runner serves (read_file, list_dir, http_request). Unset: all. Each kind "
+        "of tool can then be scaled on its own (docs/scaling.md).",
     )
     # -- all
     shutdown_grace: float = _setting(

@@ -13,7 +13,8 @@ edge           submit runs of any tenant, send cancels, read events (stored and 
                buckets (tenant policies, rate limits, open streams, run index); never write
                ``runs.>`` (it cannot forge a run's events)
 agent-runner   pull run requests through its consumers, write ``runs.>`` and dead letters,
-               start ensemble members, call tools, read cancels, read tenant policies
+               start ensemble members, call tools and ask which are served, read cancels,
+               read tenant policies
 tool-runner    serve ``tools.*.*`` in queue group ``tool-runners`` only, answer the requests it
                receives (``allow_responses``), keep tool results
 tenant T       submit ``agents.T.*.run``, cancel ``control.T.*``, read ``runs.T.>`` (direct
@@ -140,6 +141,7 @@ _AGENT_RUNNER = Permissions(
         S.CONTROL_ALL,
         S.DEAD_LETTERS_ALL,
         S.TOOLS_ALL,
+        S.TOOL_SERVICE_INFO,  # which tools are served (agent_runner.tool_directory)
         f"{API}.INFO",
         f"{API}.STREAM.INFO.*",
         f"{API}.CONSUMER.CREATE.{S.AGENT_RUNS_STREAM}.>",

@@ -199,6 +199,7 @@ async def test_another_tenants_credentials_reach_nothing_of_alice(bus: System, a
     await bob_bus.refused("tools.bob.read_file", lambda: nc.request("tools.bob.read_file", call, timeout=1))
     await bob_bus.refused("tools.alice.read_file", lambda: nc.request("tools.alice.read_file", call, timeout=1))
     await bob_bus.refused("tools.*.read_file", lambda: subscribe("tools.*.read_file", queue=subjects.TOOL_QUEUE_GROUP))
+    await bob_bus.refused(subjects.TOOL_SERVICE_INFO, lambda: nc.request(subjects.TOOL_SERVICE_INFO, b"", timeout=1))
 
     # Alice's run is as it was, and her next run is served normally.
     after = await read_events(alice, run_id)
@@ -294,7 +295,13 @@ async def test_each_component_identity_is_held_to_its_role(bus: System) -> None:
         refusals = len(runner.errors)
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await runner.nc.jetstream().get_last_msg(subjects.RUN_EVENTS_STREAM, "runs.alice.programmer-helper.x")
+        # ... and ask the tool runners which tools they serve (their nats.micro discovery).
+        info = json.loads((await runner.nc.request(subjects.TOOL_SERVICE_INFO, b"", timeout=5)).data)
+        assert info["name"] == subjects.TOOL_SERVICE and {e["name"] for e in info["endpoints"]} == {
+            "read_file", "list_dir", "http_request"}
         assert runner.errors[refusals:] == []
+        await edge.refused(subjects.TOOL_SERVICE_INFO,
+                           lambda: edge.nc.request(subjects.TOOL_SERVICE_INFO, b"", timeout=1))
         # The admin identity may manage streams (a harmless update proves it).
         info = await admin.nc.jetstream().stream_info(subjects.RUN_EVENTS_STREAM)
         await admin.nc.jetstream().update_stream(info.config)
