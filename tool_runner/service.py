@@ -144,11 +144,13 @@ class ToolRunner:
             log.warning("could not send result of %s: %s", key, err)
 
     async def _progress(self, reply: str, interval: float) -> None:
+        # The first one after one interval, not at once: a call done sooner needs none (most are),
+        # and the caller gives up only after three silent intervals.
         hdrs = {H.TOOL_PROGRESS: "1", H.RUNNER: self.id}
         try:
             while True:
-                await self.nc.publish(reply, b"", headers=hdrs)
                 await asyncio.sleep(interval)
+                await self.nc.publish(reply, b"", headers=hdrs)
         except asyncio.CancelledError:
             pass
         except Exception as err:
