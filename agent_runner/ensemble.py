@@ -3,7 +3,8 @@
 The parent run submits one child run per member on the bus (``agents.{tenant}.{member}.run``), so
 members run concurrently on whichever agent runners are free, each with its own events under its
 own run id. It waits for them, each within ``member_timeout`` (a slower one is cancelled), writes
-``member.started`` / ``member.finished`` on its own stream, and if at least ``min_success``
+``member.started`` on its own stream, and ``member.finished`` for each member as soon as that
+member ends (so clients hear of a fast member while a slow one still works), and if at least ``min_success``
 answered, runs the combiner agent in the parent run itself (its deltas and answer are the
 parent's) with the question and the answers labelled by member. Cancelling the parent cancels
 the children. Child run ids are derived from the parent's, so a retried parent finds its children
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
-from agent_runner.event_writer import RunEventWriter
+from agent_runner.event_writer import OwnershipLost, RunEventWriter
 from agentstream import eventlog
 from agentstream.runs import submit
 from agentstream.runstate import fold as fold_record
@@ -134,18 +135,26 @@ async def run_members(
             await submit(nc, tenant, member, child, index=index, member=True)
             if member not in started_before:
                 await writer.emit(E.MEMBER_STARTED, E.MemberStartedData(member=member, run_id=child_ids[member]))
-        async with waiting():
-            results = await asyncio.gather(*(
-                _member_outcome(nc, tenant, member, child_ids[member], ensemble.member_timeout, started_at[member],
-                                finished_before.get(member))
-                for member in ensemble.members
-            ))
-        for member, outcome in zip(ensemble.members, results, strict=True):
+        async def finish(member: str) -> None:
+            """Wait for one member and record its end at once (not after the others)."""
+            outcome = await _member_outcome(nc, tenant, member, child_ids[member], ensemble.member_timeout,
+                                            started_at[member], finished_before.get(member))
             outcomes[member] = outcome
             if member not in finished_before:
                 await writer.emit(E.MEMBER_FINISHED, outcome.finished)
-    except asyncio.CancelledError:
-        # The parent was cancelled (or timed out): so are the members still going.
+
+        async with waiting():
+            watching = [asyncio.create_task(finish(member)) for member in ensemble.members]
+            try:
+                await asyncio.gather(*watching)
+            finally:
+                for task in watching:  # one failed: the others stop too (the run ends)
+                    task.cancel()
+    except OwnershipLost:
+        raise  # another attempt of the parent took over: the members are its to wait for
+    except BaseException:
+        # The parent was cancelled, timed out, or could not follow a member: the members still
+        # going are cancelled.
         for member in ensemble.members:
             if member not in outcomes:
                 await _cancel_child(nc, tenant, child_ids[member], "the ensemble run was cancelled")

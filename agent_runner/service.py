@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from agent_runner.runner import AgentRunner
+from agentstream import llmsse_env
 from agentstream.agents import load_agents
 from agentstream.bus import close, connect
 from agentstream.settings import Settings
@@ -20,6 +22,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     Without LLM_BASE_URL the built-in model is served in this process, on a free loopback port.
     Prints ``agent-runner ready: <id>`` once pulling.
     """
+    for message in llmsse_env.warnings(os.environ, settings, llmsse_env.RUNNER_VARIABLES):
+        log.warning("%s", message)
     catalog = load_agents(settings.agents_dir)
     for error in catalog.errors:
         log.error("agent file problem: %s", error)

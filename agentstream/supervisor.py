@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 
+from agentstream import llmsse_env
 from agentstream.bus import setup
 from agentstream.natsauth import AuthStore
 from agentstream.natsserver import EmbeddedNats, NatsCluster
@@ -70,6 +71,13 @@ class Supervisor:
         """Run until ``stop``; returns the exit code."""
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
+        # llm-sse's settings: named once here, with what to set instead (the components, started
+        # without them, do not repeat it).
+        llmsse = llmsse_env.EDGE_VARIABLES + llmsse_env.RUNNER_VARIABLES
+        for message in llmsse_env.warnings(env, self.settings, llmsse):
+            self._say("agentstream", f"warning: {message}")
+        for name in llmsse:
+            env.pop(name, None)
         if not self.settings.nats_url:
             config = None
             if self.settings.nats_auth:

@@ -36,6 +36,8 @@ def test_up_then_chat_then_ctrl_c(tmp_path):
         "BUILTIN_MODEL_BIND": f"127.0.0.1:{free_port()}",
         "BUILTIN_MODEL_TOKEN_DELAY": "0.001",
         "PYTHONUNBUFFERED": "1",
+        "LLM_KEY": "sk-left-from-llm-sse",  # llm-sse's own settings, still exported by a user moving over
+        "HTTP_ADDR": ":9090",
     })
     up = subprocess.Popen([sys.executable, "-m", "agentstream", "up"], env=env, cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -56,6 +58,9 @@ def test_up_then_chat_then_ctrl_c(tmp_path):
         for name in ("nats", "builtin-model", "tool-runner", "agent-runner", "edge"):
             assert re.search(rf"^\s*{name} \| ", text, re.M), f"no {name} log lines:\n{text}"
         assert httpx.get(f"http://127.0.0.1:{edge_port}/healthz").status_code == 200
+        assert "LLM_KEY (llm-sse) is ignored: agentstream sends LLM_API_KEY" in text
+        assert "HTTP_ADDR=:9090 (llm-sse) is ignored" in text and "EDGE_BIND=0.0.0.0:9090" in text
+        assert text.count("HTTP_ADDR=") == 1 and "sk-left-from-llm-sse" not in text  # once, and no key
 
         chat = subprocess.run(
             [sys.executable, "-m", "agentstream", "chat", "programmer-helper",
