@@ -114,7 +114,8 @@ class AgentRunner:
         self.llm_base_url = llm_base_url
         self.id = settings.runner_name
         self.llm = LLMClient(max_attempts=settings.llm_max_attempts, stream_usage=settings.llm_stream_usage)
-        self.tools = ToolClient(nc, progress_interval=settings.tool_progress_interval)
+        self.tools = ToolClient(nc, progress_interval=settings.tool_progress_interval,
+                                restart_grace=settings.tool_restart_grace)
         self._handlers: dict[asyncio.Task[None], bool] = {}  # handler task -> has a slot
         self._runs: dict[tuple[str, str], asyncio.Task[E.MessageCompletedData]] = {}
         self._cancel_reasons: dict[tuple[str, str], str] = {}
@@ -413,7 +414,9 @@ class AgentRunner:
         request's first delivery, so the write is tried before any read (one round trip when the
         run is new). Raises RuntimeError if the event cannot be read back."""
         if not first:
-            last = await eventlog.last_event(self.nc, subject)
+            # A decision (where this attempt starts): the leader's answer, not a replica's, which
+            # may be behind (agentstream.eventlog).
+            last = await eventlog.retrying(lambda: eventlog.last_event_from_leader(self.nc, subject))
             if last is not None:
                 return last
         try:
@@ -423,7 +426,7 @@ class AgentRunner:
             return StoredEvent(seq=seq, subject=subject, type=E.RUN_QUEUED, data=b"")
         except eventlog.WriteConflict:
             pass  # the run has events already
-        last = await eventlog.last_event(self.nc, subject)
+        last = await eventlog.retrying(lambda: eventlog.last_event_from_leader(self.nc, subject))
         if last is None:
             raise RuntimeError(f"{subject}: run.queued was stored but cannot be read back")
         return last
@@ -485,7 +488,7 @@ class AgentRunner:
             await writer.emit(E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt))
             return _Opened(writer, attempt)
 
-        history = resume.fold(await eventlog.read_list(self.nc, subject))
+        history = resume.fold(await self._history(subject, last.seq))
         if history.crashed_attempts >= self.settings.runner_max_attempts:
             await self._give_up(writer, tenant, agent, request, msg, history.crashed_attempts)
             return _Opened(None, attempt)
@@ -505,6 +508,18 @@ class AgentRunner:
         await writer.emit(E.RUN_RETRYING, E.RunRetryingData(attempt=attempt, reason=why, resume_step=superseded))
         await writer.emit(E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt))
         return _Opened(writer, attempt, continuation, history)
+
+    async def _history(self, subject: str, last_seq: int) -> list[StoredEvent]:
+        """The run's events up to ``last_seq`` (its latest, as the leader said): re-read while a
+        replica's answer stops short of it (agentstream.eventlog)."""
+
+        async def read() -> list[StoredEvent]:
+            events = await eventlog.read_list(self.nc, subject)
+            if not events or events[-1].seq < last_seq:
+                raise eventlog.EventLogError(f"{subject}: this replica has not got event {last_seq} yet")
+            return events
+
+        return await eventlog.retrying(read)
 
     async def _give_up(self, writer: RunEventWriter, tenant: str, agent: str, request: RunRequest, msg: Msg,
                        attempts: int) -> None:

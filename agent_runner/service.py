@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from agent_runner.runner import AgentRunner
+from agentstream import llmsse_env
 from agentstream.agents import load_agents
 from agentstream.bus import close, connect
 from agentstream.probe import serve_probe
@@ -22,6 +24,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     Prints ``agent-runner health: <url>`` (agentstream.probe, on METRICS_BIND) and
     ``agent-runner ready: <id>`` once pulling.
     """
+    for message in llmsse_env.warnings(os.environ, settings, llmsse_env.RUNNER_VARIABLES):
+        log.warning("%s", message)
     catalog = load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern)
     for error in catalog.errors:
         log.error("agent file problem: %s", error)

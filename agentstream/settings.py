@@ -48,6 +48,16 @@ class Settings:
         "AGENTSTREAM_NATS_PORT", 4222,
         "Port for the embedded nats-server; a free port is used if it is taken.",
     )
+    nats_cluster: int = _setting(
+        "AGENTSTREAM_NATS_CLUSTER", 1,
+        "Servers `agentstream up` starts for its embedded NATS (`--nats-cluster N`): 1, or 3 or 5 for a JetStream "
+        "cluster on loopback (client ports from `AGENTSTREAM_NATS_PORT` on; docs/scaling.md).",
+    )
+    stream_replicas: int = _setting(
+        "STREAM_REPLICAS", 1,
+        "Copies of every stream and bucket a JetStream cluster keeps (1 to 5; at most the cluster's size). "
+        "`agentstream up --nats-cluster N` uses min(N, 3) unless this is set.",
+    )
     # -- agents
     agents_dir: Path = _setting(
         "AGENTS_DIR", REPO_ROOT / "agents", "Directory of agent YAML files (skills in its `skills/`)."
@@ -173,6 +183,12 @@ class Settings:
         "TOOL_PROGRESS_INTERVAL", 1.0,
         "Seconds between a tool runner's progress signals; 3 missed ones mean it died and the call is retried.",
     )
+    tool_restart_grace: float = _setting(
+        "TOOL_RESTART_GRACE", 30.0,
+        "Seconds after a tool was last seen served during which a call finding no tool runner for it is retried "
+        "until the agent's tool_timeout (its tool runner is restarting); a tool no tool runner has served for "
+        "longer, or ever, fails at once with tool_unavailable.",
+    )
     # -- streams
     run_dedupe_window: float = _setting(
         "RUN_DEDUPE_WINDOW", 300.0, "Seconds during which a repeated run submission is recognised by JetStream."
@@ -218,11 +234,22 @@ class Settings:
         "Longest a read_file or list_dir may take, waiting for a free thread included (seconds); past it the call "
         "answers `timeout`.",
     )
+    tool_runner_tools: str = _setting(
+        "TOOL_RUNNER_TOOLS", "",
+        "Comma-separated tools this tool runner serves (read_file, list_dir, http_request). Unset: all. Each kind "
+        "of tool can then be scaled on its own (docs/scaling.md).",
+    )
     # -- all
     shutdown_grace: float = _setting(
         "SHUTDOWN_GRACE", 30.0, "Seconds a stopping component lets in-flight work finish before handing it back."
     )
     log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR.")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.stream_replicas <= 5:
+            raise ValueError(f"STREAM_REPLICAS={self.stream_replicas}: JetStream keeps 1 to 5 replicas")
+        if self.nats_cluster < 1:
+            raise ValueError(f"AGENTSTREAM_NATS_CLUSTER={self.nats_cluster}: at least 1 server")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -580,6 +580,73 @@ class Bench:
                 out[name] = {"ms": dist(times), "returned": len(resp.json().get("runs") or [])}
         self.results["listing"] = out
 
+    # -- 6b. tool runners scaling out on a latency-bound tool
+
+    async def tool_scaling(self) -> None:
+        """``http_request`` calls to a loopback server answering each request in 50 ms, with 1, 2
+        and 4 tool runners each limited to 8 calls at once (``TOOL_RUNNER_CONCURRENCY=8``), so one
+        tool runner can finish at most 160 calls per second: what adding tool runners adds, when
+        the tool's own latency, not the machine, is the limit. 64 calls are kept in flight."""
+        from agent_runner.tool_client import ToolClient
+
+        per_runner, delay, in_flight = 8, 0.05, 64
+        seconds = 3.0 if QUICK else 10.0
+        web = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.slowhttp", str(delay),
+                                                   stdout=asyncio.subprocess.PIPE, cwd=BENCH.parent)
+        try:
+            assert web.stdout is not None
+            url = (await web.stdout.readline()).decode().split("ready: ", 1)[1].strip()
+            host = url.removeprefix("http://")
+            for proc in self.tools:
+                proc.terminate(20)
+            self.tools.clear()
+            out: dict[str, Any] = {"tool_latency_ms": delay * 1000, "concurrency_per_runner": per_runner,
+                                   "in_flight": in_flight, "seconds": seconds,
+                                   "ceiling_per_runner_per_s": per_runner / delay}
+            for count in (1, 2, 4):
+                while len(self.tools) < count:
+                    self.tools.append(await asyncio.to_thread(
+                        self.system.start_tool_runner, f"web-{len(self.tools) + 1}",
+                        TOOL_RUNNER_CONCURRENCY=str(per_runner), TOOL_RUNNER_TOOLS="http_request",
+                        TOOL_HTTP_ALLOW_HOSTS=host))
+                nc = await nats.connect(**self.system.connect_options())
+                client = ToolClient(nc)
+                runners: dict[str, int] = {}
+                latencies: list[float] = []
+                failed = 0
+
+                async def caller(stop_at: float, tag: str, record: bool, client: ToolClient = client,
+                                 runners: dict[str, int] = runners, latencies: list[float] = latencies) -> int:
+                    nonlocal failed
+                    done = 0
+                    while time.perf_counter() < stop_at:
+                        started = time.perf_counter()
+                        outcome = await client.call(
+                            "default", "http_request", run_id="bench", tool_call_id=f"{tag}-{uuid.uuid4().hex}",
+                            idempotency_key=uuid.uuid4().hex, arguments={"url": f"{url}/x"}, budget=30)
+                        if record:
+                            done += 1
+                            latencies.append((time.perf_counter() - started) * 1000)
+                            runners[outcome.runner or "none"] = runners.get(outcome.runner or "none", 0) + 1
+                            failed += not outcome.ok
+                    return done
+
+                warm_until = time.perf_counter() + 1.0
+                await asyncio.gather(*(caller(warm_until, "warm", False) for _ in range(in_flight)))
+                started = time.perf_counter()
+                calls = sum(await asyncio.gather(*(caller(started + seconds, "run", True) for _ in range(in_flight))))
+                elapsed = time.perf_counter() - started
+                await nc.close()
+                out[f"{count}_tool_runner"] = {"calls": calls, "failed": failed, "calls_per_s": calls / elapsed,
+                                               "latency_ms": dist(latencies), "by_runner": runners}
+            one = out["1_tool_runner"]["calls_per_s"]
+            out["scaling_2_vs_1"] = out["2_tool_runner"]["calls_per_s"] / one
+            out["scaling_4_vs_1"] = out["4_tool_runner"]["calls_per_s"] / one
+        finally:
+            web.kill()
+            await web.wait()
+        self.results["tool_scaling"] = out
+
     # -- 7. fairness between tenants
 
     async def fairness(self) -> None:
@@ -664,7 +731,8 @@ async def main() -> None:
         bench.start()
         try:
             for name in ("nats_ceiling", "overhead", "submit_latency", "run_throughput", "fan_out", "idle_streams",
-                         "tool_throughput", "fairness", "listing", "process_concurrency", "many_runs"):
+                         "tool_throughput", "tool_scaling", "fairness", "listing", "process_concurrency",
+                         "many_runs"):
                 if os.environ.get("BENCH_ONLY") and name not in os.environ["BENCH_ONLY"].split(","):
                     continue
                 started = time.perf_counter()
@@ -682,7 +750,13 @@ def save(results: dict[str, Any]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     out = OUT / ("results.quick.json" if QUICK else "results.json")
     previous = json.loads(out.read_text()) if out.exists() and os.environ.get("BENCH_ONLY") else {}
-    merged = {**previous, **results}
+    # Each scenario keeps the date it was measured on: those merged from an earlier run keep theirs.
+    earlier = previous.get("machine", {}).get("date")
+    kept = previous.get("dates", {})
+    dates = {name: kept.get(name, earlier) for name in previous if name not in ("machine", "dates")}
+    today = results.get("machine", {}).get("date")
+    dates.update({name: today for name in results if name not in ("machine", "dates")})
+    merged = {**previous, **results, "dates": dates}
     out.write_text(json.dumps(merged, indent=2, default=str) + "\n")
     from bench.report import write_markdown
 

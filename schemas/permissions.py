@@ -13,7 +13,8 @@ edge           submit runs of any tenant, send cancels, read events (stored and 
                buckets (tenant policies, rate limits, open streams, run index); never write
                ``runs.>`` (it cannot forge a run's events)
 agent-runner   pull run requests through its consumers, write ``runs.>`` and dead letters,
-               start ensemble members, call tools, read cancels, read tenant policies
+               start ensemble members, call tools and ask which are served, read cancels,
+               read tenant policies
 tool-runner    serve ``tools.*.*`` in queue group ``tool-runners`` only, answer the requests it
                receives (``allow_responses``), keep tool results (TOOL_RESULTS), read
                tenant policies (a tenant's own ``tool_root``)
@@ -145,6 +146,7 @@ _AGENT_RUNNER = Permissions(
         S.DEAD_LETTERS_ALL,
         S.RUN_LOG_ALL,
         S.TOOLS_ALL,
+        S.TOOL_SERVICE_INFO,  # which tools are served (agent_runner.tool_directory)
         f"{API}.INFO",
         f"{API}.STREAM.INFO.*",
         f"{API}.CONSUMER.CREATE.{S.AGENT_RUNS_STREAM}.>",
@@ -156,6 +158,8 @@ _AGENT_RUNNER = Permissions(
         f"{API}.CONSUMER.CREATE.{S.RUN_CONTROL_STREAM}.>",
         f"{FLOW_CONTROL}.{S.RUN_CONTROL_STREAM}.>",
         *_stream_read(S.RUN_EVENTS_STREAM),
+        # The leader's answer when a replica's may be stale (agentstream.eventlog.last_event_from_leader).
+        f"{API}.STREAM.MSG.GET.{S.RUN_EVENTS_STREAM}",
         *_stream_read(S.RUN_CONTROL_STREAM),
         *_bucket(S.TENANTS_BUCKET, watch=True),
         *_bucket(S.RUN_INDEX_BUCKET),

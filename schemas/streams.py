@@ -53,11 +53,15 @@ def stream_configs(
     control_max_age: float = 86400.0,
     dead_letter_max_age: float = 30 * 86400.0,
     max_msg_size: int = 1024 * 1024,
+    replicas: int = 1,
 ) -> list[StreamConfig]:
-    """The streams. Durations in seconds; ``max_msg_size`` in bytes (-1: server limit)."""
+    """The streams. Durations in seconds; ``max_msg_size`` in bytes (-1: server limit);
+    ``replicas``: copies a JetStream cluster keeps of each (``STREAM_REPLICAS``; 1 on a single
+    server). Their consumers inherit it (a consumer's ``num_replicas`` 0 is the stream's)."""
     return [
         StreamConfig(
             name=subjects.AGENT_RUNS_STREAM,
+            num_replicas=replicas,
             description="agentstream run requests (work queue, one shared durable consumer)",
             subjects=[subjects.RUN_REQUESTS_ALL, subjects.MEMBER_REQUESTS_ALL],
             retention=RetentionPolicy.WORK_QUEUE,
@@ -68,6 +72,7 @@ def stream_configs(
         ),
         StreamConfig(
             name=subjects.RUN_EVENTS_STREAM,
+            num_replicas=replicas,
             description="agentstream run events, one subject per run",
             subjects=[subjects.RUN_EVENTS_ALL],
             retention=RetentionPolicy.LIMITS,
@@ -84,6 +89,7 @@ def stream_configs(
         ),
         StreamConfig(
             name=subjects.RUN_CONTROL_STREAM,
+            num_replicas=replicas,
             description="agentstream run control signals (cancel)",
             subjects=[subjects.CONTROL_ALL],
             retention=RetentionPolicy.LIMITS,
@@ -95,6 +101,7 @@ def stream_configs(
         ),
         StreamConfig(
             name=subjects.RUN_LOG_STREAM,
+            num_replicas=replicas,
             description="agentstream run log: runs submitted and ended, newest last (the run listings' index)",
             subjects=[subjects.RUN_LOG_ALL],
             retention=RetentionPolicy.LIMITS,
@@ -106,6 +113,7 @@ def stream_configs(
         ),
         StreamConfig(
             name=subjects.RUN_DEAD_LETTERS_STREAM,
+            num_replicas=replicas,
             description="agentstream requests of runs given up on",
             subjects=[subjects.DEAD_LETTERS_ALL],
             retention=RetentionPolicy.LIMITS,
@@ -118,7 +126,8 @@ def stream_configs(
 
 
 def kv_configs(*, run_index_max_age: float = 7 * 86400.0, replicas: int = 1) -> list[KeyValueConfig]:
-    """The key-value buckets (each one JetStream stream ``KV_{bucket}``). Durations in seconds.
+    """The key-value buckets (each one JetStream stream ``KV_{bucket}``). Durations in seconds;
+    ``replicas`` as for :func:`stream_configs`.
 
     - TENANTS: one entry per tenant (its policy, no keys), kept until removed;
     - RATE_LIMITS: rate-limit state, forgotten an hour after its last use (it is full again by then);
@@ -213,6 +222,7 @@ async def ensure_buckets(js: JetStreamContext, configs: list[KeyValueConfig]) ->
             stream = info.config
             stream.max_age = config.ttl or 0.0
             stream.description = config.description
+            stream.num_replicas = config.replicas
             await js.update_stream(stream)
 
 

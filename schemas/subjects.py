@@ -8,6 +8,7 @@ Subjects (design card, "Subjects"):
 ``runs.{tenant}.{agent}.{run_id}``    that run's events, stored in stream ``RUN_EVENTS``
 ``live.runs.{tenant}.{agent}.{run}``  the same events re-published by the server (core, at-most-once)
 ``tools.{tenant}.{tool}``             one tool invocation (core request/reply, queue group per tool)
+``$SRV.INFO.agentstream-tool-runner`` which tools the tool runners serve (nats.micro discovery)
 ``control.{tenant}.{run_id}``         cancel and other signals for a run, stored in stream ``RUN_CONTROL``
 ``deadletter.{tenant}.{agent}.{run}`` the request of a run given up on, stored in ``RUN_DEAD_LETTERS``
 ``runlog.{tenant}.{agent}.{kind}``    the run log: one entry when a run is submitted, one when it ends
@@ -86,6 +87,12 @@ RUN_EVENTS_REPUBLISH_DEST = f"{_LIVE_PREFIX}.{_RUN_EVENTS_PREFIX}.>"
 
 # Queue group shared by every tool runner for one tool (one group per tool subject).
 TOOL_QUEUE_GROUP = "tool-runners"
+
+TOOL_SERVICE = "agentstream-tool-runner"
+"""The nats.micro service name every tool runner registers (one endpoint per tool it serves)."""
+TOOL_SERVICE_INFO = f"$SRV.INFO.{TOOL_SERVICE}"
+"""nats.micro discovery (ADR-32, "Discovery"): each tool runner answers a request here with its
+service info, whose endpoints name the tools it serves."""
 
 
 class SubjectTokenError(ValueError):

@@ -1,5 +1,8 @@
 """The tool runner: each tool as a NATS micro-service endpoint on ``tools.*.{tool}`` in one queue
-group, so any number of tool runners share the calls and each can be scaled alone.
+group, so any number of tool runners share the calls and each can be scaled alone. A tool runner
+serves every tool, or those ``TOOL_RUNNER_TOOLS`` names (a pool of http_request runners apart
+from the read_file ones); agent runners find out which tools are served by the service's
+nats.micro discovery (agent_runner.tool_directory).
 
 Calls are executed concurrently (up to TOOL_RUNNER_CONCURRENCY; a micro endpoint alone would
 handle one request at a time, nats-notes.md §1.3). A call repeated with the same idempotency key
@@ -40,14 +43,29 @@ from tool_runner.tools import ToolContext, registry
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "agentstream-tool-runner"
+SERVICE_NAME = subjects.TOOL_SERVICE
 SERVICE_VERSION = "0.1.0"
 RESULT_CACHE_SECONDS = 600.0
 RESULT_CACHE_SIZE = 10_000
 
 
+def served_tools(settings: Settings) -> list[str]:
+    """The tools ``TOOL_RUNNER_TOOLS`` names (every tool when unset), in catalog order. Raises
+    ValueError naming the variable and the known tools for an unknown name."""
+    known = list(registry())
+    wanted = [t.strip() for t in settings.tool_runner_tools.split(",") if t.strip()]
+    if not wanted:
+        return known
+    unknown = [t for t in wanted if t not in known]
+    if unknown:
+        raise ValueError(f"TOOL_RUNNER_TOOLS={settings.tool_runner_tools!r}: unknown tool(s) {', '.join(unknown)}; "
+                         f"the tools are {', '.join(known)}")
+    return [t for t in known if t in wanted]
+
+
 class ToolRunner:
-    """Serves the tools on one NATS connection. ``start()``, then ``stop(grace)`` (seconds)."""
+    """Serves the tools (:func:`served_tools`) on one NATS connection. ``start()``, then
+    ``stop(grace)`` (seconds). Raises ValueError for a bad ``TOOL_RUNNER_TOOLS``."""
 
     def __init__(self, settings: Settings, nc: NATS):
         self.settings = settings
@@ -55,7 +73,8 @@ class ToolRunner:
         self.id = settings.runner_name
         root = settings.tool_root or Path.cwd()
         self.root = root.resolve()
-        self._tools = registry()
+        every = registry()
+        self._tools = {name: every[name] for name in served_tools(settings)}
         self._slots = asyncio.Semaphore(settings.tool_runner_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
@@ -79,7 +98,7 @@ class ToolRunner:
             self.nc,
             name=SERVICE_NAME,
             version=SERVICE_VERSION,
-            description="agentstream tools (read_file, list_dir, http_request)",
+            description=f"agentstream tools ({', '.join(self._tools)})",
             metadata={"runner": self.id, "root": self.root.name},
             queue_group=subjects.TOOL_QUEUE_GROUP,
         )
@@ -143,11 +162,13 @@ class ToolRunner:
             log.warning("could not send result of %s: %s", key, err)
 
     async def _progress(self, reply: str, interval: float) -> None:
+        # The first one after one interval, not at once: a call done sooner needs none (most are),
+        # and the caller gives up only after three silent intervals.
         hdrs = {H.TOOL_PROGRESS: "1", H.RUNNER: self.id}
         try:
             while True:
-                await self.nc.publish(reply, b"", headers=hdrs)
                 await asyncio.sleep(interval)
+                await self.nc.publish(reply, b"", headers=hdrs)
         except asyncio.CancelledError:
             pass
         except Exception as err:
@@ -264,6 +285,11 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     from agentstream.bus import close, connect
     from agentstream.probe import serve_probe
 
+    try:
+        served_tools(settings)
+    except ValueError as err:
+        log.error("%s", err)
+        raise SystemExit(2) from None
     nc = await connect(settings, f"tool-runner {settings.runner_name}", role=Role.TOOL_RUNNER)
     probe_stop = asyncio.Event()
     probe = asyncio.create_task(serve_probe("tool-runner", settings.metrics_bind, lambda: nc.is_connected, probe_stop))
