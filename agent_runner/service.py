@@ -22,7 +22,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     Prints ``agent-runner health: <url>`` (agentstream.probe, on METRICS_BIND) and
     ``agent-runner ready: <id>`` once pulling.
     """
-    catalog = load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern)
+    catalog = load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern,
+                          mcp_stdio_commands=settings.mcp_stdio_commands)
     for error in catalog.errors:
         log.error("agent file problem: %s", error)
     log.info("agents: %s", ", ".join(sorted(catalog.agents)) or "none")

@@ -7,7 +7,10 @@ Subjects (design card, "Subjects"):
 ``agents.{tenant}.{agent}.member``    an ensemble member's child run request (same stream; no tenant cap)
 ``runs.{tenant}.{agent}.{run_id}``    that run's events, stored in stream ``RUN_EVENTS``
 ``live.runs.{tenant}.{agent}.{run}``  the same events re-published by the server (core, at-most-once)
-``tools.{tenant}.{tool}``             one tool invocation (core request/reply, queue group per tool)
+``tools.{tenant}.{tool}``             one tool invocation (core request/reply, queue group per tool);
+                                      MCP tools go through two generic tools, ``mcp`` (a call) and
+                                      ``mcp_list`` (a server's tool list), the server and tool in
+                                      the request (schemas/mcp.py)
 ``control.{tenant}.{run_id}``         cancel and other signals for a run, stored in stream ``RUN_CONTROL``
 ``deadletter.{tenant}.{agent}.{run}`` the request of a run given up on, stored in ``RUN_DEAD_LETTERS``
 ``runlog.{tenant}.{agent}.{kind}``    the run log: one entry when a run is submitted, one when it ends
@@ -86,6 +89,11 @@ RUN_EVENTS_REPUBLISH_DEST = f"{_LIVE_PREFIX}.{_RUN_EVENTS_PREFIX}.>"
 
 # Queue group shared by every tool runner for one tool (one group per tool subject).
 TOOL_QUEUE_GROUP = "tool-runners"
+
+MCP_CALL_TOOL = "mcp"
+"""The tool (``tools.{tenant}.mcp``) that calls a tool of an agent's MCP server (schemas/mcp.py)."""
+MCP_LIST_TOOL = "mcp_list"
+"""The tool (``tools.{tenant}.mcp_list``) that lists the tools of an agent's MCP server."""
 
 
 class SubjectTokenError(ValueError):
