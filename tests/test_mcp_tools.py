@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import nats
+import nats.js.errors
 import pytest
 
 from agent_runner.tool_client import ToolClient, ToolOutcome
@@ -45,7 +46,7 @@ def _agent_files(target: Path, port: int) -> Path:
         f"    command: {json.dumps(sys.executable)}\n"
         f"    args: [{json.dumps(str(NOTES))}]\n"
         "    env: {NOTES_GREETING: hello}\n"
-        "    tools: [read_note, whoami, crash]\n"
+        "    tools: [read_note, whoami, crash, append_note]\n"
         "  - name: web\n"
         f"    url: http://127.0.0.1:{port}/mcp\n"
     )
@@ -115,13 +116,16 @@ def _answer(events: list[dict]) -> str:
     return next(e["data"]["data"]["text"] for e in events if e["event"] == "message.completed")
 
 
-async def _tool_request(system: System, tenant: str, tool: str, arguments: dict) -> ToolOutcome:
-    """One request on ``tools.{tenant}.{tool}`` as an agent runner makes it."""
+async def _tool_request(system: System, tenant: str, tool: str, arguments: dict, *,
+                        key: str | None = None) -> ToolOutcome:
+    """One request on ``tools.{tenant}.{tool}`` as an agent runner makes it (``key``: its
+    idempotency key; default a new one)."""
     nc = await nats.connect(**system.connect_options(Role.AGENT_RUNNER))
     try:
         call_id = f"call-{uuid.uuid4().hex[:8]}"
         return await ToolClient(nc).call(tenant, tool, run_id="mcp-test", tool_call_id=call_id,
-                                         idempotency_key=f"mcp-test:1:{call_id}", arguments=arguments, budget=30)
+                                         idempotency_key=key or f"mcp-test:1:{call_id}", arguments=arguments,
+                                         budget=30)
     finally:
         await nc.close()
 
@@ -148,7 +152,7 @@ async def test_only_allowed_tools_are_offered_and_callable(edge, mcp_system):
     async with httpx.AsyncClient() as model:
         requests = (await model.get(f"{mcp_system.model_url.removesuffix('/v1')}/debug/requests")).json()["requests"]
     offered = next(r["tools"] for r in requests if marker in json.dumps(r["messages"]))
-    assert set(offered) == {"notes__read_note", "notes__whoami", "notes__crash", "web__lookup"}
+    assert set(offered) == {"notes__read_note", "notes__whoami", "notes__crash", "notes__append_note", "web__lookup"}
     # The tool runner refuses it too, whoever asks.
     direct = await _tool_request(mcp_system, "default", subjects.MCP_CALL_TOOL,
                                  {"agent": "mcp-user", "server": "notes", "tool": "secret"})
@@ -214,7 +218,35 @@ async def test_the_listing_is_answered_within_the_tool_budget(mcp_system):
                                                    {"agent": "mcp-user", "server": "notes"}), 30)
     assert listing.ok, listing.error
     tools = {t["name"]: t for t in listing.output["tools"]}
-    assert set(tools) == {"read_note", "whoami", "crash"}
+    assert set(tools) == {"read_note", "whoami", "crash", "append_note"}
     assert tools["read_note"]["model_name"] == "notes__read_note"
     assert tools["read_note"]["read_only"] and not tools["crash"]["read_only"]
     assert tools["read_note"]["input_schema"]["properties"]["name"]["type"] == "string"
+
+
+async def test_a_tool_without_read_only_hint_is_executed_once_per_call(mcp_system):
+    """A tool the server does not mark read-only is kept in TOOL_RESULTS (tool_runner/once.py): a
+    retry of the call (same idempotency key, on any tool runner) gets the first result; a read-only
+    tool is simply executed again."""
+    key = f"mcp-test:1:{uuid.uuid4().hex[:8]}"
+    append = {"agent": "mcp-user", "server": "notes", "tool": "append_note",
+              "arguments": {"name": "n", "text": "t"}}
+    first = await _tool_request(mcp_system, "carol", subjects.MCP_CALL_TOOL, append, key=key)
+    again = await _tool_request(mcp_system, "carol", subjects.MCP_CALL_TOOL, append, key=key)
+    other = await _tool_request(mcp_system, "carol", subjects.MCP_CALL_TOOL, append)
+    assert (first.output["text"], again.output["text"], other.output["text"]) == (
+        "kept 1 note(s)", "kept 1 note(s)", "kept 2 note(s)")
+    read_key = f"mcp-test:1:{uuid.uuid4().hex[:8]}"
+    read = await _tool_request(mcp_system, "carol", subjects.MCP_CALL_TOOL,
+                               {"agent": "mcp-user", "server": "notes", "tool": "read_note",
+                                "arguments": {"name": "n"}}, key=read_key)
+    assert read.ok
+    nc = await nats.connect(**mcp_system.connect_options(Role.ADMIN))
+    try:
+        kv = await nc.jetstream().key_value(subjects.TOOL_RESULTS_BUCKET)
+        stored = json.loads((await kv.get(subjects.tool_result_key("carol", key))).value)
+        assert stored["state"] == "done" and stored["result"]["output"]["text"] == "kept 1 note(s)"
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
+            await kv.get(subjects.tool_result_key("carol", read_key))
+    finally:
+        await nc.close()

@@ -7,6 +7,7 @@ Started by a tool runner as an agent's ``mcp_servers`` entry (``command: <python
   from the agent file's ``env``; ``AGENTSTREAM_TENANT`` from the tool runner);
 - ``whoami()`` (read-only): this process's id, so a test can kill it between calls;
 - ``crash()`` (not read-only): exits at once, mid-call, as a server that dies does;
+- ``append_note(name, text)`` (not read-only): keeps a note in memory, says how many it keeps;
 - ``secret()`` (read-only): a tool the test agent's allow-list leaves out.
 """
 
@@ -38,6 +39,16 @@ def whoami() -> str:
 def crash() -> str:
     """Exit at once (a server that dies in the middle of a call)."""
     os._exit(3)
+
+
+NOTES: list[tuple[str, str]] = []
+
+
+@server.tool()
+def append_note(name: str, text: str) -> str:
+    """Keep a note (a side effect)."""
+    NOTES.append((name, text))
+    return f"kept {len(NOTES)} note(s)"
 
 
 @server.tool(annotations=READ_ONLY)
