@@ -27,9 +27,12 @@ import pytest
 from agent_runner.tool_client import ToolClient, ToolOutcome
 from agentstream.natsserver import free_port
 from schemas import subjects
+from schemas.mcp import McpServer
 from schemas.permissions import Role
-from tests.conftest import read_events, submit
+from tests.conftest import eventually, read_events, submit
 from tests.harness import REPO, System, new_system
+from tool_runner.mcp.session import McpPool, SessionKey
+from tool_runner.mcp.tools import output_of
 
 NOTES = REPO / "tests" / "mcp_servers" / "notes_stdio.py"
 LOOKUP = REPO / "tests" / "mcp_servers" / "lookup_http.py"
@@ -250,3 +253,30 @@ async def test_a_tool_without_read_only_hint_is_executed_once_per_call(mcp_syste
             await kv.get(subjects.tool_result_key("carol", read_key))
     finally:
         await nc.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_an_idle_session_is_closed_and_its_server_process_ends():
+    """The tool runner's pool alone (no bus): an unused session is closed after MCP_IDLE_TIMEOUT."""
+    pool = McpPool(connect_timeout=20, idle_timeout=0.5, allow_hosts="")
+    pool.start()
+    spec = McpServer(name="notes", command=sys.executable, args=[str(NOTES)])
+    try:
+        session = await pool.session(SessionKey("t", "a", "notes"), spec, cwd=REPO, env={}, timeout=20)
+        pid = int(output_of(await session.call("whoami", {}, 10))["text"].rsplit(" ", 1)[1])
+        assert pool.open_sessions == 1 and _running(pid)
+
+        async def closed() -> bool:
+            """the idle session was closed and its server process ended"""
+            return pool.open_sessions == 0 and not _running(pid)
+
+        await eventually(closed, within=15)
+    finally:
+        await pool.close()
