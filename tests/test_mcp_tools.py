@@ -138,10 +138,10 @@ async def test_agent_answers_from_a_stdio_and_an_http_mcp_server(edge):
                                           'use the tool web__lookup with {"key": "abc"}')
     calls = [e["data"]["data"] for e in events if e["event"] == "tool.call"]
     assert [c["name"] for c in calls] == ["notes__read_note", "web__lookup"]
-    results = _results(events)
-    assert all(r["ok"] for r in results), results
-    assert results[0]["output"]["text"] == "note groceries says: hello from default"
-    assert results[1]["output"]["text"] == "the value of abc is ABC-42"
+    results = {r["name"]: r for r in _results(events)}  # in the order they finished: the calls ran together
+    assert all(r["ok"] for r in results.values()), results
+    assert results["notes__read_note"]["output"]["text"] == "note groceries says: hello from default"
+    assert results["web__lookup"]["output"]["text"] == "the value of abc is ABC-42"
     answer = _answer(events)
     assert "note groceries says: hello from default" in answer
     assert "the value of abc is ABC-42" in answer
