@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from agent_runner.tool_client import ToolClient
 from schemas import subjects
 from schemas.agents import AgentDefinition
-from schemas.mcp import McpToolInfo, McpToolList
+from schemas.mcp import McpToolInfo, McpToolList, model_tool_name
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,11 @@ class McpTool:
 
 def function_definition(info: McpToolInfo) -> dict[str, Any]:
     """The OpenAI ``tools[]`` entry for an MCP tool: its model name, description, and its input
-    JSON Schema as the parameters (an object schema; anything else becomes ``{"type": "object"}``)."""
+    JSON Schema as the parameters (an object schema, without its top-level ``$schema`` and
+    ``title``, which some servers refuse; anything else becomes ``{"type": "object"}``)."""
     schema: dict[str, Any] = {"type": "object"}
     if info.input_schema.get("type") == "object":
-        schema = dict(info.input_schema)
+        schema = {k: v for k, v in info.input_schema.items() if k not in ("$schema", "title")}
     schema.setdefault("properties", {})
     return {"type": "function", "function": {
         "name": info.model_name, "description": info.description[:1024] or info.name, "parameters": schema}}
@@ -74,6 +75,10 @@ class McpToolLister:
         offered: dict[str, McpTool] = {}
         for tools in lists:
             for tool in tools:
+                if tool.model_name in offered:  # "a__b" + "c" and "a" + "b__c": the second gets the hashed name
+                    name = model_tool_name(tool.server, tool.tool, hashed=True)
+                    function = {**tool.definition["function"], "name": name}
+                    tool = replace(tool, model_name=name, definition={**tool.definition, "function": function})
                 offered.setdefault(tool.model_name, tool)
         return offered
 

@@ -10,7 +10,8 @@ API reference, ``tools[].function.name``), so ``files.read`` is not possible; an
 holding other characters (MCP allows ``.`` too, spec 2025-11-25, Tools, "Tool names"), or a
 combined name longer than 64, is made valid by replacing each other character with ``_`` and, when
 anything was replaced or cut, ending the name with ``_`` and 8 hex digits of the SHA-256 of
-``{server}/{tool}``, so two tools never share a name.
+``{server}/{tool}``; when two tools of an agent would still share a name (``a__b`` + ``c`` and
+``a`` + ``b__c``), the second one gets the hashed form too (agent_runner.mcp_tools).
 
 On the bus an MCP tool is not a subject of its own (tool names may hold characters a subject token
 may not): agent runners call the generic tool :data:`~schemas.subjects.MCP_CALL_TOOL`
@@ -99,11 +100,12 @@ def command_refusal(command: str, allowed: str) -> str:
             "may start")
 
 
-def model_tool_name(server: str, tool: str) -> str:
+def model_tool_name(server: str, tool: str, *, hashed: bool = False) -> str:
     """The name the model calls an MCP tool by (see the module docstring): ``{server}__{tool}``,
-    made valid for OpenAI-compatible servers when it is not."""
+    made valid for OpenAI-compatible servers when it is not (or when ``hashed``: always with the
+    hash, to tell it from another tool's same name)."""
     plain = f"{server}{SEPARATOR}{tool}"
-    if MODEL_NAME_RE.fullmatch(plain):
+    if MODEL_NAME_RE.fullmatch(plain) and not hashed:
         return plain
     digest = hashlib.sha256(f"{server}/{tool}".encode()).hexdigest()[:8]
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", plain)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import mcp.types as mt
 import pytest
 
-from agent_runner.mcp_tools import function_definition
+from agent_runner.mcp_tools import McpToolLister, function_definition
+from agent_runner.tool_client import ToolOutcome
 from agentstream.agents import parse_agent
 from agentstream.builtin_model.policy import Options, decide
 from edge.errors import ApiError
@@ -76,6 +77,7 @@ def test_model_names_are_valid_function_names():
     assert dotted.startswith("files__fs_read_") and len(dotted) == len("files__fs_read_") + 8
     assert len(long) == 64
     assert model_tool_name("files", "fs.read") != model_tool_name("files", "fs_read")
+    assert model_tool_name("files", "read", hashed=True).startswith("files__read_")
     for name in (dotted, long):
         assert all(c.isalnum() or c in "_-" for c in name)
 
@@ -114,7 +116,8 @@ def test_an_mcp_result_as_the_model_reads_it():
 
 def test_a_function_definition_from_a_tool_list_entry():
     info = McpToolInfo(name="read", model_name="files__read", description="Read a file",
-                       input_schema={"type": "object", "properties": {"path": {"type": "string"}}})
+                       input_schema={"type": "object", "title": "readArguments", "$schema": "x",
+                                     "properties": {"path": {"type": "string"}}})
     assert function_definition(info) == {"type": "function", "function": {
         "name": "files__read", "description": "Read a file",
         "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}}
@@ -134,3 +137,21 @@ def test_origin_is_checked_for_every_method_on_mcp(method):
     assert (refused.value.status, refused.value.field) == (403, "Origin")
     if method != "POST":
         run("/api/runs")  # elsewhere, only a POST meets the Origin rule
+
+
+async def test_two_tools_with_the_same_model_name_are_both_offered():
+    """Server "a__b" with tool "c" and server "a" with tool "b__c" both make "a__b__c"."""
+
+    class Lists:
+        async def call(self, tenant, tool, *, arguments, **_):
+            server = arguments["server"]
+            name = {"a__b": "c", "a": "b__c"}[server]
+            listing = {"server": server, "tools": [{"name": name, "model_name": model_tool_name(server, name)}]}
+            return ToolOutcome(ok=True, output=listing)
+
+    agent = parse_agent("name: x\nmcp_servers: [{name: a__b, url: 'https://x/m'}, {name: a, url: 'https://y/m'}]\n",
+                        "x.yaml")[0]
+    offered = await McpToolLister(Lists(), ttl=60, timeout=5).tools_for("t", agent, "run-1")
+    assert len(offered) == 2 and "a__b__c" in offered
+    other = next(t for name, t in offered.items() if name != "a__b__c")
+    assert (other.server, other.tool, other.definition["function"]["name"]) == ("a", "b__c", other.model_name)
