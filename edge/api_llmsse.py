@@ -35,10 +35,11 @@ class ProcessBody(BaseModel):
     """llm-sse's request (unknown fields are accepted, as llm-sse does), plus ``agent``."""
 
     model_config = ConfigDict(extra="allow")
-    message: str = Field(min_length=1, max_length=200_000)
+    message: str = Field(min_length=1, max_length=200_000, examples=["Who are you?"])
     message_id: MessageId
     conversation_id: str | None = Field(default=None, max_length=200)
-    agent: str | None = None
+    agent: str | None = Field(default=None, description="The agent to ask (default PROCESS_DEFAULT_AGENT).",
+                              examples=["trio"])
 
 
 @bp.post("/api/process")

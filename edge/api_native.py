@@ -46,6 +46,8 @@ from schemas.runs import PENDING_RUN_ID, RunRequest, new_run_id
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 200_000
+MAX_KEY_CHARS = 200
+"""Longest ``message_id`` / ``Idempotency-Key`` (schemas.common.MessageId)."""
 
 bp = Blueprint("native", __name__)
 
@@ -53,7 +55,7 @@ bp = Blueprint("native", __name__)
 class ChatBody(Strict):
     """``POST /api/agents/{name}/chat`` body (LocalAI-compatible, plus idempotency)."""
 
-    message: str = Field(max_length=MAX_MESSAGE_CHARS)
+    message: str = Field(max_length=MAX_MESSAGE_CHARS, examples=["Who are you?"])
     message_id: MessageId | None = None
     conversation_id: str | None = Field(default=None, max_length=200)
 
@@ -115,7 +117,11 @@ async def chat(name: str) -> Response:
     body = await json_body(ChatBody)
     if not body.message.strip():
         raise ApiError(422, "invalid_request", "'message' must not be empty", "message")
-    message_id = body.message_id or request.headers.get("Idempotency-Key")
+    header = request.headers.get("Idempotency-Key")
+    if not body.message_id and header is not None and len(header) > MAX_KEY_CHARS:
+        raise ApiError(400, "invalid_request", f"Idempotency-Key must be at most {MAX_KEY_CHARS} characters",
+                       "Idempotency-Key")
+    message_id = body.message_id or header
     field = "message_id" if body.message_id else "Idempotency-Key"
     draft = RunRequest(run_id=PENDING_RUN_ID, message_id=message_id or PENDING_RUN_ID, message=body.message.strip(),
                        conversation_id=body.conversation_id)

@@ -77,8 +77,8 @@ class StreamOptions(_Lenient):
 class ChatCompletionBody(_Lenient):
     """The fields of ``POST /v1/chat/completions`` agentstream reads."""
 
-    model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
+    model: str = Field(min_length=1, description="One of the caller's agents.", examples=["programmer-helper"])
+    messages: list[ChatMessage] = Field(min_length=1, examples=[[{"role": "user", "content": "Who are you?"}]])
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1)
@@ -92,8 +92,8 @@ class ChatCompletionBody(_Lenient):
 class CompletionBody(_Lenient):
     """The fields of ``POST /v1/completions`` agentstream reads."""
 
-    model: str = Field(min_length=1)
-    prompt: str | list[str] = ""
+    model: str = Field(min_length=1, description="One of the caller's agents.", examples=["programmer-helper"])
+    prompt: str | list[str] = Field(default="", examples=["Who are you?"])
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1)

@@ -84,8 +84,8 @@ class ResponsesBody(BaseModel):
     """The fields of ``POST /v1/responses`` agentstream reads; any other field is refused (400)."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(min_length=1)
-    input: str | list[Any]
+    model: str = Field(min_length=1, description="One of the caller's agents.", examples=["programmer-helper"])
+    input: str | list[Any] = Field(examples=["Who are you?"])
     instructions: str | None = None
     stream: bool | None = False
     background: bool | None = False

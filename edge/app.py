@@ -22,6 +22,7 @@ from agentstream.settings import Settings
 from edge import (
     api_agui,
     api_conversations,
+    api_docs,
     api_llmsse,
     api_mcp,
     api_native,
@@ -43,7 +44,9 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog: AgentCatalog | None = None) -> Quart:
     """The edge app. Connects to NATS in the background once serving starts (``/healthz`` says when)."""
-    app = Quart("agentstream.edge")
+    # No static folder: the web page's files are served by edge.ui (Quart's default would add a
+    # /static/<path:filename> route reading the working directory's static/).
+    app = Quart("agentstream.edge", static_folder=None)
     app.config["RESPONSE_TIMEOUT"] = None  # streams live as long as their run (Quart's default: 60 s)
     app.config["MAX_CONTENT_LENGTH"] = settings.edge_max_body
     app.config["BODY_TIMEOUT"] = 60
@@ -77,6 +80,7 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
     app.register_blueprint(ui.bp)
     app.register_blueprint(api_agui.bp)
     app.register_blueprint(api_mcp.bp)
+    app.register_blueprint(api_docs.bp)
     mcp_endpoint = app.extensions["agentstream.mcp"] = api_mcp.McpEndpoint()
     background: list[asyncio.Task[None]] = []
 

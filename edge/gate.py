@@ -1,7 +1,8 @@
 """The door every request passes before its route: who is calling, and whether they may call now.
 
-In order, for every request but the public ones (``/healthz``, and the web page: ``/``, ``/ui``
-and the files under ``/static/``, which carry no tenant data; the page calls the API with a key):
+In order, for every request but the public ones (``/healthz``; the web page: ``/``, ``/ui`` and the
+files under ``/static/``; the API's description: ``/openapi.json``, ``/docs`` and its files; none
+carries tenant data, and the pages call the API with a key):
 
 1. A client address that sent too many wrong API keys (``EDGE_AUTH_FAILURES_PER_MINUTE``) gets
    429 whatever it sends, until its limit lets it in again (the address is the TCP peer; put a
@@ -21,16 +22,18 @@ import hashlib
 
 from quart import g, request
 
-from edge import ui
+from edge import api_docs, ui
 from edge.auth import Tenant
 from edge.errors import ApiError
 from edge.ratelimit import Decision, Limit
 from edge.state import EdgeState
 
-PUBLIC_PATHS = frozenset({"/healthz"}) | ui.PAGE_PATHS
-"""Paths served without a key: the health check and the web page (edge.ui)."""
-PUBLIC_ENDPOINTS = frozenset({"ui.static_file"})
-"""Routes served without a key whatever their path: the web page's files under ``/static/``."""
+PUBLIC_PATHS = frozenset({"/healthz"}) | ui.PAGE_PATHS | api_docs.DOC_PATHS
+"""Paths served without a key: the health check, the web page (edge.ui) and the API's description
+(edge.api_docs)."""
+PUBLIC_ENDPOINTS = frozenset({"ui.static_file", "docs.docs_file"})
+"""Routes served without a key whatever their path: the files of the web page (``/static/``) and of
+the documentation page (``/docs/``)."""
 SSE_GET_ENDPOINTS = frozenset({"native.run_sse", "native.agent_sse"})
 """Routes a browser ``EventSource`` opens (it cannot set headers): ``?api_key=`` is accepted there."""
 

@@ -63,23 +63,30 @@ def load_static(directory: Path = STATIC_DIR) -> dict[str, StaticFile]:
         content_type = CONTENT_TYPES.get(path.suffix)
         if path.is_file() and content_type is not None:
             body = path.read_bytes()
-            files[path.name] = StaticFile(body, content_type, f'"{hashlib.sha256(body).hexdigest()[:32]}"')
+            files[path.name] = StaticFile(body, content_type, etag_of(body))
     return files
+
+
+def etag_of(body: bytes) -> str:
+    """A strong ETag for ``body``: a quoted SHA-256 prefix."""
+    return f'"{hashlib.sha256(body).hexdigest()[:32]}"'
 
 
 FILES = load_static()
 
 
-def _serve(file: StaticFile) -> Response:
+def serve(file: StaticFile, headers: dict[str, str] = SECURITY_HEADERS) -> Response:
+    """``file`` with ``headers`` (default: the page's security headers) and its ETag; 304 when
+    ``If-None-Match`` has it."""
     if file.etag in {tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")}:
-        return Response(b"", status=304, headers={**SECURITY_HEADERS, "ETag": file.etag})
-    return Response(file.body, content_type=file.content_type, headers={**SECURITY_HEADERS, "ETag": file.etag})
+        return Response(b"", status=304, headers={**headers, "ETag": file.etag})
+    return Response(file.body, content_type=file.content_type, headers={**headers, "ETag": file.etag})
 
 
 @bp.get("/")
 async def page() -> Response:
     """``GET /``: the page (``index.html``)."""
-    return _serve(FILES["index.html"])
+    return serve(FILES["index.html"])
 
 
 @bp.get("/ui")
@@ -95,4 +102,4 @@ async def static_file(name: str) -> Response:
     file = FILES.get(name)
     if file is None or name == "index.html":
         raise ApiError(404, "not_found", f"no static file {name[:80]!r}", "name")
-    return _serve(file)
+    return serve(file)

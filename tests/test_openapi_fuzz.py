@@ -1,0 +1,77 @@
+"""The live edge fuzzed from its own OpenAPI document (schemathesis): no 5xx, and every response
+conforms to the document (its status is listed, its content type, headers and body match).
+
+The system is real (tests/harness.py: nats-server with authentication, the built-in model, a tool
+runner, an agent runner, an edge with a keys file); requests carry alice's valid key. Each operation
+gets schemathesis's phases (the document's examples, boundary values, then generated requests,
+valid and invalid), bounded by ``MAX_EXAMPLES`` per operation and a request timeout, so the module
+stays within a few minutes on two cores.
+
+Left out, because it cannot be fuzzed meaningfully: ``GET /api/agents/{name}/sse``, LocalAI's
+stream of every run of an agent, which never ends by itself (a fuzzer waiting for its body would
+wait forever); tests/test_openapi.py reads its first events and checks them against the document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from edge.api_docs import document
+from tests.conftest import ALICE_KEY
+from tests.harness import System, new_system
+
+pytestmark = pytest.mark.slow
+
+MAX_EXAMPLES = 15
+"""Generated requests per operation (the examples and boundary-value phases add a few more)."""
+REQUEST_TIMEOUT = 30.0
+"""Seconds a request may take (a run of the built-in model takes well under one)."""
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+          response_schema_conformance]
+"""No 5xx; the status, content type, headers and body are the document's."""
+
+
+@pytest.fixture(scope="module")
+def fuzz_system(tmp_path_factory) -> Iterator[System]:
+    base = tmp_path_factory.mktemp("fuzz")
+    # Invalid requests include wrong keys (negative cases of the Authorization header); the default
+    # throttle of wrong keys per client address would soon answer everything with 429.
+    sysm = new_system(base, EDGE_AUTH_FAILURES_PER_MINUTE="1000000")
+    try:
+        sysm.start_model()
+        sysm.start_tool_runner("tools-fuzz")
+        sysm.start_agent_runner("runner-fuzz")
+        keys = base / "keys.yaml"  # alice, with room for a fuzzer's pace (the defaults allow a burst of 300)
+        keys.write_text(f"tenants:\n  alice:\n    keys: [{ALICE_KEY}]\n    requests_per_minute: 1000000\n"
+                        "    burst: 100000\n    max_queued_runs: 100000\n    max_streams: 10000\n")
+        sysm.start_edge(KEYS_FILE=str(keys))
+    except Exception:
+        sysm.stop()
+        raise
+    yield sysm
+    sysm.stop()
+
+
+# The document the edge serves is built by this function (tests/test_openapi.py checks that the
+# served one is the same); loading it here gives one test per operation at collection time.
+schema = schemathesis.openapi.from_dict(document())
+schema.config.update(request_timeout=REQUEST_TIMEOUT)
+schema.config.generation.update(modes=["positive", "negative"], max_examples=MAX_EXAMPLES)
+
+
+@schema.exclude(path="/api/agents/{name}/sse").parametrize()
+@settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def test_edge_answers_as_documented(case, fuzz_system):
+    case.call_and_validate(base_url=fuzz_system.edge_url, headers={"Authorization": f"Bearer {ALICE_KEY}"},
+                           checks=CHECKS, timeout=REQUEST_TIMEOUT)
