@@ -206,7 +206,8 @@ class LiveHub:
 class EventFeed:
     """The events of one run (``scope="run"``) or of all runs of one agent (``scope="agent"``),
     after sequence ``after``: stored ones, then live ones. A run feed ends after the run's
-    terminal event. Yields :class:`StoredEvent` or :data:`HEARTBEAT` every ``heartbeat`` seconds
+    terminal event, also when that event comes before ``after`` (a ``Last-Event-ID`` past the
+    run's events: nothing more will come). Yields :class:`StoredEvent` or :data:`HEARTBEAT` every ``heartbeat`` seconds
     of silence.
     """
 
@@ -297,6 +298,9 @@ class EventFeed:
                 out: list[StoredEvent] = []
                 for ev in events:
                     if ev.seq <= self.last:
+                        if self._ends(ev):  # the run ended before the client's Last-Event-ID: nothing more comes
+                            self._done = True
+                            break
                         continue
                     if self.scope == "run" and ev.last_seq is not None and ev.last_seq > self.last:
                         # A hole: something between the last yielded event and this one. Every
@@ -331,6 +335,11 @@ class EventFeed:
                     break
             if out:
                 yield out
+            if not events and not self._done and self.scope == "run" and self.last > 0:
+                # Nothing after the client's Last-Event-ID: if the run has already ended before it
+                # (an id past the run's events), nothing ever will come; end rather than wait.
+                latest = await eventlog.last_event(self.nc, self.filter_subject)
+                self._done = latest is not None and latest.seq <= self.last and E.is_terminal(latest.type)
             if self._done or not events or pending == 0:
                 return
 

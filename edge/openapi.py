@@ -83,6 +83,8 @@ class Answer:
     sse: SchemaLike | None = None
     other: dict[str, dict[str, Any]] = field(default_factory=dict)
     headers: tuple[Header, ...] = ()
+    links: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    """OpenAPI links (§4.8.20): ``{name: (operationId, {parameter: runtime expression})}``."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,9 @@ def _response(answer: Answer) -> dict[str, Any]:
         out["content"] = content
     if answer.headers:
         out["headers"] = _header_objects(answer.headers)
+    if answer.links:
+        out["links"] = {name: {"operationId": op_id, "parameters": params}
+                        for name, (op_id, params) in answer.links.items()}
     return out
 
 

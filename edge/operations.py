@@ -86,6 +86,16 @@ def _openai(method: Any, path: str, operation_id: str, summary: str, tag: str, a
                      error_statuses=errors or {}, **kw)
 
 
+RUN_LINKS = {
+    "run": ("get_run", {"run_id": "$response.body#/run_id"}),
+    "events": ("run_sse", {"run_id": "$response.body#/run_id"}),
+    "cancel": ("cancel_run", {"run_id": "$response.body#/run_id"}),
+    "delete": ("delete_run", {"run_id": "$response.body#/run_id"}),
+}
+"""What a new run's id leads to."""
+RUN_HEADER_LINKS = {"run": ("get_run", {"run_id": "$response.header.X-Run-Id"}),
+                    "events": ("run_sse", {"run_id": "$response.header.X-Run-Id"})}
+
 BAD_NAME = "An agent name that is not 1-64 of `A-Z a-z 0-9 _ -`, or a bad parameter."
 NO_AGENT = "No such agent for this key."
 NO_RUN = "No such run (or another tenant's, or deleted)."
@@ -139,7 +149,7 @@ OPERATIONS: list[Operation] = [
     }, {400: BAD_NAME, 404: NO_AGENT}, params=(AGENT,)),
     _native("post", "/api/agents/{name}/chat", "chat", "Post a message: start a run", "agents", {
         202: Answer("The run is stored in JetStream; its events stream from `events_url`.",
-                    json=Schema(M.ChatAccepted)),
+                    json=Schema(M.ChatAccepted), links=RUN_LINKS),
     }, {404: NO_AGENT, 409: "The `message_id` (or `Idempotency-Key`) names another request "
                             "(`idempotency_key_reused`), or the conversation still answers (`conversation_busy`, "
                             "the agent's `on_busy: reject`).",
@@ -257,7 +267,7 @@ OPERATIONS: list[Operation] = [
     # -- OpenAI
     _openai("post", "/v1/chat/completions", "chat_completions", "OpenAI chat completions: run an agent", "OpenAI", {
         200: Answer("A `chat.completion`, or with `stream: true` its chunks then `[DONE]`.",
-                    json=Schema(M.ChatCompletion), sse=CHAT_CHUNK, headers=(X_RUN_ID,)),
+                    json=Schema(M.ChatCompletion), sse=CHAT_CHUNK, headers=(X_RUN_ID,), links=RUN_HEADER_LINKS),
     }, {400: "Invalid (OpenAI's rule: `param` names the field), or not supported (`n` > 1, `functions`).",
         404: "`model` names no agent of this key (`model_not_found`).",
         409: "The `Idempotency-Key` names another request, or the run was cancelled.",
@@ -280,7 +290,10 @@ OPERATIONS: list[Operation] = [
         params=(Param("model_id", "path", {"type": "string"}, "An agent's name.", example=EXAMPLE_AGENT),)),
     _openai("post", "/v1/responses", "create_response", "OpenAI Responses: run an agent", "OpenAI Responses", {
         200: Answer("The `response` (`queued` with `background: true`), or with `stream: true` its typed events.",
-                    json=Schema(M.ResponseObject), sse=RESPONSE_EVENT, headers=(X_RUN_ID,)),
+                    json=Schema(M.ResponseObject), sse=RESPONSE_EVENT, headers=(X_RUN_ID,), links={
+                        "response": ("get_response", {"resp_id": "$response.body#/id"}),
+                        "cancel": ("cancel_response", {"resp_id": "$response.body#/id"}),
+                        **RUN_HEADER_LINKS}),
     }, {400: "Invalid, or a parameter agentstream does not support (`param` names it).",
         404: "`model` names no agent, or `previous_response_id` no response, of this key.",
         413: "The body, or the input a run keeps, is too large.",

@@ -14,6 +14,7 @@ wait forever); tests/test_openapi.py reads its first events and checks them agai
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -29,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
 
 from edge.api_docs import document
 from tests.conftest import ALICE_KEY
-from tests.harness import System, new_system
+from tests.harness import TEST_AGENTS, System, new_system
 
 pytestmark = pytest.mark.slow
 
@@ -42,12 +43,22 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 """No 5xx; the status, content type, headers and body are the document's."""
 
 
+FUZZ_AGENTS = ("echo", "failing-model", "midstream-failure", "short-budget", "busy-reject")
+"""Test agents besides the shipped ones: quick ones whose runs fail in each way a client can see
+(the model server's error, a failure mid-stream, the run's budget), and a conversation that refuses
+a second message. The slow test agents are left out: fuzzing follows a run's stream to its end."""
+
+
 @pytest.fixture(scope="module")
 def fuzz_system(tmp_path_factory) -> Iterator[System]:
     base = tmp_path_factory.mktemp("fuzz")
+    extra = base / "extra-agents"
+    extra.mkdir()
+    for name in FUZZ_AGENTS:
+        shutil.copy(TEST_AGENTS / f"{name}.yaml", extra / f"{name}.yaml")
     # Invalid requests include wrong keys (negative cases of the Authorization header); the default
     # throttle of wrong keys per client address would soon answer everything with 429.
-    sysm = new_system(base, EDGE_AUTH_FAILURES_PER_MINUTE="1000000")
+    sysm = new_system(base, extra_agents=extra, EDGE_AUTH_FAILURES_PER_MINUTE="1000000")
     try:
         sysm.start_model()
         sysm.start_tool_runner("tools-fuzz")
@@ -70,8 +81,33 @@ schema.config.update(request_timeout=REQUEST_TIMEOUT)
 schema.config.generation.update(modes=["positive", "negative"], max_examples=MAX_EXAMPLES)
 
 
-@schema.exclude(path="/api/agents/{name}/sse").parametrize()
+fuzzed = schema.exclude(path="/api/agents/{name}/sse")
+
+
+@fuzzed.parametrize()
 @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_edge_answers_as_documented(case, fuzz_system):
     case.call_and_validate(base_url=fuzz_system.edge_url, headers={"Authorization": f"Bearer {ALICE_KEY}"},
                            checks=CHECKS, timeout=REQUEST_TIMEOUT)
+
+
+STATEFUL_STEPS = 6
+"""Calls per scenario; a scenario starts with a call that creates something (a run, a response)."""
+STATEFUL_SCENARIOS = 12
+
+
+def test_runs_followed_through_the_documents_links(fuzz_system):
+    """Scenarios along the document's links: a run started (native chat, OpenAI, Responses) is then
+    read, streamed, cancelled, deleted by its id, every answer checked as above."""
+    headers = {"Authorization": f"Bearer {ALICE_KEY}"}
+
+    class Scenarios(fuzzed.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case):
+            return {"base_url": fuzz_system.edge_url, "headers": headers, "timeout": REQUEST_TIMEOUT}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            case.validate_response(response, checks=CHECKS, headers=headers,
+                                   transport_kwargs={"base_url": fuzz_system.edge_url, "headers": headers})
+
+    Scenarios.run(settings=settings(max_examples=STATEFUL_SCENARIOS, stateful_step_count=STATEFUL_STEPS,
+                                    deadline=None, suppress_health_check=list(HealthCheck), derandomize=True))

@@ -95,6 +95,20 @@ async def test_reconnect_with_last_event_id_gets_exactly_the_rest(api):
     assert resp.status_code == 204
 
 
+async def test_a_last_event_id_past_the_runs_events_ends_with_the_run(api):
+    # An id the run never gave (past its events, as a fuzzer or a confused client sends): nothing
+    # after it will come, and the stream ends when the run does instead of staying open for ever.
+    accepted = await submit(api, "slow-talker", "Tell me a long story")
+    past = 2**62
+    started = await asyncio.wait_for(read_events(api, accepted["run_id"], last_event_id=past), 30)
+    assert started == []
+    everything = await asyncio.wait_for(read_events(api, accepted["run_id"]), 30)
+    assert _types(everything)[-1] == "run.completed"
+    # Now that the run has ended before that id, the stream says so at once (nothing to wait for).
+    resp = await api.get(f"/api/runs/{accepted['run_id']}/events", headers={"Last-Event-ID": str(past)})
+    assert resp.status_code == 204
+
+
 async def test_tool_calls_are_spread_across_two_tool_runners(api):
     runs = [await submit(api, "programmer-helper", f"Read README_{i}.md please") for i in range(20)]
     streams = await asyncio.wait_for(asyncio.gather(*(read_events(api, r["run_id"]) for r in runs)), 60)
