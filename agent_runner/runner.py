@@ -439,12 +439,18 @@ class AgentRunner:
             {"run_id": request.run_id, "tenant": tenant, "agent": agent, "message_id": request.message_id,
              "attempt": attempt},
             last_seq,
-            flush_interval=self.settings.delta_flush_interval,
+            flush_interval=self._delta_interval,
             flush_bytes=self.settings.delta_flush_bytes,
             event_max_bytes=self.settings.event_max_bytes,
             storage_patience=self.settings.storage_patience,
             on_end=self._logger(tenant, agent, request),
         )
+
+    def _delta_interval(self) -> float:
+        """Seconds a run's text deltas are coalesced: DELTA_FLUSH_INTERVAL, longer when this runner
+        holds so many runs that its delta events would pass DELTA_EVENTS_PER_SECOND (a run's first
+        text still goes out at once)."""
+        return max(self.settings.delta_flush_interval, self.slots.used / self.settings.delta_events_per_second)
 
     def _logger(
         self, tenant: str, agent: str, request: RunRequest

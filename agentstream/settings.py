@@ -163,6 +163,11 @@ class Settings:
     delta_flush_interval: float = _setting(
         "DELTA_FLUSH_INTERVAL", 0.02, "Most seconds text deltas wait to be coalesced into one event."
     )
+    delta_events_per_second: int = _setting(
+        "DELTA_EVENTS_PER_SECOND", 2000,
+        "Text-delta events one agent runner writes per second at most, spread over its runs: with more runs than "
+        "this allows at DELTA_FLUSH_INTERVAL, each run's text is coalesced longer (its first text goes out at once).",
+    )
     delta_flush_bytes: int = _setting(
         "DELTA_FLUSH_BYTES", 4096, "Coalesced text that triggers an immediate event (bytes)."
     )
