@@ -46,6 +46,7 @@ from agent_runner.event_writer import OwnershipLost, RunEventWriter
 from agent_runner.intake import Intake, Slots
 from agent_runner.llm import LLMClient, LLMEndpoint, LLMError
 from agent_runner.loop import MaxStepsExceeded, RunContext, run_agent
+from agent_runner.mcp_tools import McpToolLister
 from agent_runner.tool_client import ToolClient
 from agentstream import eventlog, runlog
 from agentstream.agents import AgentCatalog
@@ -116,6 +117,7 @@ class AgentRunner:
         self.llm = LLMClient(max_attempts=settings.llm_max_attempts, stream_usage=settings.llm_stream_usage)
         self.tools = ToolClient(nc, progress_interval=settings.tool_progress_interval,
                                 restart_grace=settings.tool_restart_grace)
+        self.mcp = McpToolLister(self.tools, ttl=settings.mcp_tools_cache, timeout=settings.mcp_list_timeout)
         self._handlers: dict[asyncio.Task[None], bool] = {}  # handler task -> has a slot
         self._runs: dict[tuple[str, str], asyncio.Task[E.MessageCompletedData]] = {}
         self._cancel_reasons: dict[tuple[str, str], str] = {}
@@ -576,7 +578,7 @@ class AgentRunner:
             return
         ctx = RunContext(
             tenant=tenant, agent=answering, request=request, writer=writer, llm=self.llm, endpoint=endpoint,
-            tools=self.tools, skills=self.catalog.skills_of(answering),
+            tools=self.tools, skills=self.catalog.skills_of(answering), mcp=self.mcp,
         )
         work = self._ensemble(ctx, agent, opened) if agent.is_ensemble else run_agent(ctx, opened.plan)
         loop_task = asyncio.create_task(work)

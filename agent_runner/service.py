@@ -26,7 +26,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """
     for message in llmsse_env.warnings(os.environ, settings, llmsse_env.RUNNER_VARIABLES):
         log.warning("%s", message)
-    catalog = load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern)
+    catalog = load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern,
+                          mcp_stdio_commands=settings.mcp_stdio_commands)
     for error in catalog.errors:
         log.error("agent file problem: %s", error)
     log.info("agents: %s", ", ".join(sorted(catalog.agents)) or "none")

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return auth_cli.creds(settings, args.tenant, revoke=args.revoke)
     if args.command == "agents":
         return _agents_check(Path(args.directory) if args.directory else settings.agents_dir, args.json,
-                             settings.llm_key_env_pattern)
+                             settings.llm_key_env_pattern, settings.mcp_stdio_commands)
     if args.command == "chat":
         from agentstream.chat_cli import chat as run_chat
 
@@ -121,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     return run(lambda stop: serve(settings, stop), settings)
 
 
-def _agents_check(directory: Path, as_json: bool, key_env_pattern: str) -> int:
+def _agents_check(directory: Path, as_json: bool, key_env_pattern: str, mcp_stdio_commands: str) -> int:
     from agentstream.agents import load_agents
 
-    catalog = load_agents(directory, key_env_pattern=key_env_pattern)
+    catalog = load_agents(directory, key_env_pattern=key_env_pattern, mcp_stdio_commands=mcp_stdio_commands)
     if as_json:
         print(json.dumps({
             "directory": str(directory),

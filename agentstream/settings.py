@@ -244,6 +244,35 @@ class Settings:
         "Comma-separated tools this tool runner serves (read_file, list_dir, http_request). Unset: all. Each kind "
         "of tool can then be scaled on its own (docs/scaling.md).",
     )
+    # -- MCP (Model Context Protocol)
+    mcp_stdio_commands: str = _setting(
+        "MCP_STDIO_COMMANDS", "",
+        "Comma-separated commands an agent file's stdio MCP server may start (`command`, compared exactly as "
+        "written: `python`, `npx`, `/opt/mcp/files-server`); the tool runner starts them as its own user. Unset: "
+        "no stdio MCP servers (an agent declaring one is an error of its file). Set it for every component.",
+    )
+    mcp_allow_hosts: str = _setting(
+        "MCP_ALLOW_HOSTS", "",
+        "Comma-separated host or host:port of MCP servers (`url`) tool runners may reach even if they are not "
+        "public addresses (loopback, private, link-local: refused otherwise, as for http_request).",
+    )
+    mcp_connect_timeout: float = _setting(
+        "MCP_CONNECT_TIMEOUT", 20.0,
+        "Longest a tool runner waits to start or reach an MCP server and initialize its session (seconds).",
+    )
+    mcp_idle_timeout: float = _setting(
+        "MCP_IDLE_TIMEOUT", 300.0,
+        "Seconds an MCP session may stay unused before its tool runner closes it (a stdio server's process ends).",
+    )
+    mcp_tools_cache: float = _setting(
+        "MCP_TOOLS_CACHE", 60.0,
+        "Seconds an agent runner reuses an MCP server's tool list before asking a tool runner again.",
+    )
+    mcp_list_timeout: float = _setting(
+        "MCP_LIST_TIMEOUT", 15.0,
+        "Longest a run waits at its start for an MCP server's tool list (seconds); past it the run goes on "
+        "without that server's tools.",
+    )
     # -- all
     shutdown_grace: float = _setting(
         "SHUTDOWN_GRACE", 30.0, "Seconds a stopping component lets in-flight work finish before handing it back."

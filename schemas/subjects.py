@@ -7,7 +7,10 @@ Subjects (design card, "Subjects"):
 ``agents.{tenant}.{agent}.member``    an ensemble member's child run request (same stream; no tenant cap)
 ``runs.{tenant}.{agent}.{run_id}``    that run's events, stored in stream ``RUN_EVENTS``
 ``live.runs.{tenant}.{agent}.{run}``  the same events re-published by the server (core, at-most-once)
-``tools.{tenant}.{tool}``             one tool invocation (core request/reply, queue group per tool)
+``tools.{tenant}.{tool}``             one tool invocation (core request/reply, queue group per tool);
+                                      MCP tools go through two generic tools, ``mcp`` (a call) and
+                                      ``mcp_list`` (a server's tool list), the server and tool in
+                                      the request (schemas/mcp.py)
 ``$SRV.INFO.agentstream-tool-runner`` which tools the tool runners serve (nats.micro discovery)
 ``control.{tenant}.{run_id}``         cancel and other signals for a run, stored in stream ``RUN_CONTROL``
 ``deadletter.{tenant}.{agent}.{run}`` the request of a run given up on, stored in ``RUN_DEAD_LETTERS``
@@ -93,6 +96,10 @@ TOOL_SERVICE = "agentstream-tool-runner"
 TOOL_SERVICE_INFO = f"$SRV.INFO.{TOOL_SERVICE}"
 """nats.micro discovery (ADR-32, "Discovery"): each tool runner answers a request here with its
 service info, whose endpoints name the tools it serves."""
+MCP_CALL_TOOL = "mcp"
+"""The tool (``tools.{tenant}.mcp``) that calls a tool of an agent's MCP server (schemas/mcp.py)."""
+MCP_LIST_TOOL = "mcp_list"
+"""The tool (``tools.{tenant}.mcp_list``) that lists the tools of an agent's MCP server."""
 
 
 class SubjectTokenError(ValueError):

@@ -204,6 +204,10 @@ async def test_another_tenants_credentials_reach_nothing_of_alice(bus: System, a
     await bob_bus.refused("tools.alice.read_file", lambda: nc.request("tools.alice.read_file", call, timeout=1))
     await bob_bus.refused("tools.*.read_file", lambda: subscribe("tools.*.read_file", queue=subjects.TOOL_QUEUE_GROUP))
     await bob_bus.refused(subjects.TOOL_SERVICE_INFO, lambda: nc.request(subjects.TOOL_SERVICE_INFO, b"", timeout=1))
+    # Nor MCP tools: a tenant's service cannot make a tool runner list or call an agent's MCP server.
+    mcp = json.dumps({"run_id": run_id, "tool_call_id": "x", "arguments": {"agent": "a", "server": "s"}}).encode()
+    await bob_bus.refused("tools.bob.mcp_list", lambda: nc.request("tools.bob.mcp_list", mcp, timeout=1))
+    await bob_bus.refused("tools.alice.mcp", lambda: nc.request("tools.alice.mcp", mcp, timeout=1))
 
     # Alice's run is as it was, and her next run is served normally.
     after = await read_events(alice, run_id)

@@ -28,6 +28,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from pydantic import ValidationError
 
+from agentstream.agents import load_agents
 from agentstream.bus import ensure_topology
 from agentstream.policies import PolicyWatcher
 from agentstream.settings import Settings
@@ -35,9 +36,12 @@ from schemas import headers as H
 from schemas import subjects
 from schemas.common import ErrorInfo
 from schemas.permissions import Role
+from schemas.tenants import TenantPolicy
 from schemas.tools import TOOL_RUNNER_TOOLS, ToolCallRequest, ToolCallResult
 from tool_runner.errors import ToolError
 from tool_runner.filepool import FilePool
+from tool_runner.mcp.tools import ENDPOINTS as MCP_ENDPOINTS
+from tool_runner.mcp.tools import McpTools
 from tool_runner.once import ResultStore, StoreUnavailable
 from tool_runner.tools import ToolContext, registry
 
@@ -86,6 +90,9 @@ class ToolRunner:
         self.ctx = ToolContext(settings=settings, root=self.root, http=self._http, files=self._files)
         self._contexts: dict[str, ToolContext] = {}
         self.policies: PolicyWatcher | None = None
+        catalog = load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern,
+                              mcp_stdio_commands=settings.mcp_stdio_commands)
+        self.mcp = McpTools(settings, catalog, policy_of=self._policy_of, root_of=lambda t: self.context_for(t).root)
 
     async def start(self) -> None:
         """Wait for the streams and buckets, then register the micro service and one endpoint per tool."""
@@ -102,14 +109,15 @@ class ToolRunner:
             metadata={"runner": self.id, "root": self.root.name},
             queue_group=subjects.TOOL_QUEUE_GROUP,
         )
-        for name in self._tools:
+        self.mcp.start()
+        for name in (*self._tools, *MCP_ENDPOINTS):
             await service.add_endpoint(
                 name=name,
                 subject=subjects.tool_all_tenants(name),
                 handler=self._on_request,
                 queue_group=subjects.TOOL_QUEUE_GROUP,
             )
-        log.info("tool runner %s serving %s (root: %s)", self.id, ", ".join(self._tools), self.root)
+        log.info("tool runner %s serving %s (root: %s)", self.id, ", ".join((*self._tools, *MCP_ENDPOINTS)), self.root)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking calls, let running ones finish for up to ``grace`` seconds, then close."""
@@ -122,6 +130,7 @@ class ToolRunner:
             _, pending = await asyncio.wait(self._tasks, timeout=grace)
             for task in pending:
                 task.cancel()
+        await self.mcp.close()
         await self._http.aclose()
         self._files.close()
 
@@ -143,7 +152,7 @@ class ToolRunner:
         except (ValueError, ValidationError) as err:
             await _respond_error(request, "400", f"bad tool request: {err}")
             return
-        if tool_name not in self._tools:
+        if tool_name not in self._tools and tool_name not in MCP_ENDPOINTS:
             await _respond_error(request, "404", f"unknown tool {tool_name!r}")
             return
         idempotency_key = (request.headers or {}).get(H.TOOL_CALL_ID) or f"{call.run_id}:{call.tool_call_id}"
@@ -206,7 +215,11 @@ class ToolRunner:
         async def execute() -> bytes:
             return orjson.dumps((await self._execute(tool_name, call, tenant)).model_dump(mode="json"))
 
-        if not TOOL_RUNNER_TOOLS[tool_name].side_effects or self._results is None:
+        if tool_name == subjects.MCP_CALL_TOOL:  # side effects unless the server says readOnlyHint
+            side_effects = not await self.mcp.read_only(tenant, call.arguments, call.timeout)
+        else:
+            side_effects = tool_name in TOOL_RUNNER_TOOLS and TOOL_RUNNER_TOOLS[tool_name].side_effects
+        if not side_effects or self._results is None:
             return await execute()
         started = time.perf_counter()
         try:
@@ -235,13 +248,18 @@ class ToolRunner:
             ctx = self._contexts[policy.tool_root] = replace(self.ctx, root=Path(policy.tool_root).resolve())
         return ctx
 
+    def _policy_of(self, tenant: str) -> TenantPolicy | None:
+        return self.policies.get(tenant) if self.policies is not None else None
+
     async def _execute(self, tool_name: str, call: ToolCallRequest, tenant: str) -> ToolCallResult:
         started = time.perf_counter()
-        spec = TOOL_RUNNER_TOOLS[tool_name]
         try:
-            args = spec.args.model_validate(call.arguments)
             async with asyncio.timeout(call.timeout):
-                output = await self._tools[tool_name](args, self.context_for(tenant))
+                if tool_name in MCP_ENDPOINTS:
+                    output = await self.mcp.execute(tool_name, tenant, call.arguments, call.timeout)
+                else:
+                    args = TOOL_RUNNER_TOOLS[tool_name].args.model_validate(call.arguments)
+                    output = await self._tools[tool_name](args, self.context_for(tenant))
             return self._result(call, started, output=output)
         except ValidationError as err:
             problems = "; ".join(
