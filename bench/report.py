@@ -92,7 +92,8 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     if pc:
         rows.append(("50 concurrent `/api/process` clients: time to the final frame vs 1 client", "≤ 1.1× p50",
                      f"{_f(pc['p50_ratio'], 2)}× p50", pc["p50_ratio"] <= 1.1))
-        rows.append(("the same, slowest client", "≤ 1.3×", f"{_f(pc['slowest_ratio'], 2)}×", pc["slowest_ratio"] <= 1.3))
+        rows.append(("the same, slowest client", "≤ 1.3×", f"{_f(pc['slowest_ratio'], 2)}×",
+                     pc["slowest_ratio"] <= 1.3))
     mr = r.get("many_runs")
     if mr:
         rows.append((f"{mr['target_in_flight']:,} runs in flight on one agent runner: all complete", "all",
@@ -322,7 +323,8 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
                   "| completed | ended | seconds | first token p50 / p99 (ms) | added p50 / p99 (ms) "
                   "| runner RSS before / peak (MiB) | per run |", "|---|---|---|---|---|---|---|",
                   f"| {x['completed']:,} | {x['ended']:,} | {_f(x['seconds'])} | {_f(t['p50'])} / {_f(t['p99'])} | "
-                  f"{_f(x['added_ttft_ms_p50'])} / {_f(x['added_ttft_ms_p99'])} | {_f(x['runner_rss_mib_before'], 0)} / "
+                  f"{_f(x['added_ttft_ms_p50'])} / {_f(x['added_ttft_ms_p99'])} | "
+                  f"{_f(x['runner_rss_mib_before'], 0)} / "
                   f"{_f(x['runner_rss_mib_peak'], 0)} | {_f(x['rss_kib_per_run'])} KiB |", ""]
     if (BENCH / "analysis.md").exists():
         lines += ["## Analysis", "",

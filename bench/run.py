@@ -416,7 +416,8 @@ class Bench:
         stats = await asyncio.to_thread(load.results, 300)
         edge.terminate(20)
         self.results["idle_streams"] = {
-            "streams": clients, "heartbeat_s": heartbeat_s, "opened": opened, "held_with_pings": sum(1 for s in stats if s.pings >= 2),
+            "streams": clients, "heartbeat_s": heartbeat_s,
+            "opened": opened, "held_with_pings": sum(1 for s in stats if s.pings >= 2),
             "pings_received": sum(s.pings for s in stats), "errors": sum(1 for s in stats if s.error),
             "edge_rss_mib_before": before, "edge_rss_mib_with_streams": after,
             "kib_per_stream": (after - before) * 1024 / max(opened, 1),
