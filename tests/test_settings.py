@@ -58,5 +58,6 @@ def test_a_component_with_a_bad_setting_exits_2_naming_it():
                           env={"PATH": "/usr/bin:/bin", "AGENT_RUNNER_MAX_ATTEMPTS": "0", "LLM_API_KEY": "sk-x"},
                           timeout=60)
     assert done.returncode == 2
-    assert "configuration error: AGENT_RUNNER_MAX_ATTEMPTS='0': Input should be greater than or equal to 1" in done.stderr
+    assert ("configuration error: AGENT_RUNNER_MAX_ATTEMPTS='0': Input should be greater than or equal to 1"
+            in done.stderr)
     assert "sk-x" not in done.stderr

@@ -35,6 +35,7 @@ from agentstream.settings import Settings
 from schemas import headers as H
 from schemas import subjects
 from schemas.common import ErrorInfo
+from schemas.errors import ErrorKind
 from schemas.permissions import Role
 from schemas.tenants import TenantPolicy
 from schemas.tools import TOOL_RUNNER_TOOLS, ToolCallRequest, ToolCallResult
@@ -226,9 +227,10 @@ class ToolRunner:
             return await self._results.once(tenant, idempotency_key, execute, within=call.timeout)
         except StoreUnavailable as err:
             log.warning("tool call %s not executed: results store unreachable: %s", idempotency_key, err)
-            error = ErrorInfo(type="tool_unavailable", message="the tool's results store is unreachable; not executed")
+            error = ErrorInfo(type=ErrorKind.TOOL_UNAVAILABLE,
+                              message="the tool's results store is unreachable; not executed")
         except TimeoutError:
-            error = ErrorInfo(type="timeout", message=f"{tool_name} did not finish within {call.timeout:g} s")
+            error = ErrorInfo(type=ErrorKind.TIMEOUT, message=f"{tool_name} did not finish within {call.timeout:g} s")
         return orjson.dumps(self._result(call, started, error=error).model_dump(mode="json"))
 
     def _remember(self, key: str, payload: bytes) -> None:
@@ -265,16 +267,16 @@ class ToolRunner:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in err.errors()
             )
-            return self._result(call, started, error=ErrorInfo(type="invalid_arguments", message=problems))
+            return self._result(call, started, error=ErrorInfo(type=ErrorKind.INVALID_ARGUMENTS, message=problems))
         except ToolError as err:
-            return self._result(call, started, error=ErrorInfo(type=err.type, message=err.message))
+            return self._result(call, started, error=ErrorInfo(type=err.kind, message=err.message))
         except TimeoutError:
             msg = f"{tool_name} did not finish within {call.timeout:g} s"
-            return self._result(call, started, error=ErrorInfo(type="timeout", message=msg))
+            return self._result(call, started, error=ErrorInfo(type=ErrorKind.TIMEOUT, message=msg))
         except Exception as err:  # a tool bug must not kill the runner
             log.exception("tool %s failed", tool_name)
             return self._result(
-                call, started, error=ErrorInfo(type="internal_error", message=f"{type(err).__name__}: {err}")
+                call, started, error=ErrorInfo(type=ErrorKind.INTERNAL_ERROR, message=f"{type(err).__name__}: {err}")
             )
 
     def _result(
