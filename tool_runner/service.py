@@ -159,8 +159,8 @@ class ToolRunner:
         idempotency_key = (request.headers or {}).get(H.TOOL_CALL_ID) or f"{call.run_id}:{call.tool_call_id}"
         key = f"{tenant}:{idempotency_key}"
         progress = None
-        if (request.headers or {}).get(H.TOOL_PROGRESS) == "1" and request._msg.reply:
-            progress = asyncio.create_task(self._progress(request._msg.reply, call.progress_interval))
+        if (request.headers or {}).get(H.TOOL_PROGRESS) == "1":
+            progress = asyncio.create_task(self._progress(request, call.progress_interval))
         try:
             payload = await self._result_for(key, tool_name, call, tenant=tenant, idempotency_key=idempotency_key)
         finally:
@@ -171,18 +171,20 @@ class ToolRunner:
         except Exception as err:  # connection gone; the caller retries
             log.warning("could not send result of %s: %s", key, err)
 
-    async def _progress(self, reply: str, interval: float) -> None:
+    async def _progress(self, request: Request, interval: float) -> None:
+        """Empty replies marked ``Agentstream-Progress`` every ``interval`` seconds while the call
+        runs (a reply subject takes any number of messages; the result is the last)."""
         # The first one after one interval, not at once: a call done sooner needs none (most are),
         # and the caller gives up only after three silent intervals.
         hdrs = {H.TOOL_PROGRESS: "1", H.RUNNER: self.id}
         try:
             while True:
                 await asyncio.sleep(interval)
-                await self.nc.publish(reply, b"", headers=hdrs)
+                await request.respond(b"", headers=hdrs)
         except asyncio.CancelledError:
             pass
-        except Exception as err:
-            log.debug("progress to %s stopped: %s", reply, err)
+        except Exception as err:  # no reply subject, or the connection is gone: the result still goes
+            log.debug("progress of %s stopped: %s", request.subject, err)
 
     async def _result_for(
         self, key: str, tool_name: str, call: ToolCallRequest, *, tenant: str, idempotency_key: str
