@@ -172,3 +172,13 @@ def test_up_with_a_nats_cluster(tmp_path):
     assert not _port_open(edge_port)
     for url in urls:
         assert not _port_open(int(url.rsplit(":", 1)[1]))
+
+
+def test_a_component_with_a_bad_setting_exits_2_naming_it():
+    done = subprocess.run([sys.executable, "-m", "agent_runner"], cwd=REPO, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "AGENT_RUNNER_MAX_ATTEMPTS": "0", "LLM_API_KEY": "sk-x"},
+                          timeout=60)
+    assert done.returncode == 2
+    assert ("configuration error: AGENT_RUNNER_MAX_ATTEMPTS='0': Input should be greater than or equal to 1"
+            in done.stderr)
+    assert "sk-x" not in done.stderr
