@@ -9,6 +9,7 @@ POST) are added by edge/openapi.py.
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 from ag_ui.core import Event as AguiEvent
@@ -23,7 +24,6 @@ from edge.api_openai import ChatCompletionBody, CompletionBody
 from edge.api_responses import ResponsesBody
 from edge.http import MAX_EVENT_ID
 from edge.openapi import X_RUN_ID, Answer, Header, Operation, Param, Schema, sse_event
-from schemas import events as E
 from schemas.events import RunEvent
 from schemas.subjects import TOKEN_PATTERN
 
@@ -51,8 +51,16 @@ LIMIT_200 = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum":
 IF_NONE_MATCH = Param("If-None-Match", "header", {"type": "string"}, "An ETag seen before: 304 if unchanged.")
 SSE_SECURITY = ("bearer", "apiKeyQuery")
 
+
+
+def _event_types() -> list[str]:
+    """Every run event type, from the models of :data:`schemas.events.RunEvent` (its ``type`` literals)."""
+    union = typing.get_args(RunEvent)[0]
+    return [str(model.model_fields["type"].default) for model in typing.get_args(union)]
+
+
 NATIVE_EVENT = sse_event(Schema(RunEvent, name="RunEvent"),
-                         event={"type": "string", "enum": list(E.ALL_TYPES)}, with_id=True)
+                         event={"type": "string", "enum": _event_types()}, with_id=True)
 LOCALAI_EVENT: dict[str, Any] = {"anyOf": [
     sse_event(Schema(M.LocalAIFrame), event={"enum": ["json_message", "json_message_status", "stream_event",
                                                        "json_error"]}),
