@@ -1,7 +1,7 @@
 """The edge's response bodies, as the OpenAPI document (edge/openapi.py) describes them.
 
 The request bodies are the models the edge validates with (``edge.api_*``); these are what it
-answers. The edge builds its answers as plain JSON; ``tests/test_openapi_fuzz.py`` checks the live
+answers. The edge builds its answers as plain JSON; ``tests/system/test_openapi_fuzz.py`` checks the live
 edge's answers against these models (schemathesis), so a field added to an answer without being
 added here fails the suite. Native answers forbid unknown fields; the views of other protocols
 (OpenAI, LocalAI, llm-sse, AG-UI, MCP) list the fields agentstream sends and allow the others

@@ -13,6 +13,13 @@ route that needs a key; on a ``POST`` also ``400`` (body not a JSON object), ``4
 ``413`` (body over ``EDGE_MAX_BODY``) and ``415`` (not ``application/json``); ``403`` on every
 method of ``/mcp``.
 
+Why not quart-schema (``QuartSchema``, ``validate_request``, ``document_*``): its validation
+answers with its own error shape, where the edge's routes answer per protocol (422 naming the field
+on ``/api``, OpenAI's 400 with ``param`` on ``/v1``, AG-UI's field names); its document gives a
+response only an ``application/json`` body (no ``text/event-stream``, response headers misplaced
+under ``content``); and ``init_app`` replaces the app's JSON provider, test client and
+``make_response`` for the sake of documentation. The table here documents the edge as it is.
+
 Server-Sent Events (``text/event-stream``) are described as OpenAPI 3.2 does for sequential media
 types, read the 3.1 way (the ``schema`` describes one event): an object with ``event``, ``id`` and
 ``data``, where ``data`` is a string holding JSON (``contentMediaType: application/json``) whose

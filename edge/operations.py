@@ -2,7 +2,7 @@
 
 One :class:`~edge.openapi.Operation` per method and route: parameters, the request body's model
 (the one the route validates with), and every response it gives. A route added to the app without
-an entry here fails the suite (tests/test_openapi.py compares this table with ``app.url_map``).
+an entry here fails the suite (tests/unit/test_openapi.py compares this table with ``app.url_map``).
 Statuses the door gives every route of a kind (401, 421, 429, 503; and 400, 403, 413, 415 on a
 POST) are added by edge/openapi.py.
 """

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.errors import FlakyStrategyDefinition
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -93,21 +94,38 @@ def test_edge_answers_as_documented(case, fuzz_system):
 
 STATEFUL_STEPS = 6
 """Calls per scenario; a scenario starts with a call that creates something (a run, a response)."""
-STATEFUL_SCENARIOS = 12
+STATEFUL_SCENARIOS = 25
 
 
 def test_runs_followed_through_the_documents_links(fuzz_system):
     """Scenarios along the document's links: a run started (native chat, OpenAI, Responses) is then
-    read, streamed, cancelled, deleted by its id, every answer checked as above."""
+    read, streamed, cancelled, deleted by its id, every answer checked as above.
+
+    The edge's state changes under the scenarios (runs end, ids are taken), so Hypothesis may find
+    that a scenario it replays draws differently (FlakyStrategyDefinition): that ends the
+    exploration early, as in schemathesis's own runner, and is not a failure; what was explored
+    must still have followed links to runs."""
     headers = {"Authorization": f"Bearer {ALICE_KEY}"}
+    followed: list[tuple[str, int]] = []
 
     class Scenarios(fuzzed.as_state_machine()):  # type: ignore[misc]
         def get_call_kwargs(self, case):
             return {"base_url": fuzz_system.edge_url, "headers": headers, "timeout": REQUEST_TIMEOUT}
 
+        def after_call(self, response, case):
+            followed.append((f"{case.method} {case.path}", response.status_code))
+            super().after_call(response, case)
+
         def validate_response(self, response, case, additional_checks=None, **kwargs):
             case.validate_response(response, checks=CHECKS, headers=headers,
                                    transport_kwargs={"base_url": fuzz_system.edge_url, "headers": headers})
 
-    Scenarios.run(settings=settings(max_examples=STATEFUL_SCENARIOS, stateful_step_count=STATEFUL_STEPS,
-                                    deadline=None, suppress_health_check=list(HealthCheck), derandomize=True))
+    try:
+        Scenarios.run(settings=settings(max_examples=STATEFUL_SCENARIOS, stateful_step_count=STATEFUL_STEPS,
+                                        phases=[Phase.generate], deadline=None, derandomize=True,
+                                        suppress_health_check=list(HealthCheck)))
+    except FlakyStrategyDefinition:
+        pass
+    by_run = {call for call, status in followed if call.startswith(("GET /api/runs/{run_id}", "DELETE /api/runs/",
+                                                                    "POST /api/runs/{run_id}/cancel")) and status < 300}
+    assert by_run, f"no run was followed by its id: {sorted(set(followed))}"
