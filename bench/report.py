@@ -1,4 +1,4 @@
-"""``bench/RESULTS.md`` from ``bench/results.json``: tables, the targets of issue 6 and whether each
+"""``bench/RESULTS.md`` from ``bench/results.json``: tables, the benchmark's targets and whether each
 was met, then the hand-written analysis in ``bench/analysis.md``."""
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         "(`bench/results.json` has every number).",
         *_dates(r),
         "",
-        "## Targets (issue 6)",
+        "## Targets",
         "",
         "| target | wanted | measured | |",
         "|---|---|---|---|",

@@ -1,4 +1,4 @@
-"""The benchmark harness itself (issue 6) runs from a clean checkout: a quick pass of the
+"""The benchmark harness itself runs from a clean checkout: a quick pass of the
 scenarios that finish in seconds, through ``python -m bench`` as ``make bench`` runs it. Only
 completeness is checked (every run and tool call finished, the report has its tables); the
 figures are the benchmark's business, not a test's."""
@@ -32,7 +32,7 @@ def test_bench_quick_pass_writes_complete_results(tmp_path):
         assert tools["ok"] == tools["calls"] > 0
     assert len(results["tool_throughput"]["2_tool_runner"]["by_runner"]) == 2  # both tool runners took calls
     report = (tmp_path / "RESULTS.quick.md").read_text()
-    for heading in ("## Targets (issue 6)", "## The broker's ceiling", "## 3. Run throughput", "## 6. Tool throughput"):
+    for heading in ("## Targets", "## The broker's ceiling", "## 3. Run throughput", "## 6. Tool throughput"):
         assert heading in report
     assert "one-step runs per second, one runner" in report
 
