@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 _CODE = r"[A-N]\d{1,2}"
 _CODES = rf"{_CODE}(?:\s*[/,-]\s*{_CODE})*"
