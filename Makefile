@@ -50,16 +50,16 @@ clean:
 docs: $(VENV)/.installed-run
 	$(BIN)/python -c "import re,subprocess,sys; t=subprocess.run([sys.executable,'-m','agentstream','config','--markdown'],capture_output=True,text=True,check=True).stdout.strip(); p='README.md'; s=open(p).read(); s=re.sub(r'(<!-- settings:start[^>]*-->\n).*?(\n<!-- settings:end -->)', lambda m: m.group(1)+t+m.group(2), s, flags=re.S); open(p,'w').write(s)"
 
-# Vendor Swagger UI (the /docs page) from npm's swagger-ui-dist into edge/docs_ui (committed: the edge
+# Vendor Swagger UI (the /docs page) from npm's swagger-ui-dist into edge/docs_ui/vendor (committed: the edge
 # serves it offline). Run it to change SWAGGER_UI_VERSION; source-map comments are dropped (no map is shipped).
 SWAGGER_UI_VERSION ?= 5.35.0
 docs-ui:
 	rm -rf build/swagger-ui && mkdir -p build/swagger-ui
 	cd build/swagger-ui && npm pack --silent swagger-ui-dist@$(SWAGGER_UI_VERSION) && tar xzf swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz
 	for f in swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt swagger-ui.css LICENSE NOTICE; do \
-		cp build/swagger-ui/package/$$f edge/docs_ui/$$f; done
-	sed -i '/sourceMappingURL=/d' edge/docs_ui/swagger-ui-bundle.js edge/docs_ui/swagger-ui.css
-	echo $(SWAGGER_UI_VERSION) > edge/docs_ui/VERSION
+		cp build/swagger-ui/package/$$f edge/docs_ui/vendor/$$f; done
+	sed -i '/sourceMappingURL=/d' edge/docs_ui/vendor/swagger-ui-bundle.js edge/docs_ui/vendor/swagger-ui.css
+	echo $(SWAGGER_UI_VERSION) > edge/docs_ui/vendor/VERSION
 
 # Opt-in soak test: SOAK_RUNS runs (default 1000) while runners are killed at random.
 soak: $(VENV)/.installed-test

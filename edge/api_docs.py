@@ -1,8 +1,9 @@
 """The API's own description: ``GET /openapi.json`` (OpenAPI 3.1, edge/openapi.py built from the
 route table in edge/operations.py) and ``GET /docs``, a page showing it with Swagger UI.
 
-Swagger UI's files are vendored in ``edge/docs_ui`` (``make docs-ui`` takes them from npm's
-``swagger-ui-dist``; ``VERSION`` says which), so the page works offline: nothing is fetched from
+Swagger UI's files are vendored in ``edge/docs_ui/vendor`` (``make docs-ui`` takes them from npm's
+``swagger-ui-dist``; ``VERSION`` says which) beside the page's own (``index.html``, ``docs.js``,
+``docs.css``), all served as ``/docs/{name}``, so the page works offline: nothing is fetched from
 elsewhere. Like the web page (edge/ui.py) these routes need no key and carry no tenant data; they
 are served with its Content-Security-Policy (this origin only; images also from ``data:`` URLs,
 which Swagger UI's stylesheet uses for its icons), content types and ETags.
@@ -26,7 +27,7 @@ DOCS_DIR = Path(__file__).resolve().parent / "docs_ui"
 DOC_PATHS = frozenset({"/openapi.json", "/docs"})
 """Served without a key (edge.gate), like the web page."""
 
-FILES = ui.load_static(DOCS_DIR)
+FILES = {**ui.load_static(DOCS_DIR / "vendor"), **ui.load_static(DOCS_DIR)}
 HEADERS = {**ui.SECURITY_HEADERS,
            "Content-Security-Policy": ui.CONTENT_SECURITY_POLICY.replace("img-src 'self'", "img-src 'self' data:")}
 

@@ -60,7 +60,7 @@ class OpenAIErrorDetail(_Open):
 
 
 class OpenAIErrorBody(Strict):
-    """Every refusal on ``/v1`` (OpenAI's shape, openai-streaming.md A7)."""
+    """Every refusal on ``/v1``: OpenAI's shape (docs/streaming.md, "Errors before the first byte")."""
 
     error: OpenAIErrorDetail
 
