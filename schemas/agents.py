@@ -11,11 +11,13 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from schemas.common import Strict, Token
 from schemas.mcp import McpServer
+from schemas.schedules import MAX_MESSAGE_CHARS, parse_every
 from schemas.tools import TOOL_RUNNER_TOOLS
+from schemas.webhooks import WebhookTarget
 
 EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 
@@ -64,6 +66,11 @@ class AgentDefinition(Strict):
     - ``tool_timeout``: budget in seconds for one tool call, retries included.
     - ``mcp_servers``: Model Context Protocol servers whose tools the agent may call beside its
       ``actions`` (schemas/mcp.py: names, the stdio command rule, the allow-list).
+    - ``webhooks``: URLs every run of this agent POSTs its events to (schemas/webhooks.py; each
+      ``{url, events}``, events default to the terminal ones).
+    - ``periodic_runs`` (LocalAI's field, e.g. ``10m``; seconds or a duration) with
+      ``permanent_goal`` (LocalAI's field: the message each periodic run gets): a schedule, run for
+      each tenant that may use the agent (edge/scheduler.py).
 
     An **ensemble** names ``members`` (agents asked the same question concurrently, each
     as its own child run) and a ``combiner`` (the agent that answers from their answers):
@@ -102,6 +109,10 @@ class AgentDefinition(Strict):
     history_max_messages: int = Field(default=40, ge=0, le=10_000)
     history_max_tokens: int = Field(default=8000, ge=0, le=10_000_000)
     mcp_servers: list[McpServer] = Field(default_factory=list, max_length=32)
+    webhooks: list[WebhookTarget] = Field(default_factory=list, max_length=16)
+    periodic_runs: int | None = Field(default=None, description="seconds between periodic runs (or a duration: 10m)")
+    permanent_goal: str | None = Field(default=None, min_length=1, max_length=MAX_MESSAGE_CHARS,
+                                       validate_default=True)
 
     @property
     def is_ensemble(self) -> bool:
@@ -127,6 +138,18 @@ class AgentDefinition(Strict):
             if placeholder not in self.combine_prompt:
                 raise ValueError(f"combine_prompt must contain {placeholder}")
         return self
+
+    @field_validator("periodic_runs", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_every(value, "periodic_runs")
+
+    @field_validator("permanent_goal")
+    @classmethod
+    def _periodic_goal(cls, goal: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("periodic_runs") is not None and not (goal or "").strip():
+            raise ValueError("periodic_runs needs a permanent_goal: the message each periodic run is given")
+        return goal
 
     @field_validator("actions")
     @classmethod

@@ -173,6 +173,10 @@ class System:
         rid = runner_id or f"tool-runner-{len(self.procs) + 1}"
         return self._proc("tool-runner", "tool_runner", "tool-runner ready: ", RUNNER_ID=rid, **env)
 
+    def start_webhook_sender(self, runner_id: str | None = None, **env: str) -> Proc:
+        rid = runner_id or f"webhook-sender-{len(self.procs) + 1}"
+        return self._proc("webhook-sender", "webhook_sender", "webhook-sender ready: ", RUNNER_ID=rid, **env)
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             proc.terminate(timeout=10)
@@ -190,7 +194,8 @@ def make_agents_dir(target: Path, extra: Path = TEST_AGENTS) -> Path:
     return target
 
 
-_ROLE_OF_MODULE = {"edge": Role.EDGE, "agent_runner": Role.AGENT_RUNNER, "tool_runner": Role.TOOL_RUNNER}
+_ROLE_OF_MODULE = {"edge": Role.EDGE, "agent_runner": Role.AGENT_RUNNER, "tool_runner": Role.TOOL_RUNNER,
+                   "webhook_sender": Role.WEBHOOK_SENDER}
 
 
 def new_system(
@@ -221,7 +226,7 @@ def new_system(
         nats = EmbeddedNats(base / "nats-store", port=0, log_path=base / "nats.log", config=config,
                             max_file_store=max_file_store)
     url = nats.start()
-    ours = ("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT", "STREAM_")
+    ours = ("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT", "STREAM_", "WEBHOOK_", "SCHEDULE_")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     system_env = {
         **clean,
