@@ -389,7 +389,8 @@ class AgentRunner:
             targets = merged_targets(request.webhooks, definition.webhooks if definition is not None else [])
             if not targets:
                 return None
-            outbox = self._outboxes[key] = WebhookOutbox(self.nc, tenant, agent, request.run_id, targets)
+            outbox = self._outboxes[key] = WebhookOutbox(self.nc, tenant, agent, request.run_id, targets,
+                                                         tenant_urls={w.url for w in request.webhooks})
         return outbox
 
     async def _webhooks_enqueued(self, tenant: str, agent: str, request: RunRequest) -> bool:

@@ -40,14 +40,18 @@ _TRANSIENT = (nats.errors.TimeoutError, NoStreamResponseError, nats.errors.Conne
 
 class WebhookOutbox:
     """The webhook deliveries of one run: ``targets`` (merged, one per URL) of run ``run_id`` of
-    ``agent`` for ``tenant``. ``ended`` becomes True once the run's terminal event is enqueued."""
+    ``agent`` for ``tenant``; ``tenant_urls``: those the run's request named. ``ended`` becomes True
+    once the run's terminal event is enqueued."""
 
-    def __init__(self, nc: NATS, tenant: str, agent: str, run_id: str, targets: list[WebhookTarget]):
+    def __init__(self, nc: NATS, tenant: str, agent: str, run_id: str, targets: list[WebhookTarget],
+                 *, tenant_urls: set[str] | frozenset[str] = frozenset()):
         self.nc = nc
         self.tenant = tenant
         self.agent = agent
         self.run_id = run_id
         self.targets = targets
+        self.tenant_urls = tenant_urls
+        """The URLs the tenant gave (the request's); the others (the agent file's) it sees only as origins."""
         self.ended = False
 
     def wants(self, event_type: str) -> bool:
@@ -66,7 +70,7 @@ class WebhookOutbox:
             delivery = delivery_id(seq, target.url)
             job = WebhookJob(webhook_id=webhook_id(self.run_id, seq), delivery_id=delivery, url=target.url,
                              event_type=event_type, seq=seq, agent=self.agent, event=event,
-                             enqueued_at=datetime.now(UTC))
+                             enqueued_at=datetime.now(UTC), url_hidden=target.url not in self.tenant_urls)
             data = job.model_dump_json().encode()
             headers = {H.MSG_ID: job_msg_id(self.run_id, delivery)}
             async for attempt in AsyncRetrying(stop=stop_after_delay(ENQUEUE_PATIENCE),

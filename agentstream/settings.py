@@ -272,7 +272,8 @@ class Settings:
     webhook_allow_hosts: str = _setting(
         "WEBHOOK_ALLOW_HOSTS", "",
         "Comma-separated host or host:port webhooks may be POSTed to even if they are not public addresses "
-        "(loopback, private, link-local: refused otherwise, at submit and at each delivery, as for http_request).",
+        "(loopback, private, link-local: refused otherwise, as for http_request). Set it for edges (checked at "
+        "submit) and webhook senders (checked at each delivery).",
     )
     webhook_timeout: float = _setting(
         "WEBHOOK_TIMEOUT", 10.0, "Longest one webhook POST may take (seconds); past it the attempt failed."

@@ -87,12 +87,20 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
     schedulers: list[Scheduler] = []
 
     async def run_scheduler() -> None:
-        """Fire schedules (edge/scheduler.py) once connected."""
+        """Fire schedules (edge/scheduler.py) once connected (retried until it can start)."""
         await state.ready.wait()
         assert state.schedules is not None
-        scheduler = Scheduler(state, state.schedules)
-        await scheduler.start()
-        schedulers.append(scheduler)
+        while True:
+            scheduler = Scheduler(state, state.schedules)
+            try:
+                await scheduler.start()
+            except Exception as err:  # NATS not answering yet: try again
+                log.warning("the scheduler could not start (%s: %s); retrying", type(err).__name__, err)
+                await scheduler.stop()
+                await asyncio.sleep(1.0)
+                continue
+            schedulers.append(scheduler)
+            return
 
     @app.before_request
     async def gate() -> None:

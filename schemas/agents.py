@@ -17,7 +17,7 @@ from schemas.common import Strict, Token
 from schemas.mcp import McpServer
 from schemas.schedules import MAX_MESSAGE_CHARS, parse_every
 from schemas.tools import TOOL_RUNNER_TOOLS
-from schemas.webhooks import WebhookTarget
+from schemas.webhooks import WebhookTarget, shown_url
 
 EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 
@@ -180,5 +180,8 @@ class AgentDefinition(Strict):
         return parameters
 
     def public_view(self) -> dict[str, Any]:
-        """What the HTTP API shows of this agent: everything but secrets (only the key's env var name)."""
-        return self.model_dump(mode="json")
+        """What the HTTP API shows of this agent: everything but secrets (only the key's env var name;
+        of its webhooks only the origins and events: a webhook URL often carries a token)."""
+        view = self.model_dump(mode="json", exclude={"webhooks"})
+        view["webhooks"] = [{"url": shown_url(w.url, hidden=True), "events": w.events} for w in self.webhooks]
+        return view

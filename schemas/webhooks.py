@@ -88,6 +88,15 @@ def url_problem(url: str) -> str | None:
     return None
 
 
+def shown_url(url: str, *, hidden: bool) -> str:
+    """``url`` as the API shows it: whole when the caller gave it, else (an agent file's webhook,
+    whose path or query often carries a token) only its origin and ``/…``."""
+    if not hidden:
+        return url
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}/…"
+
+
 def merged_targets(*groups: list[WebhookTarget]) -> list[WebhookTarget]:
     """The webhooks of a run from all its sources (the submit's, the agent file's), one per URL:
     the same URL named twice receives the union of the event types (each event once)."""
@@ -127,7 +136,8 @@ class WebhookJob(Strict):
 
     ``webhook_id`` (:func:`webhook_id`), ``delivery_id`` (:func:`delivery_id`), ``url``,
     ``event_type``, ``seq`` (the event's sequence in RUN_EVENTS), ``agent``, ``event`` (the run
-    event as stored: the body's ``data``), ``enqueued_at`` (UTC).
+    event as stored: the body's ``data``), ``enqueued_at`` (UTC); ``url_hidden``: the URL comes
+    from the agent file, not from the tenant, and is shown to it only as :func:`shown_url` does.
     """
 
     webhook_id: Annotated[str, StringConstraints(min_length=1, max_length=120)]
@@ -138,6 +148,7 @@ class WebhookJob(Strict):
     agent: Token
     event: dict[str, Any]
     enqueued_at: datetime
+    url_hidden: bool = False
 
 
 class DeliveryAttempt(Strict):

@@ -225,11 +225,14 @@ async def test_agent_file_webhooks_are_merged_with_the_submit_and_refused_addres
     assert all(d["state"] == "delivered" and d["attempt_count"] == 1 for d in ours)
     mine = [r for r in receiver.accepted_of("/agent-file") if json.loads(r["body"])["data"]["run_id"] == run_id]
     assert len(mine) == 2
-    # The private address: given up at its first attempt, never reached.
-    [refused] = by_url["http://10.11.12.13/hook"]
+    # The private address: given up at its first attempt, never reached. The tenant did not give
+    # that URL (the agent file did): it sees its origin only, here and in the agent's view.
+    [refused] = by_url["http://10.11.12.13/…"]
     assert refused["event_type"] == "run.completed" and refused["state"] == "failed"
     assert refused["attempt_count"] == 1 and refused["attempts"][0]["status"] is None
     assert "address_refused" in refused["gave_up"] and "private" in refused["gave_up"]
+    agent = (await alice.get("/api/agents/announcer")).json()
+    assert [w["url"] for w in agent["webhooks"]] == [f"http://127.0.0.1:{receiver.port}/…", "http://10.11.12.13/…"]
 
 
 @pytest.mark.parametrize("url", [
@@ -240,10 +243,14 @@ async def test_agent_file_webhooks_are_merged_with_the_submit_and_refused_addres
     "http://[::ffff:192.168.0.1]/hook",     # a private IPv4 address in IPv6 clothing
 ])
 async def test_a_non_public_address_is_refused_at_submit(alice: httpx.AsyncClient, url: str) -> None:
-    resp = await alice.post("/api/agents/echo/chat", json={"message": "hi", "webhook": url})
-    assert resp.status_code == 422, resp.text
-    error = resp.json()["error"]
-    assert error["field"] == "webhook" and "WEBHOOK_ALLOW_HOSTS" in error["message"]
+    for path, body in (("/api/agents/echo/chat", {"message": "hi"}),
+                       ("/api/process", {"message": "hi", "message_id": "m1", "agent": "echo"}),
+                       ("/api/schedules", {"agent": "echo", "message": "hi", "every": 60})):
+        resp = await alice.post(path, json={**body, "webhook": url})
+        assert resp.status_code == 422, (path, resp.text)
+        error = resp.json()["error"]
+        assert error["field"] == "webhook" and "WEBHOOK_ALLOW_HOSTS" in error["message"], path
+    assert (await alice.get("/api/schedules")).json() == {"schedules": []}
 
 
 @pytest.mark.parametrize(("webhook", "field"), [
@@ -296,3 +303,25 @@ async def test_another_tenant_sees_nothing_of_a_runs_webhooks(
     # bob may not use echo (its allow-list): no webhook through it either.
     refused = await bob.post("/api/agents/echo/chat", json={"message": "hi", "webhook": receiver.url("/ok")})
     assert refused.status_code == 404
+
+
+async def test_a_schedules_runs_post_their_end_to_its_webhook(receiver: Receiver, alice: httpx.AsyncClient) -> None:
+    resp = await alice.post("/api/schedules", json={"agent": "echo", "message": "scheduled hello", "every": 1,
+                                                    "webhook": receiver.url("/ok")})
+    assert resp.status_code == 201, resp.text
+    sid = resp.json()["schedule_id"]
+    assert resp.json()["webhook"]["url"] == receiver.url("/ok")
+
+    def from_schedule() -> list[dict[str, Any]]:
+        return [r for r in receiver.accepted_of("/ok")
+                if json.loads(r["body"])["data"]["message_id"].startswith(f"schedule:{sid}:")]
+
+    async def delivered() -> bool:
+        return bool(from_schedule())
+
+    await eventually(delivered, within=30)
+    assert (await alice.delete(f"/api/schedules/{sid}")).status_code == 204
+    body = json.loads(from_schedule()[0]["body"])
+    assert body["type"] == "run.completed"
+    run = (await alice.get(f"/api/runs/{body['data']['run_id']}")).json()
+    assert run["schedule"]["schedule_id"] == sid and run["webhooks"][0]["state"] == "delivered"

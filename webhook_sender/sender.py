@@ -45,7 +45,14 @@ from agentstream import webhook_secrets
 from agentstream.kvmirror import KvMirror
 from agentstream.settings import Settings
 from schemas import subjects as S
-from schemas.webhooks import MAX_ATTEMPTS_KEPT, DeliveryAttempt, DeliveryRecord, WebhookJob, WebhookSecret
+from schemas.webhooks import (
+    MAX_ATTEMPTS_KEPT,
+    DeliveryAttempt,
+    DeliveryRecord,
+    WebhookJob,
+    WebhookSecret,
+    shown_url,
+)
 from webhook_sender import net
 
 log = logging.getLogger(__name__)
@@ -187,8 +194,9 @@ class WebhookSender:
             record, revision = await self._load(key)
             now = datetime.now(UTC)
             if record is None:
-                record = DeliveryRecord(webhook_id=job.webhook_id, delivery_id=job.delivery_id, url=job.url,
-                                        event_type=job.event_type, seq=job.seq, created_at=now)
+                record = DeliveryRecord(webhook_id=job.webhook_id, delivery_id=job.delivery_id,
+                                        url=shown_url(job.url, hidden=job.url_hidden), event_type=job.event_type,
+                                        seq=job.seq, created_at=now)
             if record.state != "pending":
                 return Outcome()  # delivered or given up already: this copy of the job is a repeat
             if record.claimed_until is not None and record.claimed_until > now:
