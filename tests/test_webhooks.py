@@ -323,5 +323,10 @@ async def test_a_schedules_runs_post_their_end_to_its_webhook(receiver: Receiver
     assert (await alice.delete(f"/api/schedules/{sid}")).status_code == 204
     body = json.loads(from_schedule()[0]["body"])
     assert body["type"] == "run.completed"
-    run = (await alice.get(f"/api/runs/{body['data']['run_id']}")).json()
-    assert run["schedule"]["schedule_id"] == sid and run["webhooks"][0]["state"] == "delivered"
+    run_id = body["data"]["run_id"]
+
+    async def recorded() -> bool:
+        return bool((await run_view(alice, run_id))["webhooks"][0]["state"] == "delivered")
+
+    await eventually(recorded, within=10)
+    assert (await run_view(alice, run_id))["schedule"]["schedule_id"] == sid
