@@ -34,22 +34,6 @@ RUN_CANCELLED: Final = "run.cancelled"
 RUN_DELETED: Final = "run.deleted"
 
 TERMINAL_TYPES = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
-ALL_TYPES = (
-    RUN_QUEUED,
-    RUN_STARTED,
-    RUN_RETRYING,
-    RUN_REQUEUED,
-    MEMBER_STARTED,
-    MEMBER_FINISHED,
-    MESSAGE_DELTA,
-    TOOL_CALL,
-    TOOL_RESULT,
-    MESSAGE_COMPLETED,
-    RUN_COMPLETED,
-    RUN_FAILED,
-    RUN_CANCELLED,
-    RUN_DELETED,
-)
 
 NOT_FOR_WEBHOOKS = frozenset({MESSAGE_DELTA, RUN_DELETED})
 """Event types a webhook cannot subscribe to: text fragments (many per run, coalesced by time, not
@@ -61,9 +45,9 @@ WEBHOOK_DEFAULT_EVENTS = (RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED)
 
 def webhook_event_types() -> tuple[str, ...]:
     """Every event type a webhook may name in its ``events`` (README, Webhooks): each type of
-    :data:`ALL_TYPES` but those in :data:`NOT_FOR_WEBHOOKS`. A new event type added to
-    :data:`ALL_TYPES` (e.g. a run that waits for a person) can be named at once."""
-    return tuple(t for t in ALL_TYPES if t not in NOT_FOR_WEBHOOKS)
+    :data:`EVENT_CLASSES` but those in :data:`NOT_FOR_WEBHOOKS`. A new event type (e.g. a run that
+    waits for a person's approval) can be named as soon as it has its class there."""
+    return tuple(t for t in EVENT_CLASSES if t not in NOT_FOR_WEBHOOKS)
 
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]

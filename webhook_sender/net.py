@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import httpx
 
+from schemas.errors import AgentstreamError, ErrorKind
 from schemas.webhooks import url_problem
 from tool_runner.errors import ToolError
 from tool_runner.netguard import resolve_allowed
@@ -20,19 +21,16 @@ from tool_runner.netguard import resolve_allowed
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-class WebhookRefused(Exception):
+class WebhookRefused(AgentstreamError):
     """A webhook URL that may not be used: ``kind`` is ``invalid_url`` or ``address_refused``
     (final: a delivery is not retried), or ``dns_error`` (its host does not resolve now)."""
 
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
+    reason = "webhook refused"
 
     @property
     def final(self) -> bool:
         """True when retrying cannot help (the URL or its address is refused)."""
-        return self.kind != "dns_error"
+        return self.kind != ErrorKind.DNS_ERROR
 
 
 def listed(host: str, port: int, allow_hosts: str) -> bool:
@@ -46,17 +44,17 @@ async def checked_address(url: str, allow_hosts: str) -> tuple[httpx.URL, str]:
     """The parsed ``url`` and the address its host may be reached at. Raises WebhookRefused."""
     problem = url_problem(url)
     if problem is not None:
-        raise WebhookRefused("invalid_url", problem)
+        raise WebhookRefused(ErrorKind.INVALID_URL, problem)
     parsed = httpx.URL(url)
     port = parsed.port or _DEFAULT_PORTS[parsed.scheme]
     try:
         address = await resolve_allowed(parsed.host, port, allow_private=listed(parsed.host, port, allow_hosts))
     except ToolError as err:
-        if err.type == "address_refused":
+        if err.kind == ErrorKind.ADDRESS_REFUSED:
             reason = err.message.split("; the operator")[0]
-            raise WebhookRefused("address_refused", f"{reason}; the operator can allow it with "
+            raise WebhookRefused(ErrorKind.ADDRESS_REFUSED, f"{reason}; the operator can allow it with "
                                  "WEBHOOK_ALLOW_HOSTS") from None
-        raise WebhookRefused("dns_error", err.message) from None
+        raise WebhookRefused(err.kind, err.message) from None
     return parsed, address
 
 
