@@ -31,13 +31,16 @@ FAILS_BEFORE_OK = 2
 
 class Receiver:
     """A webhook receiver on 127.0.0.1: answers 500 to the first FAILS_BEFORE_OK deliveries of each
-    ``webhook-id`` (``/flaky``) or none (``/ok``), 204 after; keeps every request."""
+    ``webhook-id`` (``/flaky``), to every delivery until ``up`` is set (``/down``), or to none
+    (``/ok``), 204 otherwise; keeps every request."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.seen: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
         self.lock = threading.Lock()
+        self.up = threading.Event()
+        """``/down`` answers 500 until this is set."""
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -47,7 +50,8 @@ class Receiver:
                 hook_id = headers.get("webhook-id", "")
                 with receiver.lock:
                     receiver.seen[hook_id] += 1
-                    ok = self.path != "/flaky" or receiver.seen[hook_id] > FAILS_BEFORE_OK
+                    ok = (self.path != "/flaky" or receiver.seen[hook_id] > FAILS_BEFORE_OK) and (
+                        self.path != "/down" or receiver.up.is_set())
                     if ok:
                         receiver.accepted[hook_id] += 1
                     receiver.requests.append({"path": self.path, "headers": headers, "body": body, "ok": ok})
@@ -330,3 +334,32 @@ async def test_a_schedules_runs_post_their_end_to_its_webhook(receiver: Receiver
 
     await eventually(recorded, within=10)
     assert (await run_view(alice, run_id))["schedule"]["schedule_id"] == sid
+
+
+async def test_a_delivery_waiting_for_its_retry_survives_its_webhook_sender_being_killed(
+    hooks: System, receiver: Receiver, alice: httpx.AsyncClient
+) -> None:
+    accepted = await submit(alice, "echo", "outlive the sender", webhook=receiver.url("/down"))
+    run_id = accepted["run_id"]
+
+    async def failed_once() -> bool:
+        view = await run_view(alice, run_id)
+        return bool(view["webhooks"]) and view["webhooks"][0]["attempt_count"] >= 1
+
+    await eventually(failed_once, within=30)
+    sender = next(p for p in hooks.procs if p.name.startswith("webhook-sender") and p.alive())
+    sender.kill()  # SIGKILL: the job waits in the stream for its retry, with nobody to deliver it
+    receiver.up.set()
+    hooks.start_webhook_sender("sender-b")
+
+    async def delivered() -> bool:
+        return bool((await run_view(alice, run_id))["webhooks"][0]["state"] == "delivered")
+
+    # Killed between attempts, the job's retry goes to the new sender; killed in the middle of a
+    # POST (rarely), the job comes back after its ack wait (30 s).
+    await eventually(delivered, within=45)
+    await nothing_left_to_deliver(hooks)
+    ours = [r for r in receiver.accepted_of("/down") if json.loads(r["body"])["data"]["run_id"] == run_id]
+    assert len(ours) == 1
+    attempts = (await run_view(alice, run_id))["webhooks"][0]["attempts"]
+    assert [a["status"] for a in attempts][-1] == 204 and set(a["status"] for a in attempts[:-1]) == {500}
