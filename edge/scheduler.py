@@ -103,6 +103,7 @@ class Scheduler:
         self.me = f"edge {self.settings.runner_name}"
         self._busy: set[str] = set()
         self._due: dict[str, tuple[int, float | None]] = {}  # key -> (revision, due time or None)
+        self._hold: dict[str, tuple[int, float]] = {}  # key -> (revision, monotonic time): not before, unless changed
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
 
@@ -161,6 +162,9 @@ class Scheduler:
                         due = ticks.Timing.of(schedule).next_after(schedule.last_tick)
                     cached = (entry.revision, due)
                 self._due[key] = cached
+            held = self._hold.get(key)
+            if held is not None and held[0] == entry.revision and time.monotonic() < held[1]:
+                continue  # another edge holds its tick: look again once the entry changes, or a poll later
             if cached[1] is not None and now >= cached[1]:
                 self._busy.add(key)
                 task = asyncio.create_task(self._tick(key))
@@ -168,6 +172,7 @@ class Scheduler:
                 task.add_done_callback(functools.partial(self._finished, key))
         for gone in set(self._due) - set(self.mirror.entries):
             self._due.pop(gone, None)
+            self._hold.pop(gone, None)
 
     def _finished(self, key: str, task: asyncio.Task[None]) -> None:
         self._busy.discard(key)
@@ -177,8 +182,11 @@ class Scheduler:
     async def _tick(self, key: str) -> None:
         """Claim the schedule's next due tick, submit its run, confirm it."""
         try:
+            seen = self.mirror.entries.get(key)
             claimed = await self._claim(key)
             if claimed is None:
+                if seen is not None:
+                    self._hold[key] = (seen.revision, time.monotonic() + self.settings.schedule_poll)
                 return
             schedule, tick = claimed
             tenant = key.split(".", 1)[0]
