@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 MAX_TRIES = 8
 """Compare-and-set attempts on one record before the job is handed back for a moment."""
 USER_AGENT = "agentstream-webhooks/1"
+FETCH_WAIT = 5.0
+"""Seconds one fetch waits for a job before asking again."""
+MORE_WAIT = 0.05
+"""Seconds the fetch of "what else is there now" may wait (it returns at once when some are there)."""
 
 
 def retry_delay(attempts: int, *, first: float, most: float) -> float:
@@ -134,14 +138,19 @@ class WebhookSender:
                 self._room.clear()
                 await self._room.wait()
                 continue
+            # One job waited for, then what else is there at once: a fetch of several keeps waiting
+            # for the rest once one has come (docs/nats.md, "The work queue and its consumers").
             try:
-                msgs = await self._sub.fetch(room, timeout=1.0)
+                msgs = await self._sub.fetch(1, timeout=FETCH_WAIT)
             except (nats.errors.TimeoutError, TimeoutError):
                 continue
             except (nats.errors.Error, nats.js.errors.Error) as err:
                 log.warning("pulling webhook jobs failed (%s); retrying", err)
                 await asyncio.sleep(0.5)
                 continue
+            if room > 1:
+                with contextlib.suppress(TimeoutError, nats.errors.Error, nats.js.errors.Error):
+                    msgs += await self._sub.fetch(room - 1, timeout=MORE_WAIT)
             for msg in msgs:
                 task = asyncio.create_task(self._take(msg))
                 self._tasks.add(task)
