@@ -44,7 +44,7 @@ from agent_runner.llm import LLMClient, LLMEndpoint, LLMError
 from agent_runner.loop import MaxStepsExceeded, RunContext, run_agent
 from agent_runner.tool_client import ToolClient
 from agentstream import eventlog
-from agentstream.agents import AgentCatalog
+from agentstream.agentstore import AgentRegistry
 from agentstream.bus import ensure_topology
 from agentstream.eventlog import StorageFull, StoredEvent
 from agentstream.policies import PolicyWatcher
@@ -95,11 +95,13 @@ class _Cancelled(Exception):
 class AgentRunner:
     """One agent runner process' work loop. ``start()``, then ``stop(grace)`` (seconds).
 
-    ``llm_base_url``: where agents without their own ``llm.base_url`` are served (LLM_BASE_URL,
-    or the built-in model's URL).
+    ``catalog``: every tenant's agents, followed in the AGENTS bucket (started by the caller); a
+    run's agent is resolved from its tenant's catalog when the run is taken. ``llm_base_url``:
+    where agents without their own ``llm.base_url`` are served (LLM_BASE_URL, or the built-in
+    model's URL).
     """
 
-    def __init__(self, settings: Settings, nc: NATS, catalog: AgentCatalog, *, llm_base_url: str):
+    def __init__(self, settings: Settings, nc: NATS, catalog: AgentRegistry, *, llm_base_url: str):
         self.settings = settings
         self.nc = nc
         self.js = nc.jetstream()
@@ -187,6 +189,7 @@ class AgentRunner:
             if await self._forbidden(msg):
                 return
             try:
+                await self._hold_while_paused(msg, admitted)
                 await self.slots.acquire()
             except asyncio.CancelledError:
                 await _nak(msg)  # stopping before it got a slot: another runner takes it at once
@@ -221,6 +224,25 @@ class AgentRunner:
         log.warning("run request on %s refused: %s", msg.subject, problem.message)
         await self._refuse(msg, where.tenant, where.agent, "agent not allowed", problem)
         return True
+
+    async def _hold_while_paused(self, msg: Msg, admitted: asyncio.Event) -> None:
+        """Resolve the request's agent from its tenant's catalog now (reading the AGENTS bucket if
+        this runner has not seen the agent yet), and while the agent is paused hold the request:
+        kept alive, holding no slot, its consumer free to deliver the next request (``admitted``
+        is set). It goes on when the agent is resumed (or deleted); nothing is written meanwhile,
+        so the wait is no attempt of the run. Stopping hands it back (``_take``)."""
+        try:
+            where = subjects.parse_run_request(msg.subject)
+        except subjects.SubjectTokenError:
+            return  # _handle terminates it
+        if self.catalog.get(where.tenant, where.agent) is None:
+            await self.catalog.resolve(where.tenant, where.agent)
+        if self.catalog.paused(where.tenant, where.agent) is None:
+            return
+        admitted.set()
+        log.info("run request on %s held: agent %s of %s is paused", msg.subject, where.agent, where.tenant)
+        while self.catalog.paused(where.tenant, where.agent) is not None:
+            await self.catalog.changed()
 
     # -- control
 
@@ -319,7 +341,7 @@ class AgentRunner:
         raises :class:`_AlreadyEnded` or :class:`_NotFresh` and the caller takes the full path.
         None when the fast path does not apply."""
         attempt = msg.metadata.num_delivered if msg.metadata else 1
-        definition = self.catalog.get(agent)
+        definition = self.catalog.get(tenant, agent)
         if attempt != 1 or definition is None or definition.is_ensemble or (tenant, request.run_id) in self._cancelled:
             return None
         subject = subjects.run_events(tenant, agent, request.run_id)
@@ -433,7 +455,7 @@ class AgentRunner:
         if writer is None:  # the run had already ended: nothing to run (callers check before)
             return
         started = time.perf_counter()
-        agent = self.catalog.get(agent_name)
+        agent = self.catalog.get(tenant, agent_name)
         key = (tenant, request.run_id)
         ctx: RunContext | None = None
 
@@ -441,14 +463,16 @@ class AgentRunner:
             return round((time.perf_counter() - started) * 1000, 3)
 
         if agent is None:
+            invalid = self.catalog.catalog(tenant).invalid.get(agent_name)
             await writer.emit(E.RUN_FAILED, E.RunFailedData(
-                reason="unknown agent",
-                error=ErrorInfo(type="unknown_agent", message=f"this runner has no agent {agent_name!r}"),
+                reason="unknown agent" if not invalid else "configuration error",
+                error=ErrorInfo(type="unknown_agent", message=f"this runner has no agent {agent_name!r}") if not invalid
+                else ErrorInfo(type="configuration_error", message=f"agent {agent_name!r} cannot run: {invalid[0]}"),
                 duration_ms=duration(),
             ))
             return
         # A combiner is set exactly when the agent is an ensemble (AgentDefinition checks it).
-        answering = self.catalog.get(agent.combiner) if agent.combiner is not None else agent
+        answering = self.catalog.get(tenant, agent.combiner) if agent.combiner is not None else agent
         try:
             if answering is None:
                 raise ValueError(f"the ensemble's combiner {agent.combiner!r} is not an agent of this runner")

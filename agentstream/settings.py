@@ -50,7 +50,14 @@ class Settings:
     )
     # -- agents
     agents_dir: Path = _setting(
-        "AGENTS_DIR", REPO_ROOT / "agents", "Directory of agent YAML files (skills in its `skills/`)."
+        "AGENTS_DIR", REPO_ROOT / "agents",
+        "Directory of agent YAML files (skills in its `skills/`): the agents every tenant sees, besides those it "
+        "creates over the API.",
+    )
+    agents_max_per_tenant: int = _setting(
+        "AGENTS_MAX_PER_TENANT", 500,
+        "Most agents one tenant may create over the API (its copies of file agents included); a create over it "
+        "is a 409.",
     )
     # -- edge
     edge_bind: str = _setting("EDGE_BIND", "127.0.0.1:8080", "host:port the edge listens on.")

@@ -3,7 +3,8 @@
 It authenticates, validates, stores run requests in JetStream and renders run events as SSE, in
 the native vocabulary (``/api``), LocalAI's (``/api/agents/{name}/sse``), llm-sse's
 (``/api/process``), OpenAI's (``/v1``: chat completions and the Responses API) and AG-UI's
-(``/ag-ui/{name}``).
+(``/ag-ui/{name}``). Tenants manage their agents on ``/api/agents`` (edge.api_agents; stored in
+the AGENTS bucket, so every edge serves the same agents).
 It keeps no run state of its own: any number of edges can serve the same runs.
 """
 
@@ -17,9 +18,10 @@ from quart_cors import cors
 from werkzeug.exceptions import HTTPException
 
 from agentstream.agents import AgentCatalog, load_agents
+from agentstream.agentstore import AgentRegistry
 from agentstream.bus import close
 from agentstream.settings import Settings
-from edge import api_agui, api_llmsse, api_native, api_openai, api_responses, guard, ui
+from edge import api_agents, api_agui, api_llmsse, api_native, api_openai, api_responses, guard, ui
 from edge.auth import Authenticator
 from edge.bodylimit import WholeBodyFirst
 from edge.disconnect import EndOnDisconnect
@@ -39,10 +41,12 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
     # Answers the client can read. Quart documents wrapping asgi_app so; mypy forbids assigning to a method.
     app.asgi_app = WholeBodyFirst(app.asgi_app, settings.edge_max_body)  # type: ignore[method-assign]
     app.asgi_app = EndOnDisconnect(app.asgi_app)  # type: ignore[method-assign]  # streams of departed clients end
+    files = catalog or load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern)
     state = EdgeState(
         settings=settings,
         auth=auth or Authenticator.from_file(settings.keys_file),
-        catalog=catalog or load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern),
+        catalog=files,
+        agents=AgentRegistry(files, key_env_pattern=settings.llm_key_env_pattern),
     )
     app.extensions["agentstream"] = state
     guard.install(app, settings)  # Host, ?api_key=, Origin and Content-Type rules, before any route
@@ -52,10 +56,11 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
             app,
             allow_origin="*" if "*" in origins else origins,
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
             expose_headers=["X-Run-Id"],
             max_age=600,
         )
+    app.register_blueprint(api_agents.bp)
     app.register_blueprint(api_native.bp)
     app.register_blueprint(api_openai.bp)
     app.register_blueprint(api_responses.bp)
@@ -84,6 +89,7 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
             task.cancel()
         if state.hub is not None:
             await state.hub.stop()
+        await state.agents.stop()
         if state.streams is not None:
             await state.streams.stop()
         if state.nc is not None:

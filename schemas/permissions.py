@@ -10,10 +10,12 @@ identity       may
 =============  ================================================================================
 admin          everything (declares streams, consumers and buckets; nothing else uses it)
 edge           submit runs of any tenant, send cancels, read events (stored and live), keep its
-               buckets (tenant policies, rate limits, open streams, run index); never write
-               ``runs.>`` (it cannot forge a run's events)
+               buckets (tenant policies, rate limits, open streams, run index, agents and
+               paused agents, the last two also watched); never write ``runs.>`` (it cannot
+               forge a run's events)
 agent-runner   pull run requests through its consumers, write ``runs.>`` and dead letters,
-               start ensemble members, call tools, read cancels, read tenant policies
+               start ensemble members, call tools, read cancels, read tenant policies, read
+               and watch (never write) agents and paused agents
 tool-runner    serve ``tools.*.*`` in queue group ``tool-runners`` only, answer the requests it
                receives (``allow_responses``), keep tool results (TOOL_RESULTS), read
                tenant policies (a tenant's own ``tool_root``)
@@ -111,6 +113,20 @@ def _bucket(bucket: str, *, watch: bool = False) -> tuple[str, ...]:
     return tuple(rules)
 
 
+def _bucket_read(bucket: str) -> tuple[str, ...]:
+    """Publish permissions to read and watch one KV bucket, never to write it: direct gets (by
+    subject and batched), the stream's info, and ordered consumers on its stream."""
+    stream = f"KV_{bucket}"
+    return (
+        f"{API}.DIRECT.GET.{stream}",
+        f"{API}.DIRECT.GET.{stream}.>",
+        f"{API}.STREAM.INFO.{stream}",
+        f"{API}.CONSUMER.CREATE.{stream}",
+        f"{API}.CONSUMER.CREATE.{stream}.>",
+        f"{FLOW_CONTROL}.{stream}.>",
+    )
+
+
 def _stream_read(stream: str) -> tuple[str, ...]:
     return (f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>")
 
@@ -130,6 +146,8 @@ _EDGE = Permissions(
         *_bucket(S.RATE_LIMITS_BUCKET),
         *_bucket(S.STREAM_COUNTS_BUCKET),
         *_bucket(S.RUN_INDEX_BUCKET),
+        *_bucket(S.AGENTS_BUCKET, watch=True),
+        *_bucket(S.AGENT_PAUSES_BUCKET, watch=True),
     ),
     subscribe=(S.LIVE_RUN_EVENTS_ALL, f"{inbox_prefix(Role.EDGE)}.>"),
 )
@@ -155,6 +173,8 @@ _AGENT_RUNNER = Permissions(
         *_stream_read(S.RUN_CONTROL_STREAM),
         *_bucket(S.TENANTS_BUCKET, watch=True),
         *_bucket(S.RUN_INDEX_BUCKET),
+        *_bucket_read(S.AGENTS_BUCKET),
+        *_bucket_read(S.AGENT_PAUSES_BUCKET),
     ),
     subscribe=(S.LIVE_RUN_EVENTS_ALL, f"{inbox_prefix(Role.AGENT_RUNNER)}.>"),
 )

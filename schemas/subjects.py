@@ -51,6 +51,13 @@ TOOL_RESULTS_BUCKET = "TOOL_RESULTS"
 retried call is not executed again on another tool runner (tool_runner/once.py)."""
 RUN_INDEX_BUCKET = "RUN_INDEX"
 """One entry per run (``{tenant}.{run_id}``): agent, message id, status; written at submit."""
+AGENTS_BUCKET = "AGENTS"
+"""Agents created over the API, one key per tenant and agent (``{tenant}.{agent}``, see
+:func:`agent_key`), with their last revisions kept (schemas/streams.py ``AGENT_REVISIONS``).
+Written by edges, watched by edges and agent runners (agentstream/agentstore.py)."""
+AGENT_PAUSES_BUCKET = "AGENT_PAUSES"
+"""Paused agents, one key per tenant and agent (``{tenant}.{agent}``); no entry: not paused.
+Written by edges, watched by edges and agent runners."""
 
 # Subject prefixes (first token of each family).
 _RUN_REQUEST_PREFIX = "agents"
@@ -151,6 +158,20 @@ def tool_result_key(tenant: str, idempotency_key: str) -> str:
 def run_index_key(tenant: str, run_id: str) -> str:
     """Key of a run's entry in the RUN_INDEX bucket: ``{tenant}.{run_id}``."""
     return f"{token(tenant, 'tenant')}.{token(run_id, 'run_id')}"
+
+
+def agent_key(tenant: str, agent: str) -> str:
+    """Key of a tenant's agent in the AGENTS and AGENT_PAUSES buckets: ``{tenant}.{agent}``."""
+    return f"{token(tenant, 'tenant')}.{token(agent, 'agent')}"
+
+
+def parse_agent_key(key: str) -> tuple[str, str]:
+    """Split an AGENTS / AGENT_PAUSES key ``{tenant}.{agent}`` into ``(tenant, agent)``; raises
+    SubjectTokenError on any other shape."""
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise SubjectTokenError("key", key)
+    return token(parts[0], "tenant"), token(parts[1], "agent")
 
 
 def run_events(tenant: str, agent: str, run_id: str) -> str:
