@@ -18,6 +18,7 @@ Guarantees, per run request:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -229,8 +230,9 @@ class AgentRunner:
         """Resolve the request's agent from its tenant's catalog now (reading the AGENTS bucket if
         this runner has not seen the agent yet), and while the agent is paused hold the request:
         kept alive, holding no slot, its consumer free to deliver the next request (``admitted``
-        is set). It goes on when the agent is resumed (or deleted); nothing is written meanwhile,
-        so the wait is no attempt of the run. Stopping hands it back (``_take``)."""
+        is set). It goes on when the agent is resumed (or deleted), or the run is cancelled (it
+        then ends ``run.cancelled``); nothing is written meanwhile, so the wait is no attempt of
+        the run. Stopping hands it back (``_take``)."""
         try:
             where = subjects.parse_run_request(msg.subject)
         except subjects.SubjectTokenError:
@@ -241,8 +243,10 @@ class AgentRunner:
             return
         admitted.set()
         log.info("run request on %s held: agent %s of %s is paused", msg.subject, where.agent, where.tenant)
-        while self.catalog.paused(where.tenant, where.agent) is not None:
-            await self.catalog.changed()
+        run = (where.tenant, (msg.headers or {}).get(H.MSG_ID, ""))
+        while self.catalog.paused(where.tenant, where.agent) is not None and run not in self._cancelled:
+            with contextlib.suppress(TimeoutError):  # cancels are not catalog changes: look again each second
+                await asyncio.wait_for(self.catalog.changed(), 1.0)
 
     # -- control
 

@@ -9,6 +9,7 @@ from agent_runner.runner import AgentRunner
 from agentstream.agents import load_agents
 from agentstream.agentstore import AgentRegistry
 from agentstream.bus import close, connect, ensure_topology
+from agentstream.origins import ModelServers
 from agentstream.probe import serve_probe
 from agentstream.settings import Settings
 from schemas.permissions import Role
@@ -45,7 +46,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     probe = asyncio.create_task(serve_probe("agent-runner", settings.metrics_bind, lambda: nc.is_connected, probe_stop))
     # Every tenant's agents: the directory's and those created over the API (AGENTS bucket), followed
     # before any run is taken.
-    registry = AgentRegistry(catalog, key_env_pattern=settings.llm_key_env_pattern)
+    registry = AgentRegistry(catalog, key_env_pattern=settings.llm_key_env_pattern,
+                             servers=ModelServers.of(settings.agents_llm_origins, settings.llm_base_url))
     await ensure_topology(nc, settings)
     await registry.start(nc.jetstream())
     runner = AgentRunner(settings, nc, registry, llm_base_url=base_url)

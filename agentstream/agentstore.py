@@ -36,6 +36,7 @@ from pydantic import ValidationError
 
 from agentstream.agents import AgentCatalog, AgentFileError, Skill, check_document, ensemble_problems, missing_skills
 from agentstream.kvwatch import BucketEntry, BucketWatcher
+from agentstream.origins import ModelServers
 from schemas import subjects
 from schemas.agents import AgentDefinition, AgentPause, StoredAgent
 
@@ -154,8 +155,19 @@ def build_catalog(files: AgentCatalog, tenant: str, own: dict[str, OwnAgent]) ->
     return catalog
 
 
-def own_agent(tenant: str, name: str, entry: BucketEntry, *, key_env_pattern: str) -> OwnAgent:
-    """The :class:`OwnAgent` an AGENTS entry holds (validated as an agent file is; never raises)."""
+def check_own(definition: AgentDefinition, label: str, servers: ModelServers) -> AgentFileError | None:
+    """What an agent created over the API may not do that an agent file may: name a model server
+    the operator did not list (``llm.base_url``, agentstream.origins). None when it is fine."""
+    base_url = definition.llm.base_url if definition.llm else None
+    if base_url and not servers.allows(base_url):
+        return AgentFileError(label, "llm.base_url", servers.refusal(base_url))
+    return None
+
+
+def own_agent(tenant: str, name: str, entry: BucketEntry, *, key_env_pattern: str,
+              servers: ModelServers) -> OwnAgent:
+    """The :class:`OwnAgent` an AGENTS entry holds (validated as an agent file is, and by
+    :func:`check_own`; never raises)."""
     label = api_label(name)
     assert entry.value is not None
     try:
@@ -167,6 +179,9 @@ def own_agent(tenant: str, name: str, entry: BucketEntry, *, key_env_pattern: st
     if definition is not None and definition.name != name:
         problems = [AgentFileError(label, "name", f"the entry names agent {definition.name!r}")]
         definition = None
+    if definition is not None and (refused := check_own(definition, label, servers)) is not None:
+        problems = [refused]
+        definition = None
     return OwnAgent(tenant, name, entry.revision, entry.time, stored, definition, tuple(problems))
 
 
@@ -174,13 +189,15 @@ class AgentRegistry:
     """Every tenant's effective catalog and paused agents on this process (see the module docstring).
 
     ``files``: the agents directory's catalog; ``key_env_pattern``: LLM_KEY_ENV_PATTERN, which own
-    agents are checked against as files are. Use :meth:`start` to follow the buckets (before it,
-    tenants see the file agents only), :meth:`stop` at the end.
+    agents are checked against as files are; ``servers``: the model servers own agents may name
+    (AGENTS_LLM_ORIGINS; default: none but LLM_BASE_URL's). Use :meth:`start` to follow the
+    buckets (before it, tenants see the file agents only), :meth:`stop` at the end.
     """
 
-    def __init__(self, files: AgentCatalog, *, key_env_pattern: str):
+    def __init__(self, files: AgentCatalog, *, key_env_pattern: str, servers: ModelServers | None = None):
         self.files = files
         self.key_env_pattern = key_env_pattern
+        self.servers = servers or ModelServers()
         self._own: dict[str, dict[str, OwnAgent]] = {}
         self._paused: dict[str, dict[str, PauseState]] = {}
         self._seen: dict[tuple[str, str, str], int] = {}  # (bucket, tenant, agent) -> last revision applied
@@ -282,7 +299,8 @@ class AgentRegistry:
         if entry.value is None:
             own.pop(name, None)
         else:
-            agent = own[name] = own_agent(tenant, name, entry, key_env_pattern=self.key_env_pattern)
+            agent = own[name] = own_agent(tenant, name, entry, key_env_pattern=self.key_env_pattern,
+                                          servers=self.servers)
             for problem in agent.problems:
                 log.warning("tenant %s: agent %s (revision %d) cannot run: %s", tenant, name, entry.revision, problem)
         if not own:

@@ -38,7 +38,7 @@ import yaml
 from quart import Blueprint, Response, request
 
 from agentstream.agents import AgentFileError, check_document, load_document
-from agentstream.agentstore import TenantCatalog
+from agentstream.agentstore import TenantCatalog, check_own
 from agentstream.agentwrites import AgentWriter, Change, ChangedMeanwhile, Refusal, StoreUnavailable, check_changes
 from agentstream.localai_config import LocalAIFieldError, from_localai
 from edge.auth import Tenant
@@ -346,6 +346,9 @@ def _definition(doc: Any, url_name: str | None, *, index: int | None = None) -> 
     definition, errors = check_document(doc, label, key_env_pattern=state().settings.llm_key_env_pattern)
     if definition is None:
         raise _invalid(errors, index)
+    refused = check_own(definition, label, state().agents.servers)
+    if refused is not None:
+        raise _invalid([refused], index)
     return definition
 
 

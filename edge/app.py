@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 from agentstream.agents import AgentCatalog, load_agents
 from agentstream.agentstore import AgentRegistry
 from agentstream.bus import close
+from agentstream.origins import ModelServers
 from agentstream.settings import Settings
 from edge import api_agents, api_agui, api_llmsse, api_native, api_openai, api_responses, guard, ui
 from edge.auth import Authenticator
@@ -46,7 +47,8 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
         settings=settings,
         auth=auth or Authenticator.from_file(settings.keys_file),
         catalog=files,
-        agents=AgentRegistry(files, key_env_pattern=settings.llm_key_env_pattern),
+        agents=AgentRegistry(files, key_env_pattern=settings.llm_key_env_pattern,
+                             servers=ModelServers.of(settings.agents_llm_origins, settings.llm_base_url)),
     )
     app.extensions["agentstream"] = state
     guard.install(app, settings)  # Host, ?api_key=, Origin and Content-Type rules, before any route

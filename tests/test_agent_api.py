@@ -45,7 +45,9 @@ def _keys(path) -> None:
 @pytest.fixture(scope="module")
 def agents_system(tmp_path_factory: pytest.TempPathFactory) -> Any:
     base = tmp_path_factory.mktemp("agent-api")
-    sysm = new_system(base, LLM_MAX_ATTEMPTS="2")
+    # 127.0.0.1:9 (discard: nothing answers) is the one model server besides LLM_BASE_URL's that agents
+    # created over the API may name.
+    sysm = new_system(base, LLM_MAX_ATTEMPTS="2", AGENTS_LLM_ORIGINS="http://127.0.0.1:9")
     try:
         _keys(base / "keys.yaml")
         sysm.start_model()
@@ -179,6 +181,13 @@ async def test_bad_inputs_name_their_field(alice):
     body = error_of(await alice.post("/api/agents", json=plain(name, llm={"api_key_env": "HOME"})), 422,
                     "llm.api_key_env")
     assert "LLM_KEY_ENV_PATTERN" in body["message"]
+    # A tenant's agent cannot send the runners' requests (and keys) to a server the operator did not list.
+    for url in ("http://169.254.169.254/v1", "https://attacker.example/v1", "http://127.0.0.1:10/v1"):
+        body = error_of(await alice.post("/api/agents", json=plain(name, llm={
+            "base_url": url, "api_key_env": "AGENTSTREAM_KEY_OPENAI"})), 422, "llm.base_url")
+        assert "AGENTS_LLM_ORIGINS" in body["message"]
+    error_of(await alice.post("/api/agents", json={"name": name, "api_url": "https://attacker.example/v1"}), 422,
+             "llm.base_url")
     error_of(await alice.post("/api/agents", json=plain("no.dots")), 422, "name")
     error_of(await alice.post("/api/agents", json=plain(name, max_steps=0)), 422, "max_steps")
     error_of(await alice.post("/api/agents", json=[plain(name)]), 422, "body")
@@ -368,8 +377,9 @@ async def test_a_queued_run_of_a_paused_agent_waits_and_starts_after_resume(alic
     nc = await nats.connect(**agents_system.connect_options(Role.EDGE))
     try:
         index = await nc.jetstream().key_value(subjects.RUN_INDEX_BUCKET)
-        run_id = new_run_id()
-        await bus_submit(nc, "alice", name, RunRequest(run_id=run_id, message_id=run_id, message="Hello"), index=index)
+        run_id, dropped = new_run_id(), new_run_id()
+        for rid in (run_id, dropped):
+            await bus_submit(nc, "alice", name, RunRequest(run_id=rid, message_id=rid, message="Hello"), index=index)
     finally:
         await nc.close()
     runner_log = next(p for p in agents_system.procs if p.name.startswith("agent-runner")).log_path
@@ -381,9 +391,15 @@ async def test_a_queued_run_of_a_paused_agent_waits_and_starts_after_resume(alic
     await eventually(held, within=10.0)
     state = (await alice.get(f"/api/runs/{run_id}")).json()
     assert state["status"] == "queued", state  # taken, not started, not failed
+    # A held run that is cancelled ends now, while the agent stays paused.
+    assert (await alice.post(f"/api/runs/{dropped}/cancel", json={})).status_code == 202
+    assert (await read_events(alice, dropped))[-1]["event"] == "run.cancelled"
+    assert (await alice.get(f"/api/agents/{name}")).json()["paused"] is True
+    assert (await alice.get(f"/api/runs/{run_id}")).json()["status"] == "queued"
     assert (await alice.post(f"/api/agents/{name}/resume", json={})).status_code == 200
     events = await finished(alice, run_id)
-    assert [e["data"]["data"]["attempt"] for e in events if e["event"] == "run.started"] == [1]  # the wait was no attempt
+    # the wait was no attempt
+    assert [e["data"]["data"]["attempt"] for e in events if e["event"] == "run.started"] == [1]
     assert not any(e["event"] == "run.retrying" for e in events)
 
 
@@ -455,7 +471,8 @@ async def test_import_is_all_or_nothing(alice):
     assert body["errors"][0]["field"] == "1.modle"
     error_of(await alice.get(f"/api/agents/{good}"), 404, "name")  # the valid one was not stored either
     error_of(await alice.post("/api/agents/import", json=[plain(good), plain(good)]), 422, "1.name")
-    members = [plain(good), {"name": bad, "members": [good], "combiner": "combiner"}]  # a member made in the same import
+    # an ensemble whose member is made in the same import
+    members = [plain(good), {"name": bad, "members": [good], "combiner": "combiner"}]
     resp = await alice.post("/api/agents/import", json=members)
     assert resp.status_code == 200, resp.text
     assert [a["name"] for a in resp.json()["agents"]] == [good, bad]

@@ -12,6 +12,7 @@ from agentstream.agentstore import AgentRegistry, OwnAgent, build_catalog
 from agentstream.agentwrites import Change, check_changes, parse_stamp
 from agentstream.kvwatch import BucketEntry
 from agentstream.localai_config import LocalAIFieldError, from_localai
+from agentstream.origins import ModelServers
 from schemas.agents import AgentDefinition
 from tests.harness import REPO
 
@@ -159,3 +160,28 @@ def test_localai_fields_that_do_not_map_are_refused_by_name(body, field):
     assert field in str(err.value)
     if field == "api_key":
         assert "sk-secret" not in str(err.value)
+
+
+# -- the model servers agents created over the API may name
+
+
+def test_only_listed_model_servers_and_llm_base_url():
+    servers = ModelServers.of("https://api.openai.com, http://10.0.0.7:11434/v1", "http://127.0.0.1:8081/v1")
+    assert servers.allows("https://API.openai.com/v1") and servers.allows("https://api.openai.com:443/x")
+    assert servers.allows("http://10.0.0.7:11434/v1") and servers.allows("http://127.0.0.1:8081/v1")
+    assert not servers.allows("http://api.openai.com/v1")  # another scheme: another origin
+    assert not servers.allows("http://10.0.0.7:11435/v1") and not servers.allows("http://169.254.169.254/")
+    assert not ModelServers().allows("https://api.openai.com/v1")
+    with pytest.raises(ValueError, match="AGENTS_LLM_ORIGINS"):
+        ModelServers.of("ftp://files.example")
+
+
+def test_a_stored_agent_naming_an_unlisted_server_is_not_run():
+    registry = AgentRegistry(FILES, key_env_pattern=PATTERN, servers=ModelServers.of("http://10.0.0.7:11434"))
+    registry.apply_agent(entry("acme.ok", 1, {"definition": {"name": "ok", "llm": {
+        "base_url": "http://10.0.0.7:11434/v1"}}, "action": "create"}))
+    registry.apply_agent(entry("acme.out", 2, {"definition": {"name": "out", "llm": {
+        "base_url": "https://attacker.example/v1", "api_key_env": "AGENTSTREAM_KEY_OPENAI"}}, "action": "create"}))
+    assert registry.get("acme", "ok") is not None
+    assert registry.get("acme", "out") is None
+    assert registry.catalog("acme").invalid["out"][0].field == "llm.base_url"
