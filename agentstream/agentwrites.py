@@ -16,6 +16,7 @@ win: the second gets :class:`ChangedMeanwhile` and the caller checks again again
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+from pydantic import ValidationError
 
 from agentstream.agents import AgentFileError, ensemble_problems
 from agentstream.agentstore import AgentRegistry, OwnAgent, PauseState, TenantCatalog, build_catalog
@@ -35,6 +37,8 @@ from schemas import headers as H
 from schemas import subjects
 from schemas.agents import AgentDefinition, AgentPause, StoredAgent
 from schemas.streams import AGENT_REVISIONS
+
+log = logging.getLogger(__name__)
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 
@@ -193,13 +197,19 @@ class AgentWriter:
         for msg in msgs:
             headers = msg.headers or {}
             deleted = headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data
-            stored = None if deleted else StoredAgent.model_validate_json(msg.data)
-            out.append(Revision(int(headers[H.SEQUENCE]), parse_stamp(headers.get(H.TIME_STAMP, "")), stored))
+            revision = int(headers[H.SEQUENCE])
+            try:
+                stored = None if deleted else StoredAgent.model_validate_json(msg.data)
+            except ValidationError as err:
+                log.error("%s revision %d of tenant %s is unreadable, left out: %s", name, revision, tenant, err)
+                continue
+            out.append(Revision(revision, parse_stamp(headers.get(H.TIME_STAMP, "")), stored))
         return out
 
     async def revision(self, tenant: str, name: str, number: int) -> StoredAgent | None:
         """Revision ``number`` of the tenant's agent ``name``; None when the bucket does not hold
-        it (never held, dropped, a deletion, or a revision of another key: of another tenant too)."""
+        it (never held, dropped, a deletion, unreadable, or a revision of another key: of another
+        tenant too)."""
         try:
             entry = await self.agents.get(subjects.agent_key(tenant, name), revision=number)
         except nats.js.errors.KeyNotFoundError:
@@ -208,7 +218,11 @@ class AgentWriter:
             raise StoreUnavailable(f"{type(err).__name__}: {err}") from None
         if not entry.value:
             return None
-        return StoredAgent.model_validate_json(entry.value)
+        try:
+            return StoredAgent.model_validate_json(entry.value)
+        except ValidationError as err:
+            log.error("%s revision %d of tenant %s is unreadable: %s", name, number, tenant, err)
+            return None
 
     async def _publish(self, subject: str, headers: dict[str, str], name: str) -> int:
         try:

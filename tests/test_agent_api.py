@@ -18,14 +18,15 @@ import httpx
 import nats
 import pytest
 import yaml
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from agentstream.runs import submit as bus_submit
 from schemas import subjects
-from schemas.permissions import Role
+from schemas.permissions import Role, tenant_inbox_prefix
 from schemas.runs import RunRequest, new_run_id
 from tests.conftest import ALICE_KEY, BOB_KEY, eventually, read_events
 from tests.harness import REPO, System, new_system
-from tests.test_isolation import Probe
+from tests.test_isolation import Probe, creds, seed_of
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -285,6 +286,33 @@ async def test_created_on_one_edge_runs_on_a_runner_started_before_and_shows_on_
     events = await finished(alice, run["run_id"])
     assert next(e for e in events if e["event"] == "message.completed")["data"]["data"]["text"] == "parrot this"
 
+    # A deletion too: the other edge stops serving it, and the runner refuses a run that still reaches it.
+    assert (await alice.delete(f"/api/agents/{name}")).status_code == 200
+
+    async def gone() -> bool:
+        """the second edge no longer has the deleted agent"""
+        return (await alice2.get(f"/api/agents/{name}")).status_code == 404
+
+    await eventually(gone, within=2.0, every=0.05)
+    error_of(await alice2.post(f"/api/agents/{name}/chat", json={"message": "hi"}), 404, "name")
+    run_id = await _bus_submit(agents_system, "alice", name)
+    events = await read_events(alice, run_id)
+    assert events[-1]["event"] == "run.failed" and events[-1]["data"]["data"]["error"]["type"] == "unknown_agent"
+
+
+async def _bus_submit(system: System, tenant: str, agent: str, *run_ids: str) -> str:
+    """Submit runs of ``agent`` on the bus, past the edges (as a tenant's own service may, or as a run
+    submitted just before a change would reach the runner); returns the first run id."""
+    ids = list(run_ids) or [new_run_id()]
+    nc = await nats.connect(**system.connect_options(Role.EDGE))
+    try:
+        index = await nc.jetstream().key_value(subjects.RUN_INDEX_BUCKET)
+        for rid in ids:
+            await bus_submit(nc, tenant, agent, RunRequest(run_id=rid, message_id=rid, message="Hello"), index=index)
+    finally:
+        await nc.close()
+    return ids[0]
+
 
 # -- tenants
 
@@ -327,7 +355,7 @@ async def test_the_allow_list_still_applies(bob):
 # -- pause and resume
 
 
-async def test_a_paused_agent_refuses_submits_on_every_api(alice, alice2):
+async def test_a_paused_agent_refuses_submits_on_every_api(alice, alice2, agents_system):
     name = unique("paused")
     await create(alice, plain(name))
     resp = await alice.post(f"/api/agents/{name}/pause", json={})
@@ -360,6 +388,16 @@ async def test_a_paused_agent_refuses_submits_on_every_api(alice, alice2):
             "messages": [{"id": "m1", "role": "user", "content": "hi"}]}
     error_of(await alice.post(f"/ag-ui/{name}", json=agui), 409, "name")
 
+    # The pause is stored: an edge started after it refuses from its first request.
+    late = agents_system.start_edge(KEYS_FILE=str(agents_system.base / "keys.yaml"))
+    try:
+        async with _client(late.ready_value, ALICE_KEY) as fresh:
+            body = error_of(await fresh.post(f"/api/agents/{name}/chat", json={"message": "hi"}), 409, "name")
+            assert body["type"] == "agent_paused"
+            assert (await fresh.get(f"/api/agents/{name}")).json()["paused"] is True
+    finally:
+        late.terminate()
+
     assert (await alice.post(f"/api/agents/{name}/resume", json={})).json()["paused"] is False
     run = await chat(alice, name)
     await finished(alice, run["run_id"])
@@ -374,14 +412,8 @@ async def test_a_queued_run_of_a_paused_agent_waits_and_starts_after_resume(alic
     assert (await alice.post(f"/api/agents/{name}/pause", json={})).status_code == 200
     # A run that reaches the queue while the agent is paused (submitted on the bus, as a tenant's own
     # service may, or just before the pause): the runner must hold it, not run it, not fail it.
-    nc = await nats.connect(**agents_system.connect_options(Role.EDGE))
-    try:
-        index = await nc.jetstream().key_value(subjects.RUN_INDEX_BUCKET)
-        run_id, dropped = new_run_id(), new_run_id()
-        for rid in (run_id, dropped):
-            await bus_submit(nc, "alice", name, RunRequest(run_id=rid, message_id=rid, message="Hello"), index=index)
-    finally:
-        await nc.close()
+    run_id, dropped = new_run_id(), new_run_id()
+    await _bus_submit(agents_system, "alice", name, run_id, dropped)
     runner_log = next(p for p in agents_system.procs if p.name.startswith("agent-runner")).log_path
 
     async def held() -> bool:
@@ -545,6 +577,31 @@ async def test_a_stored_agent_that_is_not_valid_is_reported(alice, agents_system
     await finished(alice, (await chat(alice, name))["run_id"])
 
 
+async def test_an_unreadable_entry_is_reported_and_left_out_of_the_revisions(alice, agents_system):
+    name = unique("garbled")
+    made = await create(alice, plain(name, description="readable"))
+    nc = await nats.connect(**agents_system.connect_options(Role.EDGE))
+    try:  # what a bad write of another release, or a damaged store, would leave
+        kv = await nc.jetstream().key_value(subjects.AGENTS_BUCKET)
+        garbled = await kv.put(subjects.agent_key("alice", name), b"{not json")
+    finally:
+        await nc.close()
+
+    async def reported() -> bool:
+        """the edge reports the unreadable entry"""
+        return (await alice.get(f"/api/agents/{name}")).json()["valid"] is False
+
+    await eventually(reported, within=2.0, every=0.05)
+    shown = (await alice.get(f"/api/agents/{name}")).json()
+    assert "unreadable entry" in shown["errors"][0]["reason"] and shown["revision"] == garbled
+    listing = await alice.get(f"/api/agents/{name}/revisions")
+    assert listing.status_code == 200, listing.text
+    assert [r["revision"] for r in listing.json()["revisions"]] == [made["revision"]]  # the unreadable one left out
+    error_of(await alice.put(f"/api/agents/{name}?revision={garbled}"), 404, "revision")
+    back = await alice.put(f"/api/agents/{name}?revision={made['revision']}")
+    assert back.status_code == 200 and back.json()["valid"] is True and back.json()["description"] == "readable"
+
+
 # -- the CLI
 
 
@@ -595,3 +652,30 @@ async def test_bus_permissions_of_the_agent_buckets(agents_system):
     finally:
         await runner.close()
         await tools.close()
+
+
+async def test_a_tenants_own_service_cannot_touch_another_tenants_agents(alice, agents_system):
+    name = unique("guarded")
+    made = await create(alice, plain(name, description="alice's"))
+    await alice.post(f"/api/agents/{name}/pause", json={})
+    carol = await Probe().connect(agents_system.env["NATS_URL"], nkeys_seed=str(seed_of(creds(agents_system, "carol"))),
+                                  inbox_prefix=tenant_inbox_prefix("carol"))
+    try:
+        js = carol.nc.jetstream()
+        key = subjects.agent_key("alice", name)
+        for bucket in (subjects.AGENTS_BUCKET, subjects.AGENT_PAUSES_BUCKET):
+            stream, subject = f"KV_{bucket}", f"$KV.{bucket}.{key}"
+            await carol.refused(subject, lambda s=subject: js.publish(s, b"{}", timeout=2))  # change or unpause
+            await carol.refused(f"$KV.{bucket}.{subjects.agent_key('carol', name)}",  # its own too: HTTP only
+                                lambda b=bucket: js.publish(f"$KV.{b}.{subjects.agent_key('carol', name)}", b"{}"))
+            await carol.refused(f"$JS.API.DIRECT.GET.{stream}.{subject}",
+                                lambda st=stream, s=subject: js.get_msg(st, subject=s, direct=True))
+            await carol.refused(f"$JS.API.DIRECT.GET.{stream}", lambda st=stream, b=bucket: js.get_msg(
+                st, seq=1, subject=f"$KV.{b}.>", next=True, direct=True))
+            await carol.refused(f"$JS.API.CONSUMER.CREATE.{stream}", lambda st=stream, b=bucket: js.add_consumer(
+                st, ConsumerConfig(filter_subject=f"$KV.{b}.alice.>", ack_policy=AckPolicy.NONE)))
+            await carol.refused(f"$JS.API.STREAM.PURGE.{stream}", lambda st=stream: js.purge_stream(st))
+    finally:
+        await carol.close()
+    shown = (await alice.get(f"/api/agents/{name}")).json()  # unchanged, still paused
+    assert shown["revision"] == made["revision"] and shown["description"] == "alice's" and shown["paused"] is True
