@@ -50,6 +50,7 @@ class RunEventWriter:
         flush_bytes: int = 4096,
         event_max_bytes: int = 900 * 1024,
         storage_patience: float = APPEND_RETRY_SECONDS,
+        on_end: Callable[[str, BaseModel, str | None], Awaitable[None]] | None = None,
     ):
         self.nc = nc
         self.subject = subject
@@ -59,6 +60,9 @@ class RunEventWriter:
         self.flush_bytes = flush_bytes
         self.event_max_bytes = event_max_bytes
         self.storage_patience = storage_patience
+        self.on_end = on_end
+        """Awaited with the terminal event's type and data and the answer (if any) once it is stored."""
+        self.answer: str | None = None
         self.started = False
         """True once this attempt's ``run.started`` is stored."""
         self._n = 0
@@ -198,6 +202,10 @@ class RunEventWriter:
         self.last_seq = seq
         if event_type == E.RUN_STARTED:
             self.started = True
+        elif event_type == E.MESSAGE_COMPLETED and isinstance(data, E.MessageCompletedData):
+            self.answer = data.text
+        elif E.is_terminal(event_type) and self.on_end is not None:
+            await self.on_end(event_type, data, self.answer)
         if event_type == E.MESSAGE_DELTA:
             self._last_delta = time.monotonic()
         return seq

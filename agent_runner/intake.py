@@ -90,6 +90,12 @@ class Slots:
         self.used -= 1
         self._wake()
 
+    def set_capacity(self, capacity: int) -> None:
+        """Change how many slots there are (runs already holding one keep it)."""
+        if capacity != self.capacity:
+            self.capacity = capacity
+            self._wake()
+
     def take_anyway(self) -> None:
         """Take a slot without waiting."""
         self.used += 1

@@ -17,11 +17,13 @@ from typing import Any
 
 from agent_runner.event_writer import RunEventWriter
 from agent_runner.llm import LLMClient, LLMEndpoint, ToolCallAccum
+from agent_runner.mcp_tools import McpTool, McpToolLister
 from agent_runner.resume import ResumePlan
 from agent_runner.tool_client import ToolClient, ToolOutcome
 from agentstream.agents import Skill
 from agentstream.openai_format import new_tool_call_id
 from schemas import events as E
+from schemas import subjects
 from schemas.agents import RESERVED_PARAMETERS, AgentDefinition
 from schemas.common import ErrorInfo, FunctionCall, ToolCallRef, Usage
 from schemas.runs import RunRequest
@@ -60,6 +62,10 @@ class RunContext:
     steps: int = 0
     extra_usage: Usage = field(default_factory=Usage)
     """Usage spent outside this loop but on this run (an ensemble's members)."""
+    mcp: McpToolLister | None = None
+    """Where the agent's MCP servers' tools are learnt (agent_runner.mcp_tools); None: no MCP."""
+    mcp_tools: dict[str, McpTool] = field(default_factory=dict)
+    """The MCP tools this run offers, by the model's name for them (filled when the run starts)."""
 
     @property
     def total_usage(self) -> Usage:
@@ -118,7 +124,9 @@ async def run_agent(ctx: RunContext, plan: ResumePlan | None = None) -> E.Messag
     """
     agent, request, writer = ctx.agent, ctx.request, ctx.writer
     messages = initial_messages(agent, ctx.skills, request)
-    server_tools = tool_definitions(agent, ctx.skills)
+    if ctx.mcp is not None and agent.mcp_servers:
+        ctx.mcp_tools = await ctx.mcp.tools_for(ctx.tenant, agent, request.run_id)
+    server_tools = tool_definitions(agent, ctx.skills) + [t.definition for t in ctx.mcp_tools.values()]
     client_tools = [t.model_dump(mode="json") for t in request.tools]
     client_names = {t.function["name"] for t in request.tools if isinstance(t.function.get("name"), str)}
     parameters = llm_parameters(agent, request)
@@ -280,8 +288,19 @@ async def _execute(ctx: RunContext, step: int, call: StepCall) -> ToolOutcome:
                 arguments=arguments,
                 budget=ctx.agent.tool_timeout,
             )
+        elif call.name in ctx.mcp_tools:
+            outcome = await ctx.tools.call(
+                ctx.tenant,
+                subjects.MCP_CALL_TOOL,
+                run_id=ctx.request.run_id,
+                tool_call_id=call.id,
+                idempotency_key=f"{ctx.request.run_id}:{step}:{call.id}",
+                arguments=ctx.mcp_tools[call.name].request_arguments(ctx.agent.name, arguments),
+                budget=ctx.agent.tool_timeout,
+            )
         else:
-            available = ", ".join([*ctx.agent.actions, *(["load_skill"] if ctx.skills else [])]) or "none"
+            offered = [*ctx.agent.actions, *(["load_skill"] if ctx.skills else []), *ctx.mcp_tools]
+            available = ", ".join(offered) or "none"
             outcome = ToolOutcome(
                 ok=False,
                 error=ErrorInfo(type="unknown_tool", message=f"there is no tool {call.name!r}; available: {available}"),

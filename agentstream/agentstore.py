@@ -155,9 +155,20 @@ def build_catalog(files: AgentCatalog, tenant: str, own: dict[str, OwnAgent]) ->
     return catalog
 
 
+MCP_SERVERS_REFUSAL = (
+    "agents created over the API cannot declare MCP servers: a stdio server is a program started on a tool "
+    "runner, and tool runners take MCP servers only from the agent files of their own AGENTS_DIR "
+    "(docs/security.md); ask the operator for an agent file"
+)
+"""Why ``mcp_servers`` is refused in an agent created over the API (field ``mcp_servers``)."""
+
+
 def check_own(definition: AgentDefinition, label: str, servers: ModelServers) -> AgentFileError | None:
-    """What an agent created over the API may not do that an agent file may: name a model server
-    the operator did not list (``llm.base_url``, agentstream.origins). None when it is fine."""
+    """What an agent created over the API may not do that an agent file may: declare MCP servers
+    (``mcp_servers``, any kind: :data:`MCP_SERVERS_REFUSAL`), or name a model server the operator
+    did not list (``llm.base_url``, agentstream.origins). None when it is fine."""
+    if definition.mcp_servers:
+        return AgentFileError(label, "mcp_servers", MCP_SERVERS_REFUSAL)
     base_url = definition.llm.base_url if definition.llm else None
     if base_url and not servers.allows(base_url):
         return AgentFileError(label, "llm.base_url", servers.refusal(base_url))

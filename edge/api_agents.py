@@ -38,7 +38,7 @@ import yaml
 from quart import Blueprint, Response, request
 
 from agentstream.agents import AgentFileError, check_document, load_document
-from agentstream.agentstore import TenantCatalog, check_own
+from agentstream.agentstore import MCP_SERVERS_REFUSAL, TenantCatalog, check_own
 from agentstream.agentwrites import AgentWriter, Change, ChangedMeanwhile, Refusal, StoreUnavailable, check_changes
 from agentstream.localai_config import LocalAIFieldError, from_localai
 from edge.auth import Tenant
@@ -330,6 +330,8 @@ def _definition(doc: Any, url_name: str | None, *, index: int | None = None) -> 
     if not isinstance(doc, dict):
         raise _invalid([AgentFileError(BODY, None, "expected an agent: a mapping of fields (name: ..., model: ...)")],
                        index)
+    if "mcp_servers" in doc and doc["mcp_servers"] not in (None, []):  # ours or LocalAI's: never over the API
+        raise _invalid([AgentFileError(BODY, "mcp_servers", MCP_SERVERS_REFUSAL)], index)
     try:
         doc = from_localai(doc)
     except LocalAIFieldError as err:  # its message names the field already

@@ -63,7 +63,8 @@ async def process() -> Response:
             lease.release()
         raise
     renderer = ProcessStream(body.message_id, body.conversation_id, agent=agent.name,
-                             source=agent.combiner or agent.name, members=len(agent.members))
+                             source=agent.combiner or agent.name, members=len(agent.members),
+                             min_success=agent.min_success)
     feed = run_feed(t.name, run_id, subjects.run_events(t.name, agent.name, run_id), lease=lease)
     return sse_response(_body(st, t.name, run_id, renderer, feed), {"X-Run-Id": run_id}, lease=lease)
 

@@ -42,7 +42,7 @@ from edge.http import (
 from edge.idempotency import claim, request_fingerprint
 from schemas import subjects
 from schemas.common import MessageId, Strict
-from schemas.events import is_terminal
+from schemas.events import is_deleted, is_terminal
 from schemas.runs import PENDING_RUN_ID, RunRequest, new_run_id
 
 log = logging.getLogger(__name__)
@@ -201,6 +201,8 @@ async def run_sse(run_id: str) -> Response:
         if entry is None:
             raise ApiError(404, "not_found", f"no run {run_id!r}", "run_id")
         subject = subjects.run_events(t.name, entry.agent, run_id)
+    elif is_deleted(latest.type):
+        raise ApiError(404, "not_found", f"no run {run_id!r} (it was deleted)", "run_id")
     else:
         if after and after >= latest.seq and is_terminal(latest.type):
             # Nothing left and nothing will come: 204 tells EventSource to stop reconnecting.

@@ -200,7 +200,14 @@ def _split(messages: list[ChatMessage]) -> tuple[str | None, list[ChatMessage]]:
 
 async def _identified(t: Tenant, agent: AgentDefinition, draft: RunRequest) -> RunRequest:
     """``draft`` with its run id: a new one, or, with an ``Idempotency-Key`` header, the run that key
-    names (the same request again; a different request with a used key is 409)."""
+    names (the same request again; a different request with a used key is 409); and with an
+    ``X-Conversation-Id`` header, the conversation it continues (send only the new messages then:
+    the earlier turns are added by the server)."""
+    conversation_id = http_request.headers.get("X-Conversation-Id")
+    if conversation_id is not None:
+        if not 0 < len(conversation_id) <= 200:
+            raise ApiError(400, "invalid_request", "X-Conversation-Id must be 1 to 200 characters", "X-Conversation-Id")
+        draft = draft.model_copy(update={"conversation_id": conversation_id})
     key = http_request.headers.get("Idempotency-Key")
     if not key:
         run_id = new_run_id()

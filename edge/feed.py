@@ -12,6 +12,11 @@ feed re-reads from the stream where the client is when it catches up. Memory per
 bounded and nothing is dropped. The same re-read repairs gaps: a live event whose
 ``Nats-Last-Sequence`` is not the last one yielded (a re-published message lost while the edge
 was reconnecting), a reconnect to NATS, and a periodic check at each heartbeat.
+
+In a JetStream cluster a re-read may be answered by a replica a little behind the leader that
+re-published the live event (agentstream.eventlog): when a re-read after a gap stops short of the
+live event that revealed it, the feed reads again shortly (:data:`BEHIND_RETRY`), instead of
+waiting for the next live event or the periodic check.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ Heartbeat = Literal[_Signal.HEARTBEAT]
 
 RECHECK_EVERY = 4
 """A quiet feed re-reads the stream every this many heartbeats (a safety net, see EventFeed)."""
+BEHIND_RETRY = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+"""Seconds before each new read when a re-read stopped short of a live event already seen (a
+replica behind the leader answered it); then the periodic check takes over."""
 
 
 class Watcher:
@@ -255,6 +263,8 @@ class EventFeed:
                 return
             reread = True  # the stored events first
             quiet = 0
+            seen = 0  # the highest sequence of a live event not yielded (a gap revealed it)
+            behind = 0  # re-reads in a row that stopped short of ``seen``
             while True:
                 if reread:
                     async for batch in self._stored():
@@ -262,9 +272,16 @@ class EventFeed:
                     if self._done:
                         return
                     reread = False
-                if not await watcher.wait(self.heartbeat):
+                    behind = behind + 1 if seen > self.last else 0
+                wait = self.heartbeat
+                if 0 < behind <= len(BEHIND_RETRY):
+                    wait = min(wait, BEHIND_RETRY[behind - 1])
+                if not await watcher.wait(wait):
                     if watcher.closed:
                         return
+                    if wait < self.heartbeat:  # read again: the stream's answer was behind
+                        reread = True
+                        continue
                     yield HEARTBEAT
                     quiet += 1
                     # A safety net: nothing can have been missed unless a re-published event was
@@ -285,6 +302,7 @@ class EventFeed:
                         # A hole: something between the last yielded event and this one. Every
                         # live event was stored before it was re-published: re-read the rest.
                         reread = True
+                        seen = max(seen, events[-1].seq)
                         break
                     self.last = ev.seq
                     out.append(ev)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
+from agentstream import llmsse_env
 from agentstream.httpserve import listen, serve_app
 from agentstream.settings import Settings
 from edge.app import create_app
@@ -17,6 +19,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
     Raises OSError if EDGE_BIND cannot be bound (the message names the address).
     """
+    for message in llmsse_env.warnings(os.environ, settings, llmsse_env.EDGE_VARIABLES):
+        log.warning("%s", message)
     app = create_app(settings)
     try:
         sock = listen(settings.edge_bind)

@@ -31,6 +31,7 @@ MESSAGE_COMPLETED: Final = "message.completed"
 RUN_COMPLETED: Final = "run.completed"
 RUN_FAILED: Final = "run.failed"
 RUN_CANCELLED: Final = "run.cancelled"
+RUN_DELETED: Final = "run.deleted"
 
 TERMINAL_TYPES = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
 ALL_TYPES = (
@@ -47,6 +48,7 @@ ALL_TYPES = (
     RUN_COMPLETED,
     RUN_FAILED,
     RUN_CANCELLED,
+    RUN_DELETED,
 )
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
@@ -55,6 +57,11 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 def is_terminal(event_type: str) -> bool:
     """True for the three event types that end a run."""
     return event_type in TERMINAL_TYPES
+
+
+def is_deleted(event_type: str) -> bool:
+    """True for the tombstone a deleted run's events were replaced by."""
+    return event_type == RUN_DELETED
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,6 +223,13 @@ class RunCancelledData(Strict):
     duration_ms: float = 0.0
 
 
+class RunDeletedData(Strict):
+    """``run.deleted``: the run's events were deleted on request (``DELETE /api/runs/{id}``); this
+    tombstone replaced them all (a JetStream subject rollup). The run no longer exists for readers."""
+
+    reason: str = "deleted on request"
+
+
 # ----------------------------------------------------------------------------------------------
 # envelopes
 
@@ -295,6 +309,11 @@ class RunCancelled(_Envelope):
     data: RunCancelledData
 
 
+class RunDeleted(_Envelope):
+    type: Literal["run.deleted"] = RUN_DELETED
+    data: RunDeletedData
+
+
 RunEvent = Annotated[
     RunQueued
     | RunStarted
@@ -308,7 +327,8 @@ RunEvent = Annotated[
     | MessageCompleted
     | RunCompleted
     | RunFailed
-    | RunCancelled,
+    | RunCancelled
+    | RunDeleted,
     Field(discriminator="type"),
 ]
 """Any run event; validate with :data:`run_event_adapter`."""
@@ -328,5 +348,6 @@ EVENT_CLASSES: dict[str, type[_Envelope]] = {
     MESSAGE_COMPLETED: MessageCompleted,
     RUN_COMPLETED: RunCompleted,
     RUN_FAILED: RunFailed,
+    RUN_DELETED: RunDeleted,
     RUN_CANCELLED: RunCancelled,
 }

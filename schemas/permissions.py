@@ -14,8 +14,9 @@ edge           submit runs of any tenant, send cancels, read events (stored and 
                paused agents, the last two also watched); never write ``runs.>`` (it cannot
                forge a run's events)
 agent-runner   pull run requests through its consumers, write ``runs.>`` and dead letters,
-               start ensemble members, call tools, read cancels, read tenant policies, read
-               and watch (never write) agents and paused agents
+               start ensemble members, call tools and ask which are served, read cancels,
+               read tenant policies, keep conversations, read and watch (never write) agents
+               and paused agents
 tool-runner    serve ``tools.*.*`` in queue group ``tool-runners`` only, answer the requests it
                receives (``allow_responses``), keep tool results (TOOL_RESULTS), read
                tenant policies (a tenant's own ``tool_root``)
@@ -137,7 +138,9 @@ _EDGE = Permissions(
     publish=(
         S.RUN_REQUESTS_ALL,
         S.CONTROL_ALL,
+        S.RUN_LOG_SUBMITTED_ALL,
         *_stream_read(S.RUN_EVENTS_STREAM),
+        *_stream_read(S.RUN_LOG_STREAM),
         *_stream_read(S.RUN_DEAD_LETTERS_STREAM),
         f"{API}.INFO",
         f"{API}.STREAM.INFO.*",
@@ -146,6 +149,7 @@ _EDGE = Permissions(
         *_bucket(S.RATE_LIMITS_BUCKET),
         *_bucket(S.STREAM_COUNTS_BUCKET),
         *_bucket(S.RUN_INDEX_BUCKET),
+        *_bucket(S.CONVERSATIONS_BUCKET),
         *_bucket(S.AGENTS_BUCKET, watch=True),
         *_bucket(S.AGENT_PAUSES_BUCKET, watch=True),
     ),
@@ -158,7 +162,9 @@ _AGENT_RUNNER = Permissions(
         S.MEMBER_REQUESTS_ALL,
         S.CONTROL_ALL,
         S.DEAD_LETTERS_ALL,
+        S.RUN_LOG_ALL,
         S.TOOLS_ALL,
+        S.TOOL_SERVICE_INFO,  # which tools are served (agent_runner.tool_directory)
         f"{API}.INFO",
         f"{API}.STREAM.INFO.*",
         f"{API}.CONSUMER.CREATE.{S.AGENT_RUNS_STREAM}.>",
@@ -170,9 +176,12 @@ _AGENT_RUNNER = Permissions(
         f"{API}.CONSUMER.CREATE.{S.RUN_CONTROL_STREAM}.>",
         f"{FLOW_CONTROL}.{S.RUN_CONTROL_STREAM}.>",
         *_stream_read(S.RUN_EVENTS_STREAM),
+        # The leader's answer when a replica's may be stale (agentstream.eventlog.last_event_from_leader).
+        f"{API}.STREAM.MSG.GET.{S.RUN_EVENTS_STREAM}",
         *_stream_read(S.RUN_CONTROL_STREAM),
         *_bucket(S.TENANTS_BUCKET, watch=True),
         *_bucket(S.RUN_INDEX_BUCKET),
+        *_bucket(S.CONVERSATIONS_BUCKET),
         *_bucket_read(S.AGENTS_BUCKET),
         *_bucket_read(S.AGENT_PAUSES_BUCKET),
     ),

@@ -80,6 +80,7 @@ class RunRequest(Strict):
     submitted_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     echo: dict[str, Any] | None = None
     keep_history_from: int | None = Field(default=None, ge=0)
+    logged: bool = Field(default=False, description="its submission is already in the run log (RUN_LOG)")
 
     @model_validator(mode="after")
     def _has_input(self) -> RunRequest:
@@ -95,11 +96,12 @@ class RunRequest(Strict):
 class RunControl(Strict):
     """A signal for a run, published to ``control.{tenant}.{run_id}`` (stream RUN_CONTROL).
 
-    ``action``: ``cancel`` (stop the run wherever it is, end it ``run.cancelled``); ``reason``:
-    shown in the terminal event. Stored, so a runner that takes the run later still obeys it.
+    ``action``: ``cancel`` (stop the run wherever it is, end it ``run.cancelled``) or ``delete``
+    (replace a finished run's events by a ``run.deleted`` tombstone); ``reason``: shown in the
+    terminal event. Stored, so a runner that takes the run later still obeys it.
     """
 
-    action: Literal["cancel"] = "cancel"
+    action: Literal["cancel", "delete"] = "cancel"
     reason: str = Field(default="cancelled by request", max_length=500)
     requested_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
@@ -138,3 +140,29 @@ class RunIndexEntry(Strict):
     submitted_at: datetime
     message: str | None = Field(default=None, description="the first 2,000 characters of the message")
     echo: dict[str, Any] | None = None
+
+
+RunLogKind = Literal["submitted", "completed", "failed", "cancelled"]
+
+
+class RunLogEntry(Strict):
+    """One entry of the run log (stream RUN_LOG, subject ``runlog.{tenant}.{agent}.{kind}``).
+
+    ``submitted``: written when the run is accepted; the others when it ends, with its outcome:
+    ``ended_at``, ``duration_ms``, ``usage``, ``error`` (for ``failed``), ``answer`` (the first
+    2,000 characters). Run listings read these newest first (agentstream/runlog.py).
+    """
+
+    run_id: Token
+    agent: Token
+    kind: RunLogKind
+    message_id: MessageId
+    conversation_id: str | None = None
+    parent_run_id: Token | None = None
+    submitted_at: datetime
+    message: str | None = None
+    ended_at: datetime | None = None
+    duration_ms: float | None = None
+    usage: dict[str, int] | None = None
+    error: dict[str, str] | None = None
+    answer: str | None = None

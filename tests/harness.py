@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from agentstream.natsauth import AuthStore, connect_options
-from agentstream.natsserver import EmbeddedNats, free_port
+from agentstream.natsserver import EmbeddedNats, NatsCluster, free_port
 from schemas.permissions import Role, inbox_prefix
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,11 +106,12 @@ class Proc:
 
 @dataclass
 class System:
-    """A running agentstream: one nats-server and any number of components."""
+    """A running agentstream: one nats-server (or a JetStream cluster of them) and any number of
+    components."""
 
     base: Path
     env: dict[str, str]
-    nats: EmbeddedNats
+    nats: EmbeddedNats | NatsCluster
     auth: AuthStore | None = None
     procs: list[Proc] = field(default_factory=list)
     edge_url: str = ""
@@ -126,10 +127,12 @@ class System:
         return self.auth.seed_path(role)
 
     def connect_options(self, role: Role | str = Role.ADMIN) -> dict[str, Any]:
-        """``nats.connect`` keyword arguments for a bare client with a component's identity."""
+        """``nats.connect`` keyword arguments for a bare client with a component's identity (every
+        server of a cluster)."""
+        servers = self.env["NATS_URL"].split(",")
         if self.auth is None:
-            return {"servers": self.env["NATS_URL"]}
-        return {"servers": self.env["NATS_URL"], **connect_options(self.creds(role), inbox_prefix(role))}
+            return {"servers": servers}
+        return {"servers": servers, **connect_options(self.creds(role), inbox_prefix(role))}
 
     def _proc(self, name: str, module: str, ready: str, **env: str) -> Proc:
         self._counter += 1
@@ -191,14 +194,17 @@ _ROLE_OF_MODULE = {"edge": Role.EDGE, "agent_runner": Role.AGENT_RUNNER, "tool_r
 
 
 def new_system(
-    base: Path, *, extra_agents: Path = TEST_AGENTS, auth: bool = True, setup: bool = True,
-    max_file_store: int | None = None, **env: str
+    base: Path, *, extra_agents: Path = TEST_AGENTS, auth: bool = True, setup: bool = True, cluster: int = 1,
+    max_file_store: int | None = None, **env: str,
 ) -> System:
     """A nats-server on a free port with JetStream under ``base``; components start on demand.
 
     ``auth``: the server requires the identities of ``base/auth`` (as ``agentstream up`` does) and
     every component connects with its own; ``setup``: the admin identity declares the streams and
-    buckets first (``agentstream nats-setup``); ``max_file_store``: JetStream's storage limit, bytes.
+    buckets first (``agentstream nats-setup``); ``cluster``: more than 1 starts that many servers
+    as one JetStream cluster (agentstream.natsserver.NatsCluster, as ``agentstream up
+    --nats-cluster N`` does): ``NATS_URL`` names them all and streams keep min(N, 3) replicas;
+    ``max_file_store``: JetStream's storage limit, bytes (a single server).
     """
     base.mkdir(parents=True, exist_ok=True)
     agents = make_agents_dir(base / "agents", extra_agents) if not (base / "agents").exists() else base / "agents"
@@ -207,12 +213,16 @@ def new_system(
     if store is not None:
         store.ensure_components()
         config = store.write_server_config()
-    nats = EmbeddedNats(base / "nats-store", port=0, log_path=base / "nats.log", config=config,
-                        max_file_store=max_file_store)
+    nats: EmbeddedNats | NatsCluster
+    if cluster > 1:
+        nats = NatsCluster(base / "nats-cluster", cluster, auth_config=config)
+        env = {"STREAM_REPLICAS": str(min(cluster, 3)), **env}
+    else:
+        nats = EmbeddedNats(base / "nats-store", port=0, log_path=base / "nats.log", config=config,
+                            max_file_store=max_file_store)
     url = nats.start()
-    clean = {
-        k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT"))
-    }
+    ours = ("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT", "STREAM_")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     system_env = {
         **clean,
         "PYTHONUNBUFFERED": "1",

@@ -27,6 +27,7 @@ from schemas.runs import RunRequest, new_run_id
 from tests.conftest import ALICE_KEY, BOB_KEY, eventually, read_events
 from tests.harness import REPO, System, new_system
 from tests.test_isolation import Probe, creds, seed_of
+from tests.test_mcp_edge import mcp_session
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -545,6 +546,83 @@ async def test_localai_agent_config_is_mapped(alice):
         {"name": "read_file", "config": '{"root": "/"}'}]}), 422, "actions.0.config")
     error_of(await alice.post("/api/agents", json={"name": unique("x"), "actions": [
         {"name": "search", "config": ""}]}), 422, "actions")
+
+
+# -- MCP servers: agent files only
+
+
+async def test_mcp_servers_are_refused_over_the_api(alice, agents_system):
+    name = unique("mcp")
+    stdio = {"name": "notes", "command": sys.executable, "args": ["tests/mcp_servers/notes_stdio.py"]}
+    for servers in ([stdio], [{"name": "web", "url": "https://mcp.example/mcp"}]):
+        body = error_of(await alice.post("/api/agents", json=plain(name, mcp_servers=servers)), 422, "mcp_servers")
+        assert "AGENTS_DIR" in body["message"] and body["type"] == "invalid_agent"
+        error_of(await alice.put(f"/api/agents/{name}", json=plain(name, mcp_servers=servers)), 422, "mcp_servers")
+        error_of(await alice.post("/api/agents/import", json=[plain(unique("ok")), plain(name, mcp_servers=servers)]),
+                 422, "1.mcp_servers")
+        text = yaml.safe_dump(plain(name, mcp_servers=servers))
+        error_of(await alice.post("/api/agents", content=text, headers={"Content-Type": "application/yaml"}), 422,
+                 "mcp_servers")
+    # LocalAI's shape of the field too; at its zero value it is accepted, as LocalAI clients send it.
+    error_of(await alice.post("/api/agents", json={"name": name, "mcp_servers": [{"url": "http://x", "token": ""}]}),
+             422, "mcp_servers")
+    made = await create(alice, plain(name, mcp_servers=[]))
+    assert made["mcp_servers"] == []
+
+    # An entry holding MCP servers (written past the checks) is reported, not run.
+    sneaked = unique("mcp")
+    nc = await nats.connect(**agents_system.connect_options(Role.EDGE))
+    try:
+        kv = await nc.jetstream().key_value(subjects.AGENTS_BUCKET)
+        doc = {"definition": plain(sneaked, mcp_servers=[{"name": "web", "url": "https://mcp.example/mcp"}]),
+               "action": "create"}
+        await kv.create(subjects.agent_key("alice", sneaked), json.dumps(doc).encode())
+    finally:
+        await nc.close()
+
+    async def reported() -> bool:
+        """the edge reports the entry's mcp_servers"""
+        shown = await alice.get(f"/api/agents/{sneaked}")
+        return shown.status_code == 200 and shown.json()["errors"][:1] != [] and \
+            shown.json()["errors"][0]["field"] == "mcp_servers"
+
+    await eventually(reported, within=2.0, every=0.05)
+    body = error_of(await alice.post(f"/api/agents/{sneaked}/chat", json={"message": "hi"}), 409, "name")
+    assert body["type"] == "agent_invalid"
+    run_id = await _bus_submit(agents_system, "alice", sneaked)  # and the runner does not run it either
+    events = await read_events(alice, run_id)
+    assert events[-1]["event"] == "run.failed" and "mcp_servers" in events[-1]["data"]["data"]["error"]["message"]
+    assert not any(e["event"] == "tool.call" for e in events)
+    await alice.delete(f"/api/agents/{sneaked}")
+
+
+# -- the tenant's agents as MCP tools on /mcp
+
+
+async def test_own_agents_are_the_tenants_mcp_tools(alice, carol, agents_system):
+    name = unique("mcptool")
+    await create(alice, plain(name, description="alice's MCP tool", model="builtin:echo=1,delay=0.001",
+                              max_steps=1))
+    async with mcp_session(agents_system.second_edge_url, ALICE_KEY) as session:  # type: ignore[attr-defined]
+        async def listed() -> bool:
+            """the other edge lists the new agent as a tool"""
+            return name in {t.name for t in (await session.list_tools()).tools}
+
+        await eventually(listed, within=2.0, every=0.05)
+        result = await session.call_tool(name, {"message": "over MCP"})
+        assert not result.isError and result.content[0].text == "over MCP"
+        await alice.post(f"/api/agents/{name}/pause", json={})
+
+        async def refused() -> bool:
+            """the other edge answers a paused agent's call with an error"""
+            outcome = await session.call_tool(name, {"message": "again"})
+            return outcome.isError and "paused" in outcome.content[0].text
+
+        await eventually(refused, within=2.0, every=0.05)
+    async with mcp_session(agents_system.edge_url, CAROL_KEY) as session:
+        assert name not in {t.name for t in (await session.list_tools()).tools}
+        result = await session.call_tool(name, {"message": "hi"})
+        assert result.isError and "no tool" in result.content[0].text
 
 
 # -- an agent that became invalid is reported, not run

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from agentstream.agents import load_agents
-from agentstream.agentstore import AgentRegistry, OwnAgent, build_catalog
+from agentstream.agentstore import AgentRegistry, OwnAgent, build_catalog, check_own
 from agentstream.agentwrites import Change, check_changes, parse_stamp
 from agentstream.kvwatch import BucketEntry
 from agentstream.localai_config import LocalAIFieldError, from_localai
@@ -185,3 +185,19 @@ def test_a_stored_agent_naming_an_unlisted_server_is_not_run():
     assert registry.get("acme", "ok") is not None
     assert registry.get("acme", "out") is None
     assert registry.catalog("acme").invalid["out"][0].field == "llm.base_url"
+
+
+# -- MCP servers: agent files only
+
+
+def test_an_agent_created_over_the_api_may_not_declare_mcp_servers():
+    servers = ModelServers()
+    for server in ({"name": "web", "url": "https://mcp.example/mcp"}, {"name": "notes", "command": "python"}):
+        refused = check_own(agent("x", mcp_servers=[server]), "api:x", servers)
+        assert refused is not None and refused.field == "mcp_servers" and "AGENTS_DIR" in refused.reason
+    assert check_own(agent("x", mcp_servers=[]), "api:x", servers) is None
+    registry = AgentRegistry(FILES, key_env_pattern=PATTERN)
+    registry.apply_agent(entry("acme.sneaky", 1, {"definition": {"name": "sneaky", "mcp_servers": [
+        {"name": "web", "url": "https://mcp.example/mcp"}]}, "action": "create"}))
+    assert registry.get("acme", "sneaky") is None
+    assert registry.catalog("acme").invalid["sneaky"][0].field == "mcp_servers"
