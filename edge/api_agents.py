@@ -445,14 +445,17 @@ def _summary(t: Tenant, catalog: TenantCatalog, agent: AgentDefinition) -> dict[
 
 
 def _view(t: Tenant, catalog: TenantCatalog, name: str) -> dict[str, Any]:
-    """What ``GET /api/agents/{name}`` shows: every field, and where the agent stands."""
+    """What ``GET /api/agents/{name}`` shows: every field (of an agent that cannot run: its name
+    only), its ``definition`` as stored or in its file (what ``PUT`` takes back; the web page's
+    editor starts from it), and where the agent stands."""
     agent = catalog.get(name)
     pause = state().agents.paused(t.name, name)
     own = catalog.own.get(name)
-    fields = agent.public_view() if agent is not None else {"name": name, "definition": _document(catalog, name)}
+    fields = agent.public_view() if agent is not None else {"name": name}
     return {
         "active": pause is None and agent is not None,
         **fields,
+        "definition": _document(catalog, name),
         "source": catalog.source(name),
         "paused": pause is not None,
         "paused_at": _iso(pause.since) if pause else None,

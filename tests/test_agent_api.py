@@ -141,6 +141,7 @@ async def test_create_read_list_replace_delete(alice):
 
     got = (await alice.get(f"/api/agents/{name}")).json()
     assert got["name"] == name and got["active"] is True and got["revision"] == made["revision"]
+    assert got["definition"] == plain(name, system_prompt="Be brief.", actions=["read_file"])  # as stored
     listing = (await alice.get("/api/agents")).json()
     assert listing["tenant"] == "alice" and name in listing["agents"] and listing["statuses"][name] is True
     item = next(i for i in listing["items"] if i["name"] == name)
