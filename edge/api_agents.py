@@ -47,12 +47,15 @@ from edge.guard import YAML_TYPES
 from edge.http import json_response, state, tenant
 from schemas import subjects
 from schemas.agents import AgentAction, AgentDefinition, StoredAgent
+from schemas.streams import MAX_AGENT_ENTRY_BYTES
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("agents", __name__)
 
 BODY = "body"
+ENTRY_OVERHEAD = 1024
+"""Bytes of an AGENTS entry besides the definition (action, key id, revision it restored)."""
 T = TypeVar("T")
 
 
@@ -346,11 +349,15 @@ def _definition(doc: Any, url_name: str | None, *, index: int | None = None) -> 
                                            f"{url_name!r}")], index)
     label = str(doc.get("name"))[:64] if isinstance(doc.get("name"), str) else "body"
     definition, errors = check_document(doc, label, key_env_pattern=state().settings.llm_key_env_pattern)
-    if definition is None:
-        raise _invalid(errors, index)
+    if definition is None:  # an error of the whole document (its size, a rule across fields) is the body's
+        raise _invalid([AgentFileError(e.file, e.field or BODY, e.reason) for e in errors], index)
     refused = check_own(definition, label, state().agents.servers)
     if refused is not None:
         raise _invalid([refused], index)
+    stored = len(orjson.dumps(definition.document()))
+    if stored > MAX_AGENT_ENTRY_BYTES - ENTRY_OVERHEAD:  # characters JSON escapes take up to 6 bytes each
+        raise _invalid([AgentFileError(label, BODY, f"the agent takes {stored} bytes as stored; at most "
+                                       f"{MAX_AGENT_ENTRY_BYTES - ENTRY_OVERHEAD}")], index)
     return definition
 
 

@@ -220,6 +220,12 @@ async def test_bad_inputs_name_their_field(alice):
                          ("POST", "/api/agents/no-such-agent/pause"), ("GET", "/api/agents/no-such-agent/export"),
                          ("GET", "/api/agents/no-such-agent/revisions")):
         error_of(await alice.request(method, path, json={} if method == "POST" else None), 404, "name")
+    body = error_of(await alice.post("/api/agents", json=plain(name, system_prompt="x" * 300_000)), 422, "body")
+    assert "larger than" in body["message"]  # the parsed document's bound, as for files
+    escaped = "\\x01" * 200_000  # 200,000 characters, 1.2 MB once stored as JSON: over the entry's bound
+    body = error_of(await alice.post("/api/agents", content=f'name: {name}\nsystem_prompt: "{escaped}"\n',
+                                     headers=yaml_headers), 422, "body")
+    assert "as stored" in body["message"]
     error_of(await alice.get("/api/agents/not%20a%20name"), 400, "name")
     assert (await alice.get(f"/api/agents/{name}")).status_code == 404  # nothing was stored by any of these
 
