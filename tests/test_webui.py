@@ -526,9 +526,11 @@ def test_the_agent_editor_shows_each_refusal_at_its_field_and_saves_live(tab, ui
 
     # Changing it keeps what the form does not show, and stores a new revision.
     page.click("#agent-edit")
-    expect(page.locator("#ed-name")).to_have_value(name)
-    assert page.locator("#ed-name").get_attribute("readonly") is not None
+    expect(dialog).to_be_visible()  # once the agent is read
     expect(page.locator("#editor-note")).to_contain_text(f"revision {stored['revision']}")
+    expect(page.locator("#ed-name")).to_have_value(name)
+    expect(page.locator("#ed-name")).to_have_attribute("readonly", "")  # PUT cannot rename
+    expect(page.locator("#ed-max-steps")).to_have_value("3")
     page.fill("#ed-description", "changed in the browser")
     page.click("#editor-save")
     expect(dialog).to_be_hidden()
@@ -542,6 +544,7 @@ def test_the_agent_editor_shows_each_refusal_at_its_field_and_saves_live(tab, ui
     # A file agent's form says that saving makes the tenant's own copy; it cannot be deleted.
     page.select_option("#agent", "programmer-helper")
     page.click("#agent-edit")
+    expect(dialog).to_be_visible()
     expect(page.locator("#editor-note")).to_contain_text("AGENTS_DIR")
     expect(page.locator("#editor-delete")).to_be_hidden()
     page.click("#editor-close")
@@ -549,6 +552,7 @@ def test_the_agent_editor_shows_each_refusal_at_its_field_and_saves_live(tab, ui
     # Deleting takes a second click; the agent leaves the list.
     page.select_option("#agent", name)
     page.click("#agent-edit")
+    expect(page.locator("#editor-delete")).to_be_visible()
     page.click("#editor-delete")
     expect(page.locator("#editor-delete")).to_have_text("Really delete?")
     expect(dialog).to_be_visible()
