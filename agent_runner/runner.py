@@ -412,7 +412,7 @@ class AgentRunner:
         key = (tenant, request.run_id)
         outbox = self._outboxes.get(key)
         if outbox is None:
-            definition = self.catalog.get(agent)
+            definition = self.catalog.get(tenant, agent)
             targets = merged_targets(request.webhooks, definition.webhooks if definition is not None else [])
             if not targets:
                 return None
