@@ -11,6 +11,7 @@ which Swagger UI's stylesheet uses for its icons), content types and ETags.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.metadata
 from pathlib import Path
@@ -45,9 +46,13 @@ time: `data` holds the JSON shown; `: ping` comments keep quiet streams open.
 bp = Blueprint("docs", __name__)
 
 
-@functools.cache
 def document() -> dict[str, Any]:
-    """The OpenAPI document of the edge (built once)."""
+    """The OpenAPI document of the edge (a copy of the one built once: callers may change theirs)."""
+    return copy.deepcopy(_built())
+
+
+@functools.cache
+def _built() -> dict[str, Any]:
     try:
         version = importlib.metadata.version("agentstream")
     except importlib.metadata.PackageNotFoundError:
@@ -57,7 +62,7 @@ def document() -> dict[str, Any]:
 
 @functools.cache
 def _document_file() -> ui.StaticFile:
-    body = orjson.dumps(document())
+    body = orjson.dumps(_built())
     return ui.StaticFile(body, "application/json", ui.etag_of(body))
 
 

@@ -20,6 +20,8 @@ from agentstream.runstate import RunRecord, ToolCallRecord
 from schemas.agents import AgentDefinition
 from schemas.common import Strict
 from schemas.runs import DeadLetter
+from schemas.schedules import Schedule
+from schemas.webhooks import DeliveryRecord
 
 RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 
@@ -114,8 +116,13 @@ class Health(Strict):
 # agents
 
 
+AgentSource = Literal["file", "api"]
+"""Where an agent comes from: ``AGENTS_DIR`` (``file``), or the tenant's own, made over the API (``api``)."""
+
+
 class AgentSummary(Strict):
-    """An agent as ``GET /api/agents`` lists it."""
+    """An agent as ``GET /api/agents`` lists it: its main fields, ``source``, ``paused``, and the
+    revision of the tenant's own agent (None for a file agent)."""
 
     name: str
     description: str
@@ -123,6 +130,10 @@ class AgentSummary(Strict):
     actions: list[str]
     skills: list[str]
     max_steps: int
+    members: list[str]
+    source: AgentSource | None
+    paused: bool
+    revision: int | None
 
 
 class AgentFileError(Strict):
@@ -134,8 +145,10 @@ class AgentFileError(Strict):
 
 
 class AgentList(Strict):
-    """``GET /api/agents``: the caller's agents, LocalAI's shape plus ``items`` and any agent-file ``errors``."""
+    """``GET /api/agents``: the caller's agents, LocalAI's shape plus ``items`` and the ``errors``
+    of agents that cannot run."""
 
+    tenant: str
     agents: list[str]
     agentCount: int
     actions: int
@@ -146,10 +159,72 @@ class AgentList(Strict):
 
 
 class AgentView(AgentDefinition):
-    """``GET /api/agents/{name}``: the agent's definition (no secrets: only the name of its key's
-    variable), and ``active``."""
+    """``GET /api/agents/{name}`` (and the answer to a write): every field of the agent (of one that
+    cannot run, its ``name`` only; no secret: an agent names the variable holding its key), its
+    ``definition`` as stored or in its file (what ``PUT`` takes back), and where it stands."""
 
     active: bool
+    definition: dict[str, Any]
+    source: AgentSource | None
+    paused: bool
+    paused_at: str | None
+    revision: int | None
+    updated_at: str | None
+    valid: bool
+    errors: list[AgentFileError]
+
+
+class AgentDeleted(Strict):
+    """``DELETE /api/agents/{name}``: the tenant's own agent is gone (``source``: ``file`` when a
+    file agent of that name is its agent again)."""
+
+    name: str
+    deleted: Literal[True]
+    revision: int
+    source: AgentSource | None
+
+
+class AgentRevision(Strict):
+    """One stored revision of a tenant's agent."""
+
+    revision: int
+    time: str
+    action: str
+    deleted: bool
+    key_id: str | None
+    from_revision: int | None
+    definition: dict[str, Any] | None
+
+
+class AgentRevisions(Strict):
+    """``GET /api/agents/{name}/revisions``: newest first; ``current``: the revision in force."""
+
+    name: str
+    source: AgentSource | None
+    current: int | None
+    revisions: list[AgentRevision]
+
+
+class ImportedAgent(Strict):
+    """One agent of an import: its new revision, and whether the tenant had no own agent of that name."""
+
+    name: str
+    revision: int
+    created: bool
+
+
+class AgentsImported(Strict):
+    """``POST /api/agents/import``: every agent stored (all or none)."""
+
+    agents: list[ImportedAgent]
+
+
+class AgentPause(Strict):
+    """``POST /api/agents/{name}/pause`` and ``/resume``: whether runs of it are refused now."""
+
+    name: str
+    paused: bool
+    paused_at: str | None = None
 
 
 class ChatAccepted(Strict):
@@ -212,6 +287,17 @@ def _fields_of(cls: type[Any]) -> dict[str, Any]:
     return out
 
 
+def _fields_except(model: type[BaseModel], *names: str) -> dict[str, Any]:
+    """A model's fields, but ``names``, as ``create_model`` field definitions."""
+    return {name: (f.annotation, f) for name, f in model.model_fields.items() if name not in names}
+
+
+WebhookDelivery: type[BaseModel] = create_model(
+    "WebhookDelivery", __config__=ConfigDict(extra="forbid"),
+    __doc__="One webhook delivery of a run (schemas/webhooks.py ``DeliveryRecord.view``): its attempts, state and "
+            "next attempt.",
+    **_fields_except(DeliveryRecord, "claimed_until", "delivery_id"),
+)
 ToolCallView: type[BaseModel] = create_model(
     "ToolCallView", __config__=ConfigDict(extra="forbid"), __doc__="A tool call of a run and its result once known.",
     **_fields_of(ToolCallRecord),
@@ -223,6 +309,7 @@ RunView: type[BaseModel] = create_model(
     __doc__="``GET /api/runs/{run_id}``: the run's state folded from its events (agentstream/runstate.py), its "
             "dead letter if it was given up on, and where its events stream.",
     **_run_fields, dead_letter=(DeadLetter | None, None), events_url=(str, ...),
+    webhooks=(list[WebhookDelivery], ...),  # type: ignore[valid-type]  # made above
 )
 
 
@@ -428,3 +515,30 @@ class ProcessFrame(_Open):
     source: str | None = None
     message: str | None = None
     final: bool | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# schedules and webhooks
+
+
+ScheduleView: type[BaseModel] = create_model(
+    "ScheduleView", __config__=ConfigDict(extra="forbid"),
+    __doc__="A schedule (schemas/schedules.py ``Schedule.view``): its definition and state; ``last_tick`` and "
+            "``next_run_at`` (None while paused) as ISO 8601 UTC times.",
+    **_fields_except(Schedule, "anchor", "firing", "last_tick"), last_tick=(str, ...), next_run_at=(str | None, ...),
+)
+
+
+class ScheduleList(Strict):
+    """``GET /api/schedules``: the tenant's schedules, oldest first."""
+
+    schedules: list[ScheduleView]  # type: ignore[valid-type]  # made above
+
+
+class WebhookSecretView(Strict):
+    """The tenant's webhook signing secret; after a rotation the previous one also signs until
+    ``previous_valid_until``."""
+
+    secret: str
+    created_at: str
+    previous_valid_until: str | None

@@ -10,8 +10,8 @@ that table into the document ``GET /openapi.json`` serves; every schema comes fr
 Statuses every route of a kind can give are added here, not repeated in the table (edge/guard.py
 and edge/gate.py give them before any route runs): ``401``, ``421``, ``429`` and ``503`` on every
 route that needs a key; on a ``POST`` also ``400`` (body not a JSON object), ``403`` (``Origin``),
-``413`` (body over ``EDGE_MAX_BODY``) and ``415`` (not ``application/json``); ``403`` on every
-method of ``/mcp``.
+``413`` (body over ``EDGE_MAX_BODY``) and ``415`` (not ``application/json``), on a ``PUT`` the same
+but ``403``; ``403`` on every method of ``/mcp``.
 
 Why not quart-schema (``QuartSchema``, ``validate_request``, ``document_*``): its validation
 answers with its own error shape, where the edge's routes answer per protocol (422 naming the field
@@ -88,7 +88,7 @@ class Answer:
     description: str
     json: SchemaLike | None = None
     sse: SchemaLike | None = None
-    other: dict[str, dict[str, Any]] = field(default_factory=dict)
+    other: dict[str, SchemaLike] = field(default_factory=dict)
     headers: tuple[Header, ...] = ()
     links: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
     """OpenAPI links (§4.8.20): ``{name: (operationId, {parameter: runtime expression})}``."""
@@ -97,12 +97,13 @@ class Answer:
 @dataclass(frozen=True)
 class Operation:
     """One method of one route. ``path`` in OpenAPI's form (``/api/runs/{run_id}``); ``request``:
-    the JSON body's model (``request_required``: whether a body must be sent); ``answers``: by
+    the body's model (``request_required``: whether a body must be sent; ``request_media``: the
+    media types it may come as, JSON unless said); ``answers``: by
     status; ``errors``: the error body's schema for every status this table or the door adds
     (:func:`common_errors`) that ``answers`` does not give itself; ``public``: needs no key;
     ``security``: the schemes that take the key (default: the bearer header)."""
 
-    method: Literal["get", "post", "delete"]
+    method: Literal["get", "post", "put", "delete"]
     path: str
     operation_id: str
     summary: str
@@ -112,6 +113,7 @@ class Operation:
     params: tuple[Param, ...] = ()
     request: SchemaLike | None = None
     request_required: bool = True
+    request_media: tuple[str, ...] = ("application/json",)
     errors: SchemaLike | None = None
     error_statuses: dict[int, str] = field(default_factory=dict)
     public: bool = False
@@ -148,6 +150,8 @@ def common_errors(op: Operation) -> dict[int, str]:
     statuses = {401, 421, 429, 503}
     if op.method == "post":
         statuses |= {400, 403, 413, 415}
+    if op.method == "put":  # a browser cannot send one to another origin without CORS: no Origin rule
+        statuses |= {400, 413, 415}
     if op.path == "/mcp":
         statuses.add(403)
     return {s: ERROR_MEANINGS[s] for s in sorted(statuses)}
@@ -250,7 +254,7 @@ def _operation(op: Operation) -> dict[str, Any]:
         out["parameters"] = params
     if op.request is not None:
         out["requestBody"] = {"required": op.request_required,
-                              "content": {"application/json": {"schema": op.request}}}
+                              "content": {media: {"schema": op.request} for media in op.request_media}}
     responses = {str(status): _response(answer) for status, answer in sorted(op.answers.items())}
     errors = {**common_errors(op), **op.error_statuses}
     for status, meaning in sorted(errors.items()):

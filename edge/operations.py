@@ -24,7 +24,9 @@ from edge.api_openai import ChatCompletionBody, CompletionBody
 from edge.api_responses import ResponsesBody
 from edge.http import MAX_EVENT_ID
 from edge.openapi import X_RUN_ID, Answer, Header, Operation, Param, Schema, sse_event
+from schemas.agents import AgentDefinition
 from schemas.events import RunEvent
+from schemas.schedules import ScheduleBody
 from schemas.subjects import TOKEN_PATTERN
 
 NATIVE_ERROR = Schema(M.ErrorBody)
@@ -104,6 +106,20 @@ RUN_LINKS = {
 RUN_HEADER_LINKS = {"run": ("get_run", {"run_id": "$response.header.X-Run-Id"}),
                     "events": ("run_sse", {"run_id": "$response.header.X-Run-Id"})}
 
+AGENT_BODY = Schema(AgentDefinition, "validation")
+"""An agent as its file holds it (LocalAI's agent configuration is also taken)."""
+AGENT_MEDIA = ("application/json", "application/yaml")
+FORBIDDEN_AGENT = "The tenant's allow-list (keys file `agents:`) leaves this agent name out."
+AGENT_CONFLICT = ("The tenant has an agent of that name (`agent_exists`), an ensemble would stop working "
+                  "(`agent_in_use`), the tenant's `AGENTS_MAX_PER_TENANT` is reached, or another write came first.")
+INVALID_AGENT = "The agent is not valid (`invalid_agent`, naming the field; `errors` lists every problem)."
+LOCATION = Header("Location", "`/api/agents/{name}`", required=True)
+SCHEDULE_ID = Param("schedule_id", "path", {"type": "string"}, "A schedule of the caller's tenant.")
+NO_SCHEDULE = "No such schedule (or another tenant's)."
+
+NOT_RUNNABLE = "The tenant's agent cannot run (`agent_invalid`: its stored definition is not valid here)."
+NOT_NOW = "The agent is paused (`agent_paused`), or cannot run (`agent_invalid`)."
+
 BAD_NAME = "An agent name that is not 1-64 of `A-Z a-z 0-9 _ -`, or a bad parameter."
 NO_AGENT = "No such agent for this key."
 NO_RUN = "No such run (or another tenant's, or deleted)."
@@ -159,21 +175,97 @@ OPERATIONS: list[Operation] = [
         202: Answer("The run is stored in JetStream; its events stream from `events_url`.",
                     json=Schema(M.ChatAccepted), links=RUN_LINKS),
     }, {404: NO_AGENT, 409: "The `message_id` (or `Idempotency-Key`) names another request "
-                            "(`idempotency_key_reused`), or the conversation still answers (`conversation_busy`, "
-                            "the agent's `on_busy: reject`).",
+                            "(`idempotency_key_reused`), the conversation still answers (`conversation_busy`, "
+                            "the agent's `on_busy: reject`), or " + NOT_NOW,
         422: "A field is invalid (the error names it).",
         429: "A limit: the rate, or the tenant's `max_queued_runs` (`queue_full`)."},
         params=(AGENT, IDEMPOTENCY_KEY), request=Schema(ChatBody, "validation")),
     _native("get", "/api/agents/{name}/status", "agent_status", "What the agent did, run by run", "agents", {
         200: Answer("LocalAI's `{Name, History}` and the runs.", json=Schema(M.AgentStatus)),
-    }, {400: BAD_NAME, 404: NO_AGENT}, params=(AGENT, LIMIT_200)),
+    }, {400: BAD_NAME, 404: NO_AGENT, 409: NOT_RUNNABLE}, params=(AGENT, LIMIT_200)),
     _native("get", "/api/agents/{name}/sse", "agent_sse", "LocalAI's stream of every run of the agent", "agents", {
         200: Answer("LocalAI's events (`json_message`, `json_message_status`, `stream_event`, `status`, "
                     "`json_error`) from now, or after `Last-Event-ID`; `: ping` comments in silences. It does not "
                     "end by itself.", sse=LOCALAI_EVENT),
-    }, {400: BAD_NAME + " Or a bad `Last-Event-ID`.", 404: NO_AGENT,
+    }, {400: BAD_NAME + " Or a bad `Last-Event-ID`.", 404: NO_AGENT, 409: NOT_RUNNABLE,
         429: "A limit: the rate, or this key's `max_streams`."},
         params=(AGENT, LAST_EVENT_ID, LAST_EVENT_ID_QUERY), security=SSE_SECURITY),
+
+    _native("post", "/api/agents", "create_agent", "Create an agent of the tenant's own", "agents", {
+        201: Answer("The agent, stored; every edge and runner applies it at once.", json=Schema(M.AgentView),
+                    headers=(LOCATION,)),
+    }, {400: "The body does not parse (JSON or YAML).", 403: FORBIDDEN_AGENT, 409: AGENT_CONFLICT,
+        415: "Not JSON (`application/json`) or YAML (`application/yaml`).", 422: INVALID_AGENT},
+        request=AGENT_BODY, request_media=AGENT_MEDIA),
+    _native("put", "/api/agents/{name}", "put_agent", "Create or replace an agent; or roll it back", "agents", {
+        200: Answer("The agent, replaced.", json=Schema(M.AgentView), headers=(LOCATION,)),
+        201: Answer("The agent, created (of a file agent: the tenant's own copy, which wins for it).",
+                    json=Schema(M.AgentView), headers=(LOCATION,)),
+    }, {400: "The body does not parse, or a bad `revision`, or an invalid agent name.", 403: FORBIDDEN_AGENT,
+        404: "`?revision=` names no revision of the agent.", 409: AGENT_CONFLICT,
+        415: "Not JSON (`application/json`) or YAML (`application/yaml`).", 422: INVALID_AGENT},
+        params=(AGENT, Param("revision", "query", {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                             "Roll back to this revision of the tenant's agent (send no body).")),
+        request=AGENT_BODY, request_required=False, request_media=AGENT_MEDIA),
+    _native("delete", "/api/agents/{name}", "delete_agent", "Delete the tenant's own agent", "agents", {
+        200: Answer("Deleted (its revisions stay, for a rollback).", json=Schema(M.AgentDeleted)),
+    }, {400: BAD_NAME, 404: NO_AGENT, 409: "A file agent (`read_only`), or an ensemble of the tenant uses it "
+                                            "(`agent_in_use`)."}, params=(AGENT,)),
+    _native("get", "/api/agents/{name}/export", "export_agent", "An agent as a YAML file", "agents", {
+        200: Answer("The definition, ready for `POST /api/agents/import` or `AGENTS_DIR` (no secret).",
+                    other={"application/yaml": AGENT_BODY},
+                    headers=(Header("Content-Disposition", "`attachment; filename=\"{name}.yaml\"`",
+                                    required=True),)),
+    }, {400: BAD_NAME, 404: NO_AGENT}, params=(AGENT,)),
+    _native("get", "/api/agents/{name}/revisions", "agent_revisions", "An agent's stored revisions", "agents", {
+        200: Answer("Newest first.", json=Schema(M.AgentRevisions)),
+    }, {400: BAD_NAME, 404: NO_AGENT}, params=(AGENT,)),
+    _native("post", "/api/agents/import", "import_agents", "Import one agent or a list, all or nothing", "agents", {
+        200: Answer("Every agent stored.", json=Schema(M.AgentsImported)),
+    }, {400: "The body does not parse (JSON or YAML).", 403: FORBIDDEN_AGENT, 409: AGENT_CONFLICT,
+        415: "Not JSON (`application/json`) or YAML (`application/yaml`).",
+        422: INVALID_AGENT + " In a list the field is `{index}.{field}`."},
+        request={"anyOf": [AGENT_BODY, {"type": "array", "items": AGENT_BODY}]}, request_media=AGENT_MEDIA),
+    _native("post", "/api/agents/{name}/pause", "pause_agent", "Pause an agent: its runs are refused", "agents", {
+        200: Answer("Paused: submits answer 409 `agent_paused`; queued runs wait.", json=Schema(M.AgentPause)),
+    }, {400: BAD_NAME, 404: NO_AGENT}, params=(AGENT,), request={"type": "object"}, request_required=False),
+    _native("post", "/api/agents/{name}/resume", "resume_agent", "Resume a paused agent", "agents", {
+        200: Answer("Runs are accepted again; queued ones start.", json=Schema(M.AgentPause)),
+    }, {400: BAD_NAME, 404: NO_AGENT}, params=(AGENT,), request={"type": "object"}, request_required=False),
+
+    # -- schedules
+    _native("post", "/api/schedules", "create_schedule", "Run an agent by time (cron or every)", "schedules", {
+        201: Answer("The schedule, with `schedule_id` and `next_run_at`.", json=Schema(M.ScheduleView)),
+    }, {422: "Invalid (the error names the field): a bad cron expression, an unknown time zone, `every` under "
+             "one second, both or neither of `cron` and `every`, an agent the caller may not use, a refused "
+             "webhook address."}, request=Schema(ScheduleBody, "validation")),
+    _native("get", "/api/schedules", "list_schedules", "The tenant's schedules", "schedules", {
+        200: Answer("Oldest first.", json=Schema(M.ScheduleList)),
+    }, params=(Param("agent", "query", {"type": "string"}, "Only this agent's."),)),
+    _native("get", "/api/schedules/{schedule_id}", "get_schedule", "A schedule", "schedules", {
+        200: Answer("Its definition and state.", json=Schema(M.ScheduleView)),
+    }, {404: NO_SCHEDULE}, params=(SCHEDULE_ID,)),
+    _native("delete", "/api/schedules/{schedule_id}", "delete_schedule", "Delete a schedule", "schedules", {
+        204: Answer("Deleted: no tick fires after."),
+    }, {404: NO_SCHEDULE, 409: "An agent file's `periodic_runs` defines it: pause it instead."},
+        params=(SCHEDULE_ID,)),
+    _native("post", "/api/schedules/{schedule_id}/pause", "pause_schedule", "Pause a schedule", "schedules", {
+        200: Answer("Paused: no tick fires until it is resumed.", json=Schema(M.ScheduleView)),
+    }, {404: NO_SCHEDULE}, params=(SCHEDULE_ID,), request={"type": "object"}, request_required=False),
+    _native("post", "/api/schedules/{schedule_id}/resume", "resume_schedule", "Resume a schedule", "schedules", {
+        200: Answer("Ticks fire again from the next one due (those missed while paused are not caught up).",
+                    json=Schema(M.ScheduleView)),
+    }, {404: NO_SCHEDULE}, params=(SCHEDULE_ID,), request={"type": "object"}, request_required=False),
+
+    # -- webhooks
+    _native("get", "/api/webhooks/secret", "get_webhook_secret", "The tenant's webhook signing secret", "webhooks", {
+        200: Answer("The secret (made now if the tenant had none).", json=Schema(M.WebhookSecretView)),
+    }),
+    _native("post", "/api/webhooks/secret/rotate", "rotate_webhook_secret", "A new webhook signing secret",
+            "webhooks", {
+        200: Answer("The new secret; the previous one also signs until `previous_valid_until`.",
+                    json=Schema(M.WebhookSecretView)),
+    }, request={"type": "object"}, request_required=False),
 
     # -- runs
     _native("get", "/api/runs", "list_runs", "The caller's runs, newest first", "runs", {
@@ -234,6 +326,7 @@ OPERATIONS: list[Operation] = [
                     sse=sse_event(Schema(M.ProcessFrame), event={"const": "message"}),
                     headers=(X_RUN_ID,)),
     }, {400: "A field is invalid (the error names it).", 404: "`agent` names no agent of this key.",
+        409: NOT_NOW, 422: "The `webhook` is invalid or its address is refused.",
         429: "A limit: the rate, this key's `max_streams`, or the tenant's `max_queued_runs`."},
         request=Schema(ProcessBody, "validation")),
 
@@ -243,7 +336,7 @@ OPERATIONS: list[Operation] = [
                     "`RUN_ERROR`); `: ping` comments in silences.",
                     sse=sse_event(Schema(AguiEvent, name="AguiEvent"), event={"const": "message"}),
                     headers=(X_RUN_ID,)),
-    }, {400: BAD_NAME, 404: NO_AGENT, 409: "The `runId` names another request.",
+    }, {400: BAD_NAME, 404: NO_AGENT, 409: "The `runId` names another request, or " + NOT_NOW,
         422: "A field of the `RunAgentInput` is invalid (the error names it).",
         429: "A limit: the rate, this key's `max_streams`, or the tenant's `max_queued_runs`."},
         params=(AGENT,), request=Schema(RunAgentInput, "validation", "RunAgentInput")),
@@ -278,7 +371,7 @@ OPERATIONS: list[Operation] = [
                     json=Schema(M.ChatCompletion), sse=CHAT_CHUNK, headers=(X_RUN_ID,), links=RUN_HEADER_LINKS),
     }, {400: "Invalid (OpenAI's rule: `param` names the field), or not supported (`n` > 1, `functions`).",
         404: "`model` names no agent of this key (`model_not_found`).",
-        409: "The `Idempotency-Key` names another request, or the run was cancelled.",
+        409: "The `Idempotency-Key` names another request, the run was cancelled, or " + NOT_NOW,
         429: "A limit: the rate, this key's `max_streams`, or the tenant's `max_queued_runs`.",
         500: RUN_FAILED, 502: UPSTREAM},
         params=(IDEMPOTENCY_KEY, CONVERSATION_HEADER), request=Schema(ChatCompletionBody, "validation")),
@@ -286,7 +379,8 @@ OPERATIONS: list[Operation] = [
         200: Answer("A `text_completion`, or with `stream: true` its chunks then `[DONE]`.",
                     json=Schema(M.TextCompletion), sse=TEXT_CHUNK, headers=(X_RUN_ID,)),
     }, {400: "Invalid, or not supported (`n`, `best_of`, `echo`, `suffix`, `logprobs`).",
-        404: "`model` names no agent of this key.", 409: "The `Idempotency-Key` names another request.",
+        404: "`model` names no agent of this key.",
+        409: "The `Idempotency-Key` names another request, the run was cancelled, or " + NOT_NOW,
         429: "A limit.", 500: RUN_FAILED, 502: UPSTREAM},
         params=(IDEMPOTENCY_KEY, CONVERSATION_HEADER), request=Schema(CompletionBody, "validation")),
     _openai("get", "/v1/models", "list_models", "The caller's agents as models", "OpenAI", {
@@ -294,7 +388,7 @@ OPERATIONS: list[Operation] = [
     }),
     _openai("get", "/v1/models/{model_id}", "get_model", "One agent as a model", "OpenAI", {
         200: Answer("The model.", json=Schema(M.ModelObject)),
-    }, {400: "Not a valid agent name.", 404: "No such model for this key."},
+    }, {400: "Not a valid agent name.", 404: "No such model for this key.", 409: NOT_RUNNABLE},
         params=(Param("model_id", "path", {"type": "string"}, "An agent's name.", example=EXAMPLE_AGENT),)),
     _openai("post", "/v1/responses", "create_response", "OpenAI Responses: run an agent", "OpenAI Responses", {
         200: Answer("The `response` (`queued` with `background: true`), or with `stream: true` its typed events.",
@@ -303,7 +397,7 @@ OPERATIONS: list[Operation] = [
                         "cancel": ("cancel_response", {"resp_id": "$response.body#/id"}),
                         **RUN_HEADER_LINKS}),
     }, {400: "Invalid, or a parameter agentstream does not support (`param` names it).",
-        404: "`model` names no agent, or `previous_response_id` no response, of this key.",
+        404: "`model` names no agent, or `previous_response_id` no response, of this key.", 409: NOT_NOW,
         413: "The body, or the input a run keeps, is too large.",
         429: "A limit.", 500: RUN_FAILED, 502: UPSTREAM},
         request=Schema(ResponsesBody, "validation")),
@@ -329,6 +423,8 @@ TAGS = [
     {"name": "agents", "description": "The native API: agents, messages (README, HTTP API)."},
     {"name": "runs", "description": "Runs: state, events (SSE), cancel, delete, listing, usage."},
     {"name": "conversations", "description": "Conversations: the turns of a `conversation_id`."},
+    {"name": "schedules", "description": "Runs by time: cron or every (README, Schedules)."},
+    {"name": "webhooks", "description": "The secret webhook deliveries are signed with (README, Webhooks)."},
     {"name": "OpenAI", "description": "OpenAI-compatible: `model` names an agent (README, OpenAI-compatible API)."},
     {"name": "OpenAI Responses", "description": "OpenAI's Responses API; a response is a view of one run."},
     {"name": "llm-sse", "description": "llm-sse's `/api/process` (README, Ensembles)."},

@@ -92,6 +92,8 @@ def test_edge_answers_as_documented(case, fuzz_system):
                            checks=CHECKS, timeout=REQUEST_TIMEOUT)
 
 
+runs = schema.include(path_regex=r"^/(api/runs|api/agents/\{name\}/chat$|v1/(chat/completions|completions|responses))")
+"""The operations that start runs and those that take a run (or response) id: where the links lead."""
 STATEFUL_STEPS = 6
 """Calls per scenario; a scenario starts with a call that creates something (a run, a response)."""
 STATEFUL_SCENARIOS = 25
@@ -108,7 +110,7 @@ def test_runs_followed_through_the_documents_links(fuzz_system):
     headers = {"Authorization": f"Bearer {ALICE_KEY}"}
     followed: list[tuple[str, int]] = []
 
-    class Scenarios(fuzzed.as_state_machine()):  # type: ignore[misc]
+    class Scenarios(runs.as_state_machine()):  # type: ignore[misc]
         def get_call_kwargs(self, case):
             return {"base_url": fuzz_system.edge_url, "headers": headers, "timeout": REQUEST_TIMEOUT}
 
