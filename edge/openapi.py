@@ -28,6 +28,7 @@ types, read the 3.1 way (the ``schema`` describes one event): an object with ``e
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -88,7 +89,7 @@ class Answer:
     description: str
     json: SchemaLike | None = None
     sse: SchemaLike | None = None
-    other: dict[str, SchemaLike] = field(default_factory=dict)
+    other: Mapping[str, SchemaLike] = field(default_factory=dict)
     headers: tuple[Header, ...] = ()
     links: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
     """OpenAPI links (§4.8.20): ``{name: (operationId, {parameter: runtime expression})}``."""
