@@ -328,6 +328,15 @@ def _progress_note(kind: str | None, data: dict[str, Any]) -> str | None:
     return None
 
 
+def _parse_error(why: str) -> Response:
+    """400 with a JSON-RPC parse error (JSON-RPC 2.0 §5.1, code -32700), as the SDK answers a body
+    that is not JSON."""
+    error = mt.JSONRPCError(jsonrpc="2.0", id="server-error", error=mt.ErrorData(code=mt.PARSE_ERROR,
+                                                                                   message=f"Parse error: {why}"))
+    return Response(error.model_dump_json(by_alias=True, exclude_none=True), status=400,
+                    content_type="application/json")
+
+
 @bp.route(MCP_PATH, methods=["GET", "POST", "DELETE"])
 async def mcp_endpoint() -> Response:
     """``/mcp``: MCP's streamable HTTP transport (see the module docstring). ``GET``: 405."""
@@ -338,6 +347,10 @@ async def mcp_endpoint() -> Response:
                              405, headers={"Allow": "POST, DELETE"})
     endpoint: McpEndpoint = current_app.extensions["agentstream.mcp"]
     body = await request.get_data(True, False, False) if request.method == "POST" else b""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as err:  # the SDK parses only text: it would answer 500
+        return _parse_error(f"the body is not UTF-8 (byte {err.start})")
     app: Quart = current_app._get_current_object()  # type: ignore[attr-defined]  # werkzeug's LocalProxy
     scope = {**request.scope, SCOPE_CALLER: _Caller(t, app)}
     return await endpoint.respond(scope, body)

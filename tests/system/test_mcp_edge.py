@@ -124,6 +124,18 @@ async def test_the_door_rules_hold_for_mcp(system):
         assert "2025-11-25" in answer.text
 
 
+async def test_a_body_that_is_not_text_is_a_parse_error_not_a_500(system):
+    # The SDK reads the body as text; bytes that are not UTF-8 once made it answer 500.
+    auth = {"Authorization": f"Bearer {ALICE_KEY}"}
+    async with httpx.AsyncClient(base_url=system.edge_url, headers=auth) as client:
+        for body in (b"\xff\xfe{", b"{not json"):
+            resp = await client.post("/mcp", content=body, headers={**MCP_HEADERS, "Content-Type": "application/json"})
+            assert resp.status_code == 400, resp.text
+            error = resp.json()
+            assert error["jsonrpc"] == "2.0" and error["error"]["code"] == -32700  # JSON-RPC 2.0, parse error
+            assert error["error"]["message"].startswith("Parse error")
+
+
 async def test_a_client_that_goes_away_cancels_the_run(system, api):
     started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
