@@ -25,6 +25,7 @@ import orjson
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel
 
+from agent_runner.metrics import RunMetrics
 from agentstream.eventlog import APPEND_RETRY_SECONDS, WriteConflict, append
 from schemas import events as E
 
@@ -36,7 +37,8 @@ class RunEventWriter:
     """Writes the events of one run attempt.
 
     ``subject``: the run's event subject; ``envelope``: ``run_id, tenant, agent, message_id,
-    attempt``; ``last_seq``: sequence of the run's latest stored event (0 if none).
+    attempt``; ``last_seq``: sequence of the run's latest stored event (0 if none); ``metrics``:
+    where the attempt's start, first text and end are reported (agent_runner.metrics).
     """
 
     def __init__(
@@ -50,8 +52,10 @@ class RunEventWriter:
         flush_bytes: int = 4096,
         event_max_bytes: int = 900 * 1024,
         storage_patience: float = APPEND_RETRY_SECONDS,
+        metrics: RunMetrics | None = None,
     ):
         self.nc = nc
+        self.metrics = metrics
         self.subject = subject
         self.envelope = envelope
         self.last_seq = last_seq
@@ -77,6 +81,8 @@ class RunEventWriter:
         say this attempt must not go on) runs now, concurrently, and the ``first`` event is written
         as soon as it returns; every other write waits for both. Used so a fresh run's model call
         starts without waiting two NATS round trips (lower time to first token)."""
+        if first[0] == E.RUN_STARTED and self.metrics is not None:
+            self.metrics.started()
 
         async def opening() -> None:
             self.last_seq = await find_last_seq()
@@ -101,12 +107,16 @@ class RunEventWriter:
         """
         if not patient:
             await self.flush()
+        if event_type == E.RUN_STARTED and self.metrics is not None:
+            self.metrics.started()
         return await self._publish(event_type, data, patient=patient)
 
     async def delta(self, step: int, text: str) -> None:
         """Buffer a text fragment of LLM step ``step``; it is written soon (see module doc)."""
         if self._failed is not None:
             raise self._failed
+        if self.metrics is not None:
+            self.metrics.first_delta()
         if self._buf and step != self._buf_step:
             await self.flush()
         self._buf.append(text)
@@ -200,6 +210,8 @@ class RunEventWriter:
             self.started = True
         if event_type == E.MESSAGE_DELTA:
             self._last_delta = time.monotonic()
+        elif self.metrics is not None and E.is_terminal(event_type):
+            self.metrics.ended(event_type, data)
         return seq
 
     async def _settle(self) -> None:

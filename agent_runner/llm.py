@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 from tenacity.wait import wait_base
 
+from agent_runner import metrics
+from agentstream import tracing
 from agentstream.retry import first_then_retry
 from schemas.common import Usage
 
@@ -181,6 +184,37 @@ class LLMClient:
         )
 
     async def _once(
+        self, endpoint: LLMEndpoint, body: dict[str, Any], headers: dict[str, str], on_text: OnText | None,
+        streamed: dict[str, bool],
+    ) -> StepResult:
+        """One HTTP request: a ``chat {model}`` client span of the run's trace (its context goes to
+        the model server in ``traceparent``), timed and counted (agent_runner.metrics)."""
+        started = time.perf_counter()
+        with tracing.span(f"chat {endpoint.model}", kind=tracing.SpanKind.CLIENT, attributes={
+            "gen_ai.operation.name": "chat", "gen_ai.request.model": endpoint.model,
+        }) as span:
+            if span is not None:
+                headers = dict(headers)
+                tracing.inject(headers)
+            try:
+                result = await self._request(endpoint, body, headers, on_text, streamed)
+            except LLMError as err:
+                metrics.LLM_ERRORS.labels(endpoint.model, err.type).inc()
+                metrics.LLM_REQUEST_DURATION.labels(endpoint.model, "error").observe(time.perf_counter() - started)
+                if span is not None:
+                    if err.status is not None:
+                        span.set_attribute("http.response.status_code", err.status)
+                    tracing.mark_error(span, err.type, err.message)
+                raise
+            metrics.LLM_REQUEST_DURATION.labels(endpoint.model, "ok").observe(time.perf_counter() - started)
+            if span is not None:
+                span.set_attributes({"gen_ai.usage.input_tokens": result.usage.prompt_tokens,
+                                     "gen_ai.usage.output_tokens": result.usage.completion_tokens})
+                if result.finish_reason:
+                    span.set_attribute("gen_ai.response.finish_reasons", [result.finish_reason])
+            return result
+
+    async def _request(
         self, endpoint: LLMEndpoint, body: dict[str, Any], headers: dict[str, str], on_text: OnText | None,
         streamed: dict[str, bool],
     ) -> StepResult:

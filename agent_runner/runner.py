@@ -35,7 +35,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from agent_runner import resume
+from agent_runner import metrics, resume
 from agent_runner.endpoint import llm_endpoint
 from agent_runner.ensemble import MembersFailed, combined_message, question_of, run_members
 from agent_runner.event_writer import OwnershipLost, RunEventWriter
@@ -43,10 +43,11 @@ from agent_runner.intake import Intake, Slots
 from agent_runner.llm import LLMClient, LLMEndpoint, LLMError
 from agent_runner.loop import MaxStepsExceeded, RunContext, run_agent
 from agent_runner.tool_client import ToolClient
-from agentstream import eventlog
+from agentstream import eventlog, logs, tracing
 from agentstream.agents import AgentCatalog
 from agentstream.bus import ensure_topology
 from agentstream.eventlog import StorageFull, StoredEvent
+from agentstream.metrics import bounded
 from agentstream.policies import PolicyWatcher
 from agentstream.runs import write_queued
 from agentstream.settings import Settings
@@ -107,6 +108,7 @@ class AgentRunner:
         self.llm_base_url = llm_base_url
         self.id = settings.runner_name
         self.llm = LLMClient(max_attempts=settings.llm_max_attempts, stream_usage=settings.llm_stream_usage)
+        metrics.TENANTS.max_tenants = settings.metrics_max_tenants
         self.tools = ToolClient(nc, progress_interval=settings.tool_progress_interval)
         self._handlers: dict[asyncio.Task[None], bool] = {}  # handler task -> has a slot
         self._runs: dict[tuple[str, str], asyncio.Task[E.MessageCompletedData]] = {}
@@ -140,7 +142,13 @@ class AgentRunner:
         await self.policies.start()
 
     async def _on_policy(self, tenant: str, policy: TenantPolicy | None) -> None:
+        if self.policies is not None:
+            metrics.TENANTS.set_known(self.policies.policies)
         await self.intake.set_tenant(tenant, policy)
+
+    async def sample_metrics(self) -> None:
+        """Read the state of the consumers this runner takes runs from into its gauges (at scrape time)."""
+        await metrics.sample_consumers(self.js, self.intake.consumers)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop taking runs; hand back those still waiting for a slot; let running runs finish for
@@ -270,6 +278,21 @@ class AgentRunner:
         except ValidationError as err:
             await self._refuse_request(msg, where.tenant, where.agent, err)
             return
+        attempt = msg.metadata.num_delivered if msg.metadata else 1
+        if attempt > 1:
+            metrics.REDELIVERIES.labels(bounded(where.agent, self.catalog.agents)).inc()
+        # The run's trace: the context stored with its request (every attempt reads the same one).
+        with logs.bound(run_id=request.run_id, tenant=where.tenant, agent=where.agent), tracing.span(
+            f"invoke_agent {where.agent}", kind=tracing.SpanKind.CONSUMER, parent=msg.headers,
+            attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": where.agent,
+                        "agentstream.run_id": request.run_id, "agentstream.tenant": where.tenant,
+                        "agentstream.attempt": attempt, "agentstream.runner": self.id,
+                        "messaging.system": "nats", "messaging.destination.name": msg.subject},
+        ):
+            log.debug("taking the run (attempt %d)", attempt)
+            await self._handle_request(msg, where, request)
+
+    async def _handle_request(self, msg: Msg, where: subjects.RunSubject, request: RunRequest) -> None:
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         opened: _Opened | None = None
         try:
@@ -369,6 +392,7 @@ class AgentRunner:
             flush_bytes=self.settings.delta_flush_bytes,
             event_max_bytes=self.settings.event_max_bytes,
             storage_patience=self.settings.storage_patience,
+            metrics=metrics.RunMetrics.of(tenant, agent, self.catalog.agents),
         )
 
     async def _open(self, msg: Msg, tenant: str, agent: str, request: RunRequest) -> _Opened:
@@ -421,6 +445,7 @@ class AgentRunner:
                             request=json.loads(msg.data))
         await self.js.publish(subjects.dead_letter(tenant, agent, request.run_id), letter.model_dump_json().encode(),
                               headers={"Nats-Msg-Id": f"{request.run_id}:dead"}, timeout=5.0)
+        metrics.DEAD_LETTERS.labels(bounded(agent, self.catalog.agents)).inc()
         log.error("run %s: %s; request kept as a dead letter", request.run_id, reason)
         await writer.emit(E.RUN_FAILED, E.RunFailedData(
             reason=reason,
@@ -593,7 +618,7 @@ class AgentRunner:
                     writer = RunEventWriter(self.nc, subject, {
                         "run_id": run_id, "tenant": tenant, "agent": agent, "message_id": request.message_id,
                         "attempt": 1,
-                    }, last.seq)
+                    }, last.seq, metrics=metrics.RunMetrics.of(tenant, agent, self.catalog.agents))
                     await writer.emit(E.RUN_FAILED, E.RunFailedData(reason=reason, error=error))
             except (eventlog.WriteConflict, eventlog.EventLogError, RuntimeError) as write_err:
                 log.warning("could not record the refused request's failure: %s", write_err)

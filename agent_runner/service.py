@@ -8,7 +8,8 @@ import logging
 from agent_runner.runner import AgentRunner
 from agentstream.agents import load_agents
 from agentstream.bus import close, connect
-from agentstream.probe import serve_probe
+from agentstream.logs import announce
+from agentstream.probe import Sampler, serve_probe
 from agentstream.settings import Settings
 from schemas.permissions import Role
 
@@ -19,7 +20,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run until ``stop`` is set, then stop gracefully (SHUTDOWN_GRACE).
 
     Without LLM_BASE_URL the built-in model is served in this process, on a free loopback port.
-    Prints ``agent-runner health: <url>`` (agentstream.probe, on METRICS_BIND) and
+    Prints ``agent-runner health: <url>`` (agentstream.probe, on METRICS_BIND: ``/healthz`` and
+    ``/metrics``) and
     ``agent-runner ready: <id>`` once pulling.
     """
     catalog = load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern)
@@ -41,10 +43,13 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
     nc = await connect(settings, f"agent-runner {settings.runner_name}", role=Role.AGENT_RUNNER)
     probe_stop = asyncio.Event()
-    probe = asyncio.create_task(serve_probe("agent-runner", settings.metrics_bind, lambda: nc.is_connected, probe_stop))
+    samplers: list[Sampler] = []
+    probe = asyncio.create_task(serve_probe("agent-runner", settings.metrics_bind, lambda: nc.is_connected, probe_stop,
+                                            samplers))
     runner = AgentRunner(settings, nc, catalog, llm_base_url=base_url)
+    samplers.append(runner.sample_metrics)
     await runner.start()
-    print(f"agent-runner ready: {runner.id}", flush=True)
+    announce(f"agent-runner ready: {runner.id}")
     await stop.wait()
     log.info("stopping: %d run(s) in flight", runner.active_runs)
     await runner.stop(settings.shutdown_grace)

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         from agentstream.supervisor import Supervisor
 
-        return run(lambda stop: Supervisor(settings).run(stop), settings)
+        return run(lambda stop: Supervisor(settings).run(stop), settings, component=None)
     if args.command == "edge":
         from edge.service import serve
     elif args.command == "agent-runner":
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         from tool_runner.service import serve
     else:
         from agentstream.builtin_model.server import serve
-    return run(lambda stop: serve(settings, stop), settings)
+    component = "builtin-model" if args.command == "model" else args.command
+    return run(lambda stop: serve(settings, stop), settings, component=component)
 
 
 def _agents_check(directory: Path, as_json: bool, key_env_pattern: str) -> int:

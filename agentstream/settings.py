@@ -16,6 +16,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 """The project checkout (or the directory the packages were installed from)."""
 
 
+LOG_FORMATS = ("text", "json")
+"""The values LOG_FORMAT takes."""
+
+
 def _setting(env: str, default: Any, help: str) -> Any:
     return field(default=default, metadata={"env": env, "help": help})
 
@@ -153,8 +157,8 @@ class Settings:
     )
     metrics_bind: str = _setting(
         "METRICS_BIND", "127.0.0.1:0",
-        "host:port where an agent runner or tool runner answers GET /healthz (port 0: a free port, printed at "
-        "start-up).",
+        "host:port where an agent runner or tool runner answers GET /healthz and GET /metrics (port 0: a free port, "
+        "printed at start-up). The edge serves both on EDGE_BIND instead.",
     )
     tool_progress_interval: float = _setting(
         "TOOL_PROGRESS_INTERVAL", 1.0,
@@ -210,6 +214,30 @@ class Settings:
         "SHUTDOWN_GRACE", 30.0, "Seconds a stopping component lets in-flight work finish before handing it back."
     )
     log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR.")
+    log_format: str = _setting(
+        "LOG_FORMAT", "text",
+        "`text`, or `json`: one JSON object per line (time, level, logger, message, and run_id, tenant, agent, "
+        "trace_id where known), start-up lines (`… ready: …`) included.",
+    )
+    metrics_max_tenants: int = _setting(
+        "METRICS_MAX_TENANTS", 0,
+        "Run, submit and queue metrics name each tenant in a `tenant` label while this process knows at most this "
+        "many tenants (the edge: its keys file; runners: the TENANTS bucket); otherwise, and by default (0), every "
+        "tenant is counted as `_all`. The edge's /metrics needs no key: naming tenants there shows them to anyone "
+        "who reaches it (README, Observability).",
+    )
+    otel_exporter_otlp_endpoint: str | None = _setting(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", None,
+        "OTLP/HTTP (protobuf) base URL traces are exported to, e.g. http://127.0.0.1:4318 (spans go to "
+        "…/v1/traces); the OpenTelemetry SDK's other OTEL_* variables apply too. Unset: no tracing.",
+    )
+
+    def __post_init__(self) -> None:
+        """Raises ValueError naming the variable for a value out of its range."""
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"LOG_FORMAT={self.log_format!r}: expected one of {', '.join(LOG_FORMATS)}")
+        if self.metrics_max_tenants < 0:
+            raise ValueError(f"METRICS_MAX_TENANTS={self.metrics_max_tenants}: expected 0 or more")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from agentstream.bus import setup
+from agentstream.logs import announced
 from agentstream.natsauth import AuthStore
 from agentstream.natsserver import EmbeddedNats
 from agentstream.settings import Settings
@@ -133,8 +134,9 @@ class Supervisor:
         prefix = _prefix(comp.name)
         async for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\n")
-            if not comp.ready.is_set() and line.startswith(f"{comp.name} ready: "):
-                comp.ready_line = line
+            said = announced(line)  # LOG_FORMAT=json: the ready line is a JSON log line
+            if not comp.ready.is_set() and said.startswith(f"{comp.name} ready: "):
+                comp.ready_line = said
                 comp.ready.set()
             sys.stdout.write(prefix + line + "\n")
             sys.stdout.flush()

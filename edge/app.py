@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from agentstream.agents import AgentCatalog, load_agents
 from agentstream.bus import close
 from agentstream.settings import Settings
-from edge import api_llmsse, api_native, api_openai, guard, ui
+from edge import api_llmsse, api_native, api_openai, guard, metrics, ui
 from edge.auth import Authenticator
 from edge.bodylimit import WholeBodyFirst
 from edge.errors import ApiError
@@ -56,6 +56,8 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
     app.register_blueprint(api_openai.bp)
     app.register_blueprint(api_llmsse.bp)
     app.register_blueprint(ui.bp)
+    metrics.install(app, settings.metrics_max_tenants)
+    metrics.known_tenants(state.auth.policies)
     background: list[asyncio.Task[None]] = []
 
     @app.before_request

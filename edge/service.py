@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from agentstream.httpserve import listen, serve_app
+from agentstream.logs import announce
 from agentstream.settings import Settings
 from edge.app import create_app
 
@@ -24,7 +25,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         raise OSError(f"cannot listen on EDGE_BIND={settings.edge_bind}: {err.strerror or err}") from None
 
     def ready(url: str) -> None:
-        print(f"edge ready: {url}", flush=True)
+        announce(f"edge ready: {url}")
 
     await serve_app(app, sock, stop, on_ready=ready, graceful_timeout=min(settings.shutdown_grace, 10.0),
                     on_stop=app.extensions["agentstream"].begin_shutdown)

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from agentstream.logs import announced
 from agentstream.natsauth import AuthStore, connect_options
 from agentstream.natsserver import EmbeddedNats, free_port
 from schemas.permissions import Role, inbox_prefix
@@ -54,6 +55,7 @@ class Proc:
             with open(self.log_path, "rb") as fh:
                 fh.seek(offset)
                 for line in fh.read().decode("utf-8", "replace").splitlines():
+                    line = announced(line)  # plain, or a JSON log line (LOG_FORMAT=json)
                     if line.startswith(self.ready_prefix):
                         self.ready_line = line
                         return self
@@ -64,10 +66,15 @@ class Proc:
     @property
     def health_url(self) -> str:
         """The ``/healthz`` URL a runner printed (``<name> health: <url>``)."""
-        for line in self.log_path.read_text(errors="replace").splitlines():
+        for line in map(announced, self.log_path.read_text(errors="replace").splitlines()):
             if " health: http" in line:
                 return line.split(" health: ", 1)[1].strip()
         raise RuntimeError(f"{self.name} printed no health URL")
+
+    @property
+    def metrics_url(self) -> str:
+        """The ``/metrics`` URL of a runner (next to its ``/healthz``)."""
+        return self.health_url.removesuffix("/healthz") + "/metrics"
 
     @property
     def ready_value(self) -> str:
@@ -211,7 +218,8 @@ def new_system(
                         max_file_store=max_file_store)
     url = nats.start()
     clean = {
-        k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT"))
+        k: v for k, v in os.environ.items()
+        if not k.startswith(("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT", "OTEL_", "LOG_FORMAT", "METRICS_"))
     }
     system_env = {
         **clean,
