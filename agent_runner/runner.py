@@ -279,11 +279,12 @@ class AgentRunner:
             await self._refuse_request(msg, where.tenant, where.agent, err)
             return
         attempt = msg.metadata.num_delivered if msg.metadata else 1
+        agent_label = bounded(where.agent, self.catalog.agents)
         if attempt > 1:
-            metrics.REDELIVERIES.labels(bounded(where.agent, self.catalog.agents)).inc()
+            metrics.REDELIVERIES.labels(agent_label).inc()
         # The run's trace: the context stored with its request (every attempt reads the same one).
         with logs.bound(run_id=request.run_id, tenant=where.tenant, agent=where.agent), tracing.span(
-            f"invoke_agent {where.agent}", kind=tracing.SpanKind.CONSUMER, parent=msg.headers,
+            f"invoke_agent {agent_label}", kind=tracing.SpanKind.CONSUMER, parent=msg.headers,
             attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": where.agent,
                         "agentstream.run_id": request.run_id, "agentstream.tenant": where.tenant,
                         "agentstream.attempt": attempt, "agentstream.runner": self.id,

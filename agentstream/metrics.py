@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, disable_created_met
 
 # No ``*_created`` series next to every counter and histogram: Prometheus does not use them, and
 # they would double the page.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves it unannotated
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 """The Content-Type of :func:`render`'s page (the Prometheus text exposition format)."""

@@ -3,7 +3,8 @@
 Endpoints: ``POST /v1/chat/completions`` (streaming and not, tool calls, ``max_tokens``,
 ``stream_options.include_usage``), ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (the
 process's own: CPU, memory), and for tests and curious users ``GET /debug/requests`` (the last
-requests it received, and how many streams are open now). What it answers is decided by :mod:`agentstream.builtin_model.policy`.
+requests it received, and how many streams are open now). What it answers is decided by
+:mod:`agentstream.builtin_model.policy`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any
 
 from quart import Quart, Response, request
 
-from agentstream import openai_format as oai
 from agentstream import metrics, sse, tracing
+from agentstream import openai_format as oai
 from agentstream.builtin_model.policy import Options, Reply, count_prompt_tokens, decide, tokens_of
 from agentstream.logs import announce
 from agentstream.settings import Settings
