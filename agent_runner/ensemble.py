@@ -3,7 +3,8 @@
 The parent run submits one child run per member on the bus (``agents.{tenant}.{member}.run``), so
 members run concurrently on whichever agent runners are free, each with its own events under its
 own run id. It waits for them, each within ``member_timeout`` (a slower one is cancelled), writes
-``member.started`` / ``member.finished`` on its own stream, and if at least ``min_success``
+``member.started`` on its own stream, and ``member.finished`` for each member as soon as that
+member ends (so clients hear of a fast member while a slow one still works), and if at least ``min_success``
 answered, runs the combiner agent in the parent run itself (its deltas and answer are the
 parent's) with the question and the answers labelled by member. Cancelling the parent cancels
 the children. Child run ids are derived from the parent's, so a retried parent finds its children
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
-from agent_runner.event_writer import RunEventWriter
+from agent_runner.event_writer import OwnershipLost, RunEventWriter
 from agentstream import eventlog
 from agentstream.runs import submit
 from agentstream.runstate import fold as fold_record
@@ -73,13 +74,18 @@ async def wait_for_end(
     nc: NATS, subject: str, timeout: float  # noqa: ASYNC109 - at the deadline it returns None, it does not raise
 ) -> eventlog.StoredEvent | None:
     """The terminal event of the run on ``subject``, or None if it does not come within ``timeout``
-    seconds. Listens to the live re-publication and re-checks the stream every second."""
+    seconds. Listens to the live re-publication and re-checks the stream every second; a read
+    that fails (a server died with it in flight, a leader election) counts as "not yet"."""
     sub = await nc.subscribe(subjects.live_of(subject))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     try:
         while True:
-            last = await eventlog.last_event(nc, subject)
+            try:
+                last = await eventlog.last_event(nc, subject)
+            except eventlog.EventLogError as err:
+                log.warning("waiting for %s: %s; reading again", subject, err)
+                last = None
             if last is not None and E.is_terminal(last.type):
                 return last
             remaining = deadline - loop.time()
@@ -126,21 +132,29 @@ async def run_members(
                 history=request.history, conversation_id=request.conversation_id, parent_run_id=request.run_id,
             )
             # A repeat (a retried parent) is recognised, not re-run.
-            await submit(nc, tenant, member, child, index=index, member=True)
+            await submit(nc, tenant, member, child, index=index, member=True, log=True)
             if member not in started_before:
                 await writer.emit(E.MEMBER_STARTED, E.MemberStartedData(member=member, run_id=child_ids[member]))
-        async with waiting():
-            results = await asyncio.gather(*(
-                _member_outcome(nc, tenant, member, child_ids[member], ensemble.member_timeout, started_at[member],
-                                finished_before.get(member))
-                for member in ensemble.members
-            ))
-        for member, outcome in zip(ensemble.members, results, strict=True):
+        async def finish(member: str) -> None:
+            """Wait for one member and record its end at once (not after the others)."""
+            outcome = await _member_outcome(nc, tenant, member, child_ids[member], ensemble.member_timeout,
+                                            started_at[member], finished_before.get(member))
             outcomes[member] = outcome
             if member not in finished_before:
                 await writer.emit(E.MEMBER_FINISHED, outcome.finished)
-    except asyncio.CancelledError:
-        # The parent was cancelled (or timed out): so are the members still going.
+
+        async with waiting():
+            watching = [asyncio.create_task(finish(member)) for member in ensemble.members]
+            try:
+                await asyncio.gather(*watching)
+            finally:
+                for task in watching:  # one failed: the others stop too (the run ends)
+                    task.cancel()
+    except OwnershipLost:
+        raise  # another attempt of the parent took over: the members are its to wait for
+    except BaseException:
+        # The parent was cancelled, timed out, or could not follow a member: the members still
+        # going are cancelled.
         for member in ensemble.members:
             if member not in outcomes:
                 await _cancel_child(nc, tenant, child_ids[member], "the ensemble run was cancelled")
@@ -171,7 +185,7 @@ async def _member_outcome(
         finished = E.MemberFinishedData(member=member, run_id=run_id, status="timeout", duration_ms=duration,
                                         error=ErrorInfo(type="timeout", message=f"no answer within {timeout:g} s"))
         return MemberOutcome(finished_before or finished)
-    record = fold_record(await eventlog.read_list(nc, subject))
+    record = fold_record(await _read_ended(nc, subject))
     if record is None:  # its terminal event was just read: only a failed read leaves nothing
         raise eventlog.EventLogError(f"{subject}: no events to read")
     status = record.status if record.status in ("completed", "failed", "cancelled") else "failed"
@@ -184,6 +198,20 @@ async def _member_outcome(
         member=member, run_id=run_id, status=status, duration_ms=duration, error=error, usage=usage
     )
     return MemberOutcome(finished, record.answer if status == "completed" else None)
+
+
+async def _read_ended(nc: NATS, subject: str) -> list[eventlog.StoredEvent]:
+    """The events of an ended run, up to its terminal event: re-read (within
+    eventlog.READ_RETRY_SECONDS) while the answer lacks it, as a replica behind the one that
+    answered before may (agentstream.eventlog)."""
+
+    async def read() -> list[eventlog.StoredEvent]:
+        events = await eventlog.read_list(nc, subject)
+        if not events or not E.is_terminal(events[-1].type):
+            raise eventlog.EventLogError(f"{subject}: the terminal event is not in this replica's answer yet")
+        return events
+
+    return await eventlog.retrying(read)
 
 
 async def _cancel_child(nc: NATS, tenant: str, run_id: str, reason: str) -> None:

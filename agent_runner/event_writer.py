@@ -37,7 +37,8 @@ class RunEventWriter:
     """Writes the events of one run attempt.
 
     ``subject``: the run's event subject; ``envelope``: ``run_id, tenant, agent, message_id,
-    attempt``; ``last_seq``: sequence of the run's latest stored event (0 if none); ``metrics``:
+    attempt``; ``last_seq``: sequence of the run's latest stored event (0 if none); ``on_end``:
+    awaited with the terminal event's type, its data and the answer once it is stored; ``metrics``:
     where the attempt's start, first text and end are reported (agent_runner.metrics).
     """
 
@@ -52,6 +53,7 @@ class RunEventWriter:
         flush_bytes: int = 4096,
         event_max_bytes: int = 900 * 1024,
         storage_patience: float = APPEND_RETRY_SECONDS,
+        on_end: Callable[[str, BaseModel, str | None], Awaitable[None]] | None = None,
         metrics: RunMetrics | None = None,
     ):
         self.nc = nc
@@ -63,6 +65,9 @@ class RunEventWriter:
         self.flush_bytes = flush_bytes
         self.event_max_bytes = event_max_bytes
         self.storage_patience = storage_patience
+        self.on_end = on_end
+        """Awaited with the terminal event's type and data and the answer (if any) once it is stored."""
+        self.answer: str | None = None
         self.started = False
         """True once this attempt's ``run.started`` is stored."""
         self._n = 0
@@ -208,10 +213,15 @@ class RunEventWriter:
         self.last_seq = seq
         if event_type == E.RUN_STARTED:
             self.started = True
-        if event_type == E.MESSAGE_DELTA:
+        elif event_type == E.MESSAGE_COMPLETED and isinstance(data, E.MessageCompletedData):
+            self.answer = data.text
+        elif event_type == E.MESSAGE_DELTA:
             self._last_delta = time.monotonic()
-        elif self.metrics is not None and E.is_terminal(event_type):
-            self.metrics.ended(event_type, data)
+        elif E.is_terminal(event_type):
+            if self.metrics is not None:
+                self.metrics.ended(event_type, data)
+            if self.on_end is not None:
+                await self.on_end(event_type, data, self.answer)
         return seq
 
     async def _settle(self) -> None:

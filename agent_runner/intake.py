@@ -7,9 +7,10 @@ Fairness across tenants comes from two rules:
   ``agents.{tenant}.*.run``), shared by every runner. Its ``max_ack_pending`` is the tenant's
   ``max_concurrent_runs``: the server hands out no more of that tenant's runs at once, across all
   runners, so one tenant can never hold every slot.
-- **Each consumer has few runs waiting for a slot per runner.** A consumer's loop fetches as many
-  requests as this runner has free slots (at least one, at most :data:`BATCH_MAX`), hands them to
-  the slot queue, and fetches again only once all of them have a slot. Slots are given in arrival
+- **Each consumer has few runs waiting for a slot per runner.** A consumer's loop waits for one
+  request, takes as many more as this runner has free slots and are there right now (at most
+  :data:`BATCH_MAX` in all), hands them to the slot queue, and fetches again only once all of them
+  have a slot. Slots are given in arrival
   order, so when tenant A has 2,000 runs queued and tenant B submits one, B's run waits behind at
   most one run of each other tenant (plus what they fetched while slots were free), never behind
   A's backlog.
@@ -43,7 +44,9 @@ log = logging.getLogger(__name__)
 FETCH_WAIT = 5.0
 """Seconds one fetch waits for a request before asking again."""
 BATCH_MAX = 32
-"""Most requests one fetch asks for (when that many slots are free)."""
+"""Most requests taken at once (when that many slots are free)."""
+MORE_WAIT = 0.05
+"""Seconds the fetch of "what else is there now" may wait (it returns at once when some are there)."""
 
 
 class Slots:
@@ -86,6 +89,12 @@ class Slots:
         """Give a slot back."""
         self.used -= 1
         self._wake()
+
+    def set_capacity(self, capacity: int) -> None:
+        """Change how many slots there are (runs already holding one keep it)."""
+        if capacity != self.capacity:
+            self.capacity = capacity
+            self._wake()
 
     def take_anyway(self) -> None:
         """Take a slot without waiting."""
@@ -161,6 +170,10 @@ class Intake:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    def _hand_over(self, msg: Msg) -> tuple[asyncio.Task[None], asyncio.Event]:
+        admitted = asyncio.Event()
+        return asyncio.create_task(self.handle(msg, admitted)), admitted
+
     async def _loop(self, consumer: str) -> None:
         psub = None
         try:
@@ -173,17 +186,20 @@ class Intake:
                         await asyncio.sleep(1.0)
                         continue
                 try:
-                    msgs = await psub.fetch(min(BATCH_MAX, max(1, self.slots.free)), timeout=FETCH_WAIT)
+                    # One request at a time while waiting (nats-py's fetch of several keeps waiting for
+                    # the rest once one has come), then what else is there right now.
+                    msgs = await psub.fetch(1, timeout=FETCH_WAIT)
                 except TimeoutError:
                     continue
                 except (nats.errors.Error, nats.js.errors.Error) as err:  # reconnecting, JetStream restarting
                     log.warning("fetching from %s: %s: %s", consumer, type(err).__name__, err)
                     await asyncio.sleep(0.5)
                     continue
-                pending: list[tuple[asyncio.Task[None], asyncio.Event]] = []
-                for msg in msgs:
-                    admitted = asyncio.Event()
-                    pending.append((asyncio.create_task(self.handle(msg, admitted)), admitted))
+                pending = [self._hand_over(msg) for msg in msgs]
+                more = min(BATCH_MAX - 1, self.slots.free)
+                if more > 0:
+                    with contextlib.suppress(TimeoutError, nats.errors.Error, nats.js.errors.Error):
+                        pending += [self._hand_over(msg) for msg in await psub.fetch(more, timeout=MORE_WAIT)]
                 for task, admitted in pending:
                     if admitted.is_set() or task.done():
                         continue

@@ -120,10 +120,12 @@ class LLMClient:
         if best is None or best[1] >= POOL_SHARD_CONNECTIONS:
             if self._tls is None:
                 self._tls = httpx.create_ssl_context(trust_env=True)
-            best = [httpx.AsyncClient(
+            client = httpx.AsyncClient(
                 limits=httpx.Limits(max_connections=1000, max_keepalive_connections=POOL_SHARD_CONNECTIONS),
                 trust_env=True, verify=self._tls,
-            ), 0]
+            )
+            tracing.instrument_httpx(client)  # each request: a span, its context in ``traceparent``
+            best = [client, 0]
             self._shards.append(best)
         return best
 
@@ -187,15 +189,13 @@ class LLMClient:
         self, endpoint: LLMEndpoint, body: dict[str, Any], headers: dict[str, str], on_text: OnText | None,
         streamed: dict[str, bool],
     ) -> StepResult:
-        """One HTTP request: a ``chat {model}`` client span of the run's trace (its context goes to
-        the model server in ``traceparent``), timed and counted (agent_runner.metrics)."""
+        """One HTTP request: a ``chat {model}`` client span of the run's trace (the HTTP request
+        under it is a span of the httpx instrumentation, whose context goes to the model server in
+        ``traceparent``), timed and counted (agent_runner.metrics)."""
         started = time.perf_counter()
         with tracing.span(f"chat {endpoint.model}", kind=tracing.SpanKind.CLIENT, attributes={
             "gen_ai.operation.name": "chat", "gen_ai.request.model": endpoint.model,
         }) as span:
-            if span is not None:
-                headers = dict(headers)
-                tracing.inject(headers)
             try:
                 result = await self._request(endpoint, body, headers, on_text, streamed)
             except LLMError as err:

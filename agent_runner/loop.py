@@ -18,6 +18,7 @@ from typing import Any
 from agent_runner import metrics
 from agent_runner.event_writer import RunEventWriter
 from agent_runner.llm import LLMClient, LLMEndpoint, ToolCallAccum
+from agent_runner.mcp_tools import McpTool, McpToolLister
 from agent_runner.resume import ResumePlan
 from agent_runner.tool_client import ToolClient, ToolOutcome
 from agentstream import tracing
@@ -25,6 +26,7 @@ from agentstream.agents import Skill
 from agentstream.metrics import bounded
 from agentstream.openai_format import new_tool_call_id
 from schemas import events as E
+from schemas import subjects
 from schemas.agents import RESERVED_PARAMETERS, AgentDefinition
 from schemas.common import ErrorInfo, FunctionCall, ToolCallRef, Usage
 from schemas.runs import RunRequest
@@ -63,6 +65,10 @@ class RunContext:
     steps: int = 0
     extra_usage: Usage = field(default_factory=Usage)
     """Usage spent outside this loop but on this run (an ensemble's members)."""
+    mcp: McpToolLister | None = None
+    """Where the agent's MCP servers' tools are learnt (agent_runner.mcp_tools); None: no MCP."""
+    mcp_tools: dict[str, McpTool] = field(default_factory=dict)
+    """The MCP tools this run offers, by the model's name for them (filled when the run starts)."""
 
     @property
     def total_usage(self) -> Usage:
@@ -121,7 +127,9 @@ async def run_agent(ctx: RunContext, plan: ResumePlan | None = None) -> E.Messag
     """
     agent, request, writer = ctx.agent, ctx.request, ctx.writer
     messages = initial_messages(agent, ctx.skills, request)
-    server_tools = tool_definitions(agent, ctx.skills)
+    if ctx.mcp is not None and agent.mcp_servers:
+        ctx.mcp_tools = await ctx.mcp.tools_for(ctx.tenant, agent, request.run_id)
+    server_tools = tool_definitions(agent, ctx.skills) + [t.definition for t in ctx.mcp_tools.values()]
     client_tools = [t.model_dump(mode="json") for t in request.tools]
     client_names = {t.function["name"] for t in request.tools if isinstance(t.function.get("name"), str)}
     parameters = llm_parameters(agent, request)
@@ -263,16 +271,25 @@ KNOWN_TOOLS = frozenset(TOOL_RUNNER_TOOLS) | frozenset(BUILTIN_AGENT_TOOLS)
 """Tool names that are metric label values (any other name the model writes is ``_unknown``)."""
 
 
+def _tool_label(ctx: RunContext, name: str) -> str:
+    """The metric label and span name of tool ``name``: a known tool's name, ``mcp`` for any MCP
+    server's tool (their names come from servers: unbounded), else ``_unknown``."""
+    if name in ctx.mcp_tools:
+        return subjects.MCP_CALL_TOOL
+    return bounded(name, KNOWN_TOOLS)
+
+
 async def _execute(ctx: RunContext, step: int, call: StepCall) -> ToolOutcome:
     """Run one server-side tool call (a span of the run's trace, whose context its request
     carries to the tool runner), count it, and write its ``tool.result``."""
     started = time.perf_counter()
-    with tracing.span(f"execute_tool {bounded(call.name, KNOWN_TOOLS)}", kind=tracing.SpanKind.CLIENT,
+    label = _tool_label(ctx, call.name)
+    with tracing.span(f"execute_tool {label}", kind=tracing.SpanKind.CLIENT,
                       attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call.name,
                                   "gen_ai.tool.call.id": call.id, "agentstream.step": step}) as span:
         outcome = await _outcome(ctx, step, call, started)
         error_type = outcome.error.type if outcome.error is not None else None
-        metrics.tool_call(call.name, KNOWN_TOOLS, outcome.ms / 1000, error_type)
+        metrics.tool_call(label, outcome.ms / 1000, error_type)
         if span is not None:
             span.set_attribute("agentstream.attempts", outcome.attempts)
             if outcome.runner:
@@ -312,8 +329,19 @@ async def _outcome(ctx: RunContext, step: int, call: StepCall, started: float) -
                 arguments=arguments,
                 budget=ctx.agent.tool_timeout,
             )
+        elif call.name in ctx.mcp_tools:
+            outcome = await ctx.tools.call(
+                ctx.tenant,
+                subjects.MCP_CALL_TOOL,
+                run_id=ctx.request.run_id,
+                tool_call_id=call.id,
+                idempotency_key=f"{ctx.request.run_id}:{step}:{call.id}",
+                arguments=ctx.mcp_tools[call.name].request_arguments(ctx.agent.name, arguments),
+                budget=ctx.agent.tool_timeout,
+            )
         else:
-            available = ", ".join([*ctx.agent.actions, *(["load_skill"] if ctx.skills else [])]) or "none"
+            offered = [*ctx.agent.actions, *(["load_skill"] if ctx.skills else []), *ctx.mcp_tools]
+            available = ", ".join(offered) or "none"
             outcome = ToolOutcome(
                 ok=False,
                 error=ErrorInfo(type="unknown_tool", message=f"there is no tool {call.name!r}; available: {available}"),

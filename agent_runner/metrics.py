@@ -141,11 +141,11 @@ class RunMetrics:
             RUN_DURATION.labels(self.agent, outcome).observe(duration_ms / 1000)
 
 
-def tool_call(tool: str, known: Collection[str], seconds: float, error_type: str | None) -> None:
-    """Count one tool call of a run (``error_type`` None: it succeeded) and its latency."""
-    name = bounded(tool, known)
-    TOOL_CALLS.labels(name, "ok" if error_type is None else "error", error_type or "").inc()
-    TOOL_CALL_DURATION.labels(name).observe(seconds)
+def tool_call(tool: str, seconds: float, error_type: str | None) -> None:
+    """Count one tool call of a run (``tool``: its label, already bounded; ``error_type`` None: it
+    succeeded) and its latency (seconds)."""
+    TOOL_CALLS.labels(tool, "ok" if error_type is None else "error", error_type or "").inc()
+    TOOL_CALL_DURATION.labels(tool).observe(seconds)
 
 
 async def sample_consumers(js: JetStreamContext, consumers: Sequence[str]) -> None:

@@ -23,27 +23,32 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from agent_runner import metrics, resume
+from agent_runner import conversation, metrics, resume
+from agent_runner.admission import AUTO_MAX_RUNS, Admission
 from agent_runner.endpoint import llm_endpoint
 from agent_runner.ensemble import MembersFailed, combined_message, question_of, run_members
 from agent_runner.event_writer import OwnershipLost, RunEventWriter
 from agent_runner.intake import Intake, Slots
 from agent_runner.llm import LLMClient, LLMEndpoint, LLMError
 from agent_runner.loop import MaxStepsExceeded, RunContext, run_agent
+from agent_runner.mcp_tools import McpToolLister
 from agent_runner.tool_client import ToolClient
-from agentstream import eventlog, logs, tracing
+from agentstream import eventlog, logs, runlog, tracing
 from agentstream.agents import AgentCatalog
 from agentstream.bus import ensure_topology
 from agentstream.eventlog import StorageFull, StoredEvent
@@ -60,6 +65,9 @@ from schemas.runs import DeadLetter, RunControl, RunRequest
 from schemas.tenants import TenantPolicy
 
 log = logging.getLogger(__name__)
+
+TURN_WAIT = 0.5
+"""Seconds before a conversation's turn whose previous turn is still running is offered again."""
 
 STORAGE_FULL_RETRY = 5.0
 """Seconds before a run that could not start (the event store was full) is offered again."""
@@ -109,17 +117,23 @@ class AgentRunner:
         self.id = settings.runner_name
         self.llm = LLMClient(max_attempts=settings.llm_max_attempts, stream_usage=settings.llm_stream_usage)
         metrics.TENANTS.max_tenants = settings.metrics_max_tenants
-        self.tools = ToolClient(nc, progress_interval=settings.tool_progress_interval)
+        self.tools = ToolClient(nc, progress_interval=settings.tool_progress_interval,
+                                restart_grace=settings.tool_restart_grace)
+        self.mcp = McpToolLister(self.tools, ttl=settings.mcp_tools_cache, timeout=settings.mcp_list_timeout)
         self._handlers: dict[asyncio.Task[None], bool] = {}  # handler task -> has a slot
         self._runs: dict[tuple[str, str], asyncio.Task[E.MessageCompletedData]] = {}
         self._cancel_reasons: dict[tuple[str, str], str] = {}
         self._cancelled: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._stopping = asyncio.Event()
-        self.slots = Slots(settings.runner_concurrency)
+        self.slots = Slots(settings.runner_concurrency or AUTO_MAX_RUNS)
+        self.admission = Admission(self.slots, max_runs=settings.runner_concurrency,
+                                   memory_budget=settings.runner_memory_budget, max_lag=settings.runner_max_loop_lag)
         self.intake = Intake(self.js, self._take, self.slots, ack_wait=settings.runner_ack_wait)
         self.policies: PolicyWatcher | None = None
         self.run_index: KeyValue | None = None
+        self.conversations: KeyValue | None = None
         self._control_sub: JetStreamContext.PushSubscription | None = None
+        self._chores: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Wait for (or declare) the streams, read cancels, follow the tenant policies, start taking runs."""
@@ -137,7 +151,9 @@ class AgentRunner:
         )
         await asyncio.wait_for(self._control_caught_up.wait(), 60)
         self.run_index = await self.js.key_value(subjects.RUN_INDEX_BUCKET)
+        self.conversations = await self.js.key_value(subjects.CONVERSATIONS_BUCKET)
         self.policies = PolicyWatcher(self.js, on_change=self._on_policy)
+        self.admission.start()
         await self.intake.start()
         await self.policies.start()
 
@@ -157,6 +173,7 @@ class AgentRunner:
         if self.policies is not None:
             await self.policies.stop()
         await self.intake.stop()
+        await self.admission.stop()
         waiting = [task for task, admitted in self._handlers.items() if not admitted]
         for task in waiting:
             task.cancel()
@@ -192,7 +209,7 @@ class AgentRunner:
         self._handlers[task] = False
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         try:
-            if await self._forbidden(msg):
+            if await self._forbidden(msg) or await self._waits_for_its_turn(msg):
                 return
             try:
                 await self.slots.acquire()
@@ -212,6 +229,27 @@ class AgentRunner:
             admitted.set()
             keep_alive.cancel()
             self._handlers.pop(task, None)
+
+    async def _waits_for_its_turn(self, msg: Msg) -> bool:
+        """True (and the request handed back for a moment) when the run is a conversation's turn
+        whose previous turn has not ended yet (``on_busy: enqueue``)."""
+        if self.conversations is None:
+            return False
+        try:
+            request = RunRequest.model_validate_json(msg.data)
+            tenant = subjects.parse_run_request(msg.subject).tenant
+        except (ValidationError, subjects.SubjectTokenError):
+            return False  # _handle refuses it
+        if not conversation.is_turn(request):
+            return False
+        try:
+            waiting = await conversation.previous_still_running(self.nc, self.conversations, tenant, request)
+        except (eventlog.EventLogError, nats.errors.Error, nats.js.errors.Error, TimeoutError) as err:
+            log.warning("run %s: its conversation could not be read (%s); running it now", request.run_id, err)
+            return False
+        if waiting:
+            await _nak(msg, delay=TURN_WAIT)
+        return waiting
 
     async def _forbidden(self, msg: Msg) -> bool:
         """True (and the run ended ``run.failed``) when the request's tenant may not use its agent."""
@@ -244,7 +282,8 @@ class AgentRunner:
         except (ValueError, ValidationError) as err:
             log.warning("ignoring control message on %s: %s", msg.subject, err)
             return
-        if control.action != "cancel":
+        if control.action == "delete":
+            self._background(self._delete(tenant, run_id, control.reason))
             return
         key = (tenant, run_id)
         self._cancelled[key] = control.reason
@@ -254,6 +293,23 @@ class AgentRunner:
         if task is not None and not task.done():
             self._cancel_reasons[key] = control.reason
             task.cancel()
+
+    async def _delete(self, tenant: str, run_id: str, reason: str) -> None:
+        """Replace a finished run's events by one ``run.deleted`` tombstone (a subject rollup,
+        ``Nats-Rollup: sub``). Every runner sees the request and may do it: the write is
+        deduplicated by its message id, and a run already deleted or still running is left alone."""
+        try:
+            last = await eventlog.last_event(self.nc, subjects.run_events_of_run(tenant, run_id))
+            if last is None or not E.is_terminal(last.type):
+                return
+            where = subjects.parse_run_events(last.subject)
+            tombstone = E.RunDeleted(run_id=run_id, tenant=tenant, agent=where.agent, message_id=last.json().get(
+                "message_id", run_id), attempt=0, data=E.RunDeletedData(reason=reason))
+            await self.js.publish(last.subject, tombstone.model_dump_json().encode(), timeout=5.0, headers={
+                H.MSG_ID: f"{run_id}:deleted", H.ROLLUP: H.ROLLUP_SUBJECT, H.EVENT_TYPE: E.RUN_DELETED})
+            log.info("run %s of tenant %s deleted (%s)", run_id, tenant, reason)
+        except (eventlog.EventLogError, nats.errors.Error, nats.js.errors.Error, TimeoutError) as err:
+            log.warning("run %s not deleted: %s", run_id, err)
 
     # -- one run
 
@@ -295,6 +351,7 @@ class AgentRunner:
 
     async def _handle_request(self, msg: Msg, where: subjects.RunSubject, request: RunRequest) -> None:
         keep_alive = asyncio.create_task(self._keep_alive(msg))
+        request = await self._with_history(where.tenant, where.agent, request)
         opened: _Opened | None = None
         try:
             opened = self._open_fresh(msg, where.tenant, where.agent, request)
@@ -336,6 +393,21 @@ class AgentRunner:
         finally:
             keep_alive.cancel()
 
+    async def _with_history(self, tenant: str, agent: str, request: RunRequest) -> RunRequest:
+        """The request, with its conversation's earlier turns as its history when it is a turn."""
+        definition = self.catalog.get(agent)
+        if self.conversations is None or definition is None or not conversation.is_turn(request):
+            return request
+        answering = self.catalog.get(definition.combiner) if definition.is_ensemble and definition.combiner else None
+        try:
+            history = await conversation.history_for(self.nc, self.conversations, tenant, answering or definition,
+                                                     request)
+        except (eventlog.EventLogError, nats.errors.Error, nats.js.errors.Error, TimeoutError) as err:
+            log.warning("run %s: its conversation could not be read (%s); it runs without history", request.run_id,
+                        err)
+            return request
+        return request.model_copy(update={"history": history}) if history else request
+
     def _open_fresh(self, msg: Msg, tenant: str, agent: str, request: RunRequest) -> _Opened | None:
         """The fast path for a first delivery of a plain agent's run: its model call starts at
         once, while ``run.queued`` (if missing) and ``run.started`` are written concurrently. If
@@ -368,15 +440,19 @@ class AgentRunner:
         request's first delivery, so the write is tried before any read (one round trip when the
         run is new). Raises RuntimeError if the event cannot be read back."""
         if not first:
-            last = await eventlog.last_event(self.nc, subject)
+            # A decision (where this attempt starts): the leader's answer, not a replica's, which
+            # may be behind (agentstream.eventlog).
+            last = await eventlog.retrying(lambda: eventlog.last_event_from_leader(self.nc, subject))
             if last is not None:
                 return last
         try:
             seq = await write_queued(self.nc, tenant, agent, request)
+            if not request.logged:  # it came over the bus directly: the run log has no entry yet
+                self._background(runlog.write(self.nc, tenant, runlog.submitted_entry(agent, request)))
             return StoredEvent(seq=seq, subject=subject, type=E.RUN_QUEUED, data=b"")
         except eventlog.WriteConflict:
             pass  # the run has events already
-        last = await eventlog.last_event(self.nc, subject)
+        last = await eventlog.retrying(lambda: eventlog.last_event_from_leader(self.nc, subject))
         if last is None:
             raise RuntimeError(f"{subject}: run.queued was stored but cannot be read back")
         return last
@@ -393,8 +469,31 @@ class AgentRunner:
             flush_bytes=self.settings.delta_flush_bytes,
             event_max_bytes=self.settings.event_max_bytes,
             storage_patience=self.settings.storage_patience,
+            on_end=self._logger(tenant, agent, request),
             metrics=metrics.RunMetrics.of(tenant, agent, self.catalog.agents),
         )
+
+    def _logger(
+        self, tenant: str, agent: str, request: RunRequest
+    ) -> Callable[[str, BaseModel, str | None], Awaitable[None]]:
+        """What a run's writer does once its terminal event is stored: the run log's ending entry."""
+
+        async def log_end(event_type: str, data: BaseModel, answer: str | None) -> None:
+            entry = runlog.submitted_entry(agent, request).model_copy(update={
+                "kind": runlog.ended_kind(event_type), "ended_at": datetime.now(UTC),
+                "duration_ms": getattr(data, "duration_ms", None),
+                "usage": usage.model_dump() if isinstance(usage := getattr(data, "usage", None), Usage) else None,
+                "error": error.model_dump() if isinstance(error := getattr(data, "error", None), ErrorInfo) else None,
+                "answer": answer[: runlog.MESSAGE_CHARS] if answer else None,
+            })
+            await runlog.write(self.nc, tenant, entry)
+
+        return log_end
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
     async def _open(self, msg: Msg, tenant: str, agent: str, request: RunRequest) -> _Opened:
         """Decide what this delivery does, and write its first events.
@@ -416,7 +515,7 @@ class AgentRunner:
             await writer.emit(E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt))
             return _Opened(writer, attempt)
 
-        history = resume.fold(await eventlog.read_list(self.nc, subject))
+        history = resume.fold(await self._history(subject, last.seq))
         if history.crashed_attempts >= self.settings.runner_max_attempts:
             await self._give_up(writer, tenant, agent, request, msg, history.crashed_attempts)
             return _Opened(None, attempt)
@@ -436,6 +535,18 @@ class AgentRunner:
         await writer.emit(E.RUN_RETRYING, E.RunRetryingData(attempt=attempt, reason=why, resume_step=superseded))
         await writer.emit(E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt))
         return _Opened(writer, attempt, continuation, history)
+
+    async def _history(self, subject: str, last_seq: int) -> list[StoredEvent]:
+        """The run's events up to ``last_seq`` (its latest, as the leader said): re-read while a
+        replica's answer stops short of it (agentstream.eventlog)."""
+
+        async def read() -> list[StoredEvent]:
+            events = await eventlog.read_list(self.nc, subject)
+            if not events or events[-1].seq < last_seq:
+                raise eventlog.EventLogError(f"{subject}: this replica has not got event {last_seq} yet")
+            return events
+
+        return await eventlog.retrying(read)
 
     async def _give_up(self, writer: RunEventWriter, tenant: str, agent: str, request: RunRequest, msg: Msg,
                        attempts: int) -> None:
@@ -487,7 +598,7 @@ class AgentRunner:
             return
         ctx = RunContext(
             tenant=tenant, agent=answering, request=request, writer=writer, llm=self.llm, endpoint=endpoint,
-            tools=self.tools, skills=self.catalog.skills_of(answering),
+            tools=self.tools, skills=self.catalog.skills_of(answering), mcp=self.mcp,
         )
         work = self._ensemble(ctx, agent, opened) if agent.is_ensemble else run_agent(ctx, opened.plan)
         loop_task = asyncio.create_task(work)
@@ -616,10 +727,7 @@ class AgentRunner:
             try:
                 last = await self._last_event_or_queued(subject, tenant, agent, request, first=True)
                 if not E.is_terminal(last.type):
-                    writer = RunEventWriter(self.nc, subject, {
-                        "run_id": run_id, "tenant": tenant, "agent": agent, "message_id": request.message_id,
-                        "attempt": 1,
-                    }, last.seq, metrics=metrics.RunMetrics.of(tenant, agent, self.catalog.agents))
+                    writer = self._writer(subject, tenant, agent, request, 1, last.seq)
                     await writer.emit(E.RUN_FAILED, E.RunFailedData(reason=reason, error=error))
             except (eventlog.WriteConflict, eventlog.EventLogError, RuntimeError) as write_err:
                 log.warning("could not record the refused request's failure: %s", write_err)

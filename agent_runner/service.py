@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from agent_runner.runner import AgentRunner
+from agentstream import llmsse_env
 from agentstream.agents import load_agents
 from agentstream.bus import close, connect
 from agentstream.logs import announce
@@ -24,7 +26,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     ``/metrics``) and
     ``agent-runner ready: <id>`` once pulling.
     """
-    catalog = load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern)
+    for message in llmsse_env.warnings(os.environ, settings, llmsse_env.RUNNER_VARIABLES):
+        log.warning("%s", message)
+    catalog = load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern,
+                          mcp_stdio_commands=settings.mcp_stdio_commands)
     for error in catalog.errors:
         log.error("agent file problem: %s", error)
     log.info("agents: %s", ", ".join(sorted(catalog.agents)) or "none")

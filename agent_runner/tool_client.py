@@ -3,8 +3,10 @@
 Each attempt asks for progress messages (``Agentstream-Progress: 1``), so a tool runner that dies
 mid-call is noticed after three missed progress intervals instead of at the end of the tool's
 whole budget; the call is then retried on another tool runner of the queue group (tenacity:
-exponential backoff with jitter). "No responders" (no tool runner up) is retried the same way
-until the budget runs out. Every attempt carries the same idempotency key
+exponential backoff with jitter). "No responders" (no tool runner serves the tool right now) is
+retried the same way until the budget runs out when the tool was served a moment ago (its tool
+runner is restarting), and ends the call at once with ``tool_unavailable`` when no tool runner
+serves it (agent_runner.tool_directory). Every attempt carries the same idempotency key
 ``{run_id}:{step}:{tool_call_id}``, so a tool runner that already has the result returns it
 instead of running the tool again.
 
@@ -24,6 +26,7 @@ from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
+from agent_runner.tool_directory import ToolDirectory
 from agentstream import tracing
 from agentstream.retry import first_then_retry
 from schemas import headers as H
@@ -36,6 +39,14 @@ log = logging.getLogger(__name__)
 
 class _Retry(Exception):
     """An attempt that may succeed on another try (no responders, silent or dead tool runner)."""
+
+
+class _NoResponders(_Retry):
+    """No tool runner took the call (nats "no responders")."""
+
+
+class _Unserved(Exception):
+    """No tool runner serves the tool: no point in retrying."""
 
 
 @dataclass
@@ -52,11 +63,14 @@ class ToolOutcome:
 
 
 class ToolClient:
-    """Calls tools for one agent runner. ``progress_interval``: seconds asked between progress messages."""
+    """Calls tools for one agent runner. ``progress_interval``: seconds asked between progress
+    messages; ``restart_grace``: seconds a tool last seen served is taken to be restarting when no
+    tool runner answers (``TOOL_RESTART_GRACE``, agent_runner.tool_directory)."""
 
-    def __init__(self, nc: NATS, *, progress_interval: float = 1.0):
+    def __init__(self, nc: NATS, *, progress_interval: float = 1.0, restart_grace: float = 30.0):
         self.nc = nc
         self.progress_interval = progress_interval
+        self.directory = ToolDirectory(nc, restart_grace=restart_grace)
 
     async def call(
         self,
@@ -93,11 +107,20 @@ class ToolClient:
                 progress_interval=self.progress_interval,
             )
             try:
-                return await self._attempt(subject, idempotency_key, request, remaining)
+                result = await self._attempt(subject, idempotency_key, request, remaining)
+            except _NoResponders as err:
+                if await self.directory.unserved(tool):
+                    raise _Unserved from err
+                last_problem = str(err)
+                log.info("tool %s call %s attempt %d: %s; retrying", tool, tool_call_id, attempts, err)
+                raise
             except _Retry as err:
                 last_problem = str(err)
                 log.info("tool %s call %s attempt %d: %s; retrying", tool, tool_call_id, attempts, err)
                 raise
+            if result.runner is not None:
+                self.directory.saw(tool)
+            return result
 
         try:
             result = await first_then_retry(
@@ -109,6 +132,13 @@ class ToolClient:
                     retry=retry_if_exception_type(_Retry),
                     reraise=True,
                 ),
+            )
+        except _Unserved:
+            return ToolOutcome(
+                ok=False,
+                error=ErrorInfo(type="tool_unavailable", message=f"no tool runner serves {tool} (TOOL_RUNNER_TOOLS)"),
+                ms=round((time.perf_counter() - started) * 1000, 3),
+                attempts=attempts,
             )
         except (_Retry, TimeoutError):
             ms = (time.perf_counter() - started) * 1000
@@ -152,7 +182,7 @@ class ToolClient:
                     raise _Retry(f"no word from a tool runner for {silence:g} s") from None
                 hdrs = msg.headers or {}
                 if hdrs.get(H.STATUS) == "503":
-                    raise _Retry("no tool runner serves it")
+                    raise _NoResponders("no tool runner took the call")
                 if hdrs.get(H.TOOL_PROGRESS):
                     continue
                 if hdrs.get(H.SERVICE_ERROR_CODE):

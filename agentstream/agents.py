@@ -28,6 +28,7 @@ from agentstream import yamlload
 from agentstream.beneath import BeneathError, open_beneath, read_capped
 from agentstream.settings import Settings
 from schemas.agents import AgentDefinition, key_env_allowed, key_env_refusal
+from schemas.mcp import command_allowed, command_refusal
 from schemas.subjects import is_token
 
 MAX_FILE_BYTES = 256 * 1024
@@ -151,15 +152,16 @@ def read_beneath(dir_fd: int, rel: str, *, dir_path: str | None = None) -> tuple
 
 
 def parse_agent(
-    raw: str, rel: str, *, key_env_pattern: str | None = None
+    raw: str, rel: str, *, key_env_pattern: str | None = None, mcp_stdio_commands: str | None = None
 ) -> tuple[AgentDefinition | None, list[AgentFileError]]:
     """Parse and validate the text of one agent file named ``rel``. Returns the agent (None if
     invalid) and its errors (file, field, reason).
 
     Refused besides what :class:`AgentDefinition` refuses: YAML aliases (field: where the alias
     stands), a parsed document larger than :data:`MAX_DOCUMENT_SIZE` (see
-    :func:`agentstream.yamlload.document_size`), and an ``llm.api_key_env`` that does not match
-    ``key_env_pattern`` (LLM_KEY_ENV_PATTERN; None: its default).
+    :func:`agentstream.yamlload.document_size`), an ``llm.api_key_env`` that does not match
+    ``key_env_pattern`` (LLM_KEY_ENV_PATTERN; None: its default), and a stdio MCP server whose
+    ``command`` is not in ``mcp_stdio_commands`` (MCP_STDIO_COMMANDS; None: its default, empty).
     """
     try:
         doc = yamlload.load(raw)
@@ -184,16 +186,25 @@ def parse_agent(
     key_env = agent.llm.api_key_env if agent.llm else None
     if key_env is not None and not key_env_allowed(key_env, pattern):
         return None, [AgentFileError(rel, "llm.api_key_env", key_env_refusal(key_env, pattern))]
+    commands = mcp_stdio_commands if mcp_stdio_commands is not None else Settings().mcp_stdio_commands
+    refused = [AgentFileError(rel, f"mcp_servers.{i}.command", command_refusal(server.command, commands))
+               for i, server in enumerate(agent.mcp_servers)
+               if server.command is not None and not command_allowed(server.command, commands)]
+    if refused:
+        return None, refused
     return agent, []
 
 
-def load_agents(directory: Path, *, key_env_pattern: str | None = None) -> AgentCatalog:
+def load_agents(
+    directory: Path, *, key_env_pattern: str | None = None, mcp_stdio_commands: str | None = None
+) -> AgentCatalog:
     """Load every ``*.yaml`` / ``*.yml`` directly in ``directory`` plus its skills.
 
     Files are read through one descriptor of ``directory`` (see :func:`read_beneath`: symlinks
     that leave it, FIFOs, devices and oversized files are errors of their file).
     ``key_env_pattern``: the globs ``llm.api_key_env`` must match (LLM_KEY_ENV_PATTERN; None: its
-    default). Never raises for a bad file; a missing directory is one catalog error.
+    default); ``mcp_stdio_commands``: the commands stdio MCP servers may be (MCP_STDIO_COMMANDS;
+    None: its default). Never raises for a bad file; a missing directory is one catalog error.
     """
     directory = Path(directory)
     catalog = AgentCatalog(directory=directory)
@@ -208,7 +219,8 @@ def load_agents(directory: Path, *, key_env_pattern: str | None = None) -> Agent
             if problem is not None:
                 catalog.errors.append(problem)
                 continue
-            agent, errors = parse_agent(raw, rel, key_env_pattern=key_env_pattern)
+            agent, errors = parse_agent(raw, rel, key_env_pattern=key_env_pattern,
+                                        mcp_stdio_commands=mcp_stdio_commands)
             if agent is not None:
                 missing = [s for s in agent.skills if s not in catalog.skills]
                 if missing:

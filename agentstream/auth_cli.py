@@ -14,7 +14,14 @@ import asyncio
 import sys
 from pathlib import Path
 
-from agentstream.natsauth import AuthError, AuthStore, reload_server
+from agentstream.natsauth import (
+    CLUSTER_CONFIG_FILE,
+    SERVER_CONFIG_FILE,
+    AuthError,
+    AuthStore,
+    reload_server,
+    write_secret,
+)
 from agentstream.settings import Settings
 from schemas.permissions import Role, tenant_inbox_prefix
 from schemas.subjects import is_token
@@ -26,19 +33,38 @@ def auth_store(settings: Settings) -> AuthStore:
     return AuthStore(settings.data_dir / "auth")
 
 
-def pid_file(settings: Settings) -> Path:
-    """Where the embedded nats-server of ``agentstream up`` writes its pid."""
-    return settings.data_dir / "nats.pid"
+def pid_files(settings: Settings) -> list[Path]:
+    """Where the embedded nats-servers of ``agentstream up`` write their pids: the single server's
+    ``nats.pid``, and each cluster node's (agentstream.natsserver.NatsCluster) that exists."""
+    return [settings.data_dir / "nats.pid", *sorted((settings.data_dir / "nats-cluster").glob("n*/nats.pid"))]
 
 
-def nats_config(settings: Settings, *, write: bool = False) -> int:
+def reload_servers(settings: Settings) -> bool:
+    """Make every running embedded nats-server re-read its configuration; True if any did."""
+    results = [reload_server(path) for path in pid_files(settings)]
+    return any(results)
+
+
+def nats_config(settings: Settings, *, write: bool = False, cluster_routes: list[str] | None = None) -> int:
     """Print the ``authorization`` block for an existing nats-server; create missing component
-    seeds; ``write``: also write it to the auth directory (``nats-auth.conf``)."""
+    seeds; ``write``: also write it to the auth directory (``nats-auth.conf``); ``cluster_routes``
+    (``host:port`` of every server's routes): also write ``nats-cluster.conf``, the configuration
+    every server of such a cluster loads (it includes ``nats-auth.conf``; each server is named on
+    its command line, ``--name``)."""
     store = auth_store(settings)
     store.ensure_components()
     print(store.server_config())
     if write:
         print(f"# written to {store.write_server_config()}", file=sys.stderr)
+    if cluster_routes:
+        from agentstream.natsserver import cluster_config
+
+        port = cluster_routes[0].rsplit(":", 1)[-1]
+        text = cluster_config(name="agentstream", listen=f"0.0.0.0:{port}", routes=cluster_routes,
+                              password=store.route_password(), include=Path(SERVER_CONFIG_FILE))
+        path = store.directory / CLUSTER_CONFIG_FILE
+        write_secret(path, text.encode())
+        print(f"# cluster configuration for {', '.join(cluster_routes)} written to {path}", file=sys.stderr)
     print(
         f"# Add this to the server's configuration and reload it (nats-server --signal reload).\n"
         f"# Each component then connects with NATS_CREDS={store.directory}/<role>.nk "
@@ -86,7 +112,7 @@ def creds(settings: Settings, tenant: str, *, revoke: bool) -> int:
             return 2
         store.ensure_components()
         store.write_server_config()
-        applied = reload_server(pid_file(settings))
+        applied = reload_servers(settings)
         print(f"revoked the credentials of tenant {tenant!r}"
               + ("; the running nats-server closed its connections" if applied else
                  "; no running embedded nats-server: re-run `agentstream nats-config` for an external one"))
@@ -103,7 +129,7 @@ def creds(settings: Settings, tenant: str, *, revoke: bool) -> int:
     store.ensure_components()
     path = store.issue_tenant(tenant)
     store.write_server_config()
-    applied = reload_server(pid_file(settings))
+    applied = reload_servers(settings)
     print(f"wrote {path} (mode 0600; keep it secret)")
     inbox = tenant_inbox_prefix(tenant)
     print("connect with nats-py:")

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from weakref import WeakSet
 
 import nats
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -115,16 +117,38 @@ def jetstream(nc: NATS) -> JetStreamContext:
     return js
 
 
+CLUSTER_NOT_READY = frozenset({
+    10005,  # "no suitable peers for placement": the cluster's servers have not all joined yet
+    10008,  # "JetStream system temporarily unavailable": no meta leader (yet, or an election)
+    10023,  # "insufficient resources": peers not known yet
+})
+"""JetStream API error codes (nats-server ``server/errors.json``) that a cluster answers while it
+forms or elects a leader: worth retrying, unlike a refused configuration."""
+
+
+def jetstream_not_ready(err: BaseException) -> bool:
+    """True for errors that mean "JetStream is not available right now" (a server just started, a
+    cluster forming or electing a leader, the connection moving to another server), not "no"."""
+    if isinstance(err, (nats.errors.TimeoutError, TimeoutError, nats.errors.NoRespondersError,
+                        nats.errors.ConnectionReconnectingError, nats.js.errors.ServiceUnavailableError)):
+        return True
+    if isinstance(err, nats.js.errors.APIError):
+        return err.err_code in CLUSTER_NOT_READY or (err.code is not None and int(err.code) >= 500)
+    return False
+
+
 async def declare(nc: NATS, settings: Settings) -> None:
     """Declare the streams, buckets and shared consumers (admin identity, or no authentication).
-    Idempotent; retried while JetStream is not yet available (a server that just started)."""
+    Idempotent; retried while JetStream is not yet available (a server that just started, a
+    cluster still forming: :func:`jetstream_not_ready`)."""
     js = nc.jetstream()
     configs = streams.stream_configs(
         run_dedupe_window=settings.run_dedupe_window,
         events_max_age=settings.run_events_max_age,
         dead_letter_max_age=settings.dead_letter_max_age,
+        replicas=settings.stream_replicas,
     )
-    buckets = streams.kv_configs(run_index_max_age=settings.run_events_max_age)
+    buckets = streams.kv_configs(run_index_max_age=settings.run_events_max_age, replicas=settings.stream_replicas)
     delay = 0.1
     for _ in range(50):
         try:
@@ -132,8 +156,10 @@ async def declare(nc: NATS, settings: Settings) -> None:
             await streams.ensure_buckets(js, buckets)
             await streams.ensure_consumers(js, ack_wait=settings.runner_ack_wait)
             return
-        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as err:
-            log.warning("jetstream not ready (%s); retrying", err)
+        except Exception as err:  # filtered just below
+            if not jetstream_not_ready(err):
+                raise
+            log.warning("jetstream not ready (%s: %s); retrying", type(err).__name__, err)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
     raise RuntimeError("JetStream did not become available: is the server started with -js?")
@@ -151,9 +177,9 @@ async def setup(settings: Settings, *, within: float = 30.0) -> None:
 
 
 TOPOLOGY = (
-    S.AGENT_RUNS_STREAM, S.RUN_EVENTS_STREAM, S.RUN_CONTROL_STREAM, S.RUN_DEAD_LETTERS_STREAM,
+    S.AGENT_RUNS_STREAM, S.RUN_EVENTS_STREAM, S.RUN_CONTROL_STREAM, S.RUN_DEAD_LETTERS_STREAM, S.RUN_LOG_STREAM,
     *(f"KV_{b}" for b in (S.TENANTS_BUCKET, S.RATE_LIMITS_BUCKET, S.STREAM_COUNTS_BUCKET, S.RUN_INDEX_BUCKET,
-                          S.TOOL_RESULTS_BUCKET)),
+                          S.TOOL_RESULTS_BUCKET, S.CONVERSATIONS_BUCKET)),
 )
 """The streams (and bucket streams) every component needs."""
 
@@ -178,7 +204,9 @@ async def ensure_topology(nc: NATS, settings: Settings, *, poll: float = 1.0) ->
                 await js.stream_info(name)
             except nats.js.errors.NotFoundError:
                 missing.append(name)
-            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
+            except Exception as err:  # filtered just below
+                if not jetstream_not_ready(err):
+                    raise
                 missing.append(name)
         if not missing:
             return

@@ -1,6 +1,7 @@
 """The ``agentstream`` command.
 
     agentstream up                    everything on this machine (embedded NATS unless NATS_URL)
+    agentstream up --nats-cluster 3   the same on a 3-server JetStream cluster (streams in 3 replicas)
     agentstream edge                  one edge             (same as: python -m edge)
     agentstream agent-runner          one agent runner     (python -m agent_runner)
     agentstream tool-runner           one tool runner      (python -m tool_runner)
@@ -30,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the command; returns the exit code."""
     parser = argparse.ArgumentParser(prog="agentstream", description="Run YAML-defined LLM agents as services.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start NATS (embedded), the built-in model, edge, agent runner and tool runner")
+    up = sub.add_parser("up", help="start NATS (embedded), the built-in model, edge, agent runner and tool runner")
+    up.add_argument("--nats-cluster", type=int, metavar="N",
+                    help="start N embedded nats-servers as one JetStream cluster (AGENTSTREAM_NATS_CLUSTER)")
     sub.add_parser("edge", help="run one edge (HTTP API)")
     sub.add_parser("agent-runner", help="run one agent runner")
     sub.add_parser("tool-runner", help="run one tool runner")
@@ -53,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                                  help="print the nats-server users and permissions (creates component identities)")
     nats_config.add_argument("--write", action="store_true",
                              help="also write them to AGENTSTREAM_DATA_DIR/auth/nats-auth.conf")
+    nats_config.add_argument("--cluster-routes", metavar="HOST:PORT,...",
+                             help="also write auth/nats-cluster.conf for a cluster whose servers' routes are these "
+                                  "(with a route password kept in auth/cluster-route.secret)")
     sub.add_parser("nats-setup", help="declare streams, buckets and consumers with the admin identity (NATS_CREDS)")
     creds = sub.add_parser("creds", help="write (or revoke) the NATS credentials of a tenant's own services")
     creds.add_argument("tenant")
@@ -77,13 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         from agentstream import auth_cli
 
         if args.command == "nats-config":
-            return auth_cli.nats_config(settings, write=args.write)
+            routes = [r.strip() for r in (args.cluster_routes or "").split(",") if r.strip()]
+            return auth_cli.nats_config(settings, write=args.write, cluster_routes=routes or None)
         if args.command == "nats-setup":
             return auth_cli.nats_setup(settings)
         return auth_cli.creds(settings, args.tenant, revoke=args.revoke)
     if args.command == "agents":
         return _agents_check(Path(args.directory) if args.directory else settings.agents_dir, args.json,
-                             settings.llm_key_env_pattern)
+                             settings.llm_key_env_pattern, settings.mcp_stdio_commands)
     if args.command == "chat":
         from agentstream.chat_cli import chat as run_chat
 
@@ -92,7 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     from agentstream.runtime import run
 
     if args.command == "up":
+        from dataclasses import replace
+
         from agentstream.supervisor import Supervisor
+
+        if args.nats_cluster is not None:
+            if args.nats_cluster < 1:
+                print("configuration error: --nats-cluster: at least 1 server", file=sys.stderr)
+                return 2
+            settings = replace(settings, nats_cluster=args.nats_cluster)
 
         return run(lambda stop: Supervisor(settings).run(stop), settings, component=None)
     if args.command == "edge":
@@ -107,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     return run(lambda stop: serve(settings, stop), settings, component=component)
 
 
-def _agents_check(directory: Path, as_json: bool, key_env_pattern: str) -> int:
+def _agents_check(directory: Path, as_json: bool, key_env_pattern: str, mcp_stdio_commands: str) -> int:
     from agentstream.agents import load_agents
 
-    catalog = load_agents(directory, key_env_pattern=key_env_pattern)
+    catalog = load_agents(directory, key_env_pattern=key_env_pattern, mcp_stdio_commands=mcp_stdio_commands)
     if as_json:
         print(json.dumps({
             "directory": str(directory),

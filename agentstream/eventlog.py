@@ -8,15 +8,22 @@ single-message form, so the batch request is made here on the documented wire fo
 
 Writes (:func:`append`) are conditional on the subject's last sequence
 (``Nats-Expected-Last-Subject-Sequence``), which makes each run's subject single-writer.
+
+In a JetStream cluster every replica of a stream answers direct gets from its own store (ADR-31),
+so a read may come from a replica a few messages behind the leader (one that is catching up after a
+restart, or has not applied the latest write yet). Readers that must not act on a stale answer (a
+writer deciding whether its own write was stored) ask the stream leader instead
+(:func:`last_event_from_leader`); readers that can wait re-read (edge.feed). A read in flight when
+a server dies times out: :func:`retrying` retries reads for a while instead of failing a run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 import nats.errors
@@ -24,7 +31,7 @@ import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
-from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from agentstream.bus import jetstream
@@ -212,15 +219,15 @@ async def read_list(nc: NATS, filter_subject: str, after_seq: int = 0) -> list[S
 
 
 async def last_event(
-    nc: NATS, filter_subject: str, *, timeout: float = 5.0  # noqa: ASYNC109 - passed on to nc.request
+    nc: NATS, filter_subject: str, *, timeout: float = 5.0,  # noqa: ASYNC109 - passed on to nc.request
+    stream: str = subjects.RUN_EVENTS_STREAM,
 ) -> StoredEvent | None:
-    """The latest event on ``filter_subject`` (wildcards allowed), or None if there is none."""
+    """The latest message on ``filter_subject`` (wildcards allowed) of ``stream`` (default
+    RUN_EVENTS), or None if there is none. Raises EventLogError."""
     try:
-        msg = await nc.request(
-            f"{DIRECT_GET.format(stream=subjects.RUN_EVENTS_STREAM)}.{filter_subject}", b"", timeout=timeout
-        )
+        msg = await nc.request(f"{DIRECT_GET.format(stream=stream)}.{filter_subject}", b"", timeout=timeout)
     except NoRespondersError:
-        raise EventLogError("no JetStream responders for RUN_EVENTS") from None
+        raise EventLogError(f"no JetStream responders for {stream}") from None
     except TimeoutError:
         raise EventLogError(f"timed out reading {filter_subject}") from None
     hdrs = msg.headers or {}
@@ -230,6 +237,45 @@ async def last_event(
     if status:
         raise EventLogError(f"direct get of {filter_subject} failed: {status} {hdrs.get(H.DESCRIPTION, '')}")
     return StoredEvent.from_message(msg.subject, hdrs, msg.data)
+
+
+async def last_event_from_leader(
+    nc: NATS, subject: str, *, timeout: float = 5.0  # noqa: ASYNC109 - passed on to the request
+) -> StoredEvent | None:
+    """The latest event on ``subject`` as the stream leader has it (``$JS.API.STREAM.MSG.GET``,
+    which only the leader answers), or None. Unlike :func:`last_event` never stale; costs the
+    leader an API call, so only for decisions (was this write stored?). Raises EventLogError."""
+    try:
+        raw = await jetstream(nc).get_last_msg(subjects.RUN_EVENTS_STREAM, subject)
+    except NotFoundError:
+        return None
+    except (nats.errors.TimeoutError, NoRespondersError, APIError) as err:
+        raise EventLogError(f"reading {subject} from the stream leader: {type(err).__name__}: {err}") from None
+    hdrs = raw.headers or {}
+    return StoredEvent(seq=raw.seq or 0, subject=raw.subject or subject, type=hdrs.get(H.EVENT_TYPE, ""),
+                       data=raw.data or b"", msg_id=hdrs.get(H.MSG_ID))
+
+
+T = TypeVar("T")
+
+READ_RETRY_SECONDS = 30.0
+"""How long :func:`retrying` keeps re-trying a read (a leader election takes seconds)."""
+
+
+async def retrying(read: Callable[[], Awaitable[T]], *, within: float = READ_RETRY_SECONDS) -> T:
+    """``await read()``, retried with backoff while it raises EventLogError (a read in flight when
+    a server died, no responders during an election), for up to ``within`` seconds; then the last
+    EventLogError is raised."""
+    return await first_then_retry(
+        read,
+        lambda err: isinstance(err, EventLogError),
+        lambda: AsyncRetrying(
+            stop=stop_after_delay(within),
+            wait=wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1),
+            retry=retry_if_exception_type(EventLogError),
+            reraise=True,
+        ),
+    )
 
 
 async def first_event(nc: NATS, filter_subject: str) -> StoredEvent | None:
@@ -317,6 +363,10 @@ async def append(
                 raise
             try:
                 stored = await last_event(nc, subject)
+                if stored is None or stored.msg_id != msg_id:
+                    # A replica's answer may be behind the leader (module doc): ask the leader
+                    # before calling it a conflict.
+                    stored = await last_event_from_leader(nc, subject)
             except EventLogError as read_err:
                 raise _Transient(str(read_err)) from None
             if stored is not None and stored.msg_id == msg_id:

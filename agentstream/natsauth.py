@@ -7,6 +7,9 @@ Everything lives in one directory (``AGENTSTREAM_DATA_DIR/auth`` for ``agentstre
     tenants/acme.nk                                        a tenant's seed   (mode 0600)
     identities.json                                        public keys only  (mode 0600)
     nats-auth.conf                                         the server's users and permissions
+    cluster-route.secret, nats-cluster.conf                a cluster's route password and the
+                                                           servers' configuration (0600; only
+                                                           with ``nats-config --cluster-routes``)
 
 A seed file is what nats-py reads with ``nats.connect(nkeys_seed=PATH)``: the client proves it
 holds the seed by signing the server's nonce; the server keeps only public keys, so its
@@ -19,6 +22,7 @@ Seeds are written with ``os.open(..., 0o600)`` and never logged.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -37,6 +41,8 @@ log = logging.getLogger(__name__)
 SEED_SUFFIX = ".nk"
 IDENTITIES_FILE = "identities.json"
 SERVER_CONFIG_FILE = "nats-auth.conf"
+CLUSTER_CONFIG_FILE = "nats-cluster.conf"
+ROUTE_PASSWORD_FILE = "cluster-route.secret"
 TENANTS_DIR = "tenants"
 
 
@@ -180,6 +186,17 @@ class AuthStore:
         """The ``authorization`` block for nats-server (JSON, which nats-server's configuration
         format accepts), to include in a server's configuration file."""
         return json.dumps({"authorization": {"users": self.server_users()}}, indent=2)
+
+    def route_password(self) -> str:
+        """The password a cluster's routes authenticate with: read from the auth directory, or made
+        (random, mode 0600) and kept there, so a server restarted later still joins the others."""
+        path = self.directory / ROUTE_PASSWORD_FILE
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            password = base64.urlsafe_b64encode(os.urandom(24)).decode().rstrip("=")
+            write_secret(path, password.encode())
+            return password
 
     def write_server_config(self) -> Path:
         """Write :meth:`server_config` to :attr:`server_config_path` (mode 0600); returns the path."""

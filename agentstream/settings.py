@@ -52,6 +52,16 @@ class Settings:
         "AGENTSTREAM_NATS_PORT", 4222,
         "Port for the embedded nats-server; a free port is used if it is taken.",
     )
+    nats_cluster: int = _setting(
+        "AGENTSTREAM_NATS_CLUSTER", 1,
+        "Servers `agentstream up` starts for its embedded NATS (`--nats-cluster N`): 1, or 3 or 5 for a JetStream "
+        "cluster on loopback (client ports from `AGENTSTREAM_NATS_PORT` on; docs/scaling.md).",
+    )
+    stream_replicas: int = _setting(
+        "STREAM_REPLICAS", 1,
+        "Copies of every stream and bucket a JetStream cluster keeps (1 to 5; at most the cluster's size). "
+        "`agentstream up --nats-cluster N` uses min(N, 3) unless this is set.",
+    )
     # -- agents
     agents_dir: Path = _setting(
         "AGENTS_DIR", REPO_ROOT / "agents", "Directory of agent YAML files (skills in its `skills/`)."
@@ -130,7 +140,20 @@ class Settings:
     )
     # -- agent runner
     runner_id: str = _setting("RUNNER_ID", "", "Name of this runner process in events and logs (default host-pid).")
-    runner_concurrency: int = _setting("AGENT_RUNNER_CONCURRENCY", 16, "Runs one agent runner works on at once.")
+    runner_concurrency: int = _setting(
+        "AGENT_RUNNER_CONCURRENCY", 0,
+        "Most runs one agent runner works on at once; 0: as many as its memory and CPU allow "
+        "(AGENT_RUNNER_MEMORY_BUDGET, AGENT_RUNNER_MAX_LOOP_LAG), up to 10,000.",
+    )
+    runner_memory_budget: int = _setting(
+        "AGENT_RUNNER_MEMORY_BUDGET", 0,
+        "Resident memory (bytes) above which an agent runner takes no more runs; 0: half the memory available "
+        "when it starts.",
+    )
+    runner_max_loop_lag: float = _setting(
+        "AGENT_RUNNER_MAX_LOOP_LAG", 0.1,
+        "Seconds an agent runner's event loop may run late (its CPU is saturated) before it takes no more runs.",
+    )
     runner_ack_wait: float = _setting(
         "AGENT_RUNNER_ACK_WAIT", 30.0,
         "Seconds without a progress signal before a run is handed to another runner.",
@@ -157,12 +180,19 @@ class Settings:
     )
     metrics_bind: str = _setting(
         "METRICS_BIND", "127.0.0.1:0",
-        "host:port where an agent runner or tool runner answers GET /healthz and GET /metrics (port 0: a free port, "
-        "printed at start-up). The edge serves both on EDGE_BIND instead.",
+        "host:port where an edge, agent runner or tool runner answers GET /healthz and GET /metrics without a key "
+        "(port 0: a free port, printed at start-up as `<component> health: <url>`). Keep it off the network "
+        "tenants reach (docs/security.md).",
     )
     tool_progress_interval: float = _setting(
         "TOOL_PROGRESS_INTERVAL", 1.0,
         "Seconds between a tool runner's progress signals; 3 missed ones mean it died and the call is retried.",
+    )
+    tool_restart_grace: float = _setting(
+        "TOOL_RESTART_GRACE", 30.0,
+        "Seconds after a tool was last seen served during which a call finding no tool runner for it is retried "
+        "until the agent's tool_timeout (its tool runner is restarting); a tool no tool runner has served for "
+        "longer, or ever, fails at once with tool_unavailable.",
     )
     # -- streams
     run_dedupe_window: float = _setting(
@@ -209,6 +239,40 @@ class Settings:
         "Longest a read_file or list_dir may take, waiting for a free thread included (seconds); past it the call "
         "answers `timeout`.",
     )
+    tool_runner_tools: str = _setting(
+        "TOOL_RUNNER_TOOLS", "",
+        "Comma-separated tools this tool runner serves (read_file, list_dir, http_request). Unset: all. Each kind "
+        "of tool can then be scaled on its own (docs/scaling.md).",
+    )
+    # -- MCP (Model Context Protocol)
+    mcp_stdio_commands: str = _setting(
+        "MCP_STDIO_COMMANDS", "",
+        "Comma-separated commands an agent file's stdio MCP server may start (`command`, compared exactly as "
+        "written: `python`, `npx`, `/opt/mcp/files-server`); the tool runner starts them as its own user. Unset: "
+        "no stdio MCP servers (an agent declaring one is an error of its file). Set it for every component.",
+    )
+    mcp_allow_hosts: str = _setting(
+        "MCP_ALLOW_HOSTS", "",
+        "Comma-separated host or host:port of MCP servers (`url`) tool runners may reach even if they are not "
+        "public addresses (loopback, private, link-local: refused otherwise, as for http_request).",
+    )
+    mcp_connect_timeout: float = _setting(
+        "MCP_CONNECT_TIMEOUT", 20.0,
+        "Longest a tool runner waits to start or reach an MCP server and initialize its session (seconds).",
+    )
+    mcp_idle_timeout: float = _setting(
+        "MCP_IDLE_TIMEOUT", 300.0,
+        "Seconds an MCP session may stay unused before its tool runner closes it (a stdio server's process ends).",
+    )
+    mcp_tools_cache: float = _setting(
+        "MCP_TOOLS_CACHE", 60.0,
+        "Seconds an agent runner reuses an MCP server's tool list before asking a tool runner again.",
+    )
+    mcp_list_timeout: float = _setting(
+        "MCP_LIST_TIMEOUT", 15.0,
+        "Longest a run waits at its start for an MCP server's tool list (seconds); past it the run goes on "
+        "without that server's tools.",
+    )
     # -- all
     shutdown_grace: float = _setting(
         "SHUTDOWN_GRACE", 30.0, "Seconds a stopping component lets in-flight work finish before handing it back."
@@ -223,8 +287,7 @@ class Settings:
         "METRICS_MAX_TENANTS", 0,
         "Run, submit and queue metrics name each tenant in a `tenant` label while this process knows at most this "
         "many tenants (the edge: its keys file; runners: the TENANTS bucket); otherwise, and by default (0), every "
-        "tenant is counted as `_all`. The edge's /metrics needs no key: naming tenants there shows them to anyone "
-        "who reaches it (README, Observability).",
+        "tenant is counted as `_all` (README, Observability).",
     )
     otel_exporter_otlp_endpoint: str | None = _setting(
         "OTEL_EXPORTER_OTLP_ENDPOINT", None,
@@ -238,6 +301,10 @@ class Settings:
             raise ValueError(f"LOG_FORMAT={self.log_format!r}: expected one of {', '.join(LOG_FORMATS)}")
         if self.metrics_max_tenants < 0:
             raise ValueError(f"METRICS_MAX_TENANTS={self.metrics_max_tenants}: expected 0 or more")
+        if not 1 <= self.stream_replicas <= 5:
+            raise ValueError(f"STREAM_REPLICAS={self.stream_replicas}: JetStream keeps 1 to 5 replicas")
+        if self.nats_cluster < 1:
+            raise ValueError(f"AGENTSTREAM_NATS_CLUSTER={self.nats_cluster}: at least 1 server")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

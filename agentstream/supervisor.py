@@ -1,6 +1,9 @@
 """``agentstream up``: everything on one machine, each component its own OS process.
 
-1. nats-server with JetStream (embedded, unless NATS_URL points at a server),
+1. nats-server with JetStream (embedded, unless NATS_URL points at a server), or with
+   ``--nats-cluster N`` (``AGENTSTREAM_NATS_CLUSTER``) a JetStream cluster of N servers on loopback,
+   its streams and buckets kept in ``STREAM_REPLICAS`` copies (default min(N, 3)), every component
+   given every server's URL,
 2. the built-in model (unless LLM_BASE_URL is set),
 3. the edge, one agent runner and one tool runner,
 
@@ -17,10 +20,11 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 
+from agentstream import llmsse_env
 from agentstream.bus import setup
 from agentstream.logs import announced
 from agentstream.natsauth import AuthStore
-from agentstream.natsserver import EmbeddedNats
+from agentstream.natsserver import EmbeddedNats, NatsCluster
 from agentstream.settings import Settings
 from schemas.permissions import Role
 
@@ -58,7 +62,7 @@ class Supervisor:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.nats: EmbeddedNats | None = None
+        self.nats: EmbeddedNats | NatsCluster | None = None
         self.auth: AuthStore | None = None
         self.components: list[Component] = []
         self.stopping = False
@@ -68,18 +72,39 @@ class Supervisor:
         """Run until ``stop``; returns the exit code."""
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
+        # llm-sse's settings: named once here, with what to set instead (the components, started
+        # without them, do not repeat it).
+        llmsse = llmsse_env.EDGE_VARIABLES + llmsse_env.RUNNER_VARIABLES
+        for message in llmsse_env.warnings(env, self.settings, llmsse):
+            self._say("agentstream", f"warning: {message}")
+        for name in llmsse:
+            env.pop(name, None)
         if not self.settings.nats_url:
             config = None
             if self.settings.nats_auth:
                 self.auth = AuthStore(self.settings.data_dir / "auth")
                 self.auth.ensure_components()
                 config = self.auth.write_server_config()
-            self.nats = EmbeddedNats(self.settings.data_dir / "nats", port=self.settings.nats_port, config=config)
-            url = await asyncio.to_thread(self.nats.start)
-            env["NATS_URL"] = url
             how = (f"authentication on (identities in {self.auth.directory})" if self.auth is not None
                    else "NO authentication (AGENTSTREAM_NATS_AUTH=false): anyone who reaches the port may do anything")
-            self._say("nats", f"embedded nats-server with JetStream on {url} (store: {self.nats.store_dir}); {how}")
+            size = self.settings.nats_cluster
+            if size > 1:
+                cluster = NatsCluster(self.settings.data_dir / "nats-cluster", size, port=self.settings.nats_port,
+                                      auth_config=config)
+                self.nats = cluster
+                url = await asyncio.to_thread(cluster.start, 60.0)
+                if "STREAM_REPLICAS" not in os.environ:
+                    self.settings = replace(self.settings, stream_replicas=min(size, 3))
+                env["STREAM_REPLICAS"] = str(self.settings.stream_replicas)
+                self._say("nats", f"embedded JetStream cluster of {size} nats-servers on {url} (stores under "
+                                  f"{cluster.base_dir}; routes with their own password); streams and buckets "
+                                  f"with {self.settings.stream_replicas} replica(s); {how}")
+            else:
+                single = EmbeddedNats(self.settings.data_dir / "nats", port=self.settings.nats_port, config=config)
+                self.nats = single
+                url = await asyncio.to_thread(single.start)
+                self._say("nats", f"embedded nats-server with JetStream on {url} (store: {single.store_dir}); {how}")
+            env["NATS_URL"] = url
         else:
             self._say("nats", f"using NATS_URL={self.settings.nats_url}")
         try:

@@ -9,7 +9,8 @@ The W3C trace context (``traceparent``, ``tracestate``: W3C Trace Context §3) t
   crash, reads the same context and its run span joins the run's trace,
 - in the headers of each tool call request (``tools.{tenant}.{tool}``) and of an ensemble's
   member runs,
-- on the model server request (``POST …/chat/completions``).
+- on the model server request (``POST …/chat/completions``; the httpx instrumentation's span,
+  :func:`instrument_httpx`).
 
 Spans are exported with OTLP over HTTP (protobuf) when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set;
 the SDK's own variables (``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_BSP_SCHEDULE_DELAY``,
@@ -23,19 +24,21 @@ along into every process.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from opentelemetry import trace
+import httpx
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
 __all__ = [
-    "Headers", "Span", "SpanKind", "current", "current_trace_id", "enabled", "end_span", "inject", "mark_error",
-    "setup", "shutdown", "span", "start_span",
+    "AttributeValue", "Headers", "Span", "SpanKind", "current", "current_trace_id", "enabled", "end_span", "inject",
+    "mark_error", "setup", "shutdown", "span", "start_span",
 ]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -73,9 +76,27 @@ def setup(service: str, endpoint: str | None, *, instance: str | None = None) ->
     provider = TracerProvider(resource=Resource.create(attributes))
     # The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT (and …_TRACES_ENDPOINT, headers, timeout) itself.
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    # Instrumentation libraries inject with the global propagator: the trace context only, as ours.
+    propagate.set_global_textmap(_PROPAGATOR)
+    # The httpx instrumentation's attributes under the stable HTTP semantic conventions
+    # (``http.request.method``, ``http.response.status_code``), as our own spans; a value the
+    # operator set wins.
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
     _state["provider"] = provider
     _state["tracer"] = provider.get_tracer("agentstream")
     return True
+
+
+def instrument_httpx(client: httpx.AsyncClient) -> None:
+    """Make every request of ``client`` a client span of the current trace, its context sent in
+    ``traceparent`` (opentelemetry-instrumentation-httpx, HTTP semantic conventions: method,
+    ``url.full`` without credentials, status). Nothing when tracing is off: the client stays as it is."""
+    provider = _state["provider"]
+    if provider is None:
+        return
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)
 
 
 def shutdown() -> None:

@@ -56,6 +56,12 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             x = fair[key]["b_start_delay_ms"]
             rows.append((f"tenant B's start delay behind A's backlog of {fair[key]['backlog']:,}, {key[0]} runner(s)",
                          "≤ 1 s p50", f"{_f(x['p50'])} ms p50, {_f(x['p99'])} ms p99", x["p50"] <= 1000))
+    listing = r.get("listing", {})
+    for key, label in (("runs", "GET /api/runs?limit=20"), ("agent_status", "GET /api/agents/{name}/status?limit=20")):
+        if key in listing:
+            x = listing[key]["ms"]
+            rows.append((f"{label} with {listing['stored_runs']:,} runs stored", "≤ 50 ms p50",
+                         f"{_f(x['p50'])} ms p50, {_f(x['p99'])} ms p99", x["p50"] <= 50))
     t = r.get("run_throughput", {}).get("bench-one-step")
     if t:
         rows.append(("one-step runs per second, one runner", "≥ 300", _f(t["1_runner"]["runs_per_s"]),
@@ -63,6 +69,12 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         cores = r.get("machine", {}).get("cores") or 0
         rows.append(("two runners vs one", "≥ 1.6× where cores allow", f"{_f(t['scaling_ratio'], 2)}× ({cores} cores)",
                      t["scaling_ratio"] >= 1.6 if cores >= 4 else None))
+    ts = r.get("tool_scaling")
+    if ts:
+        rows.append(("latency-bound tool calls per second, 2 tool runners vs 1", "≥ 1.9×",
+                     f"{_f(ts['scaling_2_vs_1'], 2)}×", ts["scaling_2_vs_1"] >= 1.9))
+        rows.append(("latency-bound tool calls per second, 4 tool runners vs 1", "≥ 3.6×",
+                     f"{_f(ts['scaling_4_vs_1'], 2)}×", ts["scaling_4_vs_1"] >= 3.6))
     f = r.get("fan_out", {}).get("5000")
     if f:
         rows.append(
@@ -81,6 +93,19 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     return rows
 
 
+def _dates(r: dict[str, Any]) -> list[str]:
+    """A line naming when each scenario was measured, when a partial run (``BENCH_ONLY``) made
+    them differ; none otherwise."""
+    dates = r.get("dates") or {}
+    if len(set(dates.values())) <= 1:
+        return []
+    by_date: dict[str, list[str]] = {}
+    for name, date in dates.items():
+        by_date.setdefault(str(date), []).append(f"`{name}`")
+    return ["", "Scenarios measured on different days: " + "; ".join(
+        f"{date}: {', '.join(names)}" for date, names in sorted(by_date.items())) + "."]
+
+
 def _share(value: float, ceiling: float | None) -> str:
     """``value`` as a percentage of ``ceiling`` ("—" without a ceiling)."""
     return f"{value / ceiling:.0%}" if ceiling else "—"
@@ -96,6 +121,7 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         f"{m.get('nats_server')}, {m.get('platform')}. Everything (nats-server, the model server, the edge, "
         "the runners and the load clients) shares this one machine. Regenerate with `make bench` "
         "(`bench/results.json` has every number).",
+        *_dates(r),
         "",
         "## Targets (issue 6)",
         "",
@@ -229,6 +255,23 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
             lines.append(f"| {key[0]} | {_f(x[key]['calls_per_s'], 0)} | {_share(x[key]['calls_per_s'], c)} | "
                          f"{x[key]['by_runner']} |")
         lines += [f"| scaling | {_f(x['scaling_ratio'], 2)}× | | |", ""]
+    if "tool_scaling" in r:
+        x = r["tool_scaling"]
+        lines += ["## 6b. Tool runners scaling out (a latency-bound tool)", "",
+                  "`http_request` to a loopback server that answers each request after "
+                  f"{_f(x['tool_latency_ms'], 0)} ms; "
+                  f"each tool runner executes at most {x['concurrency_per_runner']} calls at once "
+                  f"(`TOOL_RUNNER_CONCURRENCY`), so it can finish at most {_f(x['ceiling_per_runner_per_s'], 0)} "
+                  f"calls per second; {x['in_flight']} calls are kept in flight for {_f(x['seconds'], 0)} s.", "",
+                  "| tool runners | calls/s | share of the runners' ceiling | call latency p50 / p99 (ms) "
+                  "| calls per runner |", "|---|---|---|---|---|"]
+        for count in (1, 2, 4):
+            y = x[f"{count}_tool_runner"]
+            lines.append(f"| {count} | {_f(y['calls_per_s'], 0)} | "
+                         f"{_share(y['calls_per_s'], count * x['ceiling_per_runner_per_s'])} | "
+                         f"{_f(y['latency_ms']['p50'])} / {_f(y['latency_ms']['p99'])} | {y['by_runner']} |")
+        lines += [f"| scaling | 2 vs 1: {_f(x['scaling_2_vs_1'], 2)}×, 4 vs 1: {_f(x['scaling_4_vs_1'], 2)}× "
+                  "| | | |", ""]
     if "fairness" in r:
         lines += ["## 7. Fairness between tenants", "",
                   "Tenant A queues a backlog of one-second runs; tenant B then submits one run at a time. B's start "

@@ -11,6 +11,7 @@ the results elsewhere. It reports; it does not assert.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -90,7 +91,7 @@ class Bench:
 
     def __init__(self, base: Path):
         self.system: System = new_system(base, extra_agents=BENCH / "agents", LOG_LEVEL="WARNING",
-                                         AGENT_RUNNER_CONCURRENCY="64", TOOL_RUNNER_CONCURRENCY="64")
+                                         TOOL_RUNNER_CONCURRENCY="64")
         self.results: dict[str, Any] = {}
         self.runners = []
         self.tools = []
@@ -334,7 +335,7 @@ class Bench:
         procs = await asyncio.gather(
             *(
                 asyncio.to_thread(
-                    self.system.start_agent_runner, f"runner-{agent}-{runners}-{i}", AGENT_RUNNER_CONCURRENCY="64"
+                    self.system.start_agent_runner, f"runner-{agent}-{runners}-{i}"
                 )
                 for i in range(runners)
             )
@@ -455,6 +456,197 @@ class Bench:
         self.results["tool_throughput"] = out
 
 
+    # -- 9. many clients of llm-sse's endpoint, many runs on one runner
+
+    async def process_concurrency(self) -> None:
+        """``POST /api/process`` with an ensemble (two members, then the combiner) on the paced
+        stand-in model: the time to the final frame for one client, then for 50 at once."""
+        async with httpx.AsyncClient(base_url=self.edge_url, timeout=300) as client:
+
+            async def one() -> float:
+                body = {"message": "Why is the sky blue?", "message_id": uuid.uuid4().hex, "agent": "bench-trio"}
+                started = time.perf_counter()
+                async with client.stream("POST", "/api/process", json=body) as resp:
+                    async for line in resp.aiter_lines():
+                        if '"final":true' in line.replace(" ", ""):
+                            break
+                return time.perf_counter() - started
+
+            await one()  # warm
+            single = [await one() for _ in range(3 if QUICK else 5)]
+            many = await asyncio.gather(*(one() for _ in range(50)))
+        base = pct(single, 50)
+        self.results["process_concurrency"] = {
+            "one_client_s": dist(single), "fifty_clients_s": dist(list(many)),
+            "p50_ratio": pct(list(many), 50) / base, "slowest_ratio": max(many) / base,
+        }
+
+    async def many_runs(self) -> None:
+        """Runs streaming at the realistic pace (200 tokens at 50 tokens/s, 4 s each) arriving
+        steadily so that about 1,000 are in flight at once on one agent runner: do all complete?
+        added time to first token once that many are in flight; the runner's memory per run."""
+        from agentstream.runs import submit
+        from schemas.runs import RunRequest, new_run_id
+
+        in_flight = 300 if QUICK else 1000
+        duration = 4.0  # seconds a bench-realistic run streams
+        n = in_flight * 3  # a ramp of one run duration, then two at the full count
+        for proc in self.runners:
+            proc.terminate(20)
+        self.runners.clear()
+        runner = await asyncio.to_thread(self.system.start_agent_runner, "runner-many")
+        self.runners.append(runner)
+        assert runner.proc is not None
+        rss_before = rss_mib(runner.proc.pid)
+        async with httpx.AsyncClient(timeout=60) as client:  # the model's own time to first token
+            direct = [(await stream_completion(client, self.system.model_url + "/chat/completions",
+                                               "builtin:tokens=200,delay=0.02"))["ttft"] for _ in range(5)]
+        nc = await nats.connect(**self.system.connect_options(), pending_size=64 * 1024 * 1024)
+        submitted: dict[str, float] = {}
+        first: dict[str, float] = {}
+        ended: dict[str, str] = {}
+        done = asyncio.Event()
+
+        async def on_event(msg: Any) -> None:
+            run_id = msg.subject.rsplit(".", 1)[-1]
+            kind = (msg.headers or {}).get("Agentstream-Event", "")
+            if kind == "message.delta" and run_id not in first:
+                first[run_id] = time.perf_counter()
+            elif kind in ("run.completed", "run.failed", "run.cancelled"):
+                ended[run_id] = kind
+                if len(ended) == n:
+                    done.set()
+
+        sub = await nc.subscribe("live.runs.default.bench-realistic.*", cb=on_event)
+        peak, concurrent = rss_before, 0
+
+        async def sample() -> None:
+            nonlocal peak, concurrent
+            while not done.is_set():
+                peak = max(peak, rss_mib(runner.proc.pid))  # type: ignore[union-attr]
+                concurrent = max(concurrent, len(first) - len(ended))
+                await asyncio.sleep(0.5)
+
+        sampler = asyncio.create_task(sample())
+        started = time.perf_counter()
+        gap = duration / in_flight
+        pending = set()
+        for i in range(n):
+            run_id = new_run_id()
+            submitted[run_id] = time.perf_counter()
+            pending.add(asyncio.create_task(submit(nc, "default", "bench-realistic", RunRequest(
+                run_id=run_id, message_id=run_id, message="go"), index=None)))
+            delay = started + (i + 1) * gap - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await asyncio.gather(*pending)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 600)
+        elapsed = time.perf_counter() - started
+        done.set()
+        await sampler
+        await sub.unsubscribe()
+        await nc.close()
+        steady = [(first[r] - t) * 1000 for r, t in submitted.items() if r in first and t - started >= duration]
+        direct_ms = pct([d * 1000 for d in direct], 50)
+        self.results["many_runs"] = {
+            "target_in_flight": in_flight, "runs": n, "most_in_flight": concurrent,
+            "completed": sum(1 for k in ended.values() if k == "run.completed"), "ended": len(ended),
+            "seconds": elapsed, "steady_ttft_ms": dist(steady), "model_ttft_ms": direct_ms,
+            "added_ttft_ms_p50": pct(steady, 50) - direct_ms, "added_ttft_ms_p99": pct(steady, 99) - direct_ms,
+            "runner_rss_mib_before": rss_before, "runner_rss_mib_peak": peak,
+            "rss_kib_per_run": (peak - rss_before) * 1024 / max(concurrent, 1),
+        }
+        await self._drain()
+
+    # -- 8. listing runs
+
+    async def listing(self) -> None:
+        """``GET /api/runs?limit=20`` and ``GET /api/agents/{name}/status?limit=20`` with 10,000 stored
+        runs (the run log answers them: their time must not grow with the number of runs)."""
+        n = 2000 if QUICK else 10_000
+        await self._drain_rate("bench-one-step", n, 1)
+        samples = 30 if QUICK else 100
+        out: dict[str, Any] = {"stored_runs": n}
+        async with httpx.AsyncClient(base_url=self.edge_url, timeout=30) as client:
+            for name, path in (("runs", "/api/runs?limit=20"),
+                               ("agent_status", "/api/agents/bench-one-step/status?limit=20")):
+                times = []
+                for _ in range(samples):
+                    started = time.perf_counter()
+                    resp = await client.get(path)
+                    times.append((time.perf_counter() - started) * 1000)
+                    assert resp.status_code == 200, resp.text
+                out[name] = {"ms": dist(times), "returned": len(resp.json().get("runs") or [])}
+        self.results["listing"] = out
+
+    # -- 6b. tool runners scaling out on a latency-bound tool
+
+    async def tool_scaling(self) -> None:
+        """``http_request`` calls to a loopback server answering each request in 50 ms, with 1, 2
+        and 4 tool runners each limited to 8 calls at once (``TOOL_RUNNER_CONCURRENCY=8``), so one
+        tool runner can finish at most 160 calls per second: what adding tool runners adds, when
+        the tool's own latency, not the machine, is the limit. 64 calls are kept in flight."""
+        from agent_runner.tool_client import ToolClient
+
+        per_runner, delay, in_flight = 8, 0.05, 64
+        seconds = 3.0 if QUICK else 10.0
+        web = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.slowhttp", str(delay),
+                                                   stdout=asyncio.subprocess.PIPE, cwd=BENCH.parent)
+        try:
+            assert web.stdout is not None
+            url = (await web.stdout.readline()).decode().split("ready: ", 1)[1].strip()
+            host = url.removeprefix("http://")
+            for proc in self.tools:
+                proc.terminate(20)
+            self.tools.clear()
+            out: dict[str, Any] = {"tool_latency_ms": delay * 1000, "concurrency_per_runner": per_runner,
+                                   "in_flight": in_flight, "seconds": seconds,
+                                   "ceiling_per_runner_per_s": per_runner / delay}
+            for count in (1, 2, 4):
+                while len(self.tools) < count:
+                    self.tools.append(await asyncio.to_thread(
+                        self.system.start_tool_runner, f"web-{len(self.tools) + 1}",
+                        TOOL_RUNNER_CONCURRENCY=str(per_runner), TOOL_RUNNER_TOOLS="http_request",
+                        TOOL_HTTP_ALLOW_HOSTS=host))
+                nc = await nats.connect(**self.system.connect_options())
+                client = ToolClient(nc)
+                runners: dict[str, int] = {}
+                latencies: list[float] = []
+                failed = 0
+
+                async def caller(stop_at: float, tag: str, record: bool, client: ToolClient = client,
+                                 runners: dict[str, int] = runners, latencies: list[float] = latencies) -> int:
+                    nonlocal failed
+                    done = 0
+                    while time.perf_counter() < stop_at:
+                        started = time.perf_counter()
+                        outcome = await client.call(
+                            "default", "http_request", run_id="bench", tool_call_id=f"{tag}-{uuid.uuid4().hex}",
+                            idempotency_key=uuid.uuid4().hex, arguments={"url": f"{url}/x"}, budget=30)
+                        if record:
+                            done += 1
+                            latencies.append((time.perf_counter() - started) * 1000)
+                            runners[outcome.runner or "none"] = runners.get(outcome.runner or "none", 0) + 1
+                            failed += not outcome.ok
+                    return done
+
+                warm_until = time.perf_counter() + 1.0
+                await asyncio.gather(*(caller(warm_until, "warm", False) for _ in range(in_flight)))
+                started = time.perf_counter()
+                calls = sum(await asyncio.gather(*(caller(started + seconds, "run", True) for _ in range(in_flight))))
+                elapsed = time.perf_counter() - started
+                await nc.close()
+                out[f"{count}_tool_runner"] = {"calls": calls, "failed": failed, "calls_per_s": calls / elapsed,
+                                               "latency_ms": dist(latencies), "by_runner": runners}
+            one = out["1_tool_runner"]["calls_per_s"]
+            out["scaling_2_vs_1"] = out["2_tool_runner"]["calls_per_s"] / one
+            out["scaling_4_vs_1"] = out["4_tool_runner"]["calls_per_s"] / one
+        finally:
+            web.kill()
+            await web.wait()
+        self.results["tool_scaling"] = out
+
     # -- 7. fairness between tenants
 
     async def fairness(self) -> None:
@@ -539,7 +731,8 @@ async def main() -> None:
         bench.start()
         try:
             for name in ("nats_ceiling", "overhead", "submit_latency", "run_throughput", "fan_out", "idle_streams",
-                         "tool_throughput", "fairness"):
+                         "tool_throughput", "tool_scaling", "fairness", "listing", "process_concurrency",
+                         "many_runs"):
                 if os.environ.get("BENCH_ONLY") and name not in os.environ["BENCH_ONLY"].split(","):
                     continue
                 started = time.perf_counter()
@@ -557,7 +750,13 @@ def save(results: dict[str, Any]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     out = OUT / ("results.quick.json" if QUICK else "results.json")
     previous = json.loads(out.read_text()) if out.exists() and os.environ.get("BENCH_ONLY") else {}
-    merged = {**previous, **results}
+    # Each scenario keeps the date it was measured on: those merged from an earlier run keep theirs.
+    earlier = previous.get("machine", {}).get("date")
+    kept = previous.get("dates", {})
+    dates = {name: kept.get(name, earlier) for name in previous if name not in ("machine", "dates")}
+    today = results.get("machine", {}).get("date")
+    dates.update({name: today for name in results if name not in ("machine", "dates")})
+    merged = {**previous, **results, "dates": dates}
     out.write_text(json.dumps(merged, indent=2, default=str) + "\n")
     from bench.report import write_markdown
 

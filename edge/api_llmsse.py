@@ -20,10 +20,11 @@ from edge.dialects.llmsse import ProcessStream
 from edge.errors import ApiError
 from edge.feed import HEARTBEAT, EventFeed
 from edge.http import agent_for, cancel_later, json_body, open_stream, run_feed, sse_response, state, submit_run, tenant
+from edge.idempotency import claim, request_fingerprint
 from edge.state import EdgeState
 from schemas import subjects
 from schemas.common import MessageId
-from schemas.runs import RunRequest, run_id_for
+from schemas.runs import CLIENT_DISCONNECTED, PENDING_RUN_ID, RunRequest
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,12 @@ async def process() -> Response:
         raise ApiError(400, "invalid_request", "'message' must not be empty", "message")
     st = state()
     agent = agent_for(t, body.agent or st.settings.process_default_agent, field="agent")
-    run_id = run_id_for(t.name, agent.name, body.message_id)
-    request = RunRequest(run_id=run_id, message_id=body.message_id, message=body.message.strip(),
-                         conversation_id=body.conversation_id)
+    draft = RunRequest(run_id=PENDING_RUN_ID, message_id=body.message_id, message=body.message.strip(),
+                       conversation_id=body.conversation_id)
+    # llm-sse clients use message_id as a label: a different message under a used id is its own run.
+    run_id, _ = await claim(st, t.name, agent.name, body.message_id, request_fingerprint(agent.name, draft),
+                            on_reuse="new_run")
+    request = draft.model_copy(update={"run_id": run_id})
     lease = await open_stream(t)
     try:
         await submit_run(t, agent.name, request)
@@ -59,7 +63,8 @@ async def process() -> Response:
             lease.release()
         raise
     renderer = ProcessStream(body.message_id, body.conversation_id, agent=agent.name,
-                             source=agent.combiner or agent.name, members=len(agent.members))
+                             source=agent.combiner or agent.name, members=len(agent.members),
+                             min_success=agent.min_success)
     feed = run_feed(t.name, run_id, subjects.run_events(t.name, agent.name, run_id), lease=lease)
     return sse_response(_body(st, t.name, run_id, renderer, feed), {"X-Run-Id": run_id}, lease=lease)
 
@@ -80,4 +85,4 @@ async def _body(
                 return
     finally:
         if not complete:  # the client went away (or this edge is stopping): nobody reads the answer
-            cancel_later(st, tenant_name, run_id, "client disconnected")
+            cancel_later(st, tenant_name, run_id, CLIENT_DISCONNECTED)

@@ -9,7 +9,7 @@ from typing import Any
 import nats.js.errors
 import orjson
 from pydantic import Field
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 
 from agentstream import eventlog, sse
 from agentstream.health import HEALTH
@@ -36,11 +36,12 @@ from edge.http import (
     submit_run,
     tenant,
 )
+from edge.idempotency import claim, request_fingerprint
 from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.common import MessageId, Strict
-from schemas.events import is_terminal
-from schemas.runs import RunRequest, new_run_id, run_id_for
+from schemas.events import is_deleted, is_terminal
+from schemas.runs import PENDING_RUN_ID, RunRequest, new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -114,18 +115,22 @@ async def chat(name: str) -> Response:
     body = await json_body(ChatBody)
     if not body.message.strip():
         raise ApiError(422, "invalid_request", "'message' must not be empty", "message")
-    if body.message_id is not None:
-        run_id, message_id = run_id_for(t.name, agent.name, body.message_id), body.message_id
+    message_id = body.message_id or request.headers.get("Idempotency-Key")
+    field = "message_id" if body.message_id else "Idempotency-Key"
+    draft = RunRequest(run_id=PENDING_RUN_ID, message_id=message_id or PENDING_RUN_ID, message=body.message.strip(),
+                       conversation_id=body.conversation_id)
+    existing = False
+    if message_id:
+        run_id, existing = await claim(state(), t.name, agent.name, message_id,
+                                       request_fingerprint(agent.name, draft), field=field)
     else:
         run_id = message_id = new_run_id()
-    req = RunRequest(run_id=run_id, message_id=message_id, message=body.message.strip(),
-                     conversation_id=body.conversation_id)
-    submitted = await submit_run(t, agent.name, req)
+    submitted = await submit_run(t, agent.name, draft.model_copy(update={"run_id": run_id, "message_id": message_id}))
     return json_response({
         "status": "message_received",
         "message_id": message_id,
         "run_id": submitted.run_id,
-        "duplicate": submitted.duplicate,
+        "duplicate": submitted.duplicate or existing,
         "events_url": f"/api/runs/{submitted.run_id}/events",
     }, 202)
 
@@ -218,6 +223,8 @@ async def run_sse(run_id: str) -> Response:
         if entry is None:
             raise ApiError(404, "not_found", f"no run {run_id!r}", "run_id")
         subject = subjects.run_events(t.name, entry.agent, run_id)
+    elif is_deleted(latest.type):
+        raise ApiError(404, "not_found", f"no run {run_id!r} (it was deleted)", "run_id")
     else:
         if after and after >= latest.seq and is_terminal(latest.type):
             # Nothing left and nothing will come: 204 tells EventSource to stop reconnecting.

@@ -17,16 +17,17 @@ Checklist: ``openai-streaming.md``. Deliberate choices where it leaves room:
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from quart import Blueprint, Response
+from quart import request as http_request
 
 from agentstream import openai_format as oai
 from agentstream import sse
 from edge.auth import Tenant
+from edge.clienttools import check_client_tools
 from edge.dialects.openai import ChatStream, Collected, TextCompletionStream, collect, text_completion
 from edge.errors import ApiError, from_validation
 from edge.feed import HEARTBEAT, EventFeed
@@ -42,14 +43,14 @@ from edge.http import (
     submit_run,
     tenant,
 )
+from edge.idempotency import claim, request_fingerprint
 from edge.state import EdgeState
 from edge.streamcaps import Lease
 from schemas import events as E
 from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.common import ChatMessage, FunctionTool
-from schemas.runs import RunRequest, new_run_id
-from schemas.tools import BUILTIN_AGENT_TOOLS
+from schemas.runs import CLIENT_DISCONNECTED, PENDING_RUN_ID, RunRequest, new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,6 @@ PASS_THROUGH = frozenset({
     "repetition_penalty", "reasoning_effort",
 })
 """Request fields passed on to the agent's model; other unknown fields are accepted and ignored."""
-
-_FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -130,7 +128,9 @@ def error_response(err: ApiError) -> Response:
     return json_response(oai.error_body(err.message, kind, err.field, code), status, headers)
 
 
-def _model(t: Tenant, name: str) -> AgentDefinition:
+def model_agent(t: Tenant, name: str) -> AgentDefinition:
+    """The agent a request's ``model`` names, if the caller may use it; ApiError 404 with
+    ``code: "model_not_found"`` (OpenAI's) naming ``model`` otherwise."""
     try:
         return agent_for(t, name, field="model")
     except ApiError as err:
@@ -160,25 +160,10 @@ def _parameters(body: BaseModel) -> dict[str, Any]:
 def _client_tools(body: ChatCompletionBody, agent: AgentDefinition) -> list[FunctionTool]:
     if body.tool_choice == "none" or not body.tools:
         return []
-    taken = set(agent.actions) | set(BUILTIN_AGENT_TOOLS)
-    seen: set[str] = set()
     for i, tool in enumerate(body.tools):
         if tool.type != "function":
             raise ApiError(400, "invalid_request", f"tools[{i}]: only function tools are supported", f"tools.{i}.type")
-        name = tool.function.get("name")
-        if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
-            raise ApiError(400, "invalid_request", f"tools[{i}].function.name must match ^[A-Za-z0-9_-]{{1,64}}$",
-                           f"tools.{i}.function.name")
-        if name in taken:
-            raise ApiError(
-                400,
-                "invalid_request",
-                f"tool name {name!r} is taken by the agent's own tools",
-                f"tools.{i}.function.name",
-            )
-        if name in seen:
-            raise ApiError(400, "invalid_request", f"tool name {name!r} is given twice", f"tools.{i}.function.name")
-        seen.add(name)
+    check_client_tools(body.tools, agent, lambda i: f"tools.{i}.function.name")
     return list(body.tools)
 
 
@@ -213,6 +198,27 @@ def _split(messages: list[ChatMessage]) -> tuple[str | None, list[ChatMessage]]:
     return None, messages
 
 
+async def _identified(t: Tenant, agent: AgentDefinition, draft: RunRequest) -> RunRequest:
+    """``draft`` with its run id: a new one, or, with an ``Idempotency-Key`` header, the run that key
+    names (the same request again; a different request with a used key is 409); and with an
+    ``X-Conversation-Id`` header, the conversation it continues (send only the new messages then:
+    the earlier turns are added by the server)."""
+    conversation_id = http_request.headers.get("X-Conversation-Id")
+    if conversation_id is not None:
+        if not 0 < len(conversation_id) <= 200:
+            raise ApiError(400, "invalid_request", "X-Conversation-Id must be 1 to 200 characters", "X-Conversation-Id")
+        draft = draft.model_copy(update={"conversation_id": conversation_id})
+    key = http_request.headers.get("Idempotency-Key")
+    if not key:
+        run_id = new_run_id()
+        return draft.model_copy(update={"run_id": run_id, "message_id": run_id})
+    if len(key) > 200:
+        raise ApiError(400, "invalid_request", "Idempotency-Key must be at most 200 characters", "Idempotency-Key")
+    run_id, _ = await claim(state(), t.name, agent.name, key, request_fingerprint(agent.name, draft),
+                            field="Idempotency-Key")
+    return draft.model_copy(update={"run_id": run_id, "message_id": key})
+
+
 async def _start_run(t: Tenant, agent: AgentDefinition, request: RunRequest, *, stream: bool) -> Lease | None:
     """Submit the run; for a streamed answer first take a place among the key's open streams
     (429 over ``max_streams``), returned as the lease the stream holds."""
@@ -241,7 +247,7 @@ async def _collect_run(tenant_name: str, agent: str, run_id: str) -> Collected:
                 break
     finally:
         if not ended:
-            cancel_later(st, tenant_name, run_id, "client disconnected")
+            cancel_later(st, tenant_name, run_id, CLIENT_DISCONNECTED)
     return collect(bodies)
 
 
@@ -295,7 +301,7 @@ async def _stream_body(
         yield sse.DONE
     finally:
         if not complete:
-            cancel_later(st, tenant_name, run_id, "client disconnected")
+            cancel_later(st, tenant_name, run_id, CLIENT_DISCONNECTED)
 
 
 @bp.post("/chat/completions")
@@ -304,7 +310,7 @@ async def chat_completions() -> Response:
     is in the ``X-Run-Id`` header."""
     t = tenant()
     body: ChatCompletionBody = await _body(ChatCompletionBody)
-    agent = _model(t, body.model)
+    agent = model_agent(t, body.model)
     if body.n is not None and body.n > 1:
         raise ApiError(400, "unsupported", "n > 1 is not supported: an agent run gives one answer", "n")
     if body.functions:
@@ -317,9 +323,10 @@ async def chat_completions() -> Response:
     if choice is not None:
         parameters["tool_choice"] = choice
     message, history = _split(body.messages)
-    run_id = new_run_id()
-    request = RunRequest(run_id=run_id, message_id=run_id, message=message, history=history,
-                         tools=client_tools, parameters=parameters)
+    request = await _identified(t, agent, RunRequest(
+        run_id=PENDING_RUN_ID, message_id=PENDING_RUN_ID, message=message, history=history, tools=client_tools,
+        parameters=parameters))
+    run_id = request.run_id
     lease = await _start_run(t, agent, request, stream=bool(body.stream))
     completion_id, created = f"chatcmpl-{run_id}", oai.now()
     headers = {"X-Run-Id": run_id}
@@ -343,7 +350,7 @@ async def completions() -> Response:
     """``POST /v1/completions`` (legacy text completions), streaming or not."""
     t = tenant()
     body: CompletionBody = await _body(CompletionBody)
-    agent = _model(t, body.model)
+    agent = model_agent(t, body.model)
     for name, bad, why in (
         ("n", (body.n or 1) > 1, "n > 1 is not supported"),
         ("best_of", (body.best_of or 1) > 1, "best_of > 1 is not supported"),
@@ -360,8 +367,9 @@ async def completions() -> Response:
         prompt = prompt[0]
     if not prompt.strip():
         raise ApiError(400, "invalid_request", "prompt must not be empty", "prompt")
-    run_id = new_run_id()
-    request = RunRequest(run_id=run_id, message_id=run_id, message=prompt, parameters=_parameters(body))
+    request = await _identified(t, agent, RunRequest(
+        run_id=PENDING_RUN_ID, message_id=PENDING_RUN_ID, message=prompt, parameters=_parameters(body)))
+    run_id = request.run_id
     lease = await _start_run(t, agent, request, stream=bool(body.stream))
     completion_id, created = f"cmpl-{run_id}", oai.now()
     headers = {"X-Run-Id": run_id}
@@ -393,5 +401,5 @@ async def list_models() -> Response:
 @bp.get("/models/<path:model_id>")
 async def get_model(model_id: str) -> Response:
     """``GET /v1/models/{model}``: one agent as a model; 404 naming ``model`` if unknown."""
-    return json_response(_model_object(_model(tenant(), model_id)))
+    return json_response(_model_object(model_agent(tenant(), model_id)))
 

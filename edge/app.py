@@ -1,7 +1,9 @@
 """The edge: agentstream's only HTTP surface (Quart, served by Hypercorn).
 
 It authenticates, validates, stores run requests in JetStream and renders run events as SSE, in
-the native vocabulary (``/api``), LocalAI's (``/api/agents/{name}/sse``) and OpenAI's (``/v1``).
+the native vocabulary (``/api``), LocalAI's (``/api/agents/{name}/sse``), llm-sse's
+(``/api/process``), OpenAI's (``/v1``: chat completions and the Responses API) and AG-UI's
+(``/ag-ui/{name}``), and the Model Context Protocol's (``/mcp``: the agents as MCP tools).
 It keeps no run state of its own: any number of edges can serve the same runs.
 """
 
@@ -17,9 +19,22 @@ from werkzeug.exceptions import HTTPException
 from agentstream.agents import AgentCatalog, load_agents
 from agentstream.bus import close
 from agentstream.settings import Settings
-from edge import api_llmsse, api_native, api_openai, guard, metrics, ui
+from edge import (
+    api_agui,
+    api_conversations,
+    api_llmsse,
+    api_mcp,
+    api_native,
+    api_openai,
+    api_responses,
+    api_runs,
+    guard,
+    metrics,
+    ui,
+)
 from edge.auth import Authenticator
 from edge.bodylimit import WholeBodyFirst
+from edge.disconnect import EndOnDisconnect
 from edge.errors import ApiError
 from edge.gate import admit
 from edge.state import EdgeState
@@ -35,10 +50,12 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
     app.config["BODY_TIMEOUT"] = 60
     # Answers the client can read. Quart documents wrapping asgi_app so; mypy forbids assigning to a method.
     app.asgi_app = WholeBodyFirst(app.asgi_app, settings.edge_max_body)  # type: ignore[method-assign]
+    app.asgi_app = EndOnDisconnect(app.asgi_app)  # type: ignore[method-assign]  # streams of departed clients end
     state = EdgeState(
         settings=settings,
         auth=auth or Authenticator.from_file(settings.keys_file),
-        catalog=catalog or load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern),
+        catalog=catalog or load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern,
+                                       mcp_stdio_commands=settings.mcp_stdio_commands),
     )
     app.extensions["agentstream"] = state
     guard.install(app, settings)  # Host, ?api_key=, Origin and Content-Type rules, before any route
@@ -47,15 +64,21 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
         cors(
             app,
             allow_origin="*" if "*" in origins else origins,
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Mcp-Protocol-Version"],
             allow_methods=["GET", "POST", "OPTIONS"],
             expose_headers=["X-Run-Id"],
             max_age=600,
         )
     app.register_blueprint(api_native.bp)
+    app.register_blueprint(api_runs.bp)
+    app.register_blueprint(api_conversations.bp)
     app.register_blueprint(api_openai.bp)
+    app.register_blueprint(api_responses.bp)
     app.register_blueprint(api_llmsse.bp)
     app.register_blueprint(ui.bp)
+    app.register_blueprint(api_agui.bp)
+    app.register_blueprint(api_mcp.bp)
+    mcp_endpoint = app.extensions["agentstream.mcp"] = api_mcp.McpEndpoint()
     metrics.install(app, settings.metrics_max_tenants)
     metrics.known_tenants(state.auth.policies)
     background: list[asyncio.Task[None]] = []
@@ -70,12 +93,14 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
             log.error("agent file problem: %s", error)
         if state.auth.open:
             log.warning("no KEYS_FILE: serving the single tenant 'default' to every caller, no key needed")
+        await mcp_endpoint.start()
         background.append(asyncio.create_task(state.connect()))
         if state.auth.path is not None:
             background.append(asyncio.create_task(state.watch_keys_file()))
 
     @app.after_serving
     async def shutdown() -> None:
+        await mcp_endpoint.stop()
         for task in background:
             task.cancel()
         if state.hub is not None:

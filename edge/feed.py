@@ -12,6 +12,11 @@ feed re-reads from the stream where the client is when it catches up. Memory per
 bounded and nothing is dropped. The same re-read repairs gaps: a live event whose
 ``Nats-Last-Sequence`` is not the last one yielded (a re-published message lost while the edge
 was reconnecting), a reconnect to NATS, and a periodic check at each heartbeat.
+
+In a JetStream cluster a re-read may be answered by a replica a little behind the leader that
+re-published the live event (agentstream.eventlog): when a re-read after a gap stops short of the
+live event that revealed it, the feed reads again shortly (:data:`BEHIND_RETRY`), instead of
+waiting for the next live event or the periodic check.
 """
 
 from __future__ import annotations
@@ -46,12 +51,15 @@ Heartbeat = Literal[_Signal.HEARTBEAT]
 
 RECHECK_EVERY = 4
 """A quiet feed re-reads the stream every this many heartbeats (a safety net, see EventFeed)."""
+BEHIND_RETRY = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+"""Seconds before each new read when a re-read stopped short of a live event already seen (a
+replica behind the leader answered it); then the periodic check takes over."""
 
 
 class Watcher:
     """A bounded mailbox of live events for one feed."""
 
-    __slots__ = ("closed", "events", "hub", "key", "limit", "overflowed", "ready")
+    __slots__ = ("_waiter", "closed", "events", "hub", "key", "limit", "overflowed", "ready")
 
     def __init__(self, key: tuple[str, str, str], limit: int, hub: LiveHub | None = None):
         self.hub = hub
@@ -60,7 +68,31 @@ class Watcher:
         self.events: deque[StoredEvent] = deque()
         self.overflowed = False
         self.closed = False
-        self.ready = asyncio.Event()
+        self.ready = False
+        self._waiter: asyncio.Future[bool] | None = None
+
+    def _wake(self) -> None:
+        self.ready = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(True)
+
+    async def wait(self, seconds: float) -> bool:
+        """Wait until something is offered (True) or ``seconds`` pass (False).
+
+        A plain future and a timer, no task and no ``asyncio.timeout``: Python 3.11's timeout and
+        wait_for can lose a cancellation that arrives as the timeout expires (CPython gh-86296),
+        which left the stream of a client that had gone away running, unseen, for ever.
+        """
+        if self.ready:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(seconds, _settle, waiter, False)
+        try:
+            return bool(await waiter)
+        finally:
+            timer.cancel()
+            self._waiter = None
 
     def offer(self, event: StoredEvent) -> None:
         """Buffer one live event; past ``limit`` drop the buffer and mark the feed for a re-read."""
@@ -72,26 +104,31 @@ class Watcher:
                     self.hub.overflows += 1
             else:
                 self.events.append(event)
-        self.ready.set()
+        self._wake()
 
     def resync(self) -> None:
         """Ask the feed to re-read from the stream (after a reconnect)."""
         self.overflowed = True
         self.events.clear()
-        self.ready.set()
+        self._wake()
 
     def close(self) -> None:
         """End the feed (the edge is shutting down; the client will resume elsewhere)."""
         self.closed = True
-        self.ready.set()
+        self._wake()
 
     def take(self) -> tuple[list[StoredEvent], bool]:
         """The buffered events and whether the feed must re-read; clears both."""
         events, overflowed = list(self.events), self.overflowed
         self.events.clear()
         self.overflowed = False
-        self.ready.clear()
+        self.ready = False
         return events, overflowed
+
+
+def _settle(waiter: asyncio.Future[bool], value: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(value)
 
 
 class LiveHub:
@@ -228,6 +265,8 @@ class EventFeed:
                 return
             reread = True  # the stored events first
             quiet = 0
+            seen = 0  # the highest sequence of a live event not yielded (a gap revealed it)
+            behind = 0  # re-reads in a row that stopped short of ``seen``
             while True:
                 if reread:
                     async for batch in self._stored():
@@ -235,12 +274,16 @@ class EventFeed:
                     if self._done:
                         return
                     reread = False
-                try:
-                    async with asyncio.timeout(self.heartbeat):  # no task per wait, unlike wait_for
-                        await watcher.ready.wait()
-                except TimeoutError:
+                    behind = behind + 1 if seen > self.last else 0
+                wait = self.heartbeat
+                if 0 < behind <= len(BEHIND_RETRY):
+                    wait = min(wait, BEHIND_RETRY[behind - 1])
+                if not await watcher.wait(wait):
                     if watcher.closed:
                         return
+                    if wait < self.heartbeat:  # read again: the stream's answer was behind
+                        reread = True
+                        continue
                     yield HEARTBEAT
                     quiet += 1
                     # A safety net: nothing can have been missed unless a re-published event was
@@ -261,6 +304,7 @@ class EventFeed:
                         # A hole: something between the last yielded event and this one. Every
                         # live event was stored before it was re-published: re-read the rest.
                         reread = True
+                        seen = max(seen, events[-1].seq)
                         break
                     self.last = ev.seq
                     out.append(ev)

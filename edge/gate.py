@@ -28,8 +28,9 @@ from edge.errors import ApiError
 from edge.ratelimit import Decision, Limit
 from edge.state import EdgeState
 
-PUBLIC_PATHS = frozenset({"/healthz", "/metrics"}) | ui.PAGE_PATHS
-"""Paths served without a key: the health check, the metrics (edge.metrics) and the web page (edge.ui)."""
+PUBLIC_PATHS = frozenset({"/healthz"}) | ui.PAGE_PATHS
+"""Paths served without a key: the health check and the web page (edge.ui). The metrics are not
+served here but on METRICS_BIND (edge.metrics)."""
 PUBLIC_ENDPOINTS = frozenset({"ui.static_file"})
 """Routes served without a key whatever their path: the web page's files under ``/static/``."""
 SSE_GET_ENDPOINTS = frozenset({"native.run_sse", "native.agent_sse"})

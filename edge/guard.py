@@ -15,7 +15,9 @@ Checked in this order (:func:`check`), each refusal an :class:`ApiError` naming 
 2. ``?api_key=`` is taken only on the SSE routes (``GET /api/runs/{id}/events``,
    ``GET /api/agents/{name}/sse``), where a browser ``EventSource`` cannot send headers;
    elsewhere it is a ``401``, field ``api_key`` (a key in a URL ends up in logs and histories).
-3. A ``POST`` from a web page of another origin is refused, ``403``, field ``Origin``, unless
+3. A ``POST`` (and any request to ``/mcp``: the MCP spec asks servers to check ``Origin`` on
+   every connection, 2025-11-25, Transports, "Security Warning") from a web page of another
+   origin is refused, ``403``, field ``Origin``, unless
    ``EDGE_CORS_ORIGINS`` lists that origin (or is ``*``). The origin is the ``Origin`` header
    (which browsers send with every ``POST``, Fetch standard §3.1); the edge's own origin is the
    one whose host and port are the request's ``Host``. Without ``Origin``, a
@@ -27,7 +29,7 @@ Checked in this order (:func:`check`), each refusal an :class:`ApiError` naming 
    without a preflight, so a JSON body is also what makes every cross-origin ``POST`` go through
    the CORS preflight, which only ``EDGE_CORS_ORIGINS`` pass.
 
-``OPTIONS`` (preflights) and other methods meet rules 1 and 2 only. ``/healthz`` meets none:
+``OPTIONS`` (preflights) and other methods meet rules 1 and 2 only (and 3 on ``/mcp``). ``/healthz`` meets none:
 health probes address the edge by its IP address (Kubernetes sends the pod's IP as ``Host``), and
 it shows no tenant's data.
 """
@@ -45,6 +47,8 @@ from agentstream.settings import Settings
 from edge.errors import ApiError
 from edge.gate import PUBLIC_PATHS, SSE_GET_ENDPOINTS
 
+ORIGIN_CHECKED_PATHS = frozenset({"/mcp"})
+"""Paths whose every request (not only a POST) meets the Origin rule."""
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 """Names every edge serves unless EDGE_ALLOWED_HOSTS says otherwise (IPv6 without brackets)."""
 _WILDCARDS = ("0.0.0.0", "::", "")
@@ -158,7 +162,7 @@ def check(
                        "?api_key= is taken only by the SSE routes (GET /api/runs/{id}/events, "
                        "GET /api/agents/{name}/sse), for a browser EventSource; send 'Authorization: Bearer KEY'",
                        "api_key")
-    if method != "POST":
+    if method != "POST" and path not in ORIGIN_CHECKED_PATHS:
         return
     if origin is not None:
         if not _origin_allowed(origin, parsed, cors_origins):
@@ -169,7 +173,7 @@ def check(
         raise ApiError(403, "forbidden",
                        "requests from web pages of other sites are not allowed (Sec-Fetch-Site: cross-site); the "
                        "operator lists the origins that may call this edge in EDGE_CORS_ORIGINS", "Origin")
-    if mimetype != "application/json":
+    if method == "POST" and mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type",
                        "send the body as JSON with 'Content-Type: application/json'", "Content-Type")
 

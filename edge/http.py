@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import nats.errors
 import nats.js.errors
 import orjson
 from pydantic import BaseModel, ValidationError
-from quart import Response, current_app, g, request
+from quart import Response, current_app, g, has_request_context, request
 
-from agentstream import eventlog, logs, sse, tracing
+from agentstream import conversations, eventlog, logs, sse, tracing
 from agentstream.runs import SubmitError, Submitted, read_index, submit
 from agentstream.runstate import RunRecord, fold
 from edge import metrics
@@ -23,6 +23,7 @@ from edge.errors import ApiError, from_validation
 from edge.feed import EventFeed
 from edge.state import EdgeState
 from edge.streamcaps import Lease
+from schemas import events as E
 from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.runs import RunControl, RunIndexEntry, RunRequest
@@ -123,6 +124,8 @@ async def run_events(t: Tenant, run_id: str) -> list[eventlog.StoredEvent]:
     queue). ApiError 400 / 404 (neither events nor an index entry)."""
     check_run_id(run_id)
     events = await eventlog.read_list(state().bus(), subjects.run_events_of_run(t.name, run_id))
+    if events and E.is_deleted(events[-1].type):
+        raise ApiError(404, "not_found", f"no run {run_id!r} (it was deleted)", "run_id")
     if not events and await run_index_entry(t, run_id) is None:
         raise ApiError(404, "not_found", f"no run {run_id!r}", "run_id")
     return events
@@ -154,23 +157,32 @@ async def run_index_entry(t: Tenant, run_id: str) -> RunIndexEntry | None:
                        retry_after=1) from None
 
 
-async def submit_run(t: Tenant, agent: str, req: RunRequest) -> Submitted:
+async def submit_run(t: Tenant, agent: str, req: RunRequest, *, caller_headers: tracing.Headers | None = None
+                     ) -> Submitted:
     """Store a run request of ``t`` (after its ``max_queued_runs`` check). ApiError 429 when the
     tenant's queue is full, 503 when the request cannot be stored.
 
-    With tracing on, this is the run's ``submit`` span, a child of the request's ``traceparent``
-    if it has one; its context is stored with the request (agentstream.runs.submit). The outcome
-    is kept in ``g.submitted`` for the submit metrics (edge.metrics)."""
+    With tracing on, this is the run's ``submit`` span, a child of the ``traceparent`` in
+    ``caller_headers`` (default: the HTTP request's headers) if there is one; its context is
+    stored with the request (agentstream.runs.submit). The outcome is kept in ``g.submitted`` for
+    the submit metrics (edge.metrics)."""
     st = state()
     nc = st.bus()
     logs.bind(run_id=req.run_id, tenant=t.name, agent=agent)
-    with tracing.span(f"submit {agent}", kind=tracing.SpanKind.SERVER, parent=request.headers, attributes={
-        "http.request.method": request.method, "url.path": request.path, "gen_ai.agent.name": agent,
-        "agentstream.run_id": req.run_id, "agentstream.tenant": t.name,
-    }) as span:
+    attributes: dict[str, tracing.AttributeValue] = {
+        "gen_ai.agent.name": agent, "agentstream.run_id": req.run_id, "agentstream.tenant": t.name,
+    }
+    if has_request_context():  # an MCP tool call runs outside the HTTP request's context
+        attributes.update({"http.request.method": request.method, "url.path": request.path})
+        if caller_headers is None:
+            caller_headers = request.headers
+    with tracing.span(f"submit {agent}", kind=tracing.SpanKind.SERVER, parent=caller_headers,
+                      attributes=attributes) as span:
         await check_queue(st, t)
+        if req.conversation_id and req.parent_run_id is None:
+            await take_turn(st, t, agent, req)
         try:
-            submitted = await submit(nc, t.name, agent, req, index=st.run_index)
+            submitted = await submit(nc, t.name, agent, req, index=st.run_index, log=True)
         except SubmitError as err:
             log.error("submit failed: %s", err)
             raise ApiError(503, "unavailable", "the run could not be stored; retry with the same message_id",
@@ -180,6 +192,40 @@ async def submit_run(t: Tenant, agent: str, req: RunRequest) -> Submitted:
         log.debug("run stored%s", " (a duplicate)" if submitted.duplicate else "")
     g.submitted = submitted
     return submitted
+
+
+async def take_turn(st: EdgeState, t: Tenant, agent: str, req: RunRequest) -> None:
+    """Make the run the next turn of its conversation, applying the agent's ``on_busy`` while the
+    previous turn still runs: ``enqueue`` (it waits for it), ``reject`` (409 ``conversation_busy``),
+    ``interrupt`` (the previous run is cancelled first). ApiError 409 / 503."""
+    assert req.conversation_id is not None
+    kv = st.conversations
+    if kv is None:
+        raise ApiError(503, "unavailable", "the edge is not connected to NATS yet; retry shortly", retry_after=1)
+    definition = st.catalog.get(agent)
+    on_busy = definition.on_busy if definition is not None else "enqueue"
+    try:
+        current, _ = await conversations.load(kv, t.name, req.conversation_id)
+        earlier = current.before(req.run_id) if current else []
+        busy = earlier[-1] if earlier else None
+        if busy is not None and on_busy != "enqueue" and busy.run_id != req.run_id:
+            last = await eventlog.last_event(st.bus(), subjects.run_events(t.name, busy.agent, busy.run_id))
+            if last is not None:
+                running = not (E.is_terminal(last.type) or E.is_deleted(last.type))
+            else:  # no event yet: still queued if it was submitted at all
+                index = st.run_index
+                running = index is not None and await read_index(index, t.name, busy.run_id) is not None
+            if running and on_busy == "reject":
+                raise ApiError(409, "conversation_busy", f"conversation {req.conversation_id[:80]!r} is still "
+                               f"answering run {busy.run_id}; retry when it has ended", "conversation_id",
+                               run_id=busy.run_id)
+            if running:
+                await request_cancel(st, t.name, busy.run_id, "interrupted by a new message")
+        await conversations.append(kv, t.name, req.conversation_id, conversations.Turn(
+            run_id=req.run_id, agent=agent, message_id=req.message_id, submitted_at=req.submitted_at))
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError, eventlog.EventLogError, RuntimeError) as err:
+        raise ApiError(503, "unavailable", f"the conversation could not be updated ({type(err).__name__}); retry",
+                       retry_after=1) from None
 
 
 async def check_queue(st: EdgeState, t: Tenant) -> None:
@@ -254,11 +300,13 @@ def agent_feed(tenant_name: str, agent: str, after: int, *, lease: Lease | None 
     return feed
 
 
-async def request_cancel(st: EdgeState, tenant_name: str, run_id: str, reason: str) -> None:
-    """Store a cancel request for the run (RUN_CONTROL); the runner holding it, or the next one to
-    take it, obeys. ApiError 503 if it cannot be stored. (``st`` is passed in so this also works
-    outside a request, e.g. from a stream being torn down.)"""
-    control = RunControl(reason=reason)
+async def request_cancel(
+    st: EdgeState, tenant_name: str, run_id: str, reason: str, *, action: Literal["cancel", "delete"] = "cancel"
+) -> None:
+    """Store a cancel (or delete) request for the run (RUN_CONTROL); the runner holding it, or the
+    next one to take it, obeys. ApiError 503 if it cannot be stored. (``st`` is passed in so this
+    also works outside a request, e.g. from a stream being torn down.)"""
+    control = RunControl(action=action, reason=reason)
     try:
         await st.bus().jetstream().publish(
             subjects.control(tenant_name, run_id), control.model_dump_json().encode(), timeout=5.0

@@ -1,10 +1,10 @@
-"""The edge's Prometheus metrics and its ``GET /metrics`` (README, Observability).
+"""The edge's Prometheus metrics (README, Observability).
 
-``/metrics`` is served on ``EDGE_BIND`` like ``/healthz``: without a key, without the ``Host``
-rule (a scraper addresses the edge by its IP address), never rate-limited (edge.gate,
-edge.guard). It shows counts by agent and, while the edge serves at most
-``METRICS_MAX_TENANTS`` tenants, by tenant name; never a key, a message or an answer
-(docs/security.md).
+They are served with the process's other metrics by the edge's probe server on
+``METRICS_BIND`` (agentstream.probe: ``GET /metrics``, without a key), never on ``EDGE_BIND``:
+every tenant reaches ``EDGE_BIND``, and counts by agent, tool and outcome across tenants are
+other tenants' data (docs/security.md, "Metrics"). They name a tenant only while the edge serves
+at most ``METRICS_MAX_TENANTS`` tenants; never a key, a message or an answer.
 
 Each request also gets its log context here (agentstream.logs): the caller's tenant once the gate
 knows it, and the route's ``name`` (agent) and ``run_id``.
@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 
 from prometheus_client import Counter, Gauge
-from quart import Blueprint, Quart, Response, g, request
+from quart import Quart, Response, g, request
 
 from agentstream import logs
-from agentstream import metrics as common
 from agentstream.metrics import TenantLabels
+from agentstream.runs import Submitted
 
 SSE_STREAMS_OPEN = Gauge(
     "agentstream_sse_streams_open",
@@ -32,25 +32,20 @@ SSE_EVENTS_SENT = Counter(
 SUBMITS = Counter(
     "agentstream_submits_total",
     "Requests that submit a run (POST /api/agents/{name}/chat, /v1/chat/completions, /v1/completions, "
-    "/api/process), by outcome: accepted (a new run), duplicate (a repeated message_id: the same run), "
-    "refused (with the HTTP status).",
+    "/v1/responses, /ag-ui/{name}, /api/process; an MCP tools/call on /mcp), by outcome: accepted (a new run), "
+    "duplicate (a repeated message_id: the same run), refused (no run; with the HTTP status).",
     ["tenant", "outcome", "status"],
 )
 
-SUBMIT_ENDPOINTS = frozenset({"native.chat", "openai.chat_completions", "openai.completions", "llmsse.process"})
-"""The routes counted in :data:`SUBMITS`."""
+SUBMIT_ENDPOINTS = frozenset({
+    "native.chat", "openai.chat_completions", "openai.completions", "responses.create_response", "agui.run_agent",
+    "llmsse.process",
+})
+"""The routes counted in :data:`SUBMITS` once their response is made (an MCP tool call is counted
+by :func:`count_submit` itself: one POST to ``/mcp`` is not one submit)."""
 
 TENANTS = TenantLabels()
 """The edge's tenant label rule: the keys file's tenants (see :func:`install`)."""
-
-bp = Blueprint("metrics", __name__)
-
-
-@bp.get("/metrics")
-async def metrics_page() -> Response:
-    """``GET /metrics``: the edge's metrics in the Prometheus text format."""
-    return Response(common.render(), content_type=common.CONTENT_TYPE)
-
 
 async def counted_stream(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """``body``, counted in :data:`SSE_STREAMS_OPEN` from its first chunk to its end."""
@@ -66,10 +61,9 @@ async def counted_stream(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 
 def install(app: Quart, max_tenants: int) -> None:
-    """Serve ``/metrics`` on ``app``, count its submits, and set each request's log context.
-    ``max_tenants``: METRICS_MAX_TENANTS. Call :func:`known_tenants` whenever the keys file changes."""
+    """Count ``app``'s submits, and set each request's log context. ``max_tenants``:
+    METRICS_MAX_TENANTS. Call :func:`known_tenants` whenever the keys file changes."""
     TENANTS.max_tenants = max_tenants
-    app.register_blueprint(bp)
 
     @app.before_request
     async def log_context() -> None:  # the tenant is set by the gate, once it knows the caller
@@ -78,17 +72,22 @@ def install(app: Quart, max_tenants: int) -> None:
         logs.AGENT.set(_text(args.get("name")))
 
     @app.after_request
-    async def count_submit(response: Response) -> Response:
+    async def count_submitting_request(response: Response) -> Response:
         if request.endpoint in SUBMIT_ENDPOINTS:
             caller = g.get("caller")
-            submitted = g.get("submitted")
-            status = response.status_code
-            if status >= 400 or submitted is None:
-                outcome = "refused"
-            else:
-                outcome = "duplicate" if submitted.duplicate else "accepted"
-            SUBMITS.labels(TENANTS.label(caller.name if caller is not None else None), outcome, str(status)).inc()
+            count_submit(caller.name if caller is not None else None, g.get("submitted"), response.status_code)
         return response
+
+
+def count_submit(tenant: str | None, submitted: Submitted | None, status: int) -> None:
+    """Count one submit of ``tenant`` (None: the caller was not known) in :data:`SUBMITS`:
+    ``submitted`` None means no run was stored (refused); ``status``: the HTTP status answered
+    (a run that was stored and then failed while the client waited is still ``accepted``)."""
+    if submitted is None:
+        outcome = "refused"
+    else:
+        outcome = "duplicate" if submitted.duplicate else "accepted"
+    SUBMITS.labels(TENANTS.label(tenant), outcome, str(status)).inc()
 
 
 def known_tenants(names: Iterable[str]) -> None:

@@ -9,11 +9,12 @@ reported rather than silently ignored (a gap of LocalAI's config, localai-agents
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from schemas.common import Strict, Token
+from schemas.mcp import McpServer
 from schemas.tools import TOOL_RUNNER_TOOLS
 
 EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
@@ -61,6 +62,8 @@ class AgentDefinition(Strict):
     - ``parameters``: passed through to the LLM request (``temperature``, ``max_tokens``, ...).
     - ``timeout``: the run's time budget in seconds; past it the run fails.
     - ``tool_timeout``: budget in seconds for one tool call, retries included.
+    - ``mcp_servers``: Model Context Protocol servers whose tools the agent may call beside its
+      ``actions`` (schemas/mcp.py: names, the stdio command rule, the allow-list).
 
     An **ensemble** names ``members`` (agents asked the same question concurrently, each
     as its own child run) and a ``combiner`` (the agent that answers from their answers):
@@ -69,6 +72,14 @@ class AgentDefinition(Strict):
     - ``combine_prompt``: how the combiner is asked, with ``{question}`` and ``{answers}`` (each
       answer labelled with its member's name).
     An ensemble has no model, prompt or tools of its own: those of its members and combiner apply.
+
+    Conversations (a message with a ``conversation_id`` continues it: the model sees the earlier
+    turns, agent_runner/conversation.py):
+    - ``on_busy``: what a message gets while the conversation's previous run is still going:
+      ``enqueue`` (it waits, then runs), ``reject`` (409), ``interrupt`` (the running run is
+      cancelled, then this one runs) — LangGraph's multitask strategies;
+    - ``history_max_messages`` / ``history_max_tokens``: the budget of earlier turns the model is
+      given (whole turns, newest kept; tokens estimated as four characters each).
     """
 
     name: Token
@@ -87,6 +98,10 @@ class AgentDefinition(Strict):
     min_success: int = Field(default=1, ge=1)
     member_timeout: float = Field(default=300.0, gt=0, le=86400)
     combine_prompt: str = "Question:\n{question}\n\nAnswers:\n\n{answers}"
+    on_busy: Literal["enqueue", "reject", "interrupt"] = "enqueue"
+    history_max_messages: int = Field(default=40, ge=0, le=10_000)
+    history_max_tokens: int = Field(default=8000, ge=0, le=10_000_000)
+    mcp_servers: list[McpServer] = Field(default_factory=list, max_length=32)
 
     @property
     def is_ensemble(self) -> bool:
@@ -105,9 +120,9 @@ class AgentDefinition(Strict):
             raise ValueError("members lists an agent twice")
         if self.min_success > len(self.members):
             raise ValueError(f"min_success ({self.min_success}) is more than the {len(self.members)} members")
-        if self.actions or self.skills or self.system_prompt or self.model or self.llm:
-            raise ValueError("an ensemble has no model, system_prompt, actions or skills of its own: set them on its "
-                             "members and combiner")
+        if self.actions or self.skills or self.system_prompt or self.model or self.llm or self.mcp_servers:
+            raise ValueError("an ensemble has no model, system_prompt, actions, skills or mcp_servers of its own: set "
+                             "them on its members and combiner")
         for placeholder in ("{question}", "{answers}"):
             if placeholder not in self.combine_prompt:
                 raise ValueError(f"combine_prompt must contain {placeholder}")
@@ -123,6 +138,15 @@ class AgentDefinition(Strict):
         if len(set(actions)) != len(actions):
             raise ValueError("a tool is listed twice")
         return actions
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _unique_servers(cls, servers: list[McpServer]) -> list[McpServer]:
+        names = [s.name for s in servers]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"MCP server name(s) {', '.join(map(repr, twice))} used twice")
+        return servers
 
     @field_validator("parameters")
     @classmethod

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, TypeAdapter
 
-from schemas.common import ErrorInfo, MessageId, Strict, Token, ToolCallRef, Usage
+from schemas.common import ChatMessage, ErrorInfo, MessageId, Strict, Token, ToolCallRef, Usage
 
 # Event type names, in one place (Final: each is its Literal, as the models' ``type`` fields want).
 RUN_QUEUED: Final = "run.queued"
@@ -31,6 +31,7 @@ MESSAGE_COMPLETED: Final = "message.completed"
 RUN_COMPLETED: Final = "run.completed"
 RUN_FAILED: Final = "run.failed"
 RUN_CANCELLED: Final = "run.cancelled"
+RUN_DELETED: Final = "run.deleted"
 
 TERMINAL_TYPES = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
 ALL_TYPES = (
@@ -47,6 +48,7 @@ ALL_TYPES = (
     RUN_COMPLETED,
     RUN_FAILED,
     RUN_CANCELLED,
+    RUN_DELETED,
 )
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
@@ -57,17 +59,29 @@ def is_terminal(event_type: str) -> bool:
     return event_type in TERMINAL_TYPES
 
 
+def is_deleted(event_type: str) -> bool:
+    """True for the tombstone a deleted run's events were replaced by."""
+    return event_type == RUN_DELETED
+
+
 # ----------------------------------------------------------------------------------------------
 # data payloads
 
 
 class RunQueuedData(Strict):
-    """``run.queued``: the user's message, as accepted."""
+    """``run.queued``: the user's message, as accepted.
+
+    ``history``: the turns this run adds to a conversation, when its request asked to keep them
+    (``RunRequest.keep_history_from``), so a later run can continue it; ``echo``: the request's
+    ``echo`` (what the client's protocol shows back, e.g. the Responses API's instructions).
+    """
 
     message: str | None = None
     history_length: int = 0
     client_tools: list[str] = Field(default_factory=list, description="names of client-side tools")
     conversation_id: str | None = None
+    history: list[ChatMessage] | None = None
+    echo: dict[str, Any] | None = None
 
 
 class RunStartedData(Strict):
@@ -209,6 +223,13 @@ class RunCancelledData(Strict):
     duration_ms: float = 0.0
 
 
+class RunDeletedData(Strict):
+    """``run.deleted``: the run's events were deleted on request (``DELETE /api/runs/{id}``); this
+    tombstone replaced them all (a JetStream subject rollup). The run no longer exists for readers."""
+
+    reason: str = "deleted on request"
+
+
 # ----------------------------------------------------------------------------------------------
 # envelopes
 
@@ -288,6 +309,11 @@ class RunCancelled(_Envelope):
     data: RunCancelledData
 
 
+class RunDeleted(_Envelope):
+    type: Literal["run.deleted"] = RUN_DELETED
+    data: RunDeletedData
+
+
 RunEvent = Annotated[
     RunQueued
     | RunStarted
@@ -301,7 +327,8 @@ RunEvent = Annotated[
     | MessageCompleted
     | RunCompleted
     | RunFailed
-    | RunCancelled,
+    | RunCancelled
+    | RunDeleted,
     Field(discriminator="type"),
 ]
 """Any run event; validate with :data:`run_event_adapter`."""
@@ -321,5 +348,6 @@ EVENT_CLASSES: dict[str, type[_Envelope]] = {
     MESSAGE_COMPLETED: MessageCompleted,
     RUN_COMPLETED: RunCompleted,
     RUN_FAILED: RunFailed,
+    RUN_DELETED: RunDeleted,
     RUN_CANCELLED: RunCancelled,
 }

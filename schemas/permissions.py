@@ -13,7 +13,8 @@ edge           submit runs of any tenant, send cancels, read events (stored and 
                buckets (tenant policies, rate limits, open streams, run index); never write
                ``runs.>`` (it cannot forge a run's events)
 agent-runner   pull run requests through its consumers, write ``runs.>`` and dead letters,
-               start ensemble members, call tools, read cancels, read tenant policies
+               start ensemble members, call tools and ask which are served, read cancels,
+               read tenant policies
 tool-runner    serve ``tools.*.*`` in queue group ``tool-runners`` only, answer the requests it
                receives (``allow_responses``), keep tool results (TOOL_RESULTS), read
                tenant policies (a tenant's own ``tool_root``)
@@ -121,7 +122,9 @@ _EDGE = Permissions(
     publish=(
         S.RUN_REQUESTS_ALL,
         S.CONTROL_ALL,
+        S.RUN_LOG_SUBMITTED_ALL,
         *_stream_read(S.RUN_EVENTS_STREAM),
+        *_stream_read(S.RUN_LOG_STREAM),
         *_stream_read(S.RUN_DEAD_LETTERS_STREAM),
         f"{API}.INFO",
         f"{API}.STREAM.INFO.*",
@@ -130,6 +133,7 @@ _EDGE = Permissions(
         *_bucket(S.RATE_LIMITS_BUCKET),
         *_bucket(S.STREAM_COUNTS_BUCKET),
         *_bucket(S.RUN_INDEX_BUCKET),
+        *_bucket(S.CONVERSATIONS_BUCKET),
     ),
     subscribe=(S.LIVE_RUN_EVENTS_ALL, f"{inbox_prefix(Role.EDGE)}.>"),
 )
@@ -140,7 +144,9 @@ _AGENT_RUNNER = Permissions(
         S.MEMBER_REQUESTS_ALL,
         S.CONTROL_ALL,
         S.DEAD_LETTERS_ALL,
+        S.RUN_LOG_ALL,
         S.TOOLS_ALL,
+        S.TOOL_SERVICE_INFO,  # which tools are served (agent_runner.tool_directory)
         f"{API}.INFO",
         f"{API}.STREAM.INFO.*",
         f"{API}.CONSUMER.CREATE.{S.AGENT_RUNS_STREAM}.>",
@@ -152,9 +158,12 @@ _AGENT_RUNNER = Permissions(
         f"{API}.CONSUMER.CREATE.{S.RUN_CONTROL_STREAM}.>",
         f"{FLOW_CONTROL}.{S.RUN_CONTROL_STREAM}.>",
         *_stream_read(S.RUN_EVENTS_STREAM),
+        # The leader's answer when a replica's may be stale (agentstream.eventlog.last_event_from_leader).
+        f"{API}.STREAM.MSG.GET.{S.RUN_EVENTS_STREAM}",
         *_stream_read(S.RUN_CONTROL_STREAM),
         *_bucket(S.TENANTS_BUCKET, watch=True),
         *_bucket(S.RUN_INDEX_BUCKET),
+        *_bucket(S.CONVERSATIONS_BUCKET),
     ),
     subscribe=(S.LIVE_RUN_EVENTS_ALL, f"{inbox_prefix(Role.AGENT_RUNNER)}.>"),
 )

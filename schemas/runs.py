@@ -15,6 +15,14 @@ from pydantic import Field, model_validator
 
 from schemas.common import ChatMessage, FunctionTool, MessageId, Strict, Token
 
+CLIENT_DISCONNECTED = "client disconnected"
+"""The reason of a cancel the edge makes because the client of a stream went away (such a run does
+not hold its message id: edge/idempotency.py)."""
+
+
+PENDING_RUN_ID = "pending"
+"""A placeholder run id for a request whose id is decided later (after an idempotency check)."""
+
 
 def new_run_id() -> str:
     """A fresh run id: 32 lowercase hex characters (a random UUID, subject-safe)."""
@@ -52,6 +60,13 @@ class RunRequest(Strict):
     - ``conversation_id``: free text grouping runs into a conversation.
     - ``parent_run_id``: set on the child runs of an ensemble's members.
     - ``submitted_at``: when the edge accepted it (UTC).
+    - ``echo``: what the client's protocol shows back whenever the run is read again (the Responses
+      API's ``instructions``, ``tools``, ``metadata``, ``previous_response_id``...); kept in
+      ``run.queued`` and in the run's RUN_INDEX entry, so every edge renders the same response.
+    - ``keep_history_from``: when set, ``run.queued`` keeps ``history[keep_history_from:]`` (the turns
+      this run adds to a conversation, not the earlier ones it continues nor its instructions), so a
+      later run can continue the conversation from the stored events (the Responses API's
+      ``previous_response_id``); None keeps only ``message``.
     """
 
     run_id: Token
@@ -63,6 +78,9 @@ class RunRequest(Strict):
     conversation_id: str | None = Field(default=None, max_length=200)
     parent_run_id: Token | None = Field(default=None, description="the ensemble run this run is a member of")
     submitted_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    echo: dict[str, Any] | None = None
+    keep_history_from: int | None = Field(default=None, ge=0)
+    logged: bool = Field(default=False, description="its submission is already in the run log (RUN_LOG)")
 
     @model_validator(mode="after")
     def _has_input(self) -> RunRequest:
@@ -70,15 +88,20 @@ class RunRequest(Strict):
             raise ValueError("a run needs a non-empty 'message' or a 'history'")
         return self
 
+    def kept_history(self) -> list[ChatMessage] | None:
+        """The turns ``run.queued`` keeps (see ``keep_history_from``), or None."""
+        return None if self.keep_history_from is None else self.history[self.keep_history_from:]
+
 
 class RunControl(Strict):
     """A signal for a run, published to ``control.{tenant}.{run_id}`` (stream RUN_CONTROL).
 
-    ``action``: ``cancel`` (stop the run wherever it is, end it ``run.cancelled``); ``reason``:
-    shown in the terminal event. Stored, so a runner that takes the run later still obeys it.
+    ``action``: ``cancel`` (stop the run wherever it is, end it ``run.cancelled``) or ``delete``
+    (replace a finished run's events by a ``run.deleted`` tombstone); ``reason``: shown in the
+    terminal event. Stored, so a runner that takes the run later still obeys it.
     """
 
-    action: Literal["cancel"] = "cancel"
+    action: Literal["cancel", "delete"] = "cancel"
     reason: str = Field(default="cancelled by request", max_length=500)
     requested_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
@@ -104,7 +127,9 @@ class RunIndexEntry(Strict):
 
     ``agent``: the run's agent (so its event subject is known); ``message_id`` and
     ``conversation_id`` as submitted; ``parent_run_id`` for an ensemble member;
-    ``submitted_at``: when it was accepted (UTC); ``message``: the start of the user's message.
+    ``submitted_at``: when it was accepted (UTC); ``message``: the start of the user's message;
+    ``echo``: the request's ``echo`` (what its protocol shows back), so a run still waiting for a
+    runner can be shown as its client created it.
     """
 
     run_id: Token
@@ -114,3 +139,30 @@ class RunIndexEntry(Strict):
     parent_run_id: Token | None = None
     submitted_at: datetime
     message: str | None = Field(default=None, description="the first 2,000 characters of the message")
+    echo: dict[str, Any] | None = None
+
+
+RunLogKind = Literal["submitted", "completed", "failed", "cancelled"]
+
+
+class RunLogEntry(Strict):
+    """One entry of the run log (stream RUN_LOG, subject ``runlog.{tenant}.{agent}.{kind}``).
+
+    ``submitted``: written when the run is accepted; the others when it ends, with its outcome:
+    ``ended_at``, ``duration_ms``, ``usage``, ``error`` (for ``failed``), ``answer`` (the first
+    2,000 characters). Run listings read these newest first (agentstream/runlog.py).
+    """
+
+    run_id: Token
+    agent: Token
+    kind: RunLogKind
+    message_id: MessageId
+    conversation_id: str | None = None
+    parent_run_id: Token | None = None
+    submitted_at: datetime
+    message: str | None = None
+    ended_at: datetime | None = None
+    duration_ms: float | None = None
+    usage: dict[str, int] | None = None
+    error: dict[str, str] | None = None
+    answer: str | None = None

@@ -16,6 +16,8 @@ RUN_CONTROL    ``control.*.*``            limits      cancel requests, kept so a
                                                       run later still sees them
 RUN_DEAD_      ``deadletter.*.*.*``       limits      requests of runs given up on, for inspection
 LETTERS
+RUN_LOG        ``runlog.*.*.*``           limits      an entry per run submitted and per run ended:
+                                                      run listings read it newest first
 =============  =========================  ==========  ==================================================
 """
 
@@ -51,11 +53,15 @@ def stream_configs(
     control_max_age: float = 86400.0,
     dead_letter_max_age: float = 30 * 86400.0,
     max_msg_size: int = 1024 * 1024,
+    replicas: int = 1,
 ) -> list[StreamConfig]:
-    """The four streams. Durations in seconds; ``max_msg_size`` in bytes (-1: server limit)."""
+    """The streams. Durations in seconds; ``max_msg_size`` in bytes (-1: server limit);
+    ``replicas``: copies a JetStream cluster keeps of each (``STREAM_REPLICAS``; 1 on a single
+    server). Their consumers inherit it (a consumer's ``num_replicas`` 0 is the stream's)."""
     return [
         StreamConfig(
             name=subjects.AGENT_RUNS_STREAM,
+            num_replicas=replicas,
             description="agentstream run requests (work queue, one shared durable consumer)",
             subjects=[subjects.RUN_REQUESTS_ALL, subjects.MEMBER_REQUESTS_ALL],
             retention=RetentionPolicy.WORK_QUEUE,
@@ -66,6 +72,7 @@ def stream_configs(
         ),
         StreamConfig(
             name=subjects.RUN_EVENTS_STREAM,
+            num_replicas=replicas,
             description="agentstream run events, one subject per run",
             subjects=[subjects.RUN_EVENTS_ALL],
             retention=RetentionPolicy.LIMITS,
@@ -73,6 +80,7 @@ def stream_configs(
             discard=DiscardPolicy.OLD,
             max_age=events_max_age,
             allow_direct=True,
+            allow_rollup_hdrs=True,  # DELETE /api/runs/{id}: a tombstone replaces the run's events
             max_msg_size=max_msg_size,
             republish=RePublish(
                 src=subjects.RUN_EVENTS_REPUBLISH_SRC,
@@ -81,6 +89,7 @@ def stream_configs(
         ),
         StreamConfig(
             name=subjects.RUN_CONTROL_STREAM,
+            num_replicas=replicas,
             description="agentstream run control signals (cancel)",
             subjects=[subjects.CONTROL_ALL],
             retention=RetentionPolicy.LIMITS,
@@ -91,7 +100,20 @@ def stream_configs(
             allow_direct=True,
         ),
         StreamConfig(
+            name=subjects.RUN_LOG_STREAM,
+            num_replicas=replicas,
+            description="agentstream run log: runs submitted and ended, newest last (the run listings' index)",
+            subjects=[subjects.RUN_LOG_ALL],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_age=events_max_age,
+            allow_direct=True,
+            duplicate_window=run_dedupe_window,
+        ),
+        StreamConfig(
             name=subjects.RUN_DEAD_LETTERS_STREAM,
+            num_replicas=replicas,
             description="agentstream requests of runs given up on",
             subjects=[subjects.DEAD_LETTERS_ALL],
             retention=RetentionPolicy.LIMITS,
@@ -104,7 +126,8 @@ def stream_configs(
 
 
 def kv_configs(*, run_index_max_age: float = 7 * 86400.0, replicas: int = 1) -> list[KeyValueConfig]:
-    """The key-value buckets (each one JetStream stream ``KV_{bucket}``). Durations in seconds.
+    """The key-value buckets (each one JetStream stream ``KV_{bucket}``). Durations in seconds;
+    ``replicas`` as for :func:`stream_configs`.
 
     - TENANTS: one entry per tenant (its policy, no keys), kept until removed;
     - RATE_LIMITS: rate-limit state, forgotten an hour after its last use (it is full again by then);
@@ -112,6 +135,7 @@ def kv_configs(*, run_index_max_age: float = 7 * 86400.0, replicas: int = 1) -> 
       an edge that held them stops refreshing (it died);
     - TOOL_RESULTS: a side-effecting tool call's claim, then its result, kept two days (longer
       than any run may take, so a retry always finds it);
+    - CONVERSATIONS: one entry per conversation (its turns), kept as long as run events are;
     - RUN_INDEX: one entry per run, kept as long as run events are.
     """
     return [
@@ -123,6 +147,8 @@ def kv_configs(*, run_index_max_age: float = 7 * 86400.0, replicas: int = 1) -> 
                        ttl=60.0, storage=StorageType.FILE, replicas=replicas, direct=True),
         KeyValueConfig(bucket=subjects.TOOL_RESULTS_BUCKET, description="agentstream tool results by call",
                        history=1, ttl=2 * 86400.0, storage=StorageType.FILE, replicas=replicas, direct=True),
+        KeyValueConfig(bucket=subjects.CONVERSATIONS_BUCKET, description="agentstream conversations", history=1,
+                       ttl=run_index_max_age, storage=StorageType.FILE, replicas=replicas, direct=True),
         KeyValueConfig(bucket=subjects.RUN_INDEX_BUCKET, description="agentstream runs by id", history=1,
                        ttl=run_index_max_age, storage=StorageType.FILE, replicas=replicas, direct=True),
     ]
@@ -196,6 +222,7 @@ async def ensure_buckets(js: JetStreamContext, configs: list[KeyValueConfig]) ->
             stream = info.config
             stream.max_age = config.ttl or 0.0
             stream.description = config.description
+            stream.num_replicas = config.replicas
             await js.update_stream(stream)
 
 

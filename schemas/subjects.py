@@ -7,9 +7,16 @@ Subjects (design card, "Subjects"):
 ``agents.{tenant}.{agent}.member``    an ensemble member's child run request (same stream; no tenant cap)
 ``runs.{tenant}.{agent}.{run_id}``    that run's events, stored in stream ``RUN_EVENTS``
 ``live.runs.{tenant}.{agent}.{run}``  the same events re-published by the server (core, at-most-once)
-``tools.{tenant}.{tool}``             one tool invocation (core request/reply, queue group per tool)
+``tools.{tenant}.{tool}``             one tool invocation (core request/reply, queue group per tool);
+                                      MCP tools go through two generic tools, ``mcp`` (a call) and
+                                      ``mcp_list`` (a server's tool list), the server and tool in
+                                      the request (schemas/mcp.py)
+``$SRV.INFO.agentstream-tool-runner`` which tools the tool runners serve (nats.micro discovery)
 ``control.{tenant}.{run_id}``         cancel and other signals for a run, stored in stream ``RUN_CONTROL``
 ``deadletter.{tenant}.{agent}.{run}`` the request of a run given up on, stored in ``RUN_DEAD_LETTERS``
+``runlog.{tenant}.{agent}.{kind}``    the run log: one entry when a run is submitted, one when it ends
+                                      (``kind``: submitted, completed, failed, cancelled), in
+                                      ``RUN_LOG``: the index run listings are read from
 ====================================  ============================================================
 
 Every token (tenant, agent, tool, run id) must match ``[A-Za-z0-9_-]{1,64}``. Anything else is
@@ -32,6 +39,7 @@ AGENT_RUNS_STREAM = "AGENT_RUNS"
 RUN_EVENTS_STREAM = "RUN_EVENTS"
 RUN_CONTROL_STREAM = "RUN_CONTROL"
 RUN_DEAD_LETTERS_STREAM = "RUN_DEAD_LETTERS"
+RUN_LOG_STREAM = "RUN_LOG"
 LEGACY_RUNNERS_CONSUMER = "agent-runners"
 """The one shared consumer of earlier releases; it overlaps the per-tenant ones and is removed."""
 MEMBER_RUNS_CONSUMER = "member-runs"
@@ -49,6 +57,8 @@ STREAM_COUNTS_BUCKET = "STREAM_COUNTS"
 TOOL_RESULTS_BUCKET = "TOOL_RESULTS"
 """Results of (and claims on) tool calls with side effects, by tenant and idempotency key, so a
 retried call is not executed again on another tool runner (tool_runner/once.py)."""
+CONVERSATIONS_BUCKET = "CONVERSATIONS"
+"""One entry per conversation (``{tenant}.{sha256 of its id}``): its turns, the runs in order."""
 RUN_INDEX_BUCKET = "RUN_INDEX"
 """One entry per run (``{tenant}.{run_id}``): agent, message id, status; written at submit."""
 
@@ -59,6 +69,7 @@ _LIVE_PREFIX = "live"
 _TOOLS_PREFIX = "tools"
 _CONTROL_PREFIX = "control"
 _DEAD_LETTER_PREFIX = "deadletter"
+_RUN_LOG_PREFIX = "runlog"
 
 # Wildcards that cover each family; used by stream and consumer definitions.
 RUN_REQUESTS_ALL = f"{_RUN_REQUEST_PREFIX}.*.*.run"
@@ -68,6 +79,10 @@ LIVE_RUN_EVENTS_ALL = f"{_LIVE_PREFIX}.{_RUN_EVENTS_PREFIX}.*.*.*"
 CONTROL_ALL = f"{_CONTROL_PREFIX}.*.*"
 TOOLS_ALL = f"{_TOOLS_PREFIX}.*.*"
 DEAD_LETTERS_ALL = f"{_DEAD_LETTER_PREFIX}.*.*.*"
+RUN_LOG_ALL = f"{_RUN_LOG_PREFIX}.*.*.*"
+RUN_LOG_SUBMITTED_ALL = f"{_RUN_LOG_PREFIX}.*.*.submitted"
+RUN_LOG_KINDS = ("submitted", "completed", "failed", "cancelled")
+"""What a run log entry records: the run was submitted, or it ended so."""
 
 # Republish mapping for RUN_EVENTS (source -> destination); server-side, see streams.py.
 RUN_EVENTS_REPUBLISH_SRC = f"{_RUN_EVENTS_PREFIX}.>"
@@ -75,6 +90,16 @@ RUN_EVENTS_REPUBLISH_DEST = f"{_LIVE_PREFIX}.{_RUN_EVENTS_PREFIX}.>"
 
 # Queue group shared by every tool runner for one tool (one group per tool subject).
 TOOL_QUEUE_GROUP = "tool-runners"
+
+TOOL_SERVICE = "agentstream-tool-runner"
+"""The nats.micro service name every tool runner registers (one endpoint per tool it serves)."""
+TOOL_SERVICE_INFO = f"$SRV.INFO.{TOOL_SERVICE}"
+"""nats.micro discovery (ADR-32, "Discovery"): each tool runner answers a request here with its
+service info, whose endpoints name the tools it serves."""
+MCP_CALL_TOOL = "mcp"
+"""The tool (``tools.{tenant}.mcp``) that calls a tool of an agent's MCP server (schemas/mcp.py)."""
+MCP_LIST_TOOL = "mcp_list"
+"""The tool (``tools.{tenant}.mcp_list``) that lists the tools of an agent's MCP server."""
 
 
 class SubjectTokenError(ValueError):
@@ -148,6 +173,13 @@ def tool_result_key(tenant: str, idempotency_key: str) -> str:
     return f"{token(tenant, 'tenant')}.{digest}"
 
 
+def conversation_key(tenant: str, conversation_id: str) -> str:
+    """Key of a conversation in the CONVERSATIONS bucket: ``{tenant}.{sha256 of its id, 40 hex}``
+    (a conversation id is free text, up to 200 characters)."""
+    digest = hashlib.sha256(conversation_id.encode()).hexdigest()[:40]
+    return f"{token(tenant, 'tenant')}.{digest}"
+
+
 def run_index_key(tenant: str, run_id: str) -> str:
     """Key of a run's entry in the RUN_INDEX bucket: ``{tenant}.{run_id}``."""
     return f"{token(tenant, 'tenant')}.{token(run_id, 'run_id')}"
@@ -211,6 +243,25 @@ def dead_letter(tenant: str, agent: str, run_id: str) -> str:
     return (
         f"{_DEAD_LETTER_PREFIX}.{token(tenant, 'tenant')}.{token(agent, 'agent')}.{token(run_id, 'run_id')}"
     )
+
+
+def run_log(tenant: str, agent: str, kind: str) -> str:
+    """Subject of a run log entry: ``runlog.{tenant}.{agent}.{kind}`` (stream RUN_LOG)."""
+    if kind not in RUN_LOG_KINDS:
+        raise SubjectTokenError("kind", kind)
+    return f"{_RUN_LOG_PREFIX}.{token(tenant, 'tenant')}.{token(agent, 'agent')}.{kind}"
+
+
+def run_log_filter(tenant: str, agent: str | None, kind: str) -> str:
+    """Filter for run log entries of one tenant, one agent (None: every agent), one kind."""
+    if kind not in RUN_LOG_KINDS:
+        raise SubjectTokenError("kind", kind)
+    return f"{_RUN_LOG_PREFIX}.{token(tenant, 'tenant')}.{token(agent, 'agent') if agent else '*'}.{kind}"
+
+
+def run_log_of_tenant(tenant: str) -> str:
+    """Every run log entry of one tenant: ``runlog.{tenant}.>``."""
+    return f"{_RUN_LOG_PREFIX}.{token(tenant, 'tenant')}.>"
 
 
 def dead_letter_of_run(tenant: str, run_id: str) -> str:

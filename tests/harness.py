@@ -21,7 +21,7 @@ import httpx
 
 from agentstream.logs import announced
 from agentstream.natsauth import AuthStore, connect_options
-from agentstream.natsserver import EmbeddedNats, free_port
+from agentstream.natsserver import EmbeddedNats, NatsCluster, free_port
 from schemas.permissions import Role, inbox_prefix
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,15 +65,16 @@ class Proc:
 
     @property
     def health_url(self) -> str:
-        """The ``/healthz`` URL a runner printed (``<name> health: <url>``)."""
-        for line in map(announced, self.log_path.read_text(errors="replace").splitlines()):
+        """The ``/healthz`` URL of the probe server (METRICS_BIND) an edge or runner printed last
+        (``<name> health: <url>``; a restarted process appends to the same log)."""
+        for line in reversed([announced(x) for x in self.log_path.read_text(errors="replace").splitlines()]):
             if " health: http" in line:
                 return line.split(" health: ", 1)[1].strip()
         raise RuntimeError(f"{self.name} printed no health URL")
 
     @property
     def metrics_url(self) -> str:
-        """The ``/metrics`` URL of a runner (next to its ``/healthz``)."""
+        """The ``/metrics`` URL of an edge or runner (next to its probe's ``/healthz``)."""
         return self.health_url.removesuffix("/healthz") + "/metrics"
 
     @property
@@ -113,11 +114,12 @@ class Proc:
 
 @dataclass
 class System:
-    """A running agentstream: one nats-server and any number of components."""
+    """A running agentstream: one nats-server (or a JetStream cluster of them) and any number of
+    components."""
 
     base: Path
     env: dict[str, str]
-    nats: EmbeddedNats
+    nats: EmbeddedNats | NatsCluster
     auth: AuthStore | None = None
     procs: list[Proc] = field(default_factory=list)
     edge_url: str = ""
@@ -133,10 +135,12 @@ class System:
         return self.auth.seed_path(role)
 
     def connect_options(self, role: Role | str = Role.ADMIN) -> dict[str, Any]:
-        """``nats.connect`` keyword arguments for a bare client with a component's identity."""
+        """``nats.connect`` keyword arguments for a bare client with a component's identity (every
+        server of a cluster)."""
+        servers = self.env["NATS_URL"].split(",")
         if self.auth is None:
-            return {"servers": self.env["NATS_URL"]}
-        return {"servers": self.env["NATS_URL"], **connect_options(self.creds(role), inbox_prefix(role))}
+            return {"servers": servers}
+        return {"servers": servers, **connect_options(self.creds(role), inbox_prefix(role))}
 
     def _proc(self, name: str, module: str, ready: str, **env: str) -> Proc:
         self._counter += 1
@@ -198,14 +202,17 @@ _ROLE_OF_MODULE = {"edge": Role.EDGE, "agent_runner": Role.AGENT_RUNNER, "tool_r
 
 
 def new_system(
-    base: Path, *, extra_agents: Path = TEST_AGENTS, auth: bool = True, setup: bool = True,
-    max_file_store: int | None = None, **env: str
+    base: Path, *, extra_agents: Path = TEST_AGENTS, auth: bool = True, setup: bool = True, cluster: int = 1,
+    max_file_store: int | None = None, **env: str,
 ) -> System:
     """A nats-server on a free port with JetStream under ``base``; components start on demand.
 
     ``auth``: the server requires the identities of ``base/auth`` (as ``agentstream up`` does) and
     every component connects with its own; ``setup``: the admin identity declares the streams and
-    buckets first (``agentstream nats-setup``); ``max_file_store``: JetStream's storage limit, bytes.
+    buckets first (``agentstream nats-setup``); ``cluster``: more than 1 starts that many servers
+    as one JetStream cluster (agentstream.natsserver.NatsCluster, as ``agentstream up
+    --nats-cluster N`` does): ``NATS_URL`` names them all and streams keep min(N, 3) replicas;
+    ``max_file_store``: JetStream's storage limit, bytes (a single server).
     """
     base.mkdir(parents=True, exist_ok=True)
     agents = make_agents_dir(base / "agents", extra_agents) if not (base / "agents").exists() else base / "agents"
@@ -214,13 +221,16 @@ def new_system(
     if store is not None:
         store.ensure_components()
         config = store.write_server_config()
-    nats = EmbeddedNats(base / "nats-store", port=0, log_path=base / "nats.log", config=config,
-                        max_file_store=max_file_store)
+    nats: EmbeddedNats | NatsCluster
+    if cluster > 1:
+        nats = NatsCluster(base / "nats-cluster", cluster, auth_config=config)
+        env = {"STREAM_REPLICAS": str(min(cluster, 3)), **env}
+    else:
+        nats = EmbeddedNats(base / "nats-store", port=0, log_path=base / "nats.log", config=config,
+                            max_file_store=max_file_store)
     url = nats.start()
-    clean = {
-        k: v for k, v in os.environ.items()
-        if not k.startswith(("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT", "OTEL_", "LOG_FORMAT", "METRICS_"))
-    }
+    ours = ("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT", "STREAM_", "OTEL_", "LOG_FORMAT", "METRICS_")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     system_env = {
         **clean,
         "PYTHONUNBUFFERED": "1",

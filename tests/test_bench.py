@@ -35,3 +35,28 @@ def test_bench_quick_pass_writes_complete_results(tmp_path):
     for heading in ("## Targets (issue 6)", "## The broker's ceiling", "## 3. Run throughput", "## 6. Tool throughput"):
         assert heading in report
     assert "one-step runs per second, one runner" in report
+
+
+def test_report_holds_tool_scaling_to_its_targets_and_names_each_scenarios_date(tmp_path):
+    from bench.report import write_markdown
+
+    def row(rate: float, runners: int) -> dict:
+        return {"calls": int(rate * 10), "failed": 0, "calls_per_s": rate,
+                "latency_ms": {"p50": 100.0, "p99": 200.0, "mean": 110.0, "n": int(rate * 10)},
+                "by_runner": {f"web-{i + 1}": int(rate * 10 / runners) for i in range(runners)}}
+
+    results = {
+        "machine": {"date": "2026-12-01", "cores": 2},
+        "dates": {"tool_scaling": "2026-12-01", "fairness": "2026-11-23"},
+        "tool_scaling": {"tool_latency_ms": 50.0, "concurrency_per_runner": 8, "in_flight": 64, "seconds": 10.0,
+                         "ceiling_per_runner_per_s": 160.0, "1_tool_runner": row(150, 1), "2_tool_runner": row(270, 2),
+                         "4_tool_runner": row(570, 4), "scaling_2_vs_1": 1.8, "scaling_4_vs_1": 3.8},
+    }
+    path = tmp_path / "RESULTS.md"
+    write_markdown(results, path)
+    report = path.read_text()
+    assert "| latency-bound tool calls per second, 2 tool runners vs 1 | ≥ 1.9× | 1.80× | **missed** |" in report
+    assert "| latency-bound tool calls per second, 4 tool runners vs 1 | ≥ 3.6× | 3.80× | met |" in report
+    assert "## 6b. Tool runners scaling out (a latency-bound tool)" in report
+    assert "| 4 | 570 | 89% |" in report  # of 4 × 160 calls/s
+    assert "2026-11-23: `fairness`; 2026-12-01: `tool_scaling`" in report

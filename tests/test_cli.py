@@ -36,6 +36,8 @@ def test_up_then_chat_then_ctrl_c(tmp_path):
         "BUILTIN_MODEL_BIND": f"127.0.0.1:{free_port()}",
         "BUILTIN_MODEL_TOKEN_DELAY": "0.001",
         "PYTHONUNBUFFERED": "1",
+        "LLM_KEY": "sk-left-from-llm-sse",  # llm-sse's own settings, still exported by a user moving over
+        "HTTP_ADDR": ":9090",
     })
     up = subprocess.Popen([sys.executable, "-m", "agentstream", "up"], env=env, cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -56,6 +58,9 @@ def test_up_then_chat_then_ctrl_c(tmp_path):
         for name in ("nats", "builtin-model", "tool-runner", "agent-runner", "edge"):
             assert re.search(rf"^\s*{name} \| ", text, re.M), f"no {name} log lines:\n{text}"
         assert httpx.get(f"http://127.0.0.1:{edge_port}/healthz").status_code == 200
+        assert "LLM_KEY (llm-sse) is ignored: agentstream sends LLM_API_KEY" in text
+        assert "HTTP_ADDR=:9090 (llm-sse) is ignored" in text and "EDGE_BIND=0.0.0.0:9090" in text
+        assert text.count("HTTP_ADDR=") == 1 and "sk-left-from-llm-sse" not in text  # once, and no key
 
         chat = subprocess.run(
             [sys.executable, "-m", "agentstream", "chat", "programmer-helper",
@@ -87,3 +92,83 @@ def test_up_then_chat_then_ctrl_c(tmp_path):
     assert not _port_open(edge_port)
     assert not _port_open(nats_port)
     assert "nats | stopped" in rest
+
+
+def test_up_with_a_nats_cluster(tmp_path):
+    data = tmp_path / "data"
+    edge_port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NATS_URL", "LLM_BASE_URL", "KEYS_FILE", "AGENTS_DIR", "STREAM_REPLICAS")}
+    env.update({
+        "AGENTSTREAM_DATA_DIR": str(data),
+        "AGENTSTREAM_NATS_PORT": str(free_port()),
+        "EDGE_BIND": f"127.0.0.1:{edge_port}",
+        "BUILTIN_MODEL_BIND": f"127.0.0.1:{free_port()}",
+        "BUILTIN_MODEL_TOKEN_DELAY": "0.001",
+        "PYTHONUNBUFFERED": "1",
+    })
+    up = subprocess.Popen([sys.executable, "-m", "agentstream", "up", "--nats-cluster", "3"], env=env, cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
+    urls: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = up.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            if line.startswith("agentstream is up: "):
+                break
+        text = "".join(output)
+        assert "agentstream is up: " in text, text
+        found = re.search(r"JetStream cluster of 3 nats-servers on (\S+) .*with 3 replica\(s\); authentication on",
+                          text)
+        assert found is not None, text
+        urls = found.group(1).split(",")
+        assert len(urls) == 3
+
+        chat = subprocess.run(
+            [sys.executable, "-m", "agentstream", "chat", "programmer-helper",
+             "How many lines does pyproject.toml have?", "--url", f"http://127.0.0.1:{edge_port}"],
+            capture_output=True, text=True, cwd=REPO, timeout=60,
+        )
+        assert chat.returncode == 0 and "run.completed" in chat.stdout, chat.stdout + chat.stderr
+
+        async def replicas() -> dict[str, tuple[int, int]]:
+            import nats
+
+            from agentstream.natsauth import connect_options
+            from schemas.permissions import Role, inbox_prefix
+
+            nc = await nats.connect(servers=urls, **connect_options(data / "auth" / "admin.nk",
+                                                                    inbox_prefix(Role.ADMIN)))
+            try:
+                out = {}
+                for stream in ("AGENT_RUNS", "RUN_EVENTS", "KV_RUN_INDEX"):
+                    info = await nc.jetstream().stream_info(stream)
+                    out[stream] = (info.config.num_replicas, len(info.cluster.replicas or []) + 1)
+                return out
+            finally:
+                await nc.close()
+
+        import asyncio
+
+        assert set(asyncio.run(replicas()).values()) == {(3, 3)}  # every stream on all three servers
+        # Anonymous clients are refused by every node: the cluster has the single server's authentication.
+        for url in urls:
+            port = int(url.rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                info = s.recv(4096)
+            assert b'"auth_required":true' in info, info[:300]
+    finally:
+        up.send_signal(signal.SIGINT)  # Ctrl-C
+        try:
+            rest, _ = up.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            rest, _ = up.communicate()
+    assert up.returncode == 0, rest
+    assert not _port_open(edge_port)
+    for url in urls:
+        assert not _port_open(int(url.rsplit(":", 1)[1]))

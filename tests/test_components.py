@@ -13,6 +13,7 @@ import time
 
 import httpx
 import pytest
+from httpx_sse import aconnect_sse
 
 from agentstream.natsserver import EmbeddedNats, free_port
 from tests.conftest import read_events, submit
@@ -91,6 +92,19 @@ async def test_two_agent_runners_started_together_share_one_consumer(fresh):
     assert runners <= {"runner-x", "runner-y"}
 
 
+class _Quick(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        """Quiet: no request log on stderr."""
+
+    def do_GET(self):
+        body = b"quick answer"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 class _Slow(http.server.BaseHTTPRequestHandler):
     arrived = threading.Event()
     hits = 0
@@ -163,22 +177,92 @@ async def test_heartbeats_flow_while_the_model_is_silent(fresh):
     assert raw.endswith(b"\n\n") and b"event: run.completed" in raw
 
 
-async def test_no_tool_runner_the_tool_error_reaches_the_model_and_the_run_ends(fresh):
+async def test_no_tool_runner_the_tool_error_reaches_the_model_at_once_and_the_run_ends(fresh):
     sysm = fresh()
     sysm.start_model()
     sysm.start_agent_runner()
     sysm.start_edge()
     async with httpx.AsyncClient(base_url=sysm.edge_url) as client:
-        accepted = await submit(client, "impatient-fetcher", "fetch https://example.com/")
-        started = time.monotonic()
+        accepted = await submit(client, "fetcher", "fetch https://example.com/")
         events = await asyncio.wait_for(read_events(client, accepted["run_id"]), 30)
     result = next(e["data"]["data"] for e in events if e["event"] == "tool.result")
     assert result["ok"] is False and result["error"]["type"] == "tool_unavailable"
-    assert result["attempts"] > 1  # retried while there was budget
-    assert time.monotonic() - started < 10
+    assert "no tool runner serves http_request" in result["error"]["message"]
+    # No tool runner has served it: the call ends after one attempt, not at its 30-second budget.
+    assert result["attempts"] == 1 and result["ms"] < 15_000
     assert events[-1]["event"] == "run.completed"
     answer = next(e["data"]["data"]["text"] for e in events if e["event"] == "message.completed")
     assert "tool_unavailable" in answer
+
+
+async def test_tool_runners_serving_some_tools_get_only_those_calls(fresh):
+    sysm = fresh(TOOL_HTTP_ALLOW_PRIVATE="true")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quick)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sysm.start_model()
+        sysm.start_tool_runner("files-only", TOOL_RUNNER_TOOLS="read_file")
+        sysm.start_tool_runner("web-only", TOOL_RUNNER_TOOLS="http_request")
+        sysm.start_agent_runner()
+        sysm.start_edge()
+        async with httpx.AsyncClient(base_url=sysm.edge_url) as client:
+            read = await submit(client, "programmer-helper", "What is the first line of pyproject.toml?")
+            fetch = await submit(client, "fetcher", f"Please fetch http://127.0.0.1:{server.server_address[1]}/x")
+            listing = await submit(client, "programmer-helper", "List the files in the directory `agents`")
+            results = {}
+            for name, run in (("read", read), ("fetch", fetch), ("list", listing)):
+                events = await asyncio.wait_for(read_events(client, run["run_id"]), 60)
+                assert events[-1]["event"] == "run.completed", events[-1]
+                results[name] = next(e["data"]["data"] for e in events if e["event"] == "tool.result")
+    finally:
+        server.shutdown()
+    assert results["read"]["name"] == "read_file" and results["read"]["ok"] is True
+    assert results["read"]["runner"] == "files-only"
+    assert results["fetch"]["name"] == "http_request" and results["fetch"]["ok"] is True
+    assert results["fetch"]["runner"] == "web-only"
+    # list_dir: no tool runner serves it, so the call fails at once instead of at its budget (60 s).
+    listed = results["list"]
+    assert listed["name"] == "list_dir" and listed["ok"] is False
+    assert listed["error"]["type"] == "tool_unavailable" and listed["attempts"] == 1
+
+
+async def test_a_call_waits_for_its_tool_runner_to_restart(fresh):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quick)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    sysm = fresh(TOOL_HTTP_ALLOW_PRIVATE="true")
+    try:
+        sysm.start_model()
+        tools = sysm.start_tool_runner("tools-1", TOOL_RUNNER_TOOLS="http_request")
+        sysm.start_agent_runner()
+        sysm.start_edge()
+        async with httpx.AsyncClient(base_url=sysm.edge_url, timeout=30) as client:
+            first = await submit(client, "fetcher", f"Please fetch {url}/first")
+            events = await asyncio.wait_for(read_events(client, first["run_id"]), 60)
+            assert next(e for e in events if e["event"] == "tool.result")["data"]["data"]["ok"] is True
+            tools.kill()  # the only tool runner serving http_request goes away ...
+            second = await submit(client, "fetcher", f"Please fetch {url}/second")
+            async with aconnect_sse(client, "GET", f"/api/runs/{second['run_id']}/events") as source:
+                async for sse in source.aiter_sse():
+                    if sse.event == "tool.call":
+                        break
+            await asyncio.sleep(1.0)  # ... for a while: the call keeps being retried meanwhile
+            sysm.start_tool_runner("tools-2", TOOL_RUNNER_TOOLS="http_request")  # ... and comes back
+            events = await asyncio.wait_for(read_events(client, second["run_id"]), 60)
+    finally:
+        server.shutdown()
+    result = next(e["data"]["data"] for e in events if e["event"] == "tool.result")
+    assert result["ok"] is True and result["runner"] == "tools-2" and result["attempts"] > 1
+    assert events[-1]["event"] == "run.completed"
+
+
+def test_a_tool_runner_with_an_unknown_tool_says_so_and_exits(fresh):
+    sysm = fresh()
+    with pytest.raises(RuntimeError) as err:
+        sysm.start_tool_runner("bad", TOOL_RUNNER_TOOLS="read_file,shell")
+    assert "exited with 2" in str(err.value)
+    assert "TOOL_RUNNER_TOOLS='read_file,shell': unknown tool(s) shell" in str(err.value)
+    assert "read_file, list_dir, http_request" in str(err.value)
 
 
 async def test_keys_go_only_where_the_operator_sent_them(fresh):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import httpx
 import pytest
@@ -307,3 +308,76 @@ async def test_the_real_edge_applies_its_request_rules(system):
         assert status == 421  # a malformed Host is not served either
     finally:
         writer.close()
+
+
+# -- idempotency: the same key names the same run, never the answer to another question
+
+async def test_a_used_message_id_with_a_different_message_is_409(api):
+    key = f"m-{uuid.uuid4().hex}"
+    first = await submit(api, "echo", "Explain gravity", message_id=key)
+    again = await submit(api, "echo", "Explain gravity", message_id=key)
+    assert again["run_id"] == first["run_id"] and again["duplicate"] is True
+    other = await api.post("/api/agents/echo/chat",
+                           json={"message": "What is the capital of France?", "message_id": key})
+    assert other.status_code == 409
+    assert other.json()["error"]["type"] == "idempotency_key_reused" and other.json()["error"]["field"] == "message_id"
+
+
+async def test_the_idempotency_key_header_works_like_message_id(api):
+    key = f"k-{uuid.uuid4().hex}"
+    headers = {"Idempotency-Key": key}
+    first = (await api.post("/api/agents/echo/chat", json={"message": "hi"}, headers=headers)).json()
+    again = (await api.post("/api/agents/echo/chat", json={"message": "hi"}, headers=headers)).json()
+    assert first["run_id"] == again["run_id"] and again["duplicate"] is True and first["message_id"] == key
+    other = await api.post("/api/agents/echo/chat", json={"message": "hello"}, headers=headers)
+    assert other.status_code == 409 and other.json()["error"]["field"] == "Idempotency-Key"
+
+
+async def test_openai_idempotency_key_names_one_run_and_refuses_another_question(api):
+    key = f"oai-{uuid.uuid4().hex}"
+    body = {"model": "echo", "messages": [{"role": "user", "content": "ping"}]}
+    first = await api.post("/v1/chat/completions", json=body, headers={"Idempotency-Key": key})
+    again = await api.post("/v1/chat/completions", json=body, headers={"Idempotency-Key": key})
+    assert first.status_code == again.status_code == 200
+    assert first.headers["X-Run-Id"] == again.headers["X-Run-Id"]
+    assert again.json()["choices"][0]["message"]["content"] == "ping"
+    other = await api.post("/v1/chat/completions", headers={"Idempotency-Key": key},
+                           json={**body, "messages": [{"role": "user", "content": "pong"}]})
+    assert other.status_code == 409
+    error = other.json()["error"]
+    assert error["code"] == "idempotency_key_reused" and error["param"] == "Idempotency-Key"
+
+
+async def test_llm_sse_clients_reusing_a_message_id_get_each_question_answered(api):
+    # llm-sse's clients send message_id as a label: two different questions under "message_123".
+    label = f"message_123-{uuid.uuid4().hex[:6]}"
+    answers = {}
+    for question in ("Explain <gravity> & stuff", "What is the capital of France?"):
+        body = {"message": question, "message_id": label, "conversation_id": "conv-1", "agent": "echo"}
+        resp = await api.post("/api/process", json=body)
+        frames = [json.loads(line[6:]) for line in resp.text.splitlines() if line.startswith("data: ")]
+        assert frames[-1]["status"] == "Completed" and all(f["message_id"] == label for f in frames)
+        answers[question] = "".join(f.get("message", "") for f in frames if f["status"] == "Streaming")
+    assert answers == {q: q for q in answers}  # each answered from its own question
+    # and the same question again is the same run
+    body = {"message": "What is the capital of France?", "message_id": label, "agent": "echo",
+            "conversation_id": "conv-1"}
+    first = await api.post("/api/process", json=body)
+    second = await api.post("/api/process", json=body)
+    assert first.headers["X-Run-Id"] == second.headers["X-Run-Id"]
+
+
+async def test_a_run_cancelled_by_its_departed_client_does_not_hold_its_message_id(api):
+    key = f"gone-{uuid.uuid4().hex}"
+    body = {"message": "tell me", "message_id": key, "agent": "long-story"}
+    async with api.stream("POST", "/api/process", json=body) as resp:
+        gone_run = resp.headers["X-Run-Id"]
+        async for line in resp.aiter_lines():
+            if '"Streaming"' in line:
+                break  # the client leaves mid-answer: the edge cancels the run
+    events = await asyncio.wait_for(read_events(api, gone_run), 30)
+    assert events[-1]["event"] == "run.cancelled" and events[-1]["data"]["data"]["reason"] == "client disconnected"
+    again = await api.post("/api/process", json=body)
+    assert again.status_code == 200 and again.headers["X-Run-Id"] != gone_run
+    frames = [json.loads(line[6:]) for line in again.text.splitlines() if line.startswith("data: ")]
+    assert frames[-1]["status"] == "Completed"

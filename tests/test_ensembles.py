@@ -89,6 +89,34 @@ async def test_members_run_concurrently_and_the_combiner_sees_question_and_label
     assert combine["messages"][0]["content"].startswith("You combine the answers")  # the combiner's own prompt
 
 
+async def test_each_members_frame_comes_when_that_member_ends(api):
+    # member-slow-a (listed first) talks for about two seconds, member-quick answers at once.
+    body = {"message": "Why is the sky blue?", "message_id": f"order-{time.time_ns()}", "agent": "ens-slow-first"}
+    arrivals: dict[str, float] = {}
+    frames = []
+    async with api.stream("POST", "/api/process", json=body) as resp:
+        assert resp.status_code == 200
+        run_id = resp.headers["x-run-id"]
+        async for line in resp.aiter_lines():
+            if line.startswith("data: "):
+                frames.append(json.loads(line[6:]))
+                arrivals.setdefault(frames[-1]["status"], time.monotonic())
+                if frames[-1].get("final"):
+                    break
+    statuses = [f["status"] for f in frames]
+    assert statuses.index("member-quick completed") < statuses.index("member-slow-a completed") < \
+        statuses.index("Combining via combiner")
+    # The quick member's frame was sent while the slow member still worked: its end was stored
+    # before the slow member's run ended, not once both had.
+    parent = await asyncio.wait_for(read_events(api, run_id), 30)
+    finished = {e["data"]["data"]["member"]: e for e in parent if e["event"] == "member.finished"}
+    slow_child = await asyncio.wait_for(read_events(api, finished["member-slow-a"]["data"]["data"]["run_id"]), 30)
+    assert slow_child[-1]["event"] == "run.completed"
+    assert _ts(finished["member-quick"]) < _ts(slow_child[-1])
+    assert finished["member-quick"]["id"] < finished["member-slow-a"]["id"]
+    assert arrivals["member-slow-a completed"] - arrivals["member-quick completed"] > 0.5  # seconds apart, not together
+
+
 async def test_a_failed_and_a_stuck_member_are_left_out(api, system):
     accepted = await submit(api, "ens-partial", "What is two plus two?")
     events = await asyncio.wait_for(read_events(api, accepted["run_id"]), 60)
@@ -144,9 +172,14 @@ async def test_not_enough_members_fails_the_run_naming_them(api):
 async def test_process_error_frame_has_the_real_message_id(api):
     _resp, frames, _raw = await asyncio.wait_for(process_frames(api, {"message": "hi", "message_id": "abc-123",
                                                                     "agent": "ens-strict"}), 60)
-    last = [f for f in frames if "status" in f][-1]
+    data = [f for f in frames if "status" in f]
+    last = data[-1]
     assert last["status"] == "error" and last["message_id"] == "abc-123" and last["final"] is True
     assert "members answered" in last["message"]
+    # One of three answered, two were needed: the combiner never runs, and no frame says it does.
+    statuses = [f["status"] for f in data]
+    assert {"member-quick completed", "member-broken failed", "member-stuck timed out"} <= set(statuses)
+    assert not any(s.startswith("Combining via") for s in statuses), statuses
 
 
 async def test_process_validates_and_is_idempotent(api):

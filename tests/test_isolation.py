@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import nats
+import nats.js.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -173,6 +174,8 @@ async def test_another_tenants_credentials_reach_nothing_of_alice(bus: System, a
         subjects.RUN_EVENTS_STREAM, ConsumerConfig(name="all", filter_subject="runs.*.*.*", ack_policy=AckPolicy.NONE)))
     await bob_bus.refused("$JS.API.CONSUMER.CREATE.RUN_EVENTS", lambda: js.add_consumer(
         subjects.RUN_EVENTS_STREAM, ConsumerConfig(filter_subject="runs.bob.*.*", ack_policy=AckPolicy.NONE)))
+    await bob_bus.refused("$JS.API.STREAM.MSG.GET.RUN_EVENTS", lambda: js.get_last_msg(  # the leader's read
+        subjects.RUN_EVENTS_STREAM, subject))
     await bob_bus.refused("$JS.API.STREAM.INFO.RUN_EVENTS", lambda: js.stream_info(
         subjects.RUN_EVENTS_STREAM, subjects_filter="runs.alice.>"))
     await bob_bus.refused("$kv.tenants.alice", lambda: js.publish("$KV.TENANTS.alice", b"{}"))
@@ -200,6 +203,11 @@ async def test_another_tenants_credentials_reach_nothing_of_alice(bus: System, a
     await bob_bus.refused("tools.bob.read_file", lambda: nc.request("tools.bob.read_file", call, timeout=1))
     await bob_bus.refused("tools.alice.read_file", lambda: nc.request("tools.alice.read_file", call, timeout=1))
     await bob_bus.refused("tools.*.read_file", lambda: subscribe("tools.*.read_file", queue=subjects.TOOL_QUEUE_GROUP))
+    await bob_bus.refused(subjects.TOOL_SERVICE_INFO, lambda: nc.request(subjects.TOOL_SERVICE_INFO, b"", timeout=1))
+    # Nor MCP tools: a tenant's service cannot make a tool runner list or call an agent's MCP server.
+    mcp = json.dumps({"run_id": run_id, "tool_call_id": "x", "arguments": {"agent": "a", "server": "s"}}).encode()
+    await bob_bus.refused("tools.bob.mcp_list", lambda: nc.request("tools.bob.mcp_list", mcp, timeout=1))
+    await bob_bus.refused("tools.alice.mcp", lambda: nc.request("tools.alice.mcp", mcp, timeout=1))
 
     # Alice's run is as it was, and her next run is served normally.
     after = await read_events(alice, run_id)
@@ -297,6 +305,8 @@ async def test_each_component_identity_is_held_to_its_role(bus: System) -> None:
                            lambda: edge.nc.jetstream().purge_stream(subjects.RUN_EVENTS_STREAM))
         await edge.refused("tools.alice.read_file",
                            lambda: edge.nc.request("tools.alice.read_file", b"{}", timeout=1))
+        await edge.refused("$JS.API.STREAM.MSG.GET.RUN_EVENTS", lambda: edge.nc.jetstream().get_last_msg(
+            subjects.RUN_EVENTS_STREAM, "runs.alice.programmer-helper.x"))
         await runner.refused("$JS.API.STREAM.DELETE.AGENT_RUNS",
                              lambda: runner.nc.jetstream().delete_stream(subjects.AGENT_RUNS_STREAM))
         await runner.refused("agents.alice.programmer-helper.run", lambda: runner.nc.jetstream().publish(
@@ -305,6 +315,17 @@ async def test_each_component_identity_is_held_to_its_role(bus: System) -> None:
                             lambda: tools.nc.publish("agents.alice.programmer-helper.run", b"{}"))
         await tools.refused("live.runs.>", lambda: _sub_and_flush(tools.nc, "live.runs.>"))
         await tools.refused("tools.*.read_file", lambda: _sub_and_flush(tools.nc, "tools.*.read_file"))
+        # An agent runner may ask the stream leader for a run's latest event (a write it must confirm).
+        refusals = len(runner.errors)
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await runner.nc.jetstream().get_last_msg(subjects.RUN_EVENTS_STREAM, "runs.alice.programmer-helper.x")
+        # ... and ask the tool runners which tools they serve (their nats.micro discovery).
+        info = json.loads((await runner.nc.request(subjects.TOOL_SERVICE_INFO, b"", timeout=5)).data)
+        assert info["name"] == subjects.TOOL_SERVICE and {e["name"] for e in info["endpoints"]} == {
+            "read_file", "list_dir", "http_request"}
+        assert runner.errors[refusals:] == []
+        await edge.refused(subjects.TOOL_SERVICE_INFO,
+                           lambda: edge.nc.request(subjects.TOOL_SERVICE_INFO, b"", timeout=1))
         # The admin identity may manage streams (a harmless update proves it).
         info = await admin.nc.jetstream().stream_info(subjects.RUN_EVENTS_STREAM)
         await admin.nc.jetstream().update_stream(info.config)

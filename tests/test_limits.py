@@ -131,13 +131,34 @@ async def test_open_streams_per_key_are_capped_across_edges(limited: System, eri
     assert int(resp.headers["Retry-After"]) >= 1
 
 
+async def test_responses_and_ag_ui_streams_take_a_place_among_the_keys_streams(limited: System) -> None:
+    async with client(limited.edge_url, "erin-key") as c:
+        whole = await c.post("/v1/responses", json={"model": "echo", "input": "hi"})  # not a stream: no place
+        assert whole.status_code == 200, whole.text
+        async with aconnect_sse(c, "GET", "/api/agents/echo/sse") as src:  # erin's one place
+            assert src.response.status_code == 200
+            refused = [
+                await c.post("/v1/responses", json={"model": "echo", "input": "hi", "stream": True}),
+                await c.get(f"/v1/responses/{whole.json()['id']}", params={"stream": "true"}),
+                await c.post("/ag-ui/echo", json={"threadId": "t", "runId": "r-erin", "messages": [
+                    {"id": "m", "role": "user", "content": "hi"}]}),
+            ]
+        assert [r.status_code for r in refused] == [429, 429, 429]
+        assert refused[0].json()["error"]["code"] == "rate_limit_exceeded"  # OpenAI's shape on /v1
+        assert refused[2].json()["error"]["type"] == "too_many_streams"
+        again = await c.post("/v1/responses", json={"model": "echo", "input": "hi", "stream": True})
+        assert again.status_code == 200 and again.text.rstrip().endswith("}"), "the place is free again"
+
+
 async def test_a_closed_stream_frees_its_place(limited: System) -> None:
     async with client(limited.edge_url) as edge:
         async def no_stream_open() -> bool:
             """the edge has noticed that the last stream's client went away"""
             return (await edge.get("/healthz")).json()["watchers"] == 0
 
-        for _ in range(3):
+        # Each client leaves as soon as its stream has started (while the edge is still reading
+        # the stored events): the edge must notice every time, not keep writing heartbeats to it.
+        for _ in range(10):
             await eventually(no_stream_open)
             async with client(limited.edge_url, "erin-key") as c, aconnect_sse(c, "GET", "/api/agents/echo/sse") as src:
                 assert src.response.status_code == 200

@@ -29,6 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentstream import logs, tracing
@@ -40,6 +41,7 @@ from tests.harness import Proc, System, new_system
 pytestmark = pytest.mark.timeout(180)
 
 LLM_KEY = "llm-secret-key-for-the-log-test"
+SPAN_KIND_CLIENT = Span.SPAN_KIND_CLIENT
 WRONG_KEY = "a-wrong-key-that-must-not-be-logged"
 
 
@@ -168,11 +170,9 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 def metrics_urls(sysm: System) -> dict[str, str]:
-    urls = {"edge": f"{sysm.edge_url}/metrics"}
-    for proc in sysm.procs:
-        if proc.name.startswith(("agent-runner", "tool-runner")):
-            urls[proc.name] = proc.metrics_url
-    return urls
+    """Each process's /metrics on its METRICS_BIND (the edge's too: never on EDGE_BIND)."""
+    return {proc.name: proc.metrics_url for proc in sysm.procs
+            if proc.name.startswith(("edge", "agent-runner", "tool-runner"))}
 
 
 def of_kind(procs: dict[str, Samples], kind: str) -> list[Samples]:
@@ -203,9 +203,11 @@ async def test_every_process_counts_what_its_runs_did(observed):
         assert events[-1]["event"] == "run.failed" and events[-1]["data"]["data"]["error"]["type"] == "llm_http_error"
         read += len(events)
 
+    edge_url = next(u for n, u in urls.items() if n.startswith("edge"))
+
     async def streams_closed() -> bool:
         """the edge counts no open SSE stream"""
-        return value(await scrape(urls["edge"]), "agentstream_sse_streams_open") == 0
+        return value(await scrape(edge_url), "agentstream_sse_streams_open") == 0
 
     await eventually(streams_closed)
 
@@ -260,6 +262,17 @@ async def test_metrics_need_no_key_and_show_no_secret(observed):
                 assert secret not in resp.text, name
 
 
+async def test_a_tenant_cannot_read_the_metrics_on_the_edges_api_port(observed):
+    """Counts over every tenant stay on METRICS_BIND: on EDGE_BIND, /metrics is an unknown path."""
+    async with alice(observed) as api:
+        assert (await submit(api, "programmer-helper", "hello"))["run_id"]
+        resp = await api.get("/metrics")
+        assert resp.status_code == 404 and resp.json()["error"]["type"] == "not_found"
+        assert "agentstream_" not in resp.text
+        anonymous = await api.get("/metrics", headers={"Authorization": ""})
+        assert anonymous.status_code == 401 and "agentstream_" not in anonymous.text
+
+
 # -- traces
 
 
@@ -300,8 +313,13 @@ async def test_one_trace_spans_edge_runner_tool_runner_and_model(observed):
     assert run_span.attributes["agentstream.attempt"] == 1
     chats = [s for s in spans if s.service == "agentstream-agent-runner" and s.name == "chat builtin"]
     assert len(chats) == 2 and {c.parent_id for c in chats} == {run_span.span_id}
+    # Each model request is the httpx instrumentation's client span under its chat span, and the
+    # model server's span is its child: the traceparent went on the HTTP request.
+    requests = [s for s in spans if s.service == "agentstream-agent-runner" and s.name == "POST"]
+    assert len(requests) == 2 and {r.parent_id for r in requests} == {c.span_id for c in chats}
+    assert all(r.kind == SPAN_KIND_CLIENT and r.attributes["http.response.status_code"] == 200 for r in requests)
     served = [s for s in spans if s.service == "agentstream-builtin-model"]
-    assert {s.parent_id for s in served} == {c.span_id for c in chats}  # traceparent on the HTTP request
+    assert {s.parent_id for s in served} == {r.span_id for r in requests}
     call = one(spans, "agentstream-agent-runner", "execute_tool read_file")
     assert call.parent_id == run_span.span_id
     executed = one(spans, "agentstream-tool-runner", "execute_tool read_file")

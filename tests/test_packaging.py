@@ -31,13 +31,26 @@ def _is_entry_point(command: list[str]) -> bool:
     return False
 
 
+CLUSTER = ("nats-1", "nats-2", "nats-3")
+
+
+def _default(value: str) -> str:
+    """What a compose value ``${VAR:-default}`` is when VAR is unset (the value itself otherwise)."""
+    found = re.fullmatch(r"\$\{[A-Z_]+:-(.*)\}", value)
+    return found.group(1) if found else value
+
+
 def test_compose_services_run_real_entry_points():
     services = _compose()["services"]
-    assert set(services) == {"auth", "nats", "setup", "edge", "agent-runner", "tool-runner"}
+    assert set(services) == {"auth", "nats", "setup", "edge", "agent-runner", "tool-runner", "cluster-config",
+                             *CLUSTER}
+    default = {name for name, svc in services.items() if "profiles" not in svc}
+    assert default == {"auth", "nats", "setup", "edge", "agent-runner", "tool-runner"}  # single server by default
     for name in ("edge", "agent-runner", "tool-runner"):
         svc = services[name]
         assert _is_entry_point(svc["command"]), f"{name}: {svc['command']} is not an entry point"
-        assert svc["environment"]["NATS_URL"] == "nats://nats:4222"
+        assert _default(svc["environment"]["NATS_URL"]) == "nats://nats:4222"
+        assert _default(svc["environment"]["STREAM_REPLICAS"]) == "1"
         assert svc["build"] == "." and svc["image"] == services["edge"]["image"]  # one image
     assert services["edge"]["command"][-1] == "edge"
     assert services["agent-runner"]["command"][-1] == "agent_runner"
@@ -80,6 +93,54 @@ def test_compose_runs_nats_with_authentication_and_each_component_with_its_ident
                    capture_output=True, cwd=REPO)
     for name in ("nats-auth.conf", "admin.nk", "edge.nk", "agent-runner.nk", "tool-runner.nk"):
         assert (tmp_path / "auth" / name).is_file(), name
+
+
+def test_compose_cluster_profile_runs_three_jetstream_servers_with_the_same_authentication(tmp_path):
+    compose = _compose()
+    services = compose["services"]
+    setup, writer = services["setup"], services["cluster-config"]
+    assert writer["profiles"] == ["cluster"] and writer["depends_on"]["auth"]["condition"] == \
+        "service_completed_successfully"
+    routes = writer["command"][writer["command"].index("--cluster-routes") + 1].split(",")
+    assert sorted(r.split(":")[0] for r in routes) == list(CLUSTER)
+    names, stores, ports = set(), set(), set()
+    for node in CLUSTER:
+        svc = services[node]
+        command = svc["command"]
+        assert svc["profiles"] == ["cluster"] and svc["image"].startswith("nats:")
+        assert "--jetstream" in command
+        names.add(command[command.index("--name") + 1])
+        store = command[command.index("--store_dir") + 1]
+        volume = next(v.split(":")[0] for v in svc["volumes"] if v.split(":")[1] == store)
+        assert volume in compose["volumes"]
+        stores.add(volume)
+        auth_mount = next(v.split(":")[1] for v in svc["volumes"] if v.startswith("auth:"))
+        assert command[command.index("--config") + 1] == f"{auth_mount}/nats-cluster.conf"
+        assert svc["depends_on"]["cluster-config"]["condition"] == "service_completed_successfully"
+        assert all(p.startswith("127.0.0.1:") for p in svc["ports"])
+        ports.update(p.split(":")[1] for p in svc["ports"])
+        assert setup["depends_on"][node]["required"] is False  # present only with the profile
+    assert names == set(CLUSTER) and len(stores) == 3 and len(ports) == 3, "each server its own name, store, port"
+    assert _default(setup["environment"]["STREAM_REPLICAS"]) == "1"
+    # What cluster-config writes is a configuration nats-server accepts, including the client users.
+    env = {**os.environ, "AGENTSTREAM_DATA_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-m", "agentstream", *writer["command"][1:]], env=env, check=True,
+                   capture_output=True, cwd=REPO)
+    auth = tmp_path / "auth"
+    config = (auth / "nats-cluster.conf").read_text()
+    assert 'include "nats-auth.conf"' in config and '"authorization"' in config
+    assert oct((auth / "nats-cluster.conf").stat().st_mode & 0o777) == "0o600"
+    password = (auth / "cluster-route.secret").read_text()
+    assert config.count(password) == 1 + len(routes)  # the routes' own authorization, used by every route
+    from agentstream.natsserver import find_binary
+
+    checked = subprocess.run([find_binary(), "-c", "nats-cluster.conf", "--name", "nats-1", "-js", "-t"],
+                             cwd=auth, capture_output=True, text=True)
+    assert checked.returncode == 0 and "is valid" in checked.stdout + checked.stderr, checked.stderr
+    # Written again (compose runs cluster-config at every `up`), the route password stays.
+    subprocess.run([sys.executable, "-m", "agentstream", *writer["command"][1:]], env=env, check=True,
+                   capture_output=True, cwd=REPO)
+    assert (auth / "cluster-route.secret").read_text() == password
 
 
 def test_scalable_services_can_be_scaled():

@@ -97,10 +97,13 @@ async def resolve_allowed(host: str, port: int, *, allow_private: bool) -> str:
     address it resolves to is refused (any refused address is named in the message).
     """
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as err:
-        raise ToolError("dns_error", f"cannot resolve {host!r}: {err.strerror or err}") from None
-    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))  # (host, port, ...) for IPv4 and IPv6
+        addresses = [str(ipaddress.ip_address(host))]  # an address already: nothing to resolve
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as err:
+            raise ToolError("dns_error", f"cannot resolve {host!r}: {err.strerror or err}") from None
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))  # (host, port, ...), IPv4 and IPv6
     if allow_private:
         return addresses[0]
     refused = []

@@ -1,5 +1,8 @@
 """The tool runner: each tool as a NATS micro-service endpoint on ``tools.*.{tool}`` in one queue
-group, so any number of tool runners share the calls and each can be scaled alone.
+group, so any number of tool runners share the calls and each can be scaled alone. A tool runner
+serves every tool, or those ``TOOL_RUNNER_TOOLS`` names (a pool of http_request runners apart
+from the read_file ones); agent runners find out which tools are served by the service's
+nats.micro discovery (agent_runner.tool_directory).
 
 Calls are executed concurrently (up to TOOL_RUNNER_CONCURRENCY; a micro endpoint alone would
 handle one request at a time, nats-notes.md §1.3). A call repeated with the same idempotency key
@@ -26,6 +29,7 @@ from nats.micro.service import Service
 from pydantic import ValidationError
 
 from agentstream import logs, tracing
+from agentstream.agents import load_agents
 from agentstream.bus import ensure_topology
 from agentstream.logs import announce
 from agentstream.policies import PolicyWatcher
@@ -34,23 +38,41 @@ from schemas import headers as H
 from schemas import subjects
 from schemas.common import ErrorInfo
 from schemas.permissions import Role
+from schemas.tenants import TenantPolicy
 from schemas.tools import TOOL_RUNNER_TOOLS, ToolCallRequest, ToolCallResult
 from tool_runner import metrics
 from tool_runner.errors import ToolError
 from tool_runner.filepool import FilePool
+from tool_runner.mcp.tools import ENDPOINTS as MCP_ENDPOINTS
+from tool_runner.mcp.tools import McpTools
 from tool_runner.once import ResultStore, StoreUnavailable
 from tool_runner.tools import ToolContext, registry
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "agentstream-tool-runner"
+SERVICE_NAME = subjects.TOOL_SERVICE
 SERVICE_VERSION = "0.1.0"
 RESULT_CACHE_SECONDS = 600.0
 RESULT_CACHE_SIZE = 10_000
 
 
+def served_tools(settings: Settings) -> list[str]:
+    """The tools ``TOOL_RUNNER_TOOLS`` names (every tool when unset), in catalog order. Raises
+    ValueError naming the variable and the known tools for an unknown name."""
+    known = list(registry())
+    wanted = [t.strip() for t in settings.tool_runner_tools.split(",") if t.strip()]
+    if not wanted:
+        return known
+    unknown = [t for t in wanted if t not in known]
+    if unknown:
+        raise ValueError(f"TOOL_RUNNER_TOOLS={settings.tool_runner_tools!r}: unknown tool(s) {', '.join(unknown)}; "
+                         f"the tools are {', '.join(known)}")
+    return [t for t in known if t in wanted]
+
+
 class ToolRunner:
-    """Serves the tools on one NATS connection. ``start()``, then ``stop(grace)`` (seconds)."""
+    """Serves the tools (:func:`served_tools`) on one NATS connection. ``start()``, then
+    ``stop(grace)`` (seconds). Raises ValueError for a bad ``TOOL_RUNNER_TOOLS``."""
 
     def __init__(self, settings: Settings, nc: NATS):
         self.settings = settings
@@ -58,7 +80,8 @@ class ToolRunner:
         self.id = settings.runner_name
         root = settings.tool_root or Path.cwd()
         self.root = root.resolve()
-        self._tools = registry()
+        every = registry()
+        self._tools = {name: every[name] for name in served_tools(settings)}
         self._slots = asyncio.Semaphore(settings.tool_runner_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
@@ -70,6 +93,9 @@ class ToolRunner:
         self.ctx = ToolContext(settings=settings, root=self.root, http=self._http, files=self._files)
         self._contexts: dict[str, ToolContext] = {}
         self.policies: PolicyWatcher | None = None
+        catalog = load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern,
+                              mcp_stdio_commands=settings.mcp_stdio_commands)
+        self.mcp = McpTools(settings, catalog, policy_of=self._policy_of, root_of=lambda t: self.context_for(t).root)
 
     async def start(self) -> None:
         """Wait for the streams and buckets, then register the micro service and one endpoint per tool."""
@@ -82,18 +108,19 @@ class ToolRunner:
             self.nc,
             name=SERVICE_NAME,
             version=SERVICE_VERSION,
-            description="agentstream tools (read_file, list_dir, http_request)",
+            description=f"agentstream tools ({', '.join(self._tools)})",
             metadata={"runner": self.id, "root": self.root.name},
             queue_group=subjects.TOOL_QUEUE_GROUP,
         )
-        for name in self._tools:
+        self.mcp.start()
+        for name in (*self._tools, *MCP_ENDPOINTS):
             await service.add_endpoint(
                 name=name,
                 subject=subjects.tool_all_tenants(name),
                 handler=self._on_request,
                 queue_group=subjects.TOOL_QUEUE_GROUP,
             )
-        log.info("tool runner %s serving %s (root: %s)", self.id, ", ".join(self._tools), self.root)
+        log.info("tool runner %s serving %s (root: %s)", self.id, ", ".join((*self._tools, *MCP_ENDPOINTS)), self.root)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking calls, let running ones finish for up to ``grace`` seconds, then close."""
@@ -106,6 +133,7 @@ class ToolRunner:
             _, pending = await asyncio.wait(self._tasks, timeout=grace)
             for task in pending:
                 task.cancel()
+        await self.mcp.close()
         await self._http.aclose()
         self._files.close()
 
@@ -127,7 +155,7 @@ class ToolRunner:
         except (ValueError, ValidationError) as err:
             await _respond_error(request, "400", f"bad tool request: {err}")
             return
-        if tool_name not in self._tools:
+        if tool_name not in self._tools and tool_name not in MCP_ENDPOINTS:
             await _respond_error(request, "404", f"unknown tool {tool_name!r}")
             return
         headers = request.headers or {}
@@ -154,11 +182,13 @@ class ToolRunner:
             log.warning("could not send result of %s: %s", key, err)
 
     async def _progress(self, reply: str, interval: float) -> None:
+        # The first one after one interval, not at once: a call done sooner needs none (most are),
+        # and the caller gives up only after three silent intervals.
         hdrs = {H.TOOL_PROGRESS: "1", H.RUNNER: self.id}
         try:
             while True:
-                await self.nc.publish(reply, b"", headers=hdrs)
                 await asyncio.sleep(interval)
+                await self.nc.publish(reply, b"", headers=hdrs)
         except asyncio.CancelledError:
             pass
         except Exception as err:
@@ -196,7 +226,11 @@ class ToolRunner:
         async def execute() -> bytes:
             return orjson.dumps((await self._execute(tool_name, call, tenant)).model_dump(mode="json"))
 
-        if not TOOL_RUNNER_TOOLS[tool_name].side_effects or self._results is None:
+        if tool_name == subjects.MCP_CALL_TOOL:  # side effects unless the server says readOnlyHint
+            side_effects = not await self.mcp.read_only(tenant, call.arguments, call.timeout)
+        else:
+            side_effects = tool_name in TOOL_RUNNER_TOOLS and TOOL_RUNNER_TOOLS[tool_name].side_effects
+        if not side_effects or self._results is None:
             return await execute()
         started = time.perf_counter()
         try:
@@ -225,13 +259,18 @@ class ToolRunner:
             ctx = self._contexts[policy.tool_root] = replace(self.ctx, root=Path(policy.tool_root).resolve())
         return ctx
 
+    def _policy_of(self, tenant: str) -> TenantPolicy | None:
+        return self.policies.get(tenant) if self.policies is not None else None
+
     async def _execute(self, tool_name: str, call: ToolCallRequest, tenant: str) -> ToolCallResult:
         started = time.perf_counter()
-        spec = TOOL_RUNNER_TOOLS[tool_name]
         try:
-            args = spec.args.model_validate(call.arguments)
             async with asyncio.timeout(call.timeout):
-                output = await self._tools[tool_name](args, self.context_for(tenant))
+                if tool_name in MCP_ENDPOINTS:
+                    output = await self.mcp.execute(tool_name, tenant, call.arguments, call.timeout)
+                else:
+                    args = TOOL_RUNNER_TOOLS[tool_name].args.model_validate(call.arguments)
+                    output = await self._tools[tool_name](args, self.context_for(tenant))
             return self._result(tool_name, call, started, output=output)
         except ValidationError as err:
             problems = "; ".join(
@@ -281,6 +320,11 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     from agentstream.bus import close, connect
     from agentstream.probe import serve_probe
 
+    try:
+        served_tools(settings)
+    except ValueError as err:
+        log.error("%s", err)
+        raise SystemExit(2) from None
     nc = await connect(settings, f"tool-runner {settings.runner_name}", role=Role.TOOL_RUNNER)
     probe_stop = asyncio.Event()
     probe = asyncio.create_task(serve_probe("tool-runner", settings.metrics_bind, lambda: nc.is_connected, probe_stop))

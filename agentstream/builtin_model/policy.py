@@ -1,6 +1,11 @@
 """What the built-in model says: a deterministic stand-in for an LLM that drives the agent loop
 honestly.
 
+- Told ``use the tool NAME with {json}`` (once or more in the message: ``use the tool a with {}
+  and use the tool b with {"x": 1}``): it calls each tool NAME so named, in that order, in one
+  step, with that JSON object as its arguments (``with`` and the object may be left out: ``{}``).
+  It does so whether or not NAME is offered, as a real model may call a tool it was not given;
+  this rule comes before all others.
 - Asked about a URL, with ``http_request`` offered: it calls ``http_request``.
 - Asked about a skill by name, with ``load_skill`` offered: it calls ``load_skill``.
 - Asked to list a directory, with ``list_dir`` offered: it calls ``list_dir``.
@@ -8,7 +13,8 @@ honestly.
 - Asked to call any other offered tool by name (client-side tools): it calls it, with the first
   JSON object in the message as arguments.
 - Given tool results: it answers from their actual content (a file's line count and first line,
-  an HTTP status and the start of the body, a directory's entries, an error's message).
+  an HTTP status and the start of the body, a directory's entries, an MCP tool's text, an error's
+  message).
 - Otherwise it answers with a fixed sentence built from the question.
 
 It is not a language model and does not pretend to be one; see the README for real servers.
@@ -27,6 +33,7 @@ _PATH = re.compile(r"(?<![\w/.@-])((?:\.{0,2}/)?(?:[\w.-]+/)*[\w-][\w.-]*\.[A-Za
 _DIR_WORDS = re.compile(r"\b(list|ls|show)\b.*\b(dir|directory|folder|files|entries)\b", re.I | re.S)
 _WORD = re.compile(r"\S+\s*|\s+")
 _LABELLED = re.compile(r"^### ([\w.-]+)\n(.*?)(?=^### |\Z)", re.M | re.S)
+_USE_TOOL = re.compile(r"\buse the tool\s+`?([A-Za-z0-9_-]{1,64})`?(?:\s+with\s+(?=\{))?", re.I)
 _NAMED_DIR = re.compile(
     r"\b(?:the\s+)?([\w.][\w./-]*)\s+(?:dir|directory|folder)\b|\b(?:dir|directory|folder)\s+`?([\w.][\w./-]*)", re.I
 )
@@ -125,6 +132,9 @@ def decide(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, o
         return Reply(text=question)
     if opts.tokens is not None:
         return Reply(text=_words(opts.tokens))
+    named = _named_tool_calls(question)
+    if named:
+        return Reply(tool_calls=named)
     plan = _plan_tool_call(question, offered)
     if plan is not None:
         return Reply(tool_calls=[plan])
@@ -132,6 +142,23 @@ def decide(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, o
     if len(labelled) >= 2:
         return Reply(text=_combine(labelled))
     return Reply(text=_plain_answer(question, _persona(messages)))
+
+
+def _named_tool_calls(question: str) -> list[ToolCallPlan]:
+    """The calls a message asks for by name: ``use the tool NAME with {json}`` (see the module docstring)."""
+    plans = []
+    for match in _USE_TOOL.finditer(question):
+        rest = question[match.end():]
+        arguments: dict[str, Any] = {}
+        if rest.startswith("{"):
+            try:
+                value, _ = json.JSONDecoder().raw_decode(rest)
+            except json.JSONDecodeError:
+                value = None
+            if isinstance(value, dict):
+                arguments = value
+        plans.append(ToolCallPlan(match.group(1), arguments))
+    return plans
 
 
 def _plan_tool_call(question: str, offered: dict[str, dict[str, Any]]) -> ToolCallPlan | None:
@@ -280,6 +307,9 @@ def _describe(name: str, args: dict[str, Any], content: str) -> str:
         text = str(result["text"])
         first = next((ln.strip().lstrip("#").strip() for ln in text.splitlines() if ln.strip()), "")
         return f"I loaded the skill {result.get('name')} ({len(text.splitlines())} lines): {first}"
+    if isinstance(result, dict) and isinstance(result.get("text"), str) and result["text"]:  # an MCP tool's result
+        text = " ".join(result["text"].split())
+        return f"The tool {name} returned: {text[:200]}{'…' if len(text) > 200 else ''}"
     shown = content if len(content) <= 200 else content[:200] + "…"
     return f"The tool {name} returned: {shown}"
 

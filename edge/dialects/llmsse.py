@@ -2,7 +2,9 @@
 
 Frames are ``data: {"message_id", "conversation_id"?, "status", "source", "message"?, "final"?}``
 (llm-sse.md §3): ``Sending to <member>`` per member, ``<member> completed`` / ``failed`` /
-``timed out`` as each ends (llm-sse had no such frame), ``Combining via <combiner>``, one
+``timed out`` as each ends (llm-sse had no such frame; the parent run writes each member's
+``member.finished`` when that member ends), ``Combining via <combiner>`` once every member has
+ended and at least ``min_success`` answered (otherwise the error frame follows), one
 ``Streaming`` frame per fragment of the combined answer, ``Completed`` with ``final: true``.
 Unlike llm-sse, an error frame carries the real ``message_id`` (and ``final: true``), and the
 stream has heartbeats (written by the caller).
@@ -23,16 +25,20 @@ _ENDED = {"completed": "completed", "failed": "failed", "cancelled": "was cancel
 
 class ProcessStream:
     """Frames for one run. ``source``: the name answering (the combiner of an ensemble, else the
-    agent); ``members``: how many members the agent has (0 for a plain agent)."""
+    agent); ``members``: how many members the agent has (0 for a plain agent); ``min_success``:
+    how many must answer for the combiner to run."""
 
-    def __init__(self, message_id: str, conversation_id: str | None, *, agent: str, source: str, members: int):
+    def __init__(self, message_id: str, conversation_id: str | None, *, agent: str, source: str, members: int,
+                 min_success: int = 1):
         self.base: dict[str, Any] = {"message_id": message_id}
         if conversation_id:
             self.base["conversation_id"] = conversation_id
         self.agent = agent
         self.source = source
         self.members = members
+        self.min_success = min_success
         self.finished_members = 0
+        self.answered_members = 0
         self.done = False
         self._replay = Replay()
 
@@ -50,10 +56,11 @@ class ProcessStream:
             return [self._frame(status=f"Sending to {data['member']}", source=data["member"])]
         if t == E.MEMBER_FINISHED:
             self.finished_members += 1
+            self.answered_members += data.get("status") == "completed"
             error = (data.get("error") or {}).get("message")
             frames = [self._frame(status=f"{data['member']} {_ENDED.get(data['status'], data['status'])}",
                                   source=data["member"], message=error)]
-            if self.finished_members == self.members:
+            if self.finished_members == self.members and self.answered_members >= self.min_success:
                 frames.append(self._frame(status=f"Combining via {self.source}", source=self.source))
             return frames
         if t == E.RUN_RETRYING:

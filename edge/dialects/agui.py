@@ -1,0 +1,233 @@
+"""Run events rendered as AG-UI events (the Agent User Interaction Protocol, ag-ui.com, spec 1.0),
+and AG-UI's ``RunAgentInput`` read as a run request.
+
+The events are the ``ag_ui.core`` models (the ``ag-ui-protocol`` package), encoded by its
+``EventEncoder``. One run is, in order: ``RUN_STARTED``; per LLM step ``STEP_STARTED`` (name
+``step N``), the step's text as one assistant message (``TEXT_MESSAGE_START`` /
+``TEXT_MESSAGE_CONTENT`` / ``TEXT_MESSAGE_END``), each tool call the model made
+(``TOOL_CALL_START`` / ``TOOL_CALL_ARGS`` / ``TOOL_CALL_END``, parented to the step's message)
+and, for the agent's own tools, their results (``TOOL_CALL_RESULT``), then ``STEP_FINISHED``;
+last ``RUN_FINISHED`` (with the run's token usage; a cancelled run's outcome is ``cancelled``)
+or ``RUN_ERROR``. A call of a frontend tool (``tools`` in the input) ends the run after its
+``TOOL_CALL_END``: the application runs the tool and starts the next run with its result.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from ag_ui.core import (
+    AssistantMessage,
+    BaseEvent,
+    Context,
+    DeveloperMessage,
+    RunAgentInput,
+    RunErrorEvent,
+    RunFinishedCancelledOutcome,
+    RunFinishedEvent,
+    RunStartedEvent,
+    StepFinishedEvent,
+    StepStartedEvent,
+    SystemMessage,
+    TextMessageContentEvent,
+    TextMessageEndEvent,
+    TextMessageStartEvent,
+    TokenUsage,
+    ToolCallArgsEvent,
+    ToolCallEndEvent,
+    ToolCallResultEvent,
+    ToolCallStartEvent,
+    ToolMessage,
+    UserMessage,
+)
+
+from edge.dialects.replay import Replay
+from edge.errors import ApiError
+from schemas import events as E
+from schemas.common import ChatMessage, FunctionTool
+
+RESTART_DIVERGED = ("the agent's run was interrupted and restarted, and its new answer differs from what was "
+                    "already sent; retry")
+
+
+def _content(content: Any, param: str) -> str | list[dict[str, Any]]:
+    """A message's AG-UI content (text, or text and image parts) as chat content. ApiError 422
+    naming the part for other media."""
+    if isinstance(content, str):
+        return content
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(content or []):
+        kind = getattr(part, "type", None)
+        if kind == "text":
+            parts.append({"type": "text", "text": part.text})
+        elif kind == "image" and getattr(part.source, "type", None) in ("url", "data"):
+            source = part.source
+            url = source.value if source.type == "url" else f"data:{source.mime_type};base64,{source.value}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        else:
+            raise ApiError(422, "unsupported", f"{param}.{j}: {kind!r} parts are not supported (text and images only)",
+                           f"{param}.{j}.type")
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
+
+
+def chat_messages(inp: RunAgentInput) -> list[ChatMessage]:
+    """The input's ``context`` (one system message) and ``messages`` as chat messages; activity
+    and reasoning messages are the UI's own and are left out. ApiError 422 naming the message."""
+    out: list[ChatMessage] = []
+    if inp.context:
+        out.append(ChatMessage(role="system", content=context_prompt(inp.context)))
+    for i, msg in enumerate(inp.messages):
+        param = f"messages.{i}.content"
+        if isinstance(msg, (SystemMessage, DeveloperMessage)):
+            out.append(ChatMessage(role=msg.role, content=msg.content))
+        elif isinstance(msg, UserMessage):
+            out.append(ChatMessage(role="user", content=_content(msg.content, param)))
+        elif isinstance(msg, AssistantMessage):
+            calls = [{"id": c.id, "type": "function", "function": {"name": c.function.name,
+                                                                    "arguments": c.function.arguments}}
+                     for c in msg.tool_calls or []]
+            out.append(ChatMessage.model_validate({"role": "assistant", "content": msg.content,
+                                                   **({"tool_calls": calls} if calls else {})}))
+        elif isinstance(msg, ToolMessage):
+            content = _content(msg.content, param)
+            text = content if isinstance(content, str) else json.dumps(content)
+            if msg.error:
+                text = json.dumps({"error": {"type": "tool_error", "message": msg.error}, "content": text})
+            out.append(ChatMessage(role="tool", tool_call_id=msg.tool_call_id, content=text))
+    return out
+
+
+def context_prompt(context: list[Context]) -> str:
+    """AG-UI ``context`` entries as one system message."""
+    lines = "\n".join(f"- {c.description}: {c.value}" for c in context)
+    return f"Context from the application:\n{lines}"
+
+
+def frontend_tools(inp: RunAgentInput) -> list[FunctionTool]:
+    """The input's ``tools`` (the application's frontend tools) as client-side function tools."""
+    return [FunctionTool(function={"name": t.name, "description": t.description,
+                                   **({"parameters": t.parameters} if t.parameters is not None else {})})
+            for t in inp.tools or []]
+
+
+def tool_content(data: dict[str, Any]) -> str:
+    """A ``tool.result`` as the text the model read (agent_runner.loop.tool_message_content)."""
+    if data.get("ok"):
+        return json.dumps(data.get("output"), ensure_ascii=False)
+    return json.dumps({"error": data.get("error") or {"type": "error", "message": "failed"}})
+
+
+def _ms(ts: object) -> int | None:
+    if not isinstance(ts, str):
+        return None
+    try:
+        return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+class AguiStream:
+    """The AG-UI events of one run. ``thread_id`` and ``run_id`` are the client's (echoed in
+    RUN_STARTED and RUN_FINISHED); ``run`` is agentstream's run id (message ids derive from it).
+    ``done``: RUN_FINISHED or RUN_ERROR was produced."""
+
+    def __init__(self, thread_id: str, run_id: str, run: str):
+        self.thread_id = thread_id
+        self.run_id = run_id
+        self.run = run
+        self.done = False
+        self._step = 0  # the highest step started
+        self._step_open = False
+        self._message: str | None = None  # the open text message
+        self._replay = Replay()
+
+    def start(self) -> list[BaseEvent]:
+        """RUN_STARTED."""
+        return [RunStartedEvent(thread_id=self.thread_id, run_id=self.run_id)]
+
+    def render(self, body: dict[str, Any]) -> list[BaseEvent]:
+        """The events for one run event (an envelope); empty for those this view does not show."""
+        if self.done:
+            return []
+        t, data, ts = body.get("type"), body.get("data") or {}, _ms(body.get("ts"))
+        if t == E.RUN_RETRYING:
+            self._replay.restart(int(data.get("resume_step", 1)))
+        elif t == E.MESSAGE_DELTA:
+            step = int(data.get("step", 1))
+            text = self._replay.text(step, data.get("text", ""))
+            if text is None:
+                return self._error(RESTART_DIVERGED, "run_restarted", ts)
+            if not text:
+                return []
+            out = self._enter(step, ts)
+            if self._message is None:
+                self._message = f"{self.run}-{step}"
+                out.append(TextMessageStartEvent(message_id=self._message, role="assistant", timestamp=ts))
+            out.append(TextMessageContentEvent(message_id=self._message, delta=text, timestamp=ts))
+            return out
+        elif t == E.TOOL_CALL:
+            step = int(data.get("step", 1))
+            out = [*self._enter(step, ts), *self._end_message(ts)]
+            call_id = data["tool_call_id"]
+            out.append(ToolCallStartEvent(tool_call_id=call_id, tool_call_name=data["name"],
+                                          parent_message_id=f"{self.run}-{step}", timestamp=ts))
+            if data.get("arguments"):
+                out.append(ToolCallArgsEvent(tool_call_id=call_id, delta=data["arguments"], timestamp=ts))
+            out.append(ToolCallEndEvent(tool_call_id=call_id, timestamp=ts))
+            return out
+        elif t == E.TOOL_RESULT:
+            return [ToolCallResultEvent(message_id=f"{self.run}-{data['tool_call_id']}",
+                                        tool_call_id=data["tool_call_id"], content=tool_content(data), role="tool",
+                                        timestamp=ts)]
+        elif t == E.MESSAGE_COMPLETED:
+            return self._end_step(ts)
+        elif t in (E.RUN_COMPLETED, E.RUN_CANCELLED):
+            out = self._end_step(ts)
+            u = data.get("usage") or {}
+            usage = [TokenUsage(input_tokens=int(u.get("prompt_tokens", 0)),
+                                output_tokens=int(u.get("completion_tokens", 0)),
+                                total_tokens=int(u.get("prompt_tokens", 0)) + int(u.get("completion_tokens", 0)))]
+            outcome = RunFinishedCancelledOutcome() if t == E.RUN_CANCELLED else None
+            out.append(RunFinishedEvent(thread_id=self.thread_id, run_id=self.run_id, outcome=outcome, usage=usage,
+                                        timestamp=ts))
+            self.done = True
+            return out
+        elif t == E.RUN_FAILED:
+            error = data.get("error") or {}
+            return self._error(error.get("message") or data.get("reason") or "the run failed",
+                               error.get("type") or "run_failed", ts)
+        return []
+
+    def error(self, message: str, code: str) -> list[BaseEvent]:
+        """RUN_ERROR now (the stream cannot go on, e.g. the edge is stopping)."""
+        return self._error(message, code, None)
+
+    def _error(self, message: str, code: str, ts: int | None) -> list[BaseEvent]:
+        self.done = True
+        return [*self._end_step(ts), RunErrorEvent(message=message, code=code, timestamp=ts)]
+
+    def _enter(self, step: int, ts: int | None) -> list[BaseEvent]:
+        """STEP_STARTED when ``step`` is a new one (after finishing the open one)."""
+        if step <= self._step:
+            return []
+        out = self._end_step(ts)
+        self._step, self._step_open = step, True
+        out.append(StepStartedEvent(step_name=f"step {step}", timestamp=ts))
+        return out
+
+    def _end_message(self, ts: int | None) -> list[BaseEvent]:
+        if self._message is None:
+            return []
+        message, self._message = self._message, None
+        return [TextMessageEndEvent(message_id=message, timestamp=ts)]
+
+    def _end_step(self, ts: int | None) -> list[BaseEvent]:
+        out = self._end_message(ts)
+        if self._step_open:
+            self._step_open = False
+            out.append(StepFinishedEvent(step_name=f"step {self._step}", timestamp=ts))
+        return out
