@@ -29,14 +29,20 @@ from schemas import events as E
 from schemas import subjects
 from schemas.agents import RESERVED_PARAMETERS, AgentDefinition
 from schemas.common import ErrorInfo, FunctionCall, ToolCallRef, Usage
+from schemas.errors import AgentstreamError, ErrorKind
 from schemas.runs import RunRequest
 from schemas.tools import BUILTIN_AGENT_TOOLS, LOAD_SKILL, TOOL_RUNNER_TOOLS, json_schema_for_llm
 
 log = logging.getLogger(__name__)
 
 
-class MaxStepsExceeded(Exception):
-    """The model still asked for tools after its last allowed step."""
+class MaxStepsExceeded(AgentstreamError):
+    """The model still asked for tools after its last allowed step (``max_steps``)."""
+
+    reason = "max_steps reached"
+
+    def __init__(self, message: str):
+        super().__init__(ErrorKind.MAX_STEPS, message)
 
 
 @dataclass(frozen=True)
@@ -233,7 +239,7 @@ def step_messages(text: str, calls: list[StepCall], results: dict[str, Any]) -> 
     for call in calls:
         result = results.get(call.id)
         content = tool_message_content(result) if result is not None else json.dumps(
-            {"error": {"type": "missing_result", "message": "no result was recorded for this call"}})
+            {"error": {"type": ErrorKind.MISSING_RESULT, "message": "no result was recorded for this call"}})
         out.append({"role": "tool", "tool_call_id": call.id, "content": content})
     return out
 
@@ -314,7 +320,8 @@ async def _outcome(ctx: RunContext, step: int, call: StepCall, started: float) -
             raise ValueError("arguments must be a JSON object")
     except ValueError as err:
         outcome = ToolOutcome(
-            ok=False, error=ErrorInfo(type="invalid_arguments", message=f"arguments are not a JSON object: {err}")
+            ok=False, error=ErrorInfo(type=ErrorKind.INVALID_ARGUMENTS,
+                                      message=f"arguments are not a JSON object: {err}")
         )
     else:
         if call.name in BUILTIN_AGENT_TOOLS:
@@ -344,7 +351,8 @@ async def _outcome(ctx: RunContext, step: int, call: StepCall, started: float) -
             available = ", ".join(offered) or "none"
             outcome = ToolOutcome(
                 ok=False,
-                error=ErrorInfo(type="unknown_tool", message=f"there is no tool {call.name!r}; available: {available}"),
+                error=ErrorInfo(type=ErrorKind.UNKNOWN_TOOL,
+                                message=f"there is no tool {call.name!r}; available: {available}"),
             )
     if not outcome.ms:
         outcome.ms = round((time.perf_counter() - started) * 1000, 3)
@@ -358,5 +366,6 @@ def _load_skill(ctx: RunContext, arguments: dict[str, Any]) -> ToolOutcome:
             return ToolOutcome(ok=True, output={"name": skill.name, "text": skill.text})
     known = ", ".join(s.name for s in ctx.skills) or "none"
     return ToolOutcome(
-        ok=False, error=ErrorInfo(type="unknown_skill", message=f"no skill {name!r}; this agent's skills: {known}")
+        ok=False, error=ErrorInfo(type=ErrorKind.UNKNOWN_SKILL,
+                                  message=f"no skill {name!r}; this agent's skills: {known}")
     )

@@ -40,10 +40,7 @@ class RunHistory:
 
     steps: dict[int, StepRecord] = field(default_factory=dict)
     completed: E.MessageCompletedData | None = None
-    terminal: str | None = None
     crashed_attempts: int = 0
-    started_attempts: int = 0
-    last_type: str | None = None
     members_started: dict[str, E.MemberStartedData] = field(default_factory=dict)
     members_finished: dict[str, E.MemberFinishedData] = field(default_factory=dict)
 
@@ -67,12 +64,10 @@ def fold(events: list[StoredEvent]) -> RunHistory:
     for ev in events:
         body = ev.json()
         t, data = ev.type, body.get("data") or {}
-        history.last_type = t
         if t == E.RUN_STARTED:
             if open_attempt:
                 history.crashed_attempts += 1
             open_attempt = True
-            history.started_attempts += 1
         elif t == E.RUN_REQUEUED:
             open_attempt = False
         elif t == E.RUN_RETRYING:
@@ -101,7 +96,6 @@ def fold(events: list[StoredEvent]) -> RunHistory:
         elif t == E.MESSAGE_COMPLETED:
             history.completed = E.MessageCompletedData.model_validate(data)
         elif E.is_terminal(t):
-            history.terminal = t
             open_attempt = False
     if open_attempt:
         history.crashed_attempts += 1

@@ -18,9 +18,9 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from agentstream import llmsse_env
+from agentstream import launch, llmsse_env
 from agentstream.bus import setup
 from agentstream.logs import announced
 from agentstream.natsauth import AuthStore
@@ -54,7 +54,7 @@ class Component:
         """The URL its ready line names (``{name} ready: URL``)."""
         if self.ready_line is None:
             raise RuntimeError(f"{self.name} has not said it is ready")
-        return self.ready_line.split("ready: ", 1)[1].strip()
+        return launch.ready_value(self.ready_line)
 
 
 class Supervisor:
@@ -94,7 +94,7 @@ class Supervisor:
                 self.nats = cluster
                 url = await asyncio.to_thread(cluster.start, 60.0)
                 if "STREAM_REPLICAS" not in os.environ:
-                    self.settings = replace(self.settings, stream_replicas=min(size, 3))
+                    self.settings = self.settings.changed(stream_replicas=min(size, 3))
                 env["STREAM_REPLICAS"] = str(self.settings.stream_replicas)
                 self._say("nats", f"embedded JetStream cluster of {size} nats-servers on {url} (stores under "
                                   f"{cluster.base_dir}; routes with their own password); streams and buckets "
@@ -109,7 +109,7 @@ class Supervisor:
             self._say("nats", f"using NATS_URL={self.settings.nats_url}")
         try:
             if self.auth is not None:
-                admin = replace(self.settings, nats_url=env["NATS_URL"], nats_creds=self.auth.seed_path(Role.ADMIN))
+                admin = self.settings.changed(nats_url=env["NATS_URL"], nats_creds=self.auth.seed_path(Role.ADMIN))
                 await setup(admin)
             if not self.settings.llm_base_url:
                 model = Component("builtin-model", "agentstream.builtin_model")
@@ -146,7 +146,7 @@ class Supervisor:
             self.components.append(comp)
         comp.ready.clear()
         comp.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", comp.module,
+            *launch.command(comp.module),
             env={**env, **comp.env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
@@ -160,7 +160,7 @@ class Supervisor:
         async for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\n")
             said = announced(line)  # LOG_FORMAT=json: the ready line is a JSON log line
-            if not comp.ready.is_set() and said.startswith(f"{comp.name} ready: "):
+            if not comp.ready.is_set() and said.startswith(launch.READY[comp.module]):
                 comp.ready_line = said
                 comp.ready.set()
             sys.stdout.write(prefix + line + "\n")

@@ -282,7 +282,8 @@ async def _run_agent(t: Tenant, name: str, arguments: dict[str, Any],
         metrics.count_submit(t.name, submitted, 200)
         await progress(f"run {run_id} of agent {agent.name} submitted")
         answer = ""
-        async for item in run_feed(t.name, run_id, subjects.run_events(t.name, agent.name, run_id), lease=lease):
+        feed = run_feed(t.name, run_id, subjects.run_events(t.name, agent.name, run_id), lease=lease, sse=False)
+        async for item in feed:
             if item is HEARTBEAT:
                 continue
             event = item.json()

@@ -13,7 +13,6 @@ import gzip
 import hashlib
 import http.server
 import json
-import logging
 import secrets
 import threading
 import uuid
@@ -32,9 +31,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client.parser import text_string_to_metric_families
 
-from agentstream import logs, tracing
-from agentstream.metrics import ALL_TENANTS, NO_TENANT, TenantLabels
-from agentstream.settings import Settings
+from agentstream.metrics import NO_TENANT
 from tests.conftest import ALICE_KEY, BOB_KEY, eventually, read_events, submit, write_keys_file
 from tests.harness import Proc, System, new_system
 
@@ -445,54 +442,3 @@ async def test_json_logs_name_the_run_and_hold_no_secret(observed):
         assert mine, f"no log line of {proc.name} names the run"
         assert all(want.items() <= d.items() for d in mine), mine
         assert any(d.get("trace_id") == trace_id for d in mine), mine
-
-
-# -- units
-
-
-def test_tenant_labels_name_tenants_only_while_few_and_enabled():
-    rule = TenantLabels(max_tenants=2)
-    assert rule.label("alice") == ALL_TENANTS  # none known yet
-    rule.set_known(["alice", "bob"])
-    assert (rule.label("alice"), rule.label("bob"), rule.label("eve")) == ("alice", "bob", ALL_TENANTS)
-    assert rule.label(None) == NO_TENANT
-    rule.set_known(["alice", "bob", "carol"])
-    assert rule.label("alice") == ALL_TENANTS  # more than max_tenants: aggregated
-    off = TenantLabels()  # the default, METRICS_MAX_TENANTS=0
-    off.set_known(["alice"])
-    assert off.label("alice") == ALL_TENANTS
-
-
-def test_json_formatter_writes_one_object_with_the_context():
-    record = logging.LogRecord("agent_runner.runner", logging.WARNING, __file__, 1, "line one\nline %d", (2,), None)
-    with logs.bound(run_id="r-1", tenant="alice", agent="echo"):
-        line = logs.JsonFormatter().format(record)
-    assert "\n" not in line
-    doc = json.loads(line)
-    assert doc["message"] == "line one\nline 2" and doc["level"] == "WARNING" and doc["logger"] == "agent_runner.runner"
-    assert (doc["run_id"], doc["tenant"], doc["agent"]) == ("r-1", "alice", "echo")
-    assert doc["time"].endswith("Z") and "trace_id" not in doc  # tracing is off in this process
-    assert "run_id" not in json.loads(logs.JsonFormatter().format(record))  # the context ended with the block
-
-
-def test_start_up_lines_are_read_back_in_either_format():
-    assert logs.announced("edge ready: http://127.0.0.1:1") == "edge ready: http://127.0.0.1:1"
-    assert logs.announced(json.dumps({"message": "edge ready: http://127.0.0.1:1", "level": "INFO"})) \
-        == "edge ready: http://127.0.0.1:1"
-    assert logs.announced("{not json") == "{not json"
-
-
-def test_tracing_off_costs_nothing_and_writes_no_header():
-    assert not tracing.enabled()
-    headers: dict[str, str] = {}
-    tracing.inject(headers)
-    with tracing.span("anything", parent={"traceparent": new_traceparent()[0]}) as span:
-        assert span is None
-    assert headers == {} and tracing.current_trace_id() is None and tracing.start_span("x") is None
-
-
-def test_bad_observability_settings_name_their_variable():
-    with pytest.raises(ValueError, match="LOG_FORMAT"):
-        Settings.from_env({"LOG_FORMAT": "xml"})
-    with pytest.raises(ValueError, match="METRICS_MAX_TENANTS"):
-        Settings.from_env({"METRICS_MAX_TENANTS": "-1"})
