@@ -194,20 +194,21 @@ class LLMClient:
         under it is a span of the httpx instrumentation, whose context goes to the model server in
         ``traceparent``), timed and counted (agent_runner.metrics)."""
         started = time.perf_counter()
-        with tracing.span(f"chat {endpoint.model}", kind=tracing.SpanKind.CLIENT, attributes={
+        model = metrics.model_label(endpoint.model)
+        with tracing.span(f"chat {model}", kind=tracing.SpanKind.CLIENT, attributes={
             "gen_ai.operation.name": "chat", "gen_ai.request.model": endpoint.model,
         }) as span:
             try:
                 result = await self._request(endpoint, body, headers, on_text, streamed)
             except LLMError as err:
-                metrics.LLM_ERRORS.labels(endpoint.model, err.kind).inc()
-                metrics.LLM_REQUEST_DURATION.labels(endpoint.model, "error").observe(time.perf_counter() - started)
+                metrics.LLM_ERRORS.labels(model, err.kind).inc()
+                metrics.LLM_REQUEST_DURATION.labels(model, "error").observe(time.perf_counter() - started)
                 if span is not None:
                     if err.status is not None:
                         span.set_attribute("http.response.status_code", err.status)
                     tracing.mark_error(span, err.kind, err.message)
                 raise
-            metrics.LLM_REQUEST_DURATION.labels(endpoint.model, "ok").observe(time.perf_counter() - started)
+            metrics.LLM_REQUEST_DURATION.labels(model, "ok").observe(time.perf_counter() - started)
             if span is not None:
                 span.set_attributes({"gen_ai.usage.input_tokens": result.usage.prompt_tokens,
                                      "gen_ai.usage.output_tokens": result.usage.completion_tokens})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Iterable, Sequence
 
 import nats.errors
 import nats.js.errors
@@ -21,7 +21,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel
 
 from agentstream import tracing
-from agentstream.metrics import DURATION_BUCKETS, FAST_BUCKETS, TenantLabels, bounded
+from agentstream.agentstore import SOURCE_API, AgentRegistry
+from agentstream.metrics import API_AGENT, DURATION_BUCKETS, FAST_BUCKETS, OTHER_MODEL, UNKNOWN, TenantLabels
 from schemas import events as E
 from schemas import subjects
 
@@ -108,9 +109,9 @@ class RunMetrics:
         self._first_token = False
 
     @classmethod
-    def of(cls, tenant: str, agent: str, agents: Collection[str]) -> RunMetrics:
-        """The metrics of a run of ``agent`` for ``tenant``, labels bounded by ``agents`` and :data:`TENANTS`."""
-        return cls(TENANTS.label(tenant), bounded(agent, agents))
+    def of(cls, registry: AgentRegistry, tenant: str, agent: str) -> RunMetrics:
+        """The metrics of a run of ``agent`` for ``tenant``, labels bounded (:func:`agent_label`, :data:`TENANTS`)."""
+        return cls(TENANTS.label(tenant), agent_label(registry, tenant, agent))
 
     def started(self) -> None:
         """``run.started`` is being written: the clock of this attempt starts."""
@@ -139,6 +140,31 @@ class RunMetrics:
         duration_ms = getattr(data, "duration_ms", None)
         if isinstance(duration_ms, int | float):
             RUN_DURATION.labels(self.agent, outcome).observe(duration_ms / 1000)
+
+
+def agent_label(registry: AgentRegistry, tenant: str, agent: str) -> str:
+    """The ``agent`` label: the name of an agent of ``AGENTS_DIR`` (the operator's, few), else
+    :data:`API_AGENT` for an agent ``tenant`` created over the API (every tenant may create many),
+    else :data:`UNKNOWN`."""
+    if agent in registry.files.agents:
+        return agent
+    return API_AGENT if registry.catalog(tenant).source(agent) == SOURCE_API else UNKNOWN
+
+
+MODELS: set[str] = set()
+"""The ``model`` label values: the models the agent files and LLM_MODEL name (:func:`known_models`)."""
+
+
+def known_models(names: Iterable[str | None]) -> None:
+    """The models that are label values as they are (the agent files' ``model``, ``LLM_MODEL``);
+    any other (an agent created over the API names its own) is counted as :data:`OTHER_MODEL`."""
+    MODELS.clear()
+    MODELS.update(name for name in names if name)
+
+
+def model_label(model: str) -> str:
+    """The ``model`` label of ``model`` (see :func:`known_models`)."""
+    return model if model in MODELS else OTHER_MODEL
 
 
 def tool_call(tool: str, seconds: float, error_type: str | None) -> None:

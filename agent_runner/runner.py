@@ -18,6 +18,7 @@ Guarantees, per run request:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -48,11 +49,11 @@ from agent_runner.llm import LLMClient, LLMEndpoint
 from agent_runner.loop import RunContext, run_agent
 from agent_runner.mcp_tools import McpToolLister
 from agent_runner.tool_client import ToolClient
+from agent_runner.webhooks import WebhookOutbox
 from agentstream import eventlog, logs, runlog, tracing
-from agentstream.agents import AgentCatalog
+from agentstream.agentstore import AgentRegistry
 from agentstream.bus import ensure_topology
 from agentstream.eventlog import StorageFull, StoredEvent
-from agentstream.metrics import bounded
 from agentstream.policies import PolicyWatcher
 from agentstream.runs import write_queued
 from agentstream.settings import Settings
@@ -64,11 +65,15 @@ from schemas.common import ErrorInfo, Usage
 from schemas.errors import AgentstreamError, ErrorKind
 from schemas.runs import DeadLetter, RunControl, RunRequest
 from schemas.tenants import TenantPolicy
+from schemas.webhooks import merged_targets
 
 log = logging.getLogger(__name__)
 
 TURN_WAIT = 0.5
 """Seconds before a conversation's turn whose previous turn is still running is offered again."""
+
+WEBHOOK_RETRY = 5.0
+"""Seconds before a run whose terminal event's webhook jobs could not be enqueued is offered again."""
 
 STORAGE_FULL_RETRY = 5.0
 """Seconds before a run that could not start (the event store was full) is offered again."""
@@ -105,11 +110,13 @@ class _Cancelled(Exception):
 class AgentRunner:
     """One agent runner process' work loop. ``start()``, then ``stop(grace)`` (seconds).
 
-    ``llm_base_url``: where agents without their own ``llm.base_url`` are served (LLM_BASE_URL,
-    or the built-in model's URL).
+    ``catalog``: every tenant's agents, followed in the AGENTS bucket (started by the caller); a
+    run's agent is resolved from its tenant's catalog when the run is taken. ``llm_base_url``:
+    where agents without their own ``llm.base_url`` are served (LLM_BASE_URL, or the built-in
+    model's URL).
     """
 
-    def __init__(self, settings: Settings, nc: NATS, catalog: AgentCatalog, *, llm_base_url: str):
+    def __init__(self, settings: Settings, nc: NATS, catalog: AgentRegistry, *, llm_base_url: str):
         self.settings = settings
         self.nc = nc
         self.js = nc.jetstream()
@@ -118,6 +125,7 @@ class AgentRunner:
         self.id = settings.runner_name
         self.llm = LLMClient(max_attempts=settings.llm_max_attempts, stream_usage=settings.llm_stream_usage)
         metrics.TENANTS.max_tenants = settings.metrics_max_tenants
+        metrics.known_models([settings.llm_model, *(a.model for a in catalog.files.agents.values())])
         self.tools = ToolClient(nc, progress_interval=settings.tool_progress_interval,
                                 restart_grace=settings.tool_restart_grace)
         self.mcp = McpToolLister(self.tools, ttl=settings.mcp_tools_cache, timeout=settings.mcp_list_timeout)
@@ -135,6 +143,7 @@ class AgentRunner:
         self.conversations: KeyValue | None = None
         self._control_sub: JetStreamContext.PushSubscription | None = None
         self._chores: set[asyncio.Task[None]] = set()
+        self._outboxes: dict[tuple[str, str], WebhookOutbox] = {}
 
     async def start(self) -> None:
         """Wait for (or declare) the streams, read cancels, follow the tenant policies, start taking runs."""
@@ -213,6 +222,7 @@ class AgentRunner:
             if await self._forbidden(msg) or await self._waits_for_its_turn(msg):
                 return
             try:
+                await self._hold_while_paused(msg, admitted)
                 await self.slots.acquire()
             except asyncio.CancelledError:
                 await _nak(msg)  # stopping before it got a slot: another runner takes it at once
@@ -268,6 +278,28 @@ class AgentRunner:
         log.warning("run request on %s refused: %s", msg.subject, problem.message)
         await self._refuse(msg, where.tenant, where.agent, "agent not allowed", problem)
         return True
+
+    async def _hold_while_paused(self, msg: Msg, admitted: asyncio.Event) -> None:
+        """Resolve the request's agent from its tenant's catalog now (reading the AGENTS bucket if
+        this runner has not seen the agent yet), and while the agent is paused hold the request:
+        kept alive, holding no slot, its consumer free to deliver the next request (``admitted``
+        is set). It goes on when the agent is resumed (or deleted), or the run is cancelled (it
+        then ends ``run.cancelled``); nothing is written meanwhile, so the wait is no attempt of
+        the run. Stopping hands it back (``_take``)."""
+        try:
+            where = subjects.parse_run_request(msg.subject)
+        except subjects.SubjectTokenError:
+            return  # _handle terminates it
+        if self.catalog.get(where.tenant, where.agent) is None:
+            await self.catalog.resolve(where.tenant, where.agent)
+        if self.catalog.paused(where.tenant, where.agent) is None:
+            return
+        admitted.set()
+        log.info("run request on %s held: agent %s of %s is paused", msg.subject, where.agent, where.tenant)
+        run = (where.tenant, (msg.headers or {}).get(H.MSG_ID, ""))
+        while self.catalog.paused(where.tenant, where.agent) is not None and run not in self._cancelled:
+            with contextlib.suppress(TimeoutError):  # cancels are not catalog changes: look again each second
+                await asyncio.wait_for(self.catalog.changed(), 1.0)
 
     # -- control
 
@@ -336,7 +368,7 @@ class AgentRunner:
             await self._refuse_request(msg, where.tenant, where.agent, err)
             return
         attempt = msg.metadata.num_delivered if msg.metadata else 1
-        agent_label = bounded(where.agent, self.catalog.agents)
+        agent_label = metrics.agent_label(self.catalog, where.tenant, where.agent)
         if attempt > 1:
             metrics.REDELIVERIES.labels(agent_label).inc()
         # The run's trace: the context stored with its request (every attempt reads the same one).
@@ -369,6 +401,9 @@ class AgentRunner:
                 opened = await self._open(msg, where.tenant, where.agent, request)
                 if opened.writer is not None:
                     await self._run(where.tenant, where.agent, request, opened)
+            if not await self._webhooks_enqueued(where.tenant, where.agent, request):
+                await _nak(msg, delay=WEBHOOK_RETRY)
+                return
             await msg.ack()
         except OwnershipLost as err:
             log.warning("run %s: another attempt took over (%s); stopping this one", request.run_id, err)
@@ -393,13 +428,46 @@ class AgentRunner:
             raise
         finally:
             keep_alive.cancel()
+            self._outboxes.pop((where.tenant, request.run_id), None)
+
+    def _outbox(self, tenant: str, agent: str, request: RunRequest) -> WebhookOutbox | None:
+        """The run's webhook outbox (one per run held: its request's and its agent file's
+        webhooks), or None when it has no webhooks."""
+        key = (tenant, request.run_id)
+        outbox = self._outboxes.get(key)
+        if outbox is None:
+            definition = self.catalog.get(tenant, agent)
+            targets = merged_targets(request.webhooks, definition.webhooks if definition is not None else [])
+            if not targets:
+                return None
+            outbox = self._outboxes[key] = WebhookOutbox(self.nc, tenant, agent, request.run_id, targets,
+                                                         tenant_urls={w.url for w in request.webhooks})
+        return outbox
+
+    async def _webhooks_enqueued(self, tenant: str, agent: str, request: RunRequest) -> bool:
+        """Before a run's request is acked: make sure its terminal event's webhook jobs are
+        enqueued (agent_runner/webhooks.py). False (the request is handed back, and tried again
+        by whichever runner takes it) when they cannot be."""
+        outbox = self._outbox(tenant, agent, request)
+        if outbox is None or outbox.ended or not any(outbox.wants(t) for t in E.TERMINAL_TYPES):
+            return True
+        subject = subjects.run_events(tenant, agent, request.run_id)
+        try:
+            last = await eventlog.retrying(lambda: eventlog.last_event_from_leader(self.nc, subject))
+            await outbox.ensure_ended(last)
+        except Exception as err:  # NATS unreachable: the request is handed back
+            log.warning("run %s: its webhook jobs could not be enqueued (%s); the request is handed back",
+                        request.run_id, err)
+            return False
+        return True
 
     async def _with_history(self, tenant: str, agent: str, request: RunRequest) -> RunRequest:
         """The request, with its conversation's earlier turns as its history when it is a turn."""
-        definition = self.catalog.get(agent)
+        definition = self.catalog.get(tenant, agent)
         if self.conversations is None or definition is None or not conversation.is_turn(request):
             return request
-        answering = self.catalog.get(definition.combiner) if definition.is_ensemble and definition.combiner else None
+        answering = (self.catalog.get(tenant, definition.combiner) if definition.is_ensemble and definition.combiner
+                     else None)
         try:
             history = await conversation.history_for(self.nc, self.conversations, tenant, answering or definition,
                                                      request)
@@ -416,7 +484,7 @@ class AgentRunner:
         raises :class:`_AlreadyEnded` or :class:`_NotFresh` and the caller takes the full path.
         None when the fast path does not apply."""
         attempt = msg.metadata.num_delivered if msg.metadata else 1
-        definition = self.catalog.get(agent)
+        definition = self.catalog.get(tenant, agent)
         if attempt != 1 or definition is None or definition.is_ensemble or (tenant, request.run_id) in self._cancelled:
             return None
         subject = subjects.run_events(tenant, agent, request.run_id)
@@ -471,7 +539,8 @@ class AgentRunner:
             event_max_bytes=self.settings.event_max_bytes,
             storage_patience=self.settings.storage_patience,
             on_end=self._logger(tenant, agent, request),
-            metrics=metrics.RunMetrics.of(tenant, agent, self.catalog.agents),
+            on_stored=outbox.stored if (outbox := self._outbox(tenant, agent, request)) is not None else None,
+            metrics=metrics.RunMetrics.of(self.catalog, tenant, agent),
         )
 
     def _delta_interval(self) -> float:
@@ -522,7 +591,11 @@ class AgentRunner:
             await writer.emit(E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt))
             return _Opened(writer, attempt)
 
-        history = resume.fold(await self._history(subject, last.seq))
+        earlier = await self._history(subject, last.seq)
+        history = resume.fold(earlier)
+        outbox = self._outbox(tenant, agent, request)
+        if outbox is not None:
+            await outbox.replay(earlier)
         if history.crashed_attempts >= self.settings.runner_max_attempts:
             await self._give_up(writer, tenant, agent, request, msg, history.crashed_attempts)
             return _Opened(None, attempt)
@@ -564,7 +637,7 @@ class AgentRunner:
                             request=json.loads(msg.data))
         await self.js.publish(subjects.dead_letter(tenant, agent, request.run_id), letter.model_dump_json().encode(),
                               headers={"Nats-Msg-Id": f"{request.run_id}:dead"}, timeout=5.0)
-        metrics.DEAD_LETTERS.labels(bounded(agent, self.catalog.agents)).inc()
+        metrics.DEAD_LETTERS.labels(metrics.agent_label(self.catalog, tenant, agent)).inc()
         log.error("run %s: %s; request kept as a dead letter", request.run_id, reason)
         await writer.emit(E.RUN_FAILED, E.RunFailedData(
             reason=reason,
@@ -578,7 +651,7 @@ class AgentRunner:
         if writer is None:  # the run had already ended: nothing to run (callers check before)
             return
         started = time.perf_counter()
-        agent = self.catalog.get(agent_name)
+        agent = self.catalog.get(tenant, agent_name)
         key = (tenant, request.run_id)
         ctx: RunContext | None = None
 
@@ -586,14 +659,17 @@ class AgentRunner:
             return round((time.perf_counter() - started) * 1000, 3)
 
         if agent is None:
-            await writer.emit(E.RUN_FAILED, E.RunFailedData(
-                reason="unknown agent",
-                error=ErrorInfo(type=ErrorKind.UNKNOWN_AGENT, message=f"this runner has no agent {agent_name!r}"),
-                duration_ms=duration(),
-            ))
+            invalid = self.catalog.catalog(tenant).invalid.get(agent_name)
+            if invalid:
+                reason, error = "configuration error", ErrorInfo(
+                    type=ErrorKind.CONFIGURATION_ERROR, message=f"agent {agent_name!r} cannot run: {invalid[0]}")
+            else:
+                reason, error = "unknown agent", ErrorInfo(
+                    type=ErrorKind.UNKNOWN_AGENT, message=f"this runner has no agent {agent_name!r}")
+            await writer.emit(E.RUN_FAILED, E.RunFailedData(reason=reason, error=error, duration_ms=duration()))
             return
         # A combiner is set exactly when the agent is an ensemble (AgentDefinition checks it).
-        answering = self.catalog.get(agent.combiner) if agent.combiner is not None else agent
+        answering = self.catalog.get(tenant, agent.combiner) if agent.combiner is not None else agent
         try:
             if answering is None:
                 raise ValueError(f"the ensemble's combiner {agent.combiner!r} is not an agent of this runner")
@@ -736,6 +812,8 @@ class AgentRunner:
                     await writer.emit(E.RUN_FAILED, E.RunFailedData(reason=reason, error=error))
             except (eventlog.WriteConflict, eventlog.EventLogError, RuntimeError) as write_err:
                 log.warning("could not record the refused request's failure: %s", write_err)
+            finally:
+                self._outboxes.pop((tenant, run_id), None)
         await msg.term()
 
 

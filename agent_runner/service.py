@@ -9,8 +9,10 @@ import os
 from agent_runner.runner import AgentRunner
 from agentstream import llmsse_env
 from agentstream.agents import load_agents
-from agentstream.bus import close, connect
+from agentstream.agentstore import AgentRegistry
+from agentstream.bus import close, connect, ensure_topology
 from agentstream.logs import announce
+from agentstream.origins import ModelServers
 from agentstream.probe import Sampler, serve_probe
 from agentstream.settings import Settings
 from schemas.permissions import Role
@@ -51,13 +53,20 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     samplers: list[Sampler] = []
     probe = asyncio.create_task(serve_probe("agent-runner", settings.metrics_bind, lambda: nc.is_connected, probe_stop,
                                             samplers))
-    runner = AgentRunner(settings, nc, catalog, llm_base_url=base_url)
+    # Every tenant's agents: the directory's and those created over the API (AGENTS bucket), followed
+    # before any run is taken.
+    registry = AgentRegistry(catalog, key_env_pattern=settings.llm_key_env_pattern,
+                             servers=ModelServers.of(settings.agents_llm_origins, settings.llm_base_url))
+    await ensure_topology(nc, settings)
+    await registry.start(nc.jetstream())
+    runner = AgentRunner(settings, nc, registry, llm_base_url=base_url)
     samplers.append(runner.sample_metrics)
     await runner.start()
     announce(f"agent-runner ready: {runner.id}")
     await stop.wait()
     log.info("stopping: %d run(s) in flight", runner.active_runs)
     await runner.stop(settings.shutdown_grace)
+    await registry.stop()
     await close(nc)
     probe_stop.set()
     await probe

@@ -16,8 +16,9 @@ combination):
   TENANTS bucket) (:class:`TenantLabels`); ``_none`` for a request refused before its caller was
   known. Off by default because the edge's ``/metrics`` needs no key: tenant names there would
   be visible to every tenant;
-- ``agent``: the name of an agent of this process's agent files, else ``_unknown``
-  (:func:`bounded`); tool names likewise.
+- ``agent``: the name of an agent of the agent files (``AGENTS_DIR``), ``_api`` for one a tenant
+  created over the API, else ``_unknown``; tool names likewise (:func:`bounded`); ``model``: a
+  model the agent files or ``LLM_MODEL`` name, else ``_other``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ NO_TENANT = "_none"
 """The ``tenant`` label of a request refused before its caller was known (a wrong key)."""
 UNKNOWN = "_unknown"
 """The label of a name that is none of this process's agents (or tools)."""
+API_AGENT = "_api"
+"""The ``agent`` label of an agent a tenant created over the API (their number has no bound)."""
+OTHER_MODEL = "_other"
+"""The ``model`` label of a model no agent file nor LLM_MODEL names (an API agent's own)."""
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 """Histogram buckets (seconds) for runs and model calls: from a cached answer to a long agent run."""

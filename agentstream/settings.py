@@ -109,7 +109,21 @@ class Settings(BaseSettings):
     )
     # -- agents
     agents_dir: Path = _setting(
-        "AGENTS_DIR", REPO_ROOT / "agents", "Directory of agent YAML files (skills in its `skills/`)."
+        "AGENTS_DIR", REPO_ROOT / "agents",
+        "Directory of agent YAML files (skills in its `skills/`): the agents every tenant sees, besides those it "
+        "creates over the API.",
+    )
+    agents_llm_origins: str = _setting(
+        "AGENTS_LLM_ORIGINS", "",
+        "Comma-separated model server origins (https://api.openai.com, http://10.0.0.7:11434) that agents created "
+        "over the API may name in `llm.base_url` (besides LLM_BASE_URL's); any other is refused, field "
+        "`llm.base_url`, so a tenant cannot have the agent runners send requests, or keys, where it likes. Unset: "
+        "such agents use LLM_BASE_URL's server only.",
+    )
+    agents_max_per_tenant: int = _setting(
+        "AGENTS_MAX_PER_TENANT", 500,
+        "Most agents one tenant may create over the API (its copies of file agents included); a create over it "
+        "is a 409.",
     )
     # -- edge
     edge_bind: str = _setting("EDGE_BIND", "127.0.0.1:8080", "host:port the edge listens on.")
@@ -234,9 +248,9 @@ class Settings(BaseSettings):
     )
     metrics_bind: str = _setting(
         "METRICS_BIND", "127.0.0.1:0",
-        "host:port where an edge, agent runner or tool runner answers GET /healthz and GET /metrics without a key "
-        "(port 0: a free port, printed at start-up as `<component> health: <url>`). Keep it off the network "
-        "tenants reach (docs/security.md).",
+        "host:port where an edge, agent runner, tool runner or webhook sender answers GET /healthz and GET /metrics "
+        "without a key (port 0: a free port, printed at start-up as `<component> health: <url>`). Keep it off the "
+        "network tenants reach (docs/security.md).",
     )
     tool_progress_interval: float = _setting(
         "TOOL_PROGRESS_INTERVAL", 1.0,
@@ -327,6 +341,53 @@ class Settings(BaseSettings):
         "MCP_LIST_TIMEOUT", 15.0,
         "Longest a run waits at its start for an MCP server's tool list (seconds); past it the run goes on "
         "without that server's tools.", gt=0,
+    )
+    # -- webhooks
+    webhook_allow_hosts: str = _setting(
+        "WEBHOOK_ALLOW_HOSTS", "",
+        "Comma-separated host or host:port webhooks may be POSTed to even if they are not public addresses "
+        "(loopback, private, link-local: refused otherwise, as for http_request). Set it for edges (checked at "
+        "submit) and webhook senders (checked at each delivery).",
+    )
+    webhook_timeout: float = _setting(
+        "WEBHOOK_TIMEOUT", 10.0, "Longest one webhook POST may take (seconds); past it the attempt failed.", gt=0
+    )
+    webhook_retry_for: float = _setting(
+        "WEBHOOK_RETRY_FOR", 86400.0,
+        "Seconds a webhook delivery is retried (exponential backoff) before it is given up (state failed).", gt=0,
+    )
+    webhook_retry_first_delay: float = _setting(
+        "WEBHOOK_RETRY_FIRST_DELAY", 5.0,
+        "Seconds before a failed webhook delivery is retried the first time; each later wait doubles.", gt=0,
+    )
+    webhook_retry_max_delay: float = _setting(
+        "WEBHOOK_RETRY_MAX_DELAY", 3600.0, "Longest wait between two attempts of a webhook delivery (seconds).", gt=0
+    )
+    webhook_concurrency: int = _setting(
+        "WEBHOOK_CONCURRENCY", 32, "Webhook deliveries one webhook sender makes at once.", ge=1, le=10_000
+    )
+    webhook_secret_overlap: float = _setting(
+        "WEBHOOK_SECRET_OVERLAP", 86400.0,
+        "Seconds after a rotation during which deliveries are signed with the previous secret too (a second "
+        "signature), so receivers can switch.",
+    )
+    # -- schedules
+    schedule_poll: float = _setting(
+        "SCHEDULE_POLL", 0.25, "Seconds between an edge's looks at which schedule ticks are due.", gt=0, le=60
+    )
+    schedule_misfire_grace: float = _setting(
+        "SCHEDULE_MISFIRE_GRACE", 60.0,
+        "Seconds a schedule tick may be late and still fire as on time (at most its schedule's interval); a tick "
+        "later than that was missed and follows the schedule's catch_up.",
+    )
+    schedule_max_catch_up: int = _setting(
+        "SCHEDULE_MAX_CATCH_UP", 100, "Most missed ticks a schedule with catch_up: all fires (the newest; older ones "
+        "are skipped).",
+    )
+    schedule_claim_timeout: float = _setting(
+        "SCHEDULE_CLAIM_TIMEOUT", 15.0,
+        "Seconds after which a tick claimed by an edge that has not confirmed its run (it died) is submitted by "
+        "another edge (the same run id: never twice).", gt=0,
     )
     # -- all
     shutdown_grace: float = _setting(

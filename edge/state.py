@@ -13,6 +13,8 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from agentstream.agents import AgentCatalog
+from agentstream.agentstore import AgentRegistry
+from agentstream.agentwrites import AgentWriter
 from agentstream.bus import connect, ensure_topology
 from agentstream.eventlog import EventLogError
 from agentstream.policies import publish_policies
@@ -32,18 +34,24 @@ log = logging.getLogger(__name__)
 @dataclass
 class EdgeState:
     """The edge's state. ``stopping`` is set when the process begins to shut down: open streams
-    end (clients reconnect, to this or another edge, with ``Last-Event-ID``)."""
+    end (clients reconnect, to this or another edge, with ``Last-Event-ID``). ``catalog``: the
+    agents directory; ``agents``: every tenant's effective agents (the directory's and its own,
+    followed in the AGENTS bucket); ``agent_writer``: stores changes of them (once connected)."""
 
     settings: Settings
     auth: Authenticator
     catalog: AgentCatalog
+    agents: AgentRegistry
     nc: NATS | None = None
+    agent_writer: AgentWriter | None = None
     hub: LiveHub | None = None
     limiter: RateLimiter | None = None
     streams: StreamCaps | None = None
     run_index: KeyValue | None = None
     conversations: KeyValue | None = None
     tenants_kv: KeyValue | None = None
+    schedules: KeyValue | None = None
+    webhook_secrets: KeyValue | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -113,9 +121,13 @@ class EdgeState:
         self.tenants_kv = await js.key_value(subjects.TENANTS_BUCKET)
         self.run_index = await js.key_value(subjects.RUN_INDEX_BUCKET)
         self.conversations = await js.key_value(subjects.CONVERSATIONS_BUCKET)
+        self.schedules = await js.key_value(subjects.SCHEDULES_BUCKET)
+        self.webhook_secrets = await js.key_value(subjects.WEBHOOK_SECRETS_BUCKET)
         self.limiter = RateLimiter(await js.key_value(subjects.RATE_LIMITS_BUCKET))
         self.streams = StreamCaps(nc, await js.key_value(subjects.STREAM_COUNTS_BUCKET))
         self.streams.start()
+        await self.agents.start(js)
+        self.agent_writer = await AgentWriter.open(nc, js, self.agents)
         self.nc = nc
         await self.publish_policies()
         hub = LiveHub(nc)

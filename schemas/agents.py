@@ -8,14 +8,17 @@ reported rather than silently ignored (LocalAI's agent config ignores unknown ke
 
 from __future__ import annotations
 
+from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from schemas.common import Strict, Token
 from schemas.mcp import McpServer
+from schemas.schedules import MAX_MESSAGE_CHARS, parse_every
 from schemas.tools import TOOL_RUNNER_TOOLS
+from schemas.webhooks import WebhookTarget, shown_url
 
 EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 
@@ -64,6 +67,11 @@ class AgentDefinition(Strict):
     - ``tool_timeout``: budget in seconds for one tool call, retries included.
     - ``mcp_servers``: Model Context Protocol servers whose tools the agent may call beside its
       ``actions`` (schemas/mcp.py: names, the stdio command rule, the allow-list).
+    - ``webhooks``: URLs every run of this agent POSTs its events to (schemas/webhooks.py; each
+      ``{url, events}``, events default to the terminal ones).
+    - ``periodic_runs`` (LocalAI's field, e.g. ``10m``; seconds or a duration) with
+      ``permanent_goal`` (LocalAI's field: the message each periodic run gets): a schedule, run for
+      each tenant that may use the agent (edge/scheduler.py).
 
     An **ensemble** names ``members`` (agents asked the same question concurrently, each
     as its own child run) and a ``combiner`` (the agent that answers from their answers):
@@ -102,6 +110,10 @@ class AgentDefinition(Strict):
     history_max_messages: int = Field(default=40, ge=0, le=10_000)
     history_max_tokens: int = Field(default=8000, ge=0, le=10_000_000)
     mcp_servers: list[McpServer] = Field(default_factory=list, max_length=32)
+    webhooks: list[WebhookTarget] = Field(default_factory=list, max_length=16)
+    periodic_runs: int | None = Field(default=None, description="seconds between periodic runs (or a duration: 10m)")
+    permanent_goal: str | None = Field(default=None, min_length=1, max_length=MAX_MESSAGE_CHARS,
+                                       validate_default=True)
 
     @property
     def is_ensemble(self) -> bool:
@@ -127,6 +139,18 @@ class AgentDefinition(Strict):
             if placeholder not in self.combine_prompt:
                 raise ValueError(f"combine_prompt must contain {placeholder}")
         return self
+
+    @field_validator("periodic_runs", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_every(value, "periodic_runs")
+
+    @field_validator("permanent_goal")
+    @classmethod
+    def _periodic_goal(cls, goal: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("periodic_runs") is not None and not (goal or "").strip():
+            raise ValueError("periodic_runs needs a permanent_goal: the message each periodic run is given")
+        return goal
 
     @field_validator("actions")
     @classmethod
@@ -157,5 +181,45 @@ class AgentDefinition(Strict):
         return parameters
 
     def public_view(self) -> dict[str, Any]:
-        """What the HTTP API shows of this agent: everything but secrets (only the key's env var name)."""
-        return self.model_dump(mode="json")
+        """What the HTTP API shows of this agent: everything but secrets (only the key's env var name;
+        of its webhooks only the origins and events: a webhook URL often carries a token)."""
+        view = self.model_dump(mode="json", exclude={"webhooks"})
+        view["webhooks"] = [{"url": shown_url(w.url, hidden=True), "events": w.events} for w in self.webhooks]
+        return view
+
+    def document(self) -> dict[str, Any]:
+        """The agent as a document to store or export: ``name`` and every field that differs from
+        its default (so a later release's defaults apply to what was not set). Validating it gives
+        this agent back."""
+        return {"name": self.name, **self.model_dump(mode="json", exclude_defaults=True)}
+
+
+AgentAction = Literal["create", "update", "rollback", "import"]
+"""How an agent's revision was written over the API."""
+
+
+class StoredAgent(Strict):
+    """One entry of the AGENTS bucket (key ``{tenant}.{agent}``): a tenant's agent as created or
+    changed over the API. Validated again by every reader (an edge or runner with other settings
+    may refuse it; it is then reported, not run).
+
+    - ``definition``: the agent document (the fields of :class:`AgentDefinition` that differ from
+      their defaults, and ``name``); it holds no secret (only ``llm.api_key_env``, a variable name);
+    - ``action``: how it was written (``create``, ``update``, ``rollback``, ``import``);
+    - ``key_id``: who wrote it, the first 16 hex digits of the API key's SHA-256 (None without a
+      keys file);
+    - ``from_revision``: for a rollback, the revision it restored.
+    """
+
+    definition: dict[str, Any]
+    action: AgentAction
+    key_id: str | None = None
+    from_revision: int | None = None
+
+
+class AgentPause(Strict):
+    """One entry of the AGENT_PAUSES bucket (key ``{tenant}.{agent}``): the agent is paused (no
+    entry: it is not). ``paused_at``: when (UTC); ``key_id``: by whom (as in :class:`StoredAgent`)."""
+
+    paused_at: datetime
+    key_id: str | None = None

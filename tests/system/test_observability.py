@@ -250,6 +250,30 @@ async def test_every_process_counts_what_its_runs_did(observed):
         assert value(page, "process_cpu_seconds_total") > 0, name
 
 
+async def test_agents_created_over_the_api_share_one_label(observed):
+    """A tenant may create any number of agents, each naming any model: the runner's series stay
+    few (agent ``_api``, model ``_other``), the names only in the run's own events."""
+    urls = metrics_urls(observed)
+    runner_url = next(u for n, u in urls.items() if n.startswith("agent-runner"))
+    before = await scrape(runner_url)
+    name = f"own-{uuid.uuid4().hex[:8]}"
+    async with alice(observed) as api:
+        made = await api.post("/api/agents", json={"name": name, "model": "builtin:tokens=6,delay=0.001"})
+        assert made.status_code == 201, made.text
+        run = await submit(api, name, "hello")
+        events = await read_events(api, run["run_id"])
+        assert events[-1]["event"] == "run.completed", events[-1]
+        assert (await api.delete(f"/api/agents/{name}")).status_code == 200
+    after = await scrape(runner_url)
+
+    def delta(metric: str, **labels: str) -> float:
+        return value(after, metric, **labels) - value(before, metric, **labels)
+
+    assert delta("agentstream_runs_total", agent="_api", outcome="completed") == 1
+    assert delta("agentstream_llm_request_duration_seconds_count", model="_other", outcome="ok") == 1
+    assert not any(name in str(labels) or "tokens=6" in str(labels) for _, labels in after)
+
+
 async def test_metrics_need_no_key_and_show_no_secret(observed):
     async with httpx.AsyncClient(timeout=10) as client:
         for name, url in metrics_urls(observed).items():
