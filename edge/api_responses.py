@@ -286,7 +286,7 @@ async def _follow(st: EdgeState, tenant_name: str, agent: str, run_id: str, view
     """Render the run's events into ``view`` until it ends (or ``within`` seconds pass); cancel the
     run if the caller goes away first and ``cancel_on_exit``."""
     view.start()
-    feed = run_feed(tenant_name, run_id, subjects.run_events(tenant_name, agent, run_id))
+    feed = run_feed(tenant_name, run_id, subjects.run_events(tenant_name, agent, run_id), sse=False)
     try:
         async with asyncio.timeout(within):
             async for item in feed:

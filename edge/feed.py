@@ -25,7 +25,7 @@ import asyncio
 import enum
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Final, Literal
 
@@ -207,8 +207,9 @@ class EventFeed:
     """The events of one run (``scope="run"``) or of all runs of one agent (``scope="agent"``),
     after sequence ``after``: stored ones, then live ones. A run feed ends after the run's
     terminal event, also when that event comes before ``after`` (a ``Last-Event-ID`` past the
-    run's events: nothing more will come). Yields :class:`StoredEvent` or :data:`HEARTBEAT` every ``heartbeat`` seconds
-    of silence.
+    run's events: nothing more will come). Yields :class:`StoredEvent` or :data:`HEARTBEAT` every
+    ``heartbeat`` seconds of silence. ``on_sent`` is called with the number of events in each batch
+    yielded (metrics).
     """
 
     def __init__(
@@ -223,8 +224,10 @@ class EventFeed:
         after: int,
         heartbeat: float,
         buffer: int,
+        on_sent: Callable[[int], None] | None = None,
     ):
         self.nc = nc
+        self.on_sent = on_sent
         self.hub = hub
         self.scope = scope
         self.key = (scope, tenant, name)
@@ -314,6 +317,8 @@ class EventFeed:
                         self._done = True
                         break
                 if out:
+                    if self.on_sent is not None:
+                        self.on_sent(len(out))
                     yield out
                 if self._done:
                     return
@@ -334,6 +339,8 @@ class EventFeed:
                     self._done = True
                     break
             if out:
+                if self.on_sent is not None:
+                    self.on_sent(len(out))
                 yield out
             if not events and not self._done and self.scope == "run" and self.last > 0:
                 # Nothing after the client's Last-Event-ID: if the run has already ended before it

@@ -22,6 +22,7 @@ import hashlib
 
 from quart import g, request
 
+from agentstream import logs
 from edge import api_docs, ui
 from edge.auth import Tenant
 from edge.errors import ApiError
@@ -30,7 +31,7 @@ from edge.state import EdgeState
 
 PUBLIC_PATHS = frozenset({"/healthz"}) | ui.PAGE_PATHS | api_docs.DOC_PATHS
 """Paths served without a key: the health check, the web page (edge.ui) and the API's description
-(edge.api_docs)."""
+(edge.api_docs). The metrics are not served here but on METRICS_BIND (edge.metrics)."""
 PUBLIC_ENDPOINTS = frozenset({"ui.static_file", "docs.docs_file"})
 """Routes served without a key whatever their path: the files of the web page (``/static/``) and of
 the documentation page (``/docs/``)."""
@@ -70,6 +71,7 @@ async def admit(st: EdgeState) -> Tenant | None:
             await limiter.take(_address_key(), failures)
         raise
     g.caller = caller
+    logs.TENANT.set(caller.name)
     if limiter is not None:
         checks: list[tuple[str, Limit]] = []
         policy = caller.policy
