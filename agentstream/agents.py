@@ -199,6 +199,10 @@ def check_document(
         return None, [AgentFileError(rel, None, "expected a mapping of fields (name: ..., model: ...)")]
     if yamlload.document_size(doc, MAX_DOCUMENT_SIZE) is None:
         return None, [AgentFileError(rel, None, f"the parsed document is larger than {MAX_DOCUMENT_SIZE} characters")]
+    huge = _huge_integer(doc)
+    if huge is not None:
+        return None, [AgentFileError(rel, huge or None, f"an integer beyond ±{MAX_SAFE_INTEGER} cannot be stored or "
+                                     "sent as JSON (RFC 7493 §2.2)")]
     try:
         agent = AgentDefinition.model_validate(doc)
     except ValidationError as err:
@@ -216,6 +220,26 @@ def check_document(
     if refused:
         return None, refused
     return agent, []
+
+
+MAX_SAFE_INTEGER = 2**53 - 1
+"""The largest integer every JSON reader holds exactly (I-JSON, RFC 7493 §2.2); YAML has no bound."""
+
+
+def _huge_integer(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first integer in ``value`` beyond ±:data:`MAX_SAFE_INTEGER` (``""``:
+    ``value`` itself), or None. A YAML file or body may hold any integer; stored and served as JSON
+    (orjson: 64 bits at most) a larger one would fail, and most JSON readers round it."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return path if abs(value) > MAX_SAFE_INTEGER else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _huge_integer(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def missing_skills(agent: AgentDefinition, skills: dict[str, Skill], rel: str) -> AgentFileError | None:

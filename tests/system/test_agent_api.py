@@ -226,6 +226,11 @@ async def test_bad_inputs_name_their_field(alice):
     body = error_of(await alice.post("/api/agents", content=f'name: {name}\nsystem_prompt: "{escaped}"\n',
                                      headers=yaml_headers), 422, "body")
     assert "as stored" in body["message"]
+    # YAML integers have no bound; JSON's do (an agent is stored and served as JSON): refused, not a 500.
+    huge = f"name: {name}\nmin_success: 226199503790493990912\nparameters: {{seed: {2**64}}}\n"
+    error_of(await alice.post("/api/agents", content=huge, headers=yaml_headers), 422, "min_success")
+    error_of(await alice.post("/api/agents/import", content=f"- {huge.replace(chr(10), chr(10) + '  ')}",
+                              headers=yaml_headers), 422, "0.min_success")
     error_of(await alice.get("/api/agents/not%20a%20name"), 400, "name")
     assert (await alice.get(f"/api/agents/{name}")).status_code == 404  # nothing was stored by any of these
 

@@ -170,3 +170,13 @@ def test_the_key_variable_pattern_is_the_operators(tmp_path):
         "name: own\nllm: {base_url: 'http://x.example/v1', api_key_env: OPENAI_API_KEY}\n")
     assert "own" not in load_agents(tmp_path).agents
     assert "own" in load_agents(tmp_path, key_env_pattern="AGENTSTREAM_KEY_*, OPENAI_API_KEY").agents
+
+
+def test_an_integer_json_cannot_hold_is_an_error_of_its_file(tmp_path):
+    # YAML integers have no bound; an agent is served and stored as JSON, whose readers hold
+    # integers exactly up to 2**53 - 1 (RFC 7493, section 2.2).
+    (tmp_path / "huge.yaml").write_text("name: huge\nmax_steps: 5\nparameters: {seed: 18446744073709551616}\n")
+    (tmp_path / "fine.yaml").write_text("name: fine\nparameters: {seed: 9007199254740991}\n")
+    catalog = load_agents(tmp_path)
+    assert sorted(catalog.agents) == ["fine"]
+    assert [(e.file, e.field) for e in catalog.errors] == [("huge.yaml", "parameters.seed")]
