@@ -46,8 +46,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
     nc = await connect(settings, f"agent-runner {settings.runner_name}", role=Role.AGENT_RUNNER)
     probe_stop = asyncio.Event()
-    probe = asyncio.create_task(serve_probe("agent-runner", settings.metrics_bind, lambda: nc.is_connected, probe_stop))
     runner = AgentRunner(settings, nc, catalog, llm_base_url=base_url)
+    probe = asyncio.create_task(serve_probe("agent-runner", settings.metrics_bind, lambda: nc.is_connected, probe_stop,
+                                            details=runner.load))
     await runner.start()
     print(f"agent-runner ready: {runner.id}", flush=True)
     await stop.wait()

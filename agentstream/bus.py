@@ -179,7 +179,7 @@ async def setup(settings: Settings, *, within: float = 30.0) -> None:
 TOPOLOGY = (
     S.AGENT_RUNS_STREAM, S.RUN_EVENTS_STREAM, S.RUN_CONTROL_STREAM, S.RUN_DEAD_LETTERS_STREAM, S.RUN_LOG_STREAM,
     *(f"KV_{b}" for b in (S.TENANTS_BUCKET, S.RATE_LIMITS_BUCKET, S.STREAM_COUNTS_BUCKET, S.RUN_INDEX_BUCKET,
-                          S.TOOL_RESULTS_BUCKET, S.CONVERSATIONS_BUCKET)),
+                          S.TOOL_RESULTS_BUCKET, S.CONVERSATIONS_BUCKET, S.APPROVALS_BUCKET)),
 )
 """The streams (and bucket streams) every component needs."""
 

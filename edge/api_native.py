@@ -90,7 +90,7 @@ async def list_agents() -> Response:
     return json_response({
         "agents": [a.name for a in agents],
         "agentCount": len(agents),
-        "actions": len({x for a in agents for x in a.actions}),
+        "actions": len({x for a in agents for x in a.tool_names}),
         "connectors": 0,
         "statuses": {a.name: True for a in agents},
         "items": [_agent_summary(a) for a in agents],
@@ -258,7 +258,7 @@ async def cancel_run(run_id: str) -> Response:
 def _agent_summary(agent: AgentDefinition) -> dict[str, Any]:
     return {
         "name": agent.name, "description": agent.description, "model": agent.model,
-        "actions": agent.actions, "skills": agent.skills, "max_steps": agent.max_steps,
+        "actions": agent.tool_names, "skills": agent.skills, "max_steps": agent.max_steps,
     }
 
 

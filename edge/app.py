@@ -21,6 +21,7 @@ from agentstream.bus import close
 from agentstream.settings import Settings
 from edge import (
     api_agui,
+    api_approvals,
     api_conversations,
     api_llmsse,
     api_mcp,
@@ -70,6 +71,7 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
         )
     app.register_blueprint(api_native.bp)
     app.register_blueprint(api_runs.bp)
+    app.register_blueprint(api_approvals.bp)
     app.register_blueprint(api_conversations.bp)
     app.register_blueprint(api_openai.bp)
     app.register_blueprint(api_responses.bp)

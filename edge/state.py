@@ -42,6 +42,7 @@ class EdgeState:
     streams: StreamCaps | None = None
     run_index: KeyValue | None = None
     conversations: KeyValue | None = None
+    approvals: KeyValue | None = None
     tenants_kv: KeyValue | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -111,6 +112,7 @@ class EdgeState:
         self.tenants_kv = await js.key_value(subjects.TENANTS_BUCKET)
         self.run_index = await js.key_value(subjects.RUN_INDEX_BUCKET)
         self.conversations = await js.key_value(subjects.CONVERSATIONS_BUCKET)
+        self.approvals = await js.key_value(subjects.APPROVALS_BUCKET)
         self.limiter = RateLimiter(await js.key_value(subjects.RATE_LIMITS_BUCKET))
         self.streams = StreamCaps(nc, await js.key_value(subjects.STREAM_COUNTS_BUCKET))
         self.streams.start()

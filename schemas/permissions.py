@@ -10,11 +10,12 @@ identity       may
 =============  ================================================================================
 admin          everything (declares streams, consumers and buckets; nothing else uses it)
 edge           submit runs of any tenant, send cancels, read events (stored and live), keep its
-               buckets (tenant policies, rate limits, open streams, run index); never write
-               ``runs.>`` (it cannot forge a run's events)
+               buckets (tenant policies, rate limits, open streams, run index, approval
+               decisions); never write ``runs.>`` (it cannot forge a run's events)
 agent-runner   pull run requests through its consumers, write ``runs.>`` and dead letters,
                start ensemble members, call tools and ask which are served, read cancels,
-               read tenant policies
+               read tenant policies, keep and watch runs waiting for approvals and publish
+               their run requests again to resume them
 tool-runner    serve ``tools.*.*`` in queue group ``tool-runners`` only, answer the requests it
                receives (``allow_responses``), keep tool results (TOOL_RESULTS), read
                tenant policies (a tenant's own ``tool_root``)
@@ -134,6 +135,7 @@ _EDGE = Permissions(
         *_bucket(S.STREAM_COUNTS_BUCKET),
         *_bucket(S.RUN_INDEX_BUCKET),
         *_bucket(S.CONVERSATIONS_BUCKET),
+        *_bucket(S.APPROVALS_BUCKET),
     ),
     subscribe=(S.LIVE_RUN_EVENTS_ALL, f"{inbox_prefix(Role.EDGE)}.>"),
 )
@@ -142,6 +144,7 @@ _AGENT_RUNNER = Permissions(
     publish=(
         S.RUN_EVENTS_ALL,
         S.MEMBER_REQUESTS_ALL,
+        S.RUN_REQUESTS_ALL,  # a run that waited for approvals is queued again (agent_runner.approval_keeper)
         S.CONTROL_ALL,
         S.DEAD_LETTERS_ALL,
         S.RUN_LOG_ALL,
@@ -164,6 +167,7 @@ _AGENT_RUNNER = Permissions(
         *_bucket(S.TENANTS_BUCKET, watch=True),
         *_bucket(S.RUN_INDEX_BUCKET),
         *_bucket(S.CONVERSATIONS_BUCKET),
+        *_bucket(S.APPROVALS_BUCKET, watch=True),
     ),
     subscribe=(S.LIVE_RUN_EVENTS_ALL, f"{inbox_prefix(Role.AGENT_RUNNER)}.>"),
 )

@@ -136,7 +136,9 @@ def kv_configs(*, run_index_max_age: float = 7 * 86400.0, replicas: int = 1) -> 
     - TOOL_RESULTS: a side-effecting tool call's claim, then its result, kept two days (longer
       than any run may take, so a retry always finds it);
     - CONVERSATIONS: one entry per conversation (its turns), kept as long as run events are;
-    - RUN_INDEX: one entry per run, kept as long as run events are.
+    - RUN_INDEX: one entry per run, kept as long as run events are;
+    - APPROVALS: one entry per run waiting for tool approvals, removed when the run goes on (kept
+      at most as long as run events are).
     """
     return [
         KeyValueConfig(bucket=subjects.TENANTS_BUCKET, description="agentstream tenant policies", history=1,
@@ -151,6 +153,8 @@ def kv_configs(*, run_index_max_age: float = 7 * 86400.0, replicas: int = 1) -> 
                        ttl=run_index_max_age, storage=StorageType.FILE, replicas=replicas, direct=True),
         KeyValueConfig(bucket=subjects.RUN_INDEX_BUCKET, description="agentstream runs by id", history=1,
                        ttl=run_index_max_age, storage=StorageType.FILE, replicas=replicas, direct=True),
+        KeyValueConfig(bucket=subjects.APPROVALS_BUCKET, description="agentstream runs waiting for tool approvals",
+                       history=1, ttl=run_index_max_age, storage=StorageType.FILE, replicas=replicas, direct=True),
     ]
 
 

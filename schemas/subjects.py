@@ -61,6 +61,9 @@ CONVERSATIONS_BUCKET = "CONVERSATIONS"
 """One entry per conversation (``{tenant}.{sha256 of its id}``): its turns, the runs in order."""
 RUN_INDEX_BUCKET = "RUN_INDEX"
 """One entry per run (``{tenant}.{run_id}``): agent, message id, status; written at submit."""
+APPROVALS_BUCKET = "APPROVALS"
+"""One entry per run waiting for tool approvals (``{tenant}.{run_id}``): the calls, the decisions
+made so far, the deadline, and the run request to resume it with (schemas/approvals.py)."""
 
 # Subject prefixes (first token of each family).
 _RUN_REQUEST_PREFIX = "agents"
@@ -183,6 +186,19 @@ def conversation_key(tenant: str, conversation_id: str) -> str:
 def run_index_key(tenant: str, run_id: str) -> str:
     """Key of a run's entry in the RUN_INDEX bucket: ``{tenant}.{run_id}``."""
     return f"{token(tenant, 'tenant')}.{token(run_id, 'run_id')}"
+
+
+def approval_key(tenant: str, run_id: str) -> str:
+    """Key of a run's entry in the APPROVALS bucket: ``{tenant}.{run_id}``."""
+    return f"{token(tenant, 'tenant')}.{token(run_id, 'run_id')}"
+
+
+def parse_approval_key(key: str) -> tuple[str, str]:
+    """Split an APPROVALS key into ``(tenant, run_id)``; SubjectTokenError on any other shape."""
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise SubjectTokenError("key", key)
+    return token(parts[0], "tenant"), token(parts[1], "run_id")
 
 
 def run_events(tenant: str, agent: str, run_id: str) -> str:

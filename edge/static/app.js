@@ -25,6 +25,8 @@ const timeline = new Timeline(
   {
     followRun: (runId, handlers) => new RunStream(api, runId, handlers).start(),
     openRun: (runId, agent) => openRun(runId, agent, { resume: false }),
+    decide: (runId, toolCallId, decision, reason) => api.post(
+      `/api/runs/${encodeURIComponent(runId)}/${decision}`, { tool_call_id: toolCallId, ...(reason ? { reason } : {}) }),
   },
 );
 
