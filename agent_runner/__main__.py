@@ -1,13 +1,13 @@
 """``python -m agent_runner``: run one agent runner against ``NATS_URL``."""
 
 from agent_runner.service import serve
+from agentstream import settings as config
 from agentstream.runtime import run
-from agentstream.settings import Settings
 
 
 def main() -> int:
     """Entry point; returns the exit code."""
-    settings = Settings.from_env()
+    settings = config.load()
     return run(lambda stop: serve(settings, stop), settings)
 
 

@@ -55,7 +55,8 @@ def llm_endpoint(
     """
     llm = agent.llm
     base_url = (llm.base_url if llm and llm.base_url else None) or default_base_url
-    api_key = settings.llm_api_key if same_origin(base_url, default_base_url) else None
+    global_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    api_key = global_key if same_origin(base_url, default_base_url) else None
     if llm and llm.api_key_env:
         if not key_env_allowed(llm.api_key_env, settings.llm_key_env_pattern):
             raise ValueError(f"agent {agent.name!r}: llm.api_key_env: "

@@ -31,13 +31,19 @@ from schemas import events as E
 from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.common import ErrorInfo, Usage
+from schemas.errors import AgentstreamError, ErrorKind
 from schemas.runs import RunControl, RunRequest, member_run_id
 
 log = logging.getLogger(__name__)
 
 
-class MembersFailed(Exception):
-    """Fewer than ``min_success`` members answered; the message names each failure."""
+class MembersFailed(AgentstreamError):
+    """Fewer than ``min_success`` members answered (``members_failed``); the message names each failure."""
+
+    reason = "not enough members answered"
+
+    def __init__(self, message: str):
+        super().__init__(ErrorKind.MEMBERS_FAILED, message)
 
 
 @dataclass
@@ -183,7 +189,8 @@ async def _member_outcome(
     if end is None:
         await _cancel_child(nc, tenant, run_id, f"the member did not answer within {timeout:g} s")
         finished = E.MemberFinishedData(member=member, run_id=run_id, status="timeout", duration_ms=duration,
-                                        error=ErrorInfo(type="timeout", message=f"no answer within {timeout:g} s"))
+                                        error=ErrorInfo(type=ErrorKind.TIMEOUT,
+                                                        message=f"no answer within {timeout:g} s"))
         return MemberOutcome(finished_before or finished)
     record = fold_record(await _read_ended(nc, subject))
     if record is None:  # its terminal event was just read: only a failed read leaves nothing

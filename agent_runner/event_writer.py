@@ -10,6 +10,7 @@ exactly one writer.
   stored, the server's "wrong last sequence" answer is checked against the stored event's id and
   treated as success.
 - **Coalescing.** Text deltas are buffered and written at most every ``flush_interval`` seconds
+  (a number, or a function the runner uses to coalesce more when it holds many runs)
   (or as soon as ``flush_bytes`` accumulate), so a fast model does not become one JetStream
   message per token; the first delta after a quiet spell goes out at once.
 """
@@ -46,7 +47,7 @@ class RunEventWriter:
         envelope: dict[str, Any],
         last_seq: int,
         *,
-        flush_interval: float = 0.02,
+        flush_interval: float | Callable[[], float] = 0.02,
         flush_bytes: int = 4096,
         event_max_bytes: int = 900 * 1024,
         storage_patience: float = APPEND_RETRY_SECONDS,
@@ -56,7 +57,7 @@ class RunEventWriter:
         self.subject = subject
         self.envelope = envelope
         self.last_seq = last_seq
-        self.flush_interval = flush_interval
+        self._interval = flush_interval if callable(flush_interval) else (lambda: flush_interval)
         self.flush_bytes = flush_bytes
         self.event_max_bytes = event_max_bytes
         self.storage_patience = storage_patience
@@ -120,7 +121,7 @@ class RunEventWriter:
         # however recently run.started or a tool result was written (time to first token). A due
         # flush is written here, inline, not left to the timer task: a model streaming flat out
         # keeps this coroutine busy, and the task would only run once the stream pauses.
-        due = self._last_delta + self.flush_interval
+        due = self._last_delta + self._interval()
         if self._buf_bytes >= self.flush_bytes or time.monotonic() >= due:
             await self.flush()
         elif self._flush_task is None:

@@ -7,10 +7,10 @@ Fairness across tenants comes from two rules:
   ``agents.{tenant}.*.run``), shared by every runner. Its ``max_ack_pending`` is the tenant's
   ``max_concurrent_runs``: the server hands out no more of that tenant's runs at once, across all
   runners, so one tenant can never hold every slot.
-- **Each consumer has few runs waiting for a slot per runner.** A consumer's loop waits for one
-  request, takes as many more as this runner has free slots and are there right now (at most
-  :data:`BATCH_MAX` in all), hands them to the slot queue, and fetches again only once all of them
-  have a slot. Slots are given in arrival
+- **Each consumer has few runs waiting for a slot per runner.** A consumer's loop fetches only while
+  this runner has a free slot; it waits for one request, takes as many more as there are free
+  slots and requests right now (at most :data:`BATCH_MAX` in all), hands them to the slot queue,
+  and fetches again only once all of them have a slot. Slots are given in arrival
   order, so when tenant A has 2,000 runs queued and tenant B submits one, B's run waits behind at
   most one run of each other tenant (plus what they fetched while slots were free), never behind
   A's backlog.
@@ -60,11 +60,18 @@ class Slots:
         self.capacity = capacity
         self.used = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._room = asyncio.Event()
 
     @property
     def free(self) -> int:
         """Slots nobody holds or waits for now."""
         return max(0, self.capacity - self.used - len(self._waiters))
+
+    async def until_free(self) -> None:
+        """Return once a slot is free (nobody holds or waits for it)."""
+        while self.free <= 0:
+            self._room.clear()
+            await self._room.wait()
 
     @property
     def waiting(self) -> int:
@@ -106,6 +113,8 @@ class Slots:
             if not future.done():
                 self.used += 1
                 future.set_result(None)
+        if self.free > 0:
+            self._room.set()
 
 
 Handler = Callable[[Msg, asyncio.Event], Coroutine[Any, Any, None]]
@@ -185,6 +194,9 @@ class Intake:
                         log.warning("cannot take requests from %s: %s; retrying", consumer, err)
                         await asyncio.sleep(1.0)
                         continue
+                # Only with room for it: a request fetched by a full runner would wait here while
+                # another runner may have room.
+                await self.slots.until_free()
                 try:
                     # One request at a time while waiting (nats-py's fetch of several keeps waiting for
                     # the rest once one has come), then what else is there right now.

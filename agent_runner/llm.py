@@ -33,6 +33,7 @@ from tenacity.wait import wait_base
 
 from agentstream.retry import first_then_retry
 from schemas.common import Usage
+from schemas.errors import AgentstreamError, ErrorKind
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,14 @@ OnText = Callable[[str], Awaitable[None]]
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
-class LLMError(Exception):
-    """The LLM call failed for good. ``type``: ``llm_unreachable``, ``llm_http_error``,
+class LLMError(AgentstreamError):
+    """The LLM call failed for good. ``kind``: ``llm_unreachable``, ``llm_http_error``,
     ``llm_stream_error``, ``llm_bad_response``; ``status``: HTTP status if any."""
 
-    def __init__(self, type: str, message: str, status: int | None = None, retryable: bool = False):
-        super().__init__(message)
-        self.type = type
-        self.message = message
+    reason = "model call failed"
+
+    def __init__(self, kind: ErrorKind, message: str, status: int | None = None, retryable: bool = False):
+        super().__init__(kind, message)
         self.status = status
         self.retryable = retryable
         self.retry_after: float | None = None
@@ -193,7 +194,7 @@ class LLMClient:
                     text = (await resp.aread())[:2000].decode("utf-8", "replace")
                     log.warning("model server %s answered HTTP %d", endpoint.chat_url, resp.status_code)
                     err = LLMError(
-                        "llm_http_error",
+                        ErrorKind.LLM_HTTP_ERROR,
                         f"the model server answered HTTP {resp.status_code}: {_error_message(text)}",
                         status=resp.status_code,
                         retryable=resp.status_code in RETRY_STATUSES,
@@ -207,12 +208,12 @@ class LLMClient:
                 return await self._from_stream(resp, on_text, streamed)
         except httpx.TimeoutException as err:
             log.warning("model server %s: timed out (%s)", endpoint.chat_url, type(err).__name__)
-            raise LLMError("llm_unreachable", f"the model server did not answer in time ({type(err).__name__})",
+            raise LLMError(ErrorKind.LLM_UNREACHABLE, f"the model server did not answer in time ({type(err).__name__})",
                            retryable=True) from None
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
             # The details (host, port, resolver text) go to the log, not to the run's clients.
             log.warning("model server %s: %s: %s", endpoint.chat_url, type(err).__name__, err)
-            raise LLMError("llm_unreachable", f"the model server could not be reached ({type(err).__name__})",
+            raise LLMError(ErrorKind.LLM_UNREACHABLE, f"the model server could not be reached ({type(err).__name__})",
                            retryable=True) from None
         finally:
             shard[1] -= 1
@@ -233,13 +234,13 @@ class LLMClient:
             try:
                 chunk = orjson.loads(data)  # a hot path: one per streamed token
             except json.JSONDecodeError:
-                raise LLMError("llm_bad_response", f"unparseable stream event: {data[:200]!r}") from None
+                raise LLMError(ErrorKind.LLM_BAD_RESPONSE, f"unparseable stream event: {data[:200]!r}") from None
             if not isinstance(chunk, dict):
                 continue
             if chunk.get("error"):
                 err = chunk["error"]
                 message = err.get("message") if isinstance(err, dict) else str(err)
-                raise LLMError("llm_stream_error", f"the model server reported an error mid-stream: {message}")
+                raise LLMError(ErrorKind.LLM_STREAM_ERROR, f"the model server reported an error mid-stream: {message}")
             if chunk.get("usage"):
                 result.usage = _usage(chunk["usage"])
             for choice in chunk.get("choices") or []:
@@ -270,7 +271,7 @@ class LLMClient:
             message = choice.get("message") or {}
         except (ValueError, KeyError, IndexError, TypeError):
             raise LLMError(
-                "llm_bad_response", f"neither an event stream nor a chat completion: {raw[:200]!r}"
+                ErrorKind.LLM_BAD_RESPONSE, f"neither an event stream nor a chat completion: {raw[:200]!r}"
             ) from None
         result = StepResult(text=message.get("content") or "", finish_reason=choice.get("finish_reason"))
         if body.get("usage"):

@@ -26,14 +26,20 @@ from schemas import events as E
 from schemas import subjects
 from schemas.agents import RESERVED_PARAMETERS, AgentDefinition
 from schemas.common import ErrorInfo, FunctionCall, ToolCallRef, Usage
+from schemas.errors import AgentstreamError, ErrorKind
 from schemas.runs import RunRequest
 from schemas.tools import BUILTIN_AGENT_TOOLS, LOAD_SKILL, TOOL_RUNNER_TOOLS, json_schema_for_llm
 
 log = logging.getLogger(__name__)
 
 
-class MaxStepsExceeded(Exception):
-    """The model still asked for tools after its last allowed step."""
+class MaxStepsExceeded(AgentstreamError):
+    """The model still asked for tools after its last allowed step (``max_steps``)."""
+
+    reason = "max_steps reached"
+
+    def __init__(self, message: str):
+        super().__init__(ErrorKind.MAX_STEPS, message)
 
 
 class AwaitingApproval(Exception):
@@ -250,7 +256,7 @@ def step_messages(text: str, calls: list[StepCall], results: dict[str, Any]) -> 
     for call in calls:
         result = results.get(call.id)
         content = tool_message_content(result) if result is not None else json.dumps(
-            {"error": {"type": "missing_result", "message": "no result was recorded for this call"}})
+            {"error": {"type": ErrorKind.MISSING_RESULT, "message": "no result was recorded for this call"}})
         out.append({"role": "tool", "tool_call_id": call.id, "content": content})
     return out
 
@@ -289,7 +295,7 @@ def rejection(decision: E.ToolApprovalDecidedData, timeout: float) -> ErrorInfo:
         message = "a person rejected this call, so it did not run"
     if decision.reason:
         message += f"; reason: {decision.reason}"
-    return ErrorInfo(type="approval_rejected", message=message)
+    return ErrorInfo(type=ErrorKind.APPROVAL_REJECTED, message=message)
 
 
 async def _decided(ctx: RunContext, step: int, call: StepCall, decision: E.ToolApprovalDecidedData) -> ToolOutcome:
@@ -336,7 +342,8 @@ async def _execute(ctx: RunContext, step: int, call: StepCall) -> ToolOutcome:
             raise ValueError("arguments must be a JSON object")
     except ValueError as err:
         outcome = ToolOutcome(
-            ok=False, error=ErrorInfo(type="invalid_arguments", message=f"arguments are not a JSON object: {err}")
+            ok=False, error=ErrorInfo(type=ErrorKind.INVALID_ARGUMENTS,
+                                      message=f"arguments are not a JSON object: {err}")
         )
     else:
         if call.name in BUILTIN_AGENT_TOOLS:
@@ -366,7 +373,8 @@ async def _execute(ctx: RunContext, step: int, call: StepCall) -> ToolOutcome:
             available = ", ".join(offered) or "none"
             outcome = ToolOutcome(
                 ok=False,
-                error=ErrorInfo(type="unknown_tool", message=f"there is no tool {call.name!r}; available: {available}"),
+                error=ErrorInfo(type=ErrorKind.UNKNOWN_TOOL,
+                                message=f"there is no tool {call.name!r}; available: {available}"),
             )
     if not outcome.ms:
         outcome.ms = round((time.perf_counter() - started) * 1000, 3)
@@ -387,5 +395,6 @@ def _load_skill(ctx: RunContext, arguments: dict[str, Any]) -> ToolOutcome:
             return ToolOutcome(ok=True, output={"name": skill.name, "text": skill.text})
     known = ", ".join(s.name for s in ctx.skills) or "none"
     return ToolOutcome(
-        ok=False, error=ErrorInfo(type="unknown_skill", message=f"no skill {name!r}; this agent's skills: {known}")
+        ok=False, error=ErrorInfo(type=ErrorKind.UNKNOWN_SKILL,
+                                  message=f"no skill {name!r}; this agent's skills: {known}")
     )

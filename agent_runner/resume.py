@@ -38,14 +38,14 @@ class StepRecord:
 @dataclass
 class RunHistory:
     """A run's stored events, folded. ``crashed_attempts``: attempts that started and stopped
-    without a terminal event or a hand-back."""
+    without a terminal event, a hand-back or a wait for approvals; ``started_attempts``: every
+    ``run.started`` (a new attempt's number is above it); ``ended``: a terminal event is stored."""
 
     steps: dict[int, StepRecord] = field(default_factory=dict)
     completed: E.MessageCompletedData | None = None
-    terminal: str | None = None
     crashed_attempts: int = 0
     started_attempts: int = 0
-    last_type: str | None = None
+    ended: bool = False
     members_started: dict[str, E.MemberStartedData] = field(default_factory=dict)
     members_finished: dict[str, E.MemberFinishedData] = field(default_factory=dict)
     approvals_requested: dict[str, E.ToolApprovalRequestedData] = field(default_factory=dict)
@@ -59,7 +59,7 @@ class RunHistory:
     def awaiting(self) -> list[E.ToolApprovalRequestedData]:
         """The calls whose approval was requested and is not decided in the events yet (empty once
         the run ended)."""
-        if self.terminal is not None:
+        if self.ended:
             return []
         return [r for r in self.approvals_requested.values() if r.tool_call_id not in self.approvals_decided]
 
@@ -79,7 +79,6 @@ def fold(events: list[StoredEvent]) -> RunHistory:
     for ev in events:
         body = ev.json()
         t, data = ev.type, body.get("data") or {}
-        history.last_type = t
         if t == E.RUN_STARTED:
             if open_attempt:
                 history.crashed_attempts += 1
@@ -120,8 +119,8 @@ def fold(events: list[StoredEvent]) -> RunHistory:
         elif t == E.MESSAGE_COMPLETED:
             history.completed = E.MessageCompletedData.model_validate(data)
         elif E.is_terminal(t):
-            history.terminal = t
             open_attempt = False
+            history.ended = True
     if open_attempt:
         history.crashed_attempts += 1
     return history

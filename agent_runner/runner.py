@@ -48,11 +48,11 @@ from agent_runner import conversation, resume
 from agent_runner.admission import AUTO_MAX_RUNS, Admission
 from agent_runner.approval_keeper import ApprovalKeeper
 from agent_runner.endpoint import llm_endpoint
-from agent_runner.ensemble import MembersFailed, combined_message, question_of, run_members
+from agent_runner.ensemble import combined_message, question_of, run_members
 from agent_runner.event_writer import OwnershipLost, RunEventWriter
 from agent_runner.intake import Intake, Slots
-from agent_runner.llm import LLMClient, LLMEndpoint, LLMError
-from agent_runner.loop import AwaitingApproval, MaxStepsExceeded, RunContext, StepCall, run_agent
+from agent_runner.llm import LLMClient, LLMEndpoint
+from agent_runner.loop import AwaitingApproval, RunContext, StepCall, run_agent
 from agent_runner.mcp_tools import McpToolLister
 from agent_runner.tool_client import ToolClient
 from agentstream import approvals, eventlog, runlog
@@ -68,6 +68,7 @@ from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.approvals import PendingApproval, PendingCall
 from schemas.common import ErrorInfo, Usage
+from schemas.errors import AgentstreamError, ErrorKind
 from schemas.runs import DeadLetter, RunControl, RunRequest
 from schemas.tenants import TenantPolicy
 
@@ -282,7 +283,7 @@ class AgentRunner:
         policy = self.policies.get(where.tenant)
         if policy is None or policy.may_use(where.agent):
             return False
-        problem = ErrorInfo(type="forbidden_agent",
+        problem = ErrorInfo(type=ErrorKind.FORBIDDEN_AGENT,
                             message=f"tenant {where.tenant!r} may not use agent {where.agent!r}")
         log.warning("run request on %s refused: %s", msg.subject, problem.message)
         await self._refuse(msg, where.tenant, where.agent, "agent not allowed", problem)
@@ -476,12 +477,18 @@ class AgentRunner:
             {"run_id": request.run_id, "tenant": tenant, "agent": agent, "message_id": request.message_id,
              "attempt": attempt},
             last_seq,
-            flush_interval=self.settings.delta_flush_interval,
+            flush_interval=self._delta_interval,
             flush_bytes=self.settings.delta_flush_bytes,
             event_max_bytes=self.settings.event_max_bytes,
             storage_patience=self.settings.storage_patience,
             on_end=self._logger(tenant, agent, request),
         )
+
+    def _delta_interval(self) -> float:
+        """Seconds a run's text deltas are coalesced: DELTA_FLUSH_INTERVAL, longer when this runner
+        holds so many runs that its delta events would pass DELTA_EVENTS_PER_SECOND (a run's first
+        text still goes out at once)."""
+        return max(self.settings.delta_flush_interval, self.slots.used / self.settings.delta_events_per_second)
 
     def _logger(
         self, tenant: str, agent: str, request: RunRequest
@@ -669,7 +676,8 @@ class AgentRunner:
         log.error("run %s: %s; request kept as a dead letter", request.run_id, reason)
         await writer.emit(E.RUN_FAILED, E.RunFailedData(
             reason=reason,
-            error=ErrorInfo(type="gave_up", message=f"every attempt of this run stopped without finishing ({attempts} "
+            error=ErrorInfo(type=ErrorKind.GAVE_UP,
+                            message=f"every attempt of this run stopped without finishing ({attempts} "
                             "attempts: its runner crashed or was killed); the request is kept as a dead letter"),
         ))
 
@@ -690,7 +698,7 @@ class AgentRunner:
         if agent is None:
             await writer.emit(E.RUN_FAILED, E.RunFailedData(
                 reason="unknown agent",
-                error=ErrorInfo(type="unknown_agent", message=f"this runner has no agent {agent_name!r}"),
+                error=ErrorInfo(type=ErrorKind.UNKNOWN_AGENT, message=f"this runner has no agent {agent_name!r}"),
                 duration_ms=duration(),
             ))
             return
@@ -702,7 +710,7 @@ class AgentRunner:
             endpoint = self.endpoint_for(answering)
         except ValueError as err:
             await writer.emit(E.RUN_FAILED, E.RunFailedData(
-                reason="configuration error", error=ErrorInfo(type="configuration_error", message=str(err)),
+                reason="configuration error", error=ErrorInfo(type=ErrorKind.CONFIGURATION_ERROR, message=str(err)),
                 duration_ms=duration(),
             ))
             return
@@ -730,7 +738,8 @@ class AgentRunner:
                     E.RunFailedData(
                         reason="timed out",
                         error=ErrorInfo(
-                            type="timeout", message=f"the run took longer than its budget of {agent.timeout:g} s"
+                            type=ErrorKind.TIMEOUT,
+                            message=f"the run took longer than its budget of {agent.timeout:g} s"
                         ),
                         usage=ctx.total_usage,
                         steps=ctx.steps,
@@ -754,15 +763,10 @@ class AgentRunner:
             await writer.close()
             written = set(opened.history.approvals_requested) if opened.history is not None else set()
             await self._suspend(msg, writer, tenant, agent_name, answering, waiting, written)
-        except (LLMError, MaxStepsExceeded, MembersFailed) as err:
-            kind, reason = {
-                LLMError: (getattr(err, "type", "llm_error"), "model call failed"),
-                MaxStepsExceeded: ("max_steps", "max_steps reached"),
-                MembersFailed: ("members_failed", "not enough members answered"),
-            }[type(err)]
+        except AgentstreamError as err:  # the model call, max_steps, an ensemble's members...
             await writer.close()
             await writer.emit(E.RUN_FAILED, E.RunFailedData(
-                reason=reason, error=ErrorInfo(type=kind, message=getattr(err, "message", None) or str(err)),
+                reason=err.reason, error=ErrorInfo(type=err.kind, message=err.message),
                 usage=ctx.total_usage, steps=ctx.steps, duration_ms=duration(),
             ))
         except (OwnershipLost, asyncio.CancelledError, _AlreadyEnded, _NotFresh, _NotSuspended):
@@ -776,7 +780,7 @@ class AgentRunner:
                       self.settings.storage_patience)
             await writer.emit(E.RUN_FAILED, E.RunFailedData(
                 reason="event store full",
-                error=ErrorInfo(type="storage_unavailable", message="the run's events could not be stored (the "
+                error=ErrorInfo(type=ErrorKind.STORAGE_UNAVAILABLE, message="the run's events could not be stored (the "
                                 "event store had no space), so the run was stopped"),
                 usage=ctx.total_usage, steps=ctx.steps, duration_ms=duration(),
             ), patient=True)
@@ -784,7 +788,8 @@ class AgentRunner:
             log.exception("run %s crashed", request.run_id)
             await writer.close()
             await writer.emit(E.RUN_FAILED, E.RunFailedData(
-                reason="internal error", error=ErrorInfo(type="internal_error", message=f"{type(err).__name__}: {err}"),
+                reason="internal error", error=ErrorInfo(type=ErrorKind.INTERNAL_ERROR,
+                                                         message=f"{type(err).__name__}: {err}"),
                 usage=ctx.total_usage, steps=ctx.steps, duration_ms=duration(),
             ))
         finally:
@@ -828,7 +833,7 @@ class AgentRunner:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in err.errors())
         log.error("invalid run request on %s: %s", msg.subject, problems)
         await self._refuse(msg, tenant, agent, "invalid run request",
-                           ErrorInfo(type="invalid_request", message=problems))
+                           ErrorInfo(type=ErrorKind.INVALID_REQUEST, message=problems))
 
     async def _refuse(self, msg: Msg, tenant: str, agent: str, reason: str, error: ErrorInfo) -> None:
         """End the run a request names (its ``Nats-Msg-Id``) ``run.failed`` without running it,

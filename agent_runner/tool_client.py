@@ -31,6 +31,7 @@ from agentstream.retry import first_then_retry
 from schemas import headers as H
 from schemas import subjects
 from schemas.common import ErrorInfo
+from schemas.errors import ErrorKind
 from schemas.tools import ToolCallRequest, ToolCallResult
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,8 @@ class ToolClient:
         except _Unserved:
             return ToolOutcome(
                 ok=False,
-                error=ErrorInfo(type="tool_unavailable", message=f"no tool runner serves {tool} (TOOL_RUNNER_TOOLS)"),
+                error=ErrorInfo(type=ErrorKind.TOOL_UNAVAILABLE,
+                                message=f"no tool runner serves {tool} (TOOL_RUNNER_TOOLS)"),
                 ms=round((time.perf_counter() - started) * 1000, 3),
                 attempts=attempts,
             )
@@ -144,7 +146,8 @@ class ToolClient:
             return ToolOutcome(
                 ok=False,
                 error=ErrorInfo(
-                    type="tool_unavailable", message=f"{tool} gave no result within {budget:g} s ({last_problem})"
+                    type=ErrorKind.TOOL_UNAVAILABLE,
+                    message=f"{tool} gave no result within {budget:g} s ({last_problem})"
                 ),
                 ms=round(ms, 3),
                 attempts=attempts,
@@ -192,7 +195,7 @@ class ToolClient:
                         tool_call_id=request.tool_call_id,
                         ok=False,
                         error=ErrorInfo(
-                            type="tool_protocol_error", message=hdrs.get(H.SERVICE_ERROR, "tool runner error")
+                            type=ErrorKind.TOOL_PROTOCOL_ERROR, message=hdrs.get(H.SERVICE_ERROR, "tool runner error")
                         ),
                         runner=hdrs.get(H.RUNNER),
                     )
@@ -202,7 +205,7 @@ class ToolClient:
                     return ToolCallResult(
                         tool_call_id=request.tool_call_id,
                         ok=False,
-                        error=ErrorInfo(type="tool_protocol_error", message=f"unreadable tool result: {err}"),
+                        error=ErrorInfo(type=ErrorKind.TOOL_PROTOCOL_ERROR, message=f"unreadable tool result: {err}"),
                     )
         finally:
             try:

@@ -28,6 +28,7 @@ from agentstream import yamlload
 from agentstream.beneath import BeneathError, open_beneath, read_capped
 from agentstream.settings import Settings
 from schemas.agents import AgentDefinition, key_env_allowed, key_env_refusal
+from schemas.errors import ErrorKind
 from schemas.mcp import command_allowed, command_refusal
 from schemas.subjects import is_token
 
@@ -102,7 +103,7 @@ def load_skills(directory: Path, errors: list[AgentFileError], *, dir_fd: int | 
         try:
             opened = open_beneath(fd, SKILLS_SUBDIR, "dir", dir_path=real, label=_LABEL)
         except BeneathError as err:
-            if err.kind != "not_found":
+            if err.kind != ErrorKind.NOT_FOUND:
                 errors.append(AgentFileError(SKILLS_SUBDIR, None, err.message))
             return skills
         try:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Literal
 
+from schemas.errors import AgentstreamError, ErrorKind
+
 MAX_SYMLINKS = 40
 """Most symlinks followed in one path, as Linux's own limit (``path_resolution(7)``)."""
 
@@ -41,7 +43,7 @@ _MAYBE_SYMLINK = frozenset({errno.ELOOP, errno.EMLINK, errno.ENOTDIR})
 Kind = Literal["file", "dir"]
 
 
-class BeneathError(Exception):
+class BeneathError(AgentstreamError):
     """A path that cannot be opened beneath the directory.
 
     ``kind`` is machine-readable: ``invalid_path`` (absolute, ``..``, NUL, empty), ``not_found``,
@@ -51,10 +53,8 @@ class BeneathError(Exception):
     names the path as it was asked.
     """
 
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
+    def __init__(self, kind: ErrorKind, message: str):
+        super().__init__(kind, message)
 
 
 @dataclass(frozen=True)
@@ -80,16 +80,16 @@ def relative_parts(path: str) -> list[str]:
     path (POSIX, Windows drive or UNC, or ``~``) and any ``..`` component.
     """
     if not isinstance(path, str) or path.strip() == "":  # a caller may pass anything
-        raise BeneathError("invalid_path", "path must be a non-empty relative path")
+        raise BeneathError(ErrorKind.INVALID_PATH, "path must be a non-empty relative path")
     if "\x00" in path:
-        raise BeneathError("invalid_path", "path contains a NUL byte")
+        raise BeneathError(ErrorKind.INVALID_PATH, "path contains a NUL byte")
     posix = PurePosixPath(path)
     if posix.is_absolute() or PureWindowsPath(path).is_absolute() or path.startswith(("~", "\\")):
         raise BeneathError(
-            "invalid_path", f"absolute paths are refused; give a relative path, not {path!r}"
+            ErrorKind.INVALID_PATH, f"absolute paths are refused; give a relative path, not {path!r}"
         )
     if ".." in posix.parts or ".." in PureWindowsPath(path).parts:
-        raise BeneathError("invalid_path", "paths with '..' are refused")
+        raise BeneathError(ErrorKind.INVALID_PATH, "paths with '..' are refused")
     return [p for p in path.split("/") if p not in ("", ".")]
 
 
@@ -118,7 +118,7 @@ def open_beneath(
                 continue
             if name == "..":  # only from a symlink's target
                 if len(stack) == 1:
-                    raise BeneathError("outside_root", f"{path!r} leads outside {label} (symlink)")
+                    raise BeneathError(ErrorKind.OUTSIDE_ROOT, f"{path!r} leads outside {label} (symlink)")
                 os.close(stack.pop())
                 names.pop()
                 continue
@@ -127,11 +127,11 @@ def open_beneath(
             if target is not None:
                 links += 1
                 if links > MAX_SYMLINKS:
-                    raise BeneathError("symlink_loop", f"{path!r}: more than {MAX_SYMLINKS} symlinks")
+                    raise BeneathError(ErrorKind.SYMLINK_LOOP, f"{path!r}: more than {MAX_SYMLINKS} symlinks")
                 if target.startswith("/"):
                     inside = _below(target, dir_path)
                     if inside is None:
-                        raise BeneathError("outside_root", f"{path!r} leads outside {label} (absolute symlink)")
+                        raise BeneathError(ErrorKind.OUTSIDE_ROOT, f"{path!r} leads outside {label} (absolute symlink)")
                     for fd in stack[1:]:
                         os.close(fd)
                     del stack[1:]
@@ -148,7 +148,7 @@ def open_beneath(
         fd = stack.pop()
         if kind == "file":
             os.close(fd)
-            raise BeneathError("not_a_file", f"{path!r} is a directory, not a file")
+            raise BeneathError(ErrorKind.NOT_A_FILE, f"{path!r} is a directory, not a file")
         return Opened(fd, tuple(names), _checked(fd, "dir", path))
     finally:
         for fd in stack:
@@ -194,9 +194,9 @@ def _open_file(dir_fd: int, name: str, asked: str) -> int:
     except OSError as err:
         raise _error(err, asked) from None
     if stat.S_ISDIR(st.st_mode):
-        raise BeneathError("not_a_file", f"{asked!r} is a directory, not a file")
+        raise BeneathError(ErrorKind.NOT_A_FILE, f"{asked!r} is a directory, not a file")
     if not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode):
-        raise BeneathError("not_a_file", f"{asked!r} is not a regular file ({_type_name(st.st_mode)})")
+        raise BeneathError(ErrorKind.NOT_A_FILE, f"{asked!r} is not a regular file ({_type_name(st.st_mode)})")
     return _open(dir_fd, name, _OPEN_FLAGS, asked)
 
 
@@ -206,9 +206,9 @@ def _open(dir_fd: int, name: str, flags: int, asked: str) -> int:
     except OSError as err:
         if err.errno in _MAYBE_SYMLINK and _symlink_target(dir_fd, name) is not None:
             # Swapped for a symlink after it was looked at: refuse rather than chase it.
-            raise BeneathError("outside_root", f"{asked!r} changed while it was opened (symlink)") from None
+            raise BeneathError(ErrorKind.OUTSIDE_ROOT, f"{asked!r} changed while it was opened (symlink)") from None
         if err.errno == errno.ENOTDIR:
-            raise BeneathError("not_a_directory", f"{asked!r}: {name!r} is not a directory") from None
+            raise BeneathError(ErrorKind.NOT_A_DIRECTORY, f"{asked!r}: {name!r} is not a directory") from None
         raise _error(err, asked) from None
 
 
@@ -217,21 +217,21 @@ def _checked(fd: int, kind: Kind, asked: str) -> os.stat_result:
     if kind == "file" and not stat.S_ISREG(st.st_mode):
         os.close(fd)
         what = "a directory" if stat.S_ISDIR(st.st_mode) else _type_name(st.st_mode)
-        raise BeneathError("not_a_file", f"{asked!r} is not a regular file ({what})")
+        raise BeneathError(ErrorKind.NOT_A_FILE, f"{asked!r} is not a regular file ({what})")
     if kind == "dir" and not stat.S_ISDIR(st.st_mode):
         os.close(fd)
-        raise BeneathError("not_a_directory", f"{asked!r} is not a directory")
+        raise BeneathError(ErrorKind.NOT_A_DIRECTORY, f"{asked!r} is not a directory")
     return st
 
 
 def _error(err: OSError, asked: str) -> BeneathError:
     if err.errno == errno.ENOENT:
-        return BeneathError("not_found", f"{asked!r} does not exist")
+        return BeneathError(ErrorKind.NOT_FOUND, f"{asked!r} does not exist")
     if err.errno in (errno.EACCES, errno.EPERM):
-        return BeneathError("permission_denied", f"{asked!r}: permission denied")
+        return BeneathError(ErrorKind.PERMISSION_DENIED, f"{asked!r}: permission denied")
     if err.errno == errno.ENOTDIR:
-        return BeneathError("not_a_directory", f"{asked!r}: a part of it is not a directory")
-    return BeneathError("os_error", f"{asked!r}: {err.strerror or err}")
+        return BeneathError(ErrorKind.NOT_A_DIRECTORY, f"{asked!r}: a part of it is not a directory")
+    return BeneathError(ErrorKind.OS_ERROR, f"{asked!r}: {err.strerror or err}")
 
 
 def _type_name(mode: int) -> str:

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from weakref import WeakSet
 
 import nats
 import nats.errors
@@ -28,7 +27,6 @@ from schemas.permissions import Role, inbox_prefix
 
 log = logging.getLogger(__name__)
 
-_CLOSING: WeakSet[NATS] = WeakSet()
 """Connections being closed by :func:`close`: their disconnection is expected, not reported."""
 
 
@@ -41,7 +39,7 @@ async def connect(
     on_reconnected: Callable[[], Awaitable[None]] | None = None,
     on_disconnected: Callable[[], Awaitable[None]] | None = None,
     on_slow_consumer: Callable[[], Awaitable[None]] | None = None,
-) -> NATS:
+) -> Bus:
     """Connect to ``settings.nats_servers`` as client ``name`` with the identity of ``role``
     (``NATS_CREDS``, and the role's inbox prefix: schemas/permissions.py); retry until connected.
 
@@ -62,11 +60,10 @@ async def connect(
         if on_slow_consumer is not None and isinstance(err, nats.errors.SlowConsumerError):
             await on_slow_consumer()
 
-    holder: dict[str, NATS] = {}
+    bus = Bus()  # a new one for each attempt; the callbacks read the latest
 
     async def disconnected_cb() -> None:
-        nc = holder.get("nc")
-        if nc is not None and (nc.is_closed or nc in _CLOSING):
+        if bus.is_closed or bus.closing:
             return
         log.warning("nats: disconnected; reconnecting")
         if on_disconnected:
@@ -82,12 +79,13 @@ async def connect(
     delay = 0.1
     while True:
         try:
-            holder["nc"] = await nats.connect(
+            bus = Bus()
+            await bus.connect(
                 servers=settings.nats_servers,
                 name=name,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int; any seconds work
                 connect_timeout=2,
                 ping_interval=10,
                 max_outstanding_pings=3,
@@ -97,7 +95,7 @@ async def connect(
                 reconnected_cb=reconnected_cb,
                 **options,
             )
-            return holder["nc"]
+            return bus
         except Exception as err:  # any failure to connect is retried
             if deadline is not None and loop.time() + delay > deadline:
                 raise TimeoutError(f"could not connect to NATS at {settings.nats_servers}: {err}") from err
@@ -106,15 +104,28 @@ async def connect(
             delay = min(delay * 2, 2.0)
 
 
+class Bus(NATS):
+    """A NATS connection as every component holds it (made by :func:`connect`): nats-py's client
+    plus the JetStream context it owns, made once (creating one per call shows in profiles)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._js: JetStreamContext | None = None
+        self.closing = False
+        """Set by :func:`close`: the connection is being closed on purpose."""
+
+    @property
+    def js(self) -> JetStreamContext:
+        """This connection's JetStream context."""
+        if self._js is None:
+            self._js = self.jetstream()
+        return self._js
+
+
 def jetstream(nc: NATS) -> JetStreamContext:
-    """The connection's JetStream context, made once (creating one per call shows in profiles)."""
-    # Kept in the connection's own attributes: the context refers back to the connection, so a
-    # WeakKeyDictionary would keep every connection alive.
-    attributes = vars(nc)
-    js: JetStreamContext | None = attributes.get("_agentstream_js")
-    if js is None:
-        js = attributes["_agentstream_js"] = nc.jetstream()
-    return js
+    """``nc``'s JetStream context: the one a :class:`Bus` owns, or a new one for a plain client
+    (tests and tools that connect with ``nats.connect``)."""
+    return nc.js if isinstance(nc, Bus) else nc.jetstream()
 
 
 CLUSTER_NOT_READY = frozenset({
@@ -225,7 +236,8 @@ async def close(nc: NATS, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - bou
     """
     if nc.is_closed:
         return
-    _CLOSING.add(nc)  # read by disconnected_cb
+    if isinstance(nc, Bus):
+        nc.closing = True  # read by disconnected_cb: a disconnect now is expected
     try:
         await asyncio.wait_for(nc.flush(), timeout)
     except Exception as err:  # disconnected: nothing more to flush

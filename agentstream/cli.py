@@ -24,7 +24,9 @@ import os
 import sys
 from pathlib import Path
 
-from agentstream.settings import Settings, documented
+from pydantic import ValidationError
+
+from agentstream.settings import Settings, configuration_error, documented
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         settings = Settings.from_env()
-    except ValueError as err:
-        print(f"configuration error: {err}", file=sys.stderr)
+    except ValidationError as err:
+        print(f"configuration error: {configuration_error(err)}", file=sys.stderr)
         return 2
     if args.command in ("nats-config", "nats-setup", "creds"):
         from agentstream import auth_cli
@@ -99,15 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     from agentstream.runtime import run
 
     if args.command == "up":
-        from dataclasses import replace
-
         from agentstream.supervisor import Supervisor
 
         if args.nats_cluster is not None:
             if args.nats_cluster < 1:
                 print("configuration error: --nats-cluster: at least 1 server", file=sys.stderr)
                 return 2
-            settings = replace(settings, nats_cluster=args.nats_cluster)
+            settings = settings.changed(nats_cluster=args.nats_cluster)
 
         return run(lambda stop: Supervisor(settings).run(stop), settings)
     if args.command == "edge":

@@ -61,8 +61,9 @@ class StoredEvent:
     data: bytes
     last_seq: int | None = None  # previous seq on the same subject, when the server says
     msg_id: str | None = None  # the Nats-Msg-Id it was written with
-    sse_frame: bytes | None = field(default=None, compare=False, repr=False)
-    """Cache of the event's native SSE frame: built once, shared by every client watching it."""
+    frames: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+    """Frames built from this event, by dialect (``"native"``): built once, shared by every client
+    watching the run. The record is frozen; only this cache fills in."""
 
     def json(self) -> dict[str, Any]:
         """The event envelope as a dict."""
@@ -278,10 +279,7 @@ async def retrying(read: Callable[[], Awaitable[T]], *, within: float = READ_RET
     )
 
 
-async def first_event(nc: NATS, filter_subject: str) -> StoredEvent | None:
-    """The earliest event on ``filter_subject``, or None."""
-    events, _ = await read_batch(nc, filter_subject, 0, batch=1)
-    return events[0] if events else None
+
 
 
 class WriteConflict(Exception):

@@ -1,28 +1,77 @@
 """Every setting of every component, read from environment variables, with defaults that work on a
-fresh machine. The README's configuration table lists the same names (a test checks it).
+fresh machine. The README's configuration table is generated from the same fields (``make docs``;
+a test checks it).
 
-Durations are seconds, sizes are bytes.
+Settings are a ``pydantic-settings`` model: a value that cannot be parsed or is out of its range
+stops the component at start-up with the variable named (``AGENT_RUNNER_CONCURRENCY=-1``: "Input
+should be greater than or equal to 0"). Durations are seconds, sizes are bytes; a number without
+its own range may not be negative. Secrets are ``SecretStr``: they print as ``**********``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
 import socket
-from dataclasses import MISSING, dataclass, field, fields
+import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 """The project checkout (or the directory the packages were installed from)."""
 
-
-def _setting(env: str, default: Any, help: str) -> Any:
-    return field(default=default, metadata={"env": env, "help": help})
+_ENVIRON: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("environ", default=None)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """All configuration. Build with :meth:`from_env`; every field maps to one environment variable."""
+def _setting(env: str, default: Any, help: str, **limits: Any) -> Any:
+    """One setting: its environment variable, default, help text (README) and range (``ge``, ``gt``,
+    ``le``). A number given no range may not be negative."""
+    if isinstance(default, int | float) and not isinstance(default, bool) and not limits:
+        limits = {"ge": 0}
+    return Field(default=default, validation_alias=env, description=help, **limits)
+
+
+class _Environment(PydanticBaseSettingsSource):
+    """Each field from its variable (``validation_alias``) in the environment :meth:`Settings.from_env`
+    was given (``os.environ`` by default); unset and empty variables leave the default."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        environ = _ENVIRON.get()
+        env = os.environ if environ is None else environ
+        return env.get(str(field.validation_alias)) or None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            raw, _, _ = self.get_field_value(field, name)
+            if raw is not None:
+                values[str(field.validation_alias)] = raw
+        return values
+
+
+class Settings(BaseSettings):
+    """All configuration. Build with :meth:`from_env`; every field maps to one environment variable.
+
+    Immutable; derive a changed copy with :meth:`changed`."""
+
+    model_config = SettingsConfigDict(frozen=True, populate_by_name=True, extra="forbid")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Explicit values first, then the environment; no ``.env`` or secrets directory is read."""
+        return init_settings, _Environment(settings_cls)
 
     # -- NATS
     nats_url: str | None = _setting(
@@ -46,17 +95,17 @@ class Settings:
     )
     nats_port: int = _setting(
         "AGENTSTREAM_NATS_PORT", 4222,
-        "Port for the embedded nats-server; a free port is used if it is taken.",
+        "Port for the embedded nats-server; a free port is used if it is taken.", ge=1, le=65535,
     )
     nats_cluster: int = _setting(
         "AGENTSTREAM_NATS_CLUSTER", 1,
         "Servers `agentstream up` starts for its embedded NATS (`--nats-cluster N`): 1, or 3 or 5 for a JetStream "
-        "cluster on loopback (client ports from `AGENTSTREAM_NATS_PORT` on; docs/scaling.md).",
+        "cluster on loopback (client ports from `AGENTSTREAM_NATS_PORT` on; docs/scaling.md).", ge=1, le=7,
     )
     stream_replicas: int = _setting(
         "STREAM_REPLICAS", 1,
         "Copies of every stream and bucket a JetStream cluster keeps (1 to 5; at most the cluster's size). "
-        "`agentstream up --nats-cluster N` uses min(N, 3) unless this is set.",
+        "`agentstream up --nats-cluster N` uses min(N, 3) unless this is set.", ge=1, le=5,
     )
     # -- agents
     agents_dir: Path = _setting(
@@ -71,16 +120,16 @@ class Settings:
     keys_file_poll: float = _setting(
         "KEYS_FILE_POLL", 1.0,
         "Seconds between checks of the keys file for changes (a new valid file takes effect at once; a bad one is "
-        "logged and the last good one stays).",
+        "logged and the last good one stays).", gt=0,
     )
     auth_failures_per_minute: int = _setting(
         "EDGE_AUTH_FAILURES_PER_MINUTE", 30,
         "Requests with a wrong API key one client address may make per minute (burst the same) before it gets 429 "
-        "for a while, whatever key it sends.",
+        "for a while, whatever key it sends.", ge=1,
     )
-    sse_heartbeat: float = _setting("SSE_HEARTBEAT", 15.0, "Seconds between SSE comment heartbeats.")
+    sse_heartbeat: float = _setting("SSE_HEARTBEAT", 15.0, "Seconds between SSE comment heartbeats.", gt=0)
     edge_max_body: int = _setting(
-        "EDGE_MAX_BODY", 1024 * 1024, "Largest request body the edge accepts (bytes); larger is a 413."
+        "EDGE_MAX_BODY", 1024 * 1024, "Largest request body the edge accepts (bytes); larger is a 413.", ge=1,
     )
     process_default_agent: str = _setting(
         "PROCESS_DEFAULT_AGENT",
@@ -100,14 +149,14 @@ class Settings:
     )
     edge_watch_buffer: int = _setting(
         "EDGE_WATCH_BUFFER", 256,
-        "Events buffered per SSE client before the edge stops buffering and re-reads from the stream.",
+        "Events buffered per SSE client before the edge stops buffering and re-reads from the stream.", ge=1,
     )
     # -- LLM
     llm_base_url: str | None = _setting(
         "LLM_BASE_URL", None,
         "OpenAI-compatible base URL (…/v1). Unset: the built-in deterministic model.",
     )
-    llm_api_key: str | None = _setting(
+    llm_api_key: SecretStr | None = _setting(
         "LLM_API_KEY", None,
         "API key sent as `Authorization: Bearer` to LLM_BASE_URL (only to that origin: an agent with its own "
         "`llm.base_url` gets a key only through `llm.api_key_env`).",
@@ -119,10 +168,12 @@ class Settings:
     )
     llm_model: str = _setting("LLM_MODEL", "builtin", "Model name for agents whose YAML names none.")
     llm_timeout: float = _setting(
-        "LLM_TIMEOUT", 120.0, "Seconds to wait for the LLM server (connect, and between streamed bytes)."
+        "LLM_TIMEOUT", 120.0, "Seconds to wait for the LLM server (connect, and between streamed bytes).", gt=0,
     )
     llm_max_attempts: int = _setting(
-        "LLM_MAX_ATTEMPTS", 5, "Attempts per LLM call on connect errors, 429 and 5xx (exponential backoff with jitter)."
+        "LLM_MAX_ATTEMPTS", 5,
+        "Attempts per LLM call on connect errors, 429 and 5xx (exponential backoff with jitter).",
+        ge=1,
     )
     llm_stream_usage: bool = _setting(
         "LLM_STREAM_USAGE", True, "Ask the LLM server for usage in streamed responses (`stream_options.include_usage`)."
@@ -148,26 +199,33 @@ class Settings:
     )
     runner_max_loop_lag: float = _setting(
         "AGENT_RUNNER_MAX_LOOP_LAG", 0.1,
-        "Seconds an agent runner's event loop may run late (its CPU is saturated) before it takes no more runs.",
+        "Seconds an agent runner's event loop may run late (its CPU is saturated) before it takes no more runs.", gt=0,
     )
     runner_ack_wait: float = _setting(
         "AGENT_RUNNER_ACK_WAIT", 30.0,
-        "Seconds without a progress signal before a run is handed to another runner.",
+        "Seconds without a progress signal before a run is handed to another runner.", gt=0,
     )
     runner_max_attempts: int = _setting(
         "AGENT_RUNNER_MAX_ATTEMPTS",
         3,
         "Attempts of a run that may die (runner crashed or killed) before it ends run.failed and its request "
-        "is kept as a dead letter.",
+        "is kept as a dead letter.", ge=1,
     )
     delta_flush_interval: float = _setting(
         "DELTA_FLUSH_INTERVAL", 0.02, "Most seconds text deltas wait to be coalesced into one event."
     )
+    delta_events_per_second: int = _setting(
+        "DELTA_EVENTS_PER_SECOND", 2000,
+        "Text-delta events one agent runner writes per second at most, spread over its runs: with more runs than "
+        "this allows at DELTA_FLUSH_INTERVAL, each run's text is coalesced longer (its first text goes out at once).",
+        ge=1,
+    )
     delta_flush_bytes: int = _setting(
-        "DELTA_FLUSH_BYTES", 4096, "Coalesced text that triggers an immediate event (bytes)."
+        "DELTA_FLUSH_BYTES", 4096, "Coalesced text that triggers an immediate event (bytes).", ge=1,
     )
     event_max_bytes: int = _setting(
-        "EVENT_MAX_BYTES", 900 * 1024, "Largest event stored; bigger tool outputs are truncated in the event (bytes)."
+        "EVENT_MAX_BYTES", 900 * 1024, "Largest event stored; bigger tool outputs are truncated in the event (bytes).",
+        ge=1024,
     )
     storage_patience: float = _setting(
         "STORAGE_PATIENCE", 30.0,
@@ -181,7 +239,7 @@ class Settings:
     )
     tool_progress_interval: float = _setting(
         "TOOL_PROGRESS_INTERVAL", 1.0,
-        "Seconds between a tool runner's progress signals; 3 missed ones mean it died and the call is retried.",
+        "Seconds between a tool runner's progress signals; 3 missed ones mean it died and the call is retried.", gt=0,
     )
     tool_restart_grace: float = _setting(
         "TOOL_RESTART_GRACE", 30.0,
@@ -191,11 +249,11 @@ class Settings:
     )
     # -- streams
     run_dedupe_window: float = _setting(
-        "RUN_DEDUPE_WINDOW", 300.0, "Seconds during which a repeated run submission is recognised by JetStream."
+        "RUN_DEDUPE_WINDOW", 300.0, "Seconds during which a repeated run submission is recognised by JetStream.", gt=0,
     )
-    run_events_max_age: float = _setting("RUN_EVENTS_MAX_AGE", 7 * 86400.0, "Seconds run events are kept.")
+    run_events_max_age: float = _setting("RUN_EVENTS_MAX_AGE", 7 * 86400.0, "Seconds run events are kept.", gt=0)
     dead_letter_max_age: float = _setting(
-        "DEAD_LETTER_MAX_AGE", 30 * 86400.0, "Seconds dead letters (requests of runs given up on) are kept."
+        "DEAD_LETTER_MAX_AGE", 30 * 86400.0, "Seconds dead letters (requests of runs given up on) are kept.", gt=0,
     )
     # -- tool runner
     tool_root: Path | None = _setting(
@@ -204,13 +262,13 @@ class Settings:
     tool_read_max_bytes: int = _setting(
         "TOOL_READ_MAX_BYTES", 256 * 1024,
         "Most bytes of a file read_file returns; reading stops there (a longer file is cut and its lines are not "
-        "counted: `total_lines` is null).",
+        "counted: `total_lines` is null).", ge=1,
     )
-    tool_list_max_entries: int = _setting("TOOL_LIST_MAX_ENTRIES", 1000, "Most entries list_dir returns.")
+    tool_list_max_entries: int = _setting("TOOL_LIST_MAX_ENTRIES", 1000, "Most entries list_dir returns.", ge=1)
     tool_http_max_bytes: int = _setting(
-        "TOOL_HTTP_MAX_BYTES", 256 * 1024, "Largest response body http_request returns (bytes)."
+        "TOOL_HTTP_MAX_BYTES", 256 * 1024, "Largest response body http_request returns (bytes).", ge=1,
     )
-    tool_http_timeout: float = _setting("TOOL_HTTP_TIMEOUT", 20.0, "Longest an http_request may take (seconds).")
+    tool_http_timeout: float = _setting("TOOL_HTTP_TIMEOUT", 20.0, "Longest an http_request may take (seconds).", gt=0)
     tool_http_allow_private: bool = _setting(
         "TOOL_HTTP_ALLOW_PRIVATE", False,
         "Let http_request reach loopback, private and link-local addresses (off: refused, also after redirects).",
@@ -222,17 +280,17 @@ class Settings:
         "(e.g. an internal docs server).",
     )
     tool_runner_concurrency: int = _setting(
-        "TOOL_RUNNER_CONCURRENCY", 32, "Tool calls one tool runner executes at once."
+        "TOOL_RUNNER_CONCURRENCY", 32, "Tool calls one tool runner executes at once.", ge=1,
     )
     tool_file_workers: int = _setting(
         "TOOL_FILE_WORKERS", 8,
         "Threads one tool runner gives read_file and list_dir (a pool of their own; a call stuck in the file system "
-        "holds one of them, nothing else).",
+        "holds one of them, nothing else).", ge=1,
     )
     tool_file_timeout: float = _setting(
         "TOOL_FILE_TIMEOUT", 10.0,
         "Longest a read_file or list_dir may take, waiting for a free thread included (seconds); past it the call "
-        "answers `timeout`.",
+        "answers `timeout`.", gt=0,
     )
     tool_runner_tools: str = _setting(
         "TOOL_RUNNER_TOOLS", "",
@@ -253,53 +311,53 @@ class Settings:
     )
     mcp_connect_timeout: float = _setting(
         "MCP_CONNECT_TIMEOUT", 20.0,
-        "Longest a tool runner waits to start or reach an MCP server and initialize its session (seconds).",
+        "Longest a tool runner waits to start or reach an MCP server and initialize its session (seconds).", gt=0,
     )
     mcp_idle_timeout: float = _setting(
         "MCP_IDLE_TIMEOUT", 300.0,
         "Seconds an MCP session may stay unused before its tool runner closes it (a stdio server's process ends).",
+        gt=0,
     )
     mcp_tools_cache: float = _setting(
         "MCP_TOOLS_CACHE", 60.0,
-        "Seconds an agent runner reuses an MCP server's tool list before asking a tool runner again.",
+        "Seconds an agent runner reuses an MCP server's tool list before asking a tool runner again.", ge=0,
     )
     mcp_list_timeout: float = _setting(
         "MCP_LIST_TIMEOUT", 15.0,
         "Longest a run waits at its start for an MCP server's tool list (seconds); past it the run goes on "
-        "without that server's tools.",
+        "without that server's tools.", gt=0,
     )
     # -- all
     shutdown_grace: float = _setting(
         "SHUTDOWN_GRACE", 30.0, "Seconds a stopping component lets in-flight work finish before handing it back."
     )
-    log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _setting(
+        "LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR (any case)."
+    )
 
-    def __post_init__(self) -> None:
-        if not 1 <= self.stream_replicas <= 5:
-            raise ValueError(f"STREAM_REPLICAS={self.stream_replicas}: JetStream keeps 1 to 5 replicas")
-        if self.nats_cluster < 1:
-            raise ValueError(f"AGENTSTREAM_NATS_CLUSTER={self.nats_cluster}: at least 1 server")
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
-        """Read every field from ``environ`` (default ``os.environ``); ``overrides`` win.
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every field from ``environ`` (default ``os.environ``); ``overrides`` (field names) win.
 
-        Raises ``ValueError`` naming the variable when a value cannot be parsed.
+        Raises ``pydantic.ValidationError`` (a ``ValueError``) naming the variable when a value cannot
+        be parsed or is out of range.
         """
-        env = os.environ if environ is None else environ
-        hints = get_type_hints(cls)
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = f.metadata["env"]
-            raw = env.get(name)
-            if raw is None or raw == "":
-                continue
-            try:
-                values[f.name] = _parse(hints[f.name], raw)
-            except ValueError as err:
-                raise ValueError(f"{name}={raw!r}: {err}") from None
-        values.update(overrides)
-        return cls(**values)
+        token = _ENVIRON.set(environ)
+        try:
+            return cls(**overrides)
+        finally:
+            _ENVIRON.reset(token)
+
+    def changed(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` (field names) applied and checked like the rest.
+
+        Raises ``pydantic.ValidationError`` (a ``ValueError``) when a change is out of range."""
+        return type(self).from_env({}, **{**self.model_dump(), **changes})
 
     @property
     def nats_servers(self) -> list[str]:
@@ -313,43 +371,33 @@ class Settings:
         """``RUNNER_ID`` or ``{hostname}-{pid}``."""
         return self.runner_id or f"{socket.gethostname()}-{os.getpid()}"
 
-    def to_env(self) -> dict[str, str]:
-        """These settings as environment variables (for starting child processes)."""
-        out: dict[str, str] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            out[f.metadata["env"]] = str(value)
-        return out
+
+def configuration_error(err: ValidationError) -> str:
+    """One line per bad variable, ``NAME='value': what is wrong`` (secrets' values left out)."""
+    lines = []
+    for e in err.errors():
+        name = ".".join(str(part) for part in e["loc"])
+        shown = "" if "KEY" in name or "SECRET" in name else f"={e.get('input')!r}"
+        lines.append(f"{name}{shown}: {e['msg']}")
+    return "; ".join(lines)
+
+
+def load() -> Settings:
+    """Settings from ``os.environ``, or exit with status 2 after printing ``configuration error: ...``
+    naming each bad variable (the entry point of every component)."""
+    try:
+        return Settings.from_env()
+    except ValidationError as err:
+        print(f"configuration error: {configuration_error(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def documented() -> list[tuple[str, str, str]]:
     """``(env var, default, help)`` for every setting, for the README and ``agentstream config``."""
     rows = []
-    for f in fields(Settings):
-        default = f.default if f.default is not MISSING else ""
+    for field in Settings.model_fields.values():
+        default = field.default
         if isinstance(default, Path) and default.is_absolute() and default.is_relative_to(REPO_ROOT):
             default = f"<checkout>/{default.relative_to(REPO_ROOT).as_posix()}"
-        rows.append((f.metadata["env"], "" if default is None else str(default), f.metadata["help"]))
+        rows.append((str(field.validation_alias), "" if default is None else str(default), field.description or ""))
     return rows
-
-
-def _parse(hint: Any, raw: str) -> Any:
-    text = str(hint)
-    if hint is bool or text == "bool":
-        low = raw.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("expected true or false")
-    if hint is int:
-        return int(raw)
-    if hint is float:
-        return float(raw)
-    if "Path" in text:
-        return Path(raw)
-    return raw

@@ -58,8 +58,3 @@ def comment(text: str = "") -> bytes:
     if _LINE_BREAK.search(text):
         raise ValueError("SSE comment must be a single line")
     return b": " + text.encode("utf-8") + b"\n\n" if text else b":\n\n"
-
-
-def retry(milliseconds: int) -> bytes:
-    """A ``retry:`` field telling EventSource how long to wait before reconnecting."""
-    return b"retry: " + str(int(milliseconds)).encode() + b"\n\n"

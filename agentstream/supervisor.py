@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from agentstream import llmsse_env
 from agentstream.bus import setup
@@ -93,7 +93,7 @@ class Supervisor:
                 self.nats = cluster
                 url = await asyncio.to_thread(cluster.start, 60.0)
                 if "STREAM_REPLICAS" not in os.environ:
-                    self.settings = replace(self.settings, stream_replicas=min(size, 3))
+                    self.settings = self.settings.changed(stream_replicas=min(size, 3))
                 env["STREAM_REPLICAS"] = str(self.settings.stream_replicas)
                 self._say("nats", f"embedded JetStream cluster of {size} nats-servers on {url} (stores under "
                                   f"{cluster.base_dir}; routes with their own password); streams and buckets "
@@ -108,7 +108,7 @@ class Supervisor:
             self._say("nats", f"using NATS_URL={self.settings.nats_url}")
         try:
             if self.auth is not None:
-                admin = replace(self.settings, nats_url=env["NATS_URL"], nats_creds=self.auth.seed_path(Role.ADMIN))
+                admin = self.settings.changed(nats_url=env["NATS_URL"], nats_creds=self.auth.seed_path(Role.ADMIN))
                 await setup(admin)
             if not self.settings.llm_base_url:
                 model = Component("builtin-model", "agentstream.builtin_model")

@@ -403,7 +403,8 @@ class Bench:
         clients = 1000 if QUICK else 5000
         host, port = self.edge_url.removeprefix("http://").split(":")
         # An edge of its own with a short heartbeat, so heartbeats visibly flow.
-        edge = self.system.start_edge(SSE_HEARTBEAT="2")
+        heartbeat_s = 2
+        edge = self.system.start_edge(SSE_HEARTBEAT=str(heartbeat_s))
         host, port = edge.ready_value.removeprefix("http://").split(":")
         before = rss_mib(edge.proc.pid)
         load = LoadClients(host, int(port), ["/api/agents/bench-idle/sse"] * clients, processes=8)
@@ -415,7 +416,8 @@ class Bench:
         stats = await asyncio.to_thread(load.results, 300)
         edge.terminate(20)
         self.results["idle_streams"] = {
-            "streams": clients, "opened": opened, "held_with_pings": sum(1 for s in stats if s.pings >= 2),
+            "streams": clients, "heartbeat_s": heartbeat_s,
+            "opened": opened, "held_with_pings": sum(1 for s in stats if s.pings >= 2),
             "pings_received": sum(s.pings for s in stats), "errors": sum(1 for s in stats if s.error),
             "edge_rss_mib_before": before, "edge_rss_mib_with_streams": after,
             "kib_per_stream": (after - before) * 1024 / max(opened, 1),
@@ -429,12 +431,13 @@ class Bench:
 
         out = {}
         n = 1000 if QUICK else 4000
+        in_flight = 128
         for count in (1, 2):
             while len(self.tools) < count:
                 self.tools.append(self.system.start_tool_runner(f"tools-{len(self.tools) + 1}"))
             nc = await nats.connect(**self.system.connect_options())
             client = ToolClient(nc)
-            sem = asyncio.Semaphore(128)
+            sem = asyncio.Semaphore(in_flight)
             runners: dict[str, int] = {}
 
             async def call(i, client=client, sem=sem, runners=runners, count=count):
@@ -453,6 +456,7 @@ class Bench:
             await nc.close()
             out[f"{count}_tool_runner"] = {"calls": n, "ok": sum(oks), "calls_per_s": n / elapsed, "by_runner": runners}
         out["scaling_ratio"] = out["2_tool_runner"]["calls_per_s"] / out["1_tool_runner"]["calls_per_s"]
+        out["in_flight"] = in_flight
         self.results["tool_throughput"] = out
 
 

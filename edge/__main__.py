@@ -1,13 +1,13 @@
 """``python -m edge``: run one edge against ``NATS_URL``, listening on ``EDGE_BIND``."""
 
+from agentstream import settings as config
 from agentstream.runtime import run
-from agentstream.settings import Settings
 from edge.service import serve
 
 
 def main() -> int:
     """Entry point; returns the exit code."""
-    settings = Settings.from_env()
+    settings = config.load()
     return run(lambda stop: serve(settings, stop), settings)
 
 

@@ -201,10 +201,9 @@ async def _dead_letter(tenant_name: str, run_id: str) -> dict[str, Any] | None:
 def native_frame(ev: eventlog.StoredEvent) -> bytes:
     """The event as the native stream frames it (``id:`` stream sequence, ``event:`` type, ``data:``
     the envelope), built once per event however many clients watch the run."""
-    frame = ev.sse_frame
+    frame = ev.frames.get("native")
     if frame is None:
-        frame = sse.frame(ev.data, event=ev.type, id=ev.seq)
-        object.__setattr__(ev, "sse_frame", frame)  # a cache on a frozen record
+        frame = ev.frames["native"] = sse.frame(ev.data, event=ev.type, id=ev.seq)
     return frame
 
 

@@ -50,6 +50,7 @@ from schemas import events as E
 from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.common import ChatMessage, FunctionTool
+from schemas.errors import ErrorKind
 from schemas.runs import CLIENT_DISCONNECTED, PENDING_RUN_ID, RunRequest, new_run_id
 
 log = logging.getLogger(__name__)
@@ -256,7 +257,7 @@ def _failed(run: Collected, failure: dict[str, Any], run_id: str) -> ApiError:
     error = failure["error"]
     if run.error_type == "run_cancelled":
         return ApiError(409, "run_cancelled", error["message"], None, code="run_cancelled", run_id=run_id)
-    upstream = (run.error_type or "").startswith("llm_") or run.error_type in ("tool_unavailable", "timeout")
+    upstream = ErrorKind.is_upstream(run.error_type)
     return ApiError(502 if upstream else 500, run.error_type or "run_failed", error["message"], None,
                     code=run.error_type or "run_failed", run_id=run_id, final=not upstream)
 

@@ -74,6 +74,7 @@ from edge.state import EdgeState
 from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.common import ChatMessage, FunctionTool
+from schemas.errors import ErrorKind
 from schemas.runs import RunRequest, new_run_id
 
 log = logging.getLogger(__name__)
@@ -336,7 +337,7 @@ def _failed(view: ResponseView, run_id: str) -> ApiError:
     """The HTTP error a non-streaming request gets for a failed run (as ``/v1/chat/completions``)."""
     kind = view.error_type or "run_failed"
     message = (view.error or {}).get("message", "the run failed")
-    upstream = kind.startswith("llm_") or kind in ("tool_unavailable", "timeout")
+    upstream = ErrorKind.is_upstream(kind)
     return ApiError(502 if upstream else 500, kind, message, None, code=kind, run_id=run_id, final=not upstream)
 
 

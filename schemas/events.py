@@ -36,24 +36,6 @@ RUN_CANCELLED: Final = "run.cancelled"
 RUN_DELETED: Final = "run.deleted"
 
 TERMINAL_TYPES = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
-ALL_TYPES = (
-    RUN_QUEUED,
-    RUN_STARTED,
-    RUN_RETRYING,
-    RUN_REQUEUED,
-    MEMBER_STARTED,
-    MEMBER_FINISHED,
-    MESSAGE_DELTA,
-    TOOL_CALL,
-    TOOL_RESULT,
-    TOOL_APPROVAL_REQUESTED,
-    TOOL_APPROVAL_DECIDED,
-    MESSAGE_COMPLETED,
-    RUN_COMPLETED,
-    RUN_FAILED,
-    RUN_CANCELLED,
-    RUN_DELETED,
-)
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 Decision = Literal["approved", "rejected"]

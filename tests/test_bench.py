@@ -32,7 +32,7 @@ def test_bench_quick_pass_writes_complete_results(tmp_path):
         assert tools["ok"] == tools["calls"] > 0
     assert len(results["tool_throughput"]["2_tool_runner"]["by_runner"]) == 2  # both tool runners took calls
     report = (tmp_path / "RESULTS.quick.md").read_text()
-    for heading in ("## Targets (issue 6)", "## The broker's ceiling", "## 3. Run throughput", "## 6. Tool throughput"):
+    for heading in ("## Targets", "## The broker's ceiling", "## 3. Run throughput", "## 6. Tool throughput"):
         assert heading in report
     assert "one-step runs per second, one runner" in report
 
@@ -60,3 +60,31 @@ def test_report_holds_tool_scaling_to_its_targets_and_names_each_scenarios_date(
     assert "## 6b. Tool runners scaling out (a latency-bound tool)" in report
     assert "| 4 | 570 | 89% |" in report  # of 4 × 160 calls/s
     assert "2026-11-23: `fairness`; 2026-12-01: `tool_scaling`" in report
+
+
+def test_report_quotes_only_the_runs_own_figures_for_many_clients_and_many_runs(tmp_path):
+    from bench.report import write_markdown
+
+    results = {
+        "machine": {"date": "2026-12-01", "cores": 2},
+        "process_concurrency": {"one_client_s": {"p50": 1.6, "p99": 1.7, "mean": 1.6, "n": 3},
+                                "fifty_clients_s": {"p50": 1.92, "p99": 2.11, "mean": 1.9, "n": 50},
+                                "p50_ratio": 1.2, "slowest_ratio": 1.318},
+        "many_runs": {"target_in_flight": 1000, "runs": 3000, "most_in_flight": 1012, "completed": 2999,
+                      "ended": 3000, "seconds": 40.0,
+                      "steady_ttft_ms": {"p50": 61.0, "p99": 80.25, "mean": 62.0, "n": 2000},
+                      "model_ttft_ms": 21.0, "added_ttft_ms_p50": 40.0, "added_ttft_ms_p99": 59.25,
+                      "runner_rss_mib_before": 60.0, "runner_rss_mib_peak": 160.0, "rss_kib_per_run": 101.2},
+    }
+    path = tmp_path / "RESULTS.md"
+    write_markdown(results, path)
+    report = path.read_text()
+    assert "| 50 concurrent `/api/process` clients: time to the final frame vs 1 client | ≤ 1.1× p50 | 1.20× p50 " \
+           "| **missed** |" in report
+    assert "| the same, slowest client | ≤ 1.3× | 1.32× | **missed** |" in report
+    assert "| 1,000 runs in flight on one agent runner: all complete | all | 2,999 of 3,000 | **missed** |" in report
+    assert "| the same: added time to first token | ≤ 50 ms p99 | 40.0 ms p50, 59.2 ms p99 | **missed** |" in report
+    assert "101.2 KiB" in report
+    # The hand-written analysis is linked, never pasted in: its prose cannot contradict these tables.
+    analysis = (REPO / "bench" / "analysis.md").read_text()
+    assert "analysis.md" in report and analysis.strip().splitlines()[-1] not in report

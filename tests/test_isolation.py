@@ -334,7 +334,7 @@ async def test_each_component_identity_is_held_to_its_role(bus: System) -> None:
         # ... and ask the tool runners which tools they serve (their nats.micro discovery).
         info = json.loads((await runner.nc.request(subjects.TOOL_SERVICE_INFO, b"", timeout=5)).data)
         assert info["name"] == subjects.TOOL_SERVICE and {e["name"] for e in info["endpoints"]} == {
-            "read_file", "list_dir", "http_request"}
+            "read_file", "list_dir", "http_request", subjects.MCP_CALL_TOOL, subjects.MCP_LIST_TOOL}
         assert runner.errors[refusals:] == []
         await edge.refused(subjects.TOOL_SERVICE_INFO,
                            lambda: edge.nc.request(subjects.TOOL_SERVICE_INFO, b"", timeout=1))

@@ -82,7 +82,7 @@ async def test_gives_up_after_max_attempts(system, llm):
     model = f"builtin:fail=503,tag={uuid.uuid4().hex}"
     with pytest.raises(LLMError) as err:
         await llm.chat(endpoint(system, model), [{"role": "user", "content": "hi"}])
-    assert err.value.type == "llm_http_error" and err.value.status == 503
+    assert err.value.kind == "llm_http_error" and err.value.status == 503
     assert err.value.message.startswith("the model server answered HTTP 503")
     assert httpx.URL(system.model_url).netloc.decode() not in err.value.message  # logged, not shown to clients
     assert len(await requests_for(system, model)) == 3
@@ -105,7 +105,7 @@ async def test_error_mid_stream_is_not_retried(system, llm):
 
     with pytest.raises(LLMError) as err:
         await llm.chat(endpoint(system, model), [{"role": "user", "content": "a question"}], on_text=on_text)
-    assert err.value.type == "llm_stream_error"
+    assert err.value.kind == "llm_stream_error"
     assert len(got) == 3
     assert len(await requests_for(system, model)) == 1
 
@@ -117,7 +117,7 @@ async def test_unreachable_server_is_retried_then_reported(llm):
     with pytest.raises(LLMError) as err:
         await llm.chat(LLMEndpoint(base_url=f"http://127.0.0.1:{port}/v1", model="x", timeout=2),
                        [{"role": "user", "content": "hi"}])
-    assert err.value.type == "llm_unreachable"
+    assert err.value.kind == "llm_unreachable"
     # The message reaches the run's clients (run.failed): it names no internal address.
     assert err.value.message == "the model server could not be reached (ConnectError)"
     assert str(port) not in err.value.message

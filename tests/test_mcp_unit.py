@@ -111,7 +111,7 @@ def test_an_mcp_result_as_the_model_reads_it():
                                  "other_content": [{"type": "image", "mimeType": "image/png"}]}
     with pytest.raises(ToolError) as failed:
         output_of(mt.CallToolResult(content=[mt.TextContent(type="text", text="no such note")], isError=True))
-    assert (failed.value.type, failed.value.message) == ("mcp_tool_error", "no such note")
+    assert (failed.value.kind, failed.value.message) == ("mcp_tool_error", "no such note")
 
 
 def test_a_function_definition_from_a_tool_list_entry():

@@ -72,7 +72,7 @@ async def test_read_file_line_range(root):
     assert (out["start_line"], out["end_line"], out["total_lines"]) == (2, 3, 5)
     with pytest.raises(ToolError) as err:
         await read_file(ReadFileArgs(path="notes.txt", start_line=9), ctx_for(root))
-    assert err.value.type == "invalid_range"
+    assert err.value.kind == "invalid_range"
 
 
 async def test_read_file_size_cap_truncates_a_small_file_still_counted(root):
@@ -130,7 +130,7 @@ async def test_the_builtin_model_answers_from_a_read_that_stopped_early(root):
 async def test_read_file_refusals(root, path, kind):
     with pytest.raises(ToolError) as err:
         await read_file(ReadFileArgs(path=path), ctx_for(root))
-    assert err.value.type == kind
+    assert err.value.kind == kind
 
 
 async def test_a_symlink_inside_the_root_is_followed(root):
@@ -147,7 +147,7 @@ async def test_list_dir_lists_without_following_symlinks(root):
     assert [e["name"] for e in out["entries"]] == sorted(entries)
     with pytest.raises(ToolError) as err:
         await list_dir(ListDirArgs(path="leakdir"), ctx_for(root))
-    assert err.value.type == "outside_root"
+    assert err.value.kind == "outside_root"
     capped = await list_dir(ListDirArgs(path="."), ctx_for(root, tool_list_max_entries=2))
     assert len(capped["entries"]) == 2 and capped["truncated"] is True
 
@@ -201,7 +201,7 @@ def web():
 async def test_http_request_refuses_loopback_by_default(web, root):
     with pytest.raises(ToolError) as err:
         await http_request(HttpRequestArgs(url=f"{web}/ok"), ctx_for(root))
-    assert err.value.type == "address_refused"
+    assert err.value.kind == "address_refused"
     assert "loopback" in err.value.message
 
 
@@ -209,7 +209,7 @@ async def test_http_request_refuses_names_that_resolve_to_loopback(web, root):
     port = web.rsplit(":", 1)[1]
     with pytest.raises(ToolError) as err:
         await http_request(HttpRequestArgs(url=f"http://localhost:{port}/ok"), ctx_for(root))
-    assert err.value.type == "address_refused"
+    assert err.value.kind == "address_refused"
 
 
 async def test_http_request_refuses_a_redirect_to_a_private_address(web, root):
@@ -219,7 +219,7 @@ async def test_http_request_refuses_a_redirect_to_a_private_address(web, root):
     assert ok["status"] == 200
     with pytest.raises(ToolError) as err:  # ...but not where it redirects to
         await http_request(HttpRequestArgs(url=f"{web}/redirect?to=http://localhost:{port}/ok"), ctx)
-    assert err.value.type == "address_refused"
+    assert err.value.kind == "address_refused"
 
 
 async def test_http_request_when_the_operator_allows_private_addresses(web, root):
@@ -242,14 +242,14 @@ async def test_http_request_times_out(web, root):
     started = time.monotonic()
     with pytest.raises(ToolError) as err:
         await http_request(HttpRequestArgs(url=f"{web}/slow", timeout=0.3), ctx)
-    assert err.value.type == "timeout"
+    assert err.value.kind == "timeout"
     assert time.monotonic() - started < 1.5
 
 
 async def test_http_request_rejects_other_schemes(root):
     with pytest.raises(ToolError) as err:
         await http_request(HttpRequestArgs(url="file:///etc/passwd"), ctx_for(root))
-    assert err.value.type == "invalid_url"
+    assert err.value.kind == "invalid_url"
 
 
 @pytest.mark.parametrize("address,reason", [
@@ -318,7 +318,7 @@ async def test_a_directory_swapped_for_a_symlink_never_leads_out(tmp_path, files
         swapper.join()
     assert not [o for o in outcomes if not isinstance(o, ToolError) and "SECRET" in o["content"]]
     assert not [o for o in listings if not isinstance(o, ToolError) and "secret-file" in str(o["entries"])]
-    assert {o.type for o in outcomes if isinstance(o, ToolError)} <= {"not_found", "outside_root", "not_a_directory"}
+    assert {o.kind for o in outcomes if isinstance(o, ToolError)} <= {"not_found", "outside_root", "not_a_directory"}
     assert any(not isinstance(o, ToolError) for o in outcomes)  # the directory itself was read too
 
 
@@ -330,7 +330,7 @@ async def test_a_relative_symlink_climbing_out_and_a_loop_are_refused(root):
     for path, kind in (("climb.txt", "outside_root"), ("loop-a", "symlink_loop")):
         with pytest.raises(ToolError) as err:
             await read_file(ReadFileArgs(path=path), ctx_for(root))
-        assert err.value.type == kind, err.value.message
+        assert err.value.kind == kind, err.value.message
     out = await read_file(ReadFileArgs(path="roundabout.txt"), ctx_for(root))
     assert out["path"] == "notes.txt" and out["total_lines"] == 5
 
@@ -339,10 +339,10 @@ async def test_a_fifo_is_refused_without_waiting_for_a_writer(root):
     os.mkfifo(root / "pipe")
     with pytest.raises(ToolError) as err:
         await read_file(ReadFileArgs(path="pipe"), ctx_for(root))
-    assert err.value.type == "not_a_file" and "FIFO" in err.value.message
+    assert err.value.kind == "not_a_file" and "FIFO" in err.value.message
     with pytest.raises(ToolError) as err:
         await list_dir(ListDirArgs(path="pipe"), ctx_for(root))
-    assert err.value.type == "not_a_directory"
+    assert err.value.kind == "not_a_directory"
     listed = {e["name"]: e["type"] for e in (await list_dir(ListDirArgs(path="."), ctx_for(root)))["entries"]}
     assert listed["pipe"] == "other"
 
@@ -351,7 +351,7 @@ async def test_devices_are_refused(root):
     os.symlink("/dev/zero", root / "zeros")
     with pytest.raises(ToolError) as err:
         await read_file(ReadFileArgs(path="zeros"), ctx_for(root))
-    assert err.value.type == "outside_root"
+    assert err.value.kind == "outside_root"
 
 
 async def test_a_file_swapped_for_a_fifo_never_blocks_a_call(root, files):
@@ -377,7 +377,7 @@ async def test_a_file_swapped_for_a_fifo_never_blocks_a_call(root, files):
     finally:
         stop.set()
         swapper.join()
-    kinds = {o.type for o in outcomes if isinstance(o, ToolError)}
+    kinds = {o.kind for o in outcomes if isinstance(o, ToolError)}
     assert kinds <= {"not_found", "not_a_file"}, kinds  # never "timeout": no call waited on the FIFO
     assert all(o["content"] == "plain text\n" for o in outcomes if not isinstance(o, ToolError))
 
@@ -388,7 +388,7 @@ async def test_a_stuck_file_call_does_not_hold_up_the_next_one():
     try:
         with pytest.raises(ToolError) as err:
             await pool.run("read_file 'stuck'", lambda deadline: release.wait(60))
-        assert err.value.type == "timeout" and "read_file 'stuck'" in err.value.message
+        assert err.value.kind == "timeout" and "read_file 'stuck'" in err.value.message
         assert await pool.run("read_file 'next'", lambda deadline: "answered") == "answered"
     finally:
         release.set()

@@ -1,13 +1,13 @@
 """``python -m tool_runner``: run one tool runner against ``NATS_URL``."""
 
+from agentstream import settings as config
 from agentstream.runtime import run
-from agentstream.settings import Settings
 from tool_runner.service import serve
 
 
 def main() -> int:
     """Entry point; returns the exit code."""
-    settings = Settings.from_env()
+    settings = config.load()
     return run(lambda stop: serve(settings, stop), settings)
 
 

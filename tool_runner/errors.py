@@ -5,12 +5,14 @@ hands back to the model as the tool's answer (issue 2: "a tool error comes back 
 tool result, not as a crash").
 """
 
+from schemas.errors import AgentstreamError, ErrorKind
 
-class ToolError(Exception):
-    """A tool's refusal or failure. ``type`` is machine-readable (e.g. ``not_found``,
-    ``outside_root``, ``too_large``, ``address_refused``, ``timeout``); ``message`` is for the model."""
 
-    def __init__(self, type: str, message: str):
-        super().__init__(message)
-        self.type = type
-        self.message = message
+class ToolError(AgentstreamError):
+    """A tool's refusal or failure: ``kind`` (e.g. ``not_found``, ``outside_root``,
+    ``address_refused``, ``timeout``), ``message`` for the model."""
+
+    reason = "tool failed"
+
+    def __init__(self, kind: ErrorKind, message: str):
+        super().__init__(kind, message)

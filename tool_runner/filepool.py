@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from schemas.errors import ErrorKind
 from tool_runner.errors import ToolError
 
 T = TypeVar("T")
@@ -45,7 +46,7 @@ class Deadline:
 
     def error(self) -> ToolError:
         """The ToolError ``timeout`` naming the call and its budget."""
-        return ToolError("timeout", f"{self.what} did not finish within {self.seconds:g} s")
+        return ToolError(ErrorKind.TIMEOUT, f"{self.what} did not finish within {self.seconds:g} s")
 
 
 _Job = tuple[Callable[[Deadline], Any], Deadline, "asyncio.Future[Any]", asyncio.AbstractEventLoop]

@@ -19,6 +19,7 @@ import asyncio
 import ipaddress
 import socket
 
+from schemas.errors import ErrorKind
 from tool_runner.errors import ToolError
 
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
@@ -102,7 +103,7 @@ async def resolve_allowed(host: str, port: int, *, allow_private: bool) -> str:
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as err:
-            raise ToolError("dns_error", f"cannot resolve {host!r}: {err.strerror or err}") from None
+            raise ToolError(ErrorKind.DNS_ERROR, f"cannot resolve {host!r}: {err.strerror or err}") from None
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))  # (host, port, ...), IPv4 and IPv6
     if allow_private:
         return addresses[0]
@@ -113,7 +114,7 @@ async def resolve_allowed(host: str, port: int, *, allow_private: bool) -> str:
             return address
         refused.append(f"{address} ({reason})")
     raise ToolError(
-        "address_refused",
+        ErrorKind.ADDRESS_REFUSED,
         f"{host} resolves only to non-public addresses: {', '.join(refused)}; "
         "the operator can allow them with TOOL_HTTP_ALLOW_HOSTS or TOOL_HTTP_ALLOW_PRIVATE=true",
     )

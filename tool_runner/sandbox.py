@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from agentstream.beneath import BeneathError, Kind, Opened, open_beneath
+from schemas.errors import ErrorKind
 from tool_runner.errors import ToolError
 
 
@@ -28,12 +29,12 @@ def open_in_root(root: Path, relative: str, kind: Kind) -> Opened:
     try:
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as err:
-        raise ToolError("os_error", f"the tool runner's root cannot be opened: {err.strerror or err}") from None
+        raise ToolError(ErrorKind.OS_ERROR, f"the tool runner's root cannot be opened: {err.strerror or err}") from None
     try:
         return open_beneath(root_fd, relative, kind, dir_path=os.path.realpath(root), label="the project root")
     except BeneathError as err:
         message = err.message
-        if err.kind == "outside_root":
+        if err.kind == ErrorKind.OUTSIDE_ROOT:
             message += "; only symlinks that stay inside the project root are followed"
         raise ToolError(err.kind, message) from None
     finally:

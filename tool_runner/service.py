@@ -35,6 +35,7 @@ from agentstream.settings import Settings
 from schemas import headers as H
 from schemas import subjects
 from schemas.common import ErrorInfo
+from schemas.errors import ErrorKind
 from schemas.permissions import Role
 from schemas.tenants import TenantPolicy
 from schemas.tools import TOOL_RUNNER_TOOLS, ToolCallRequest, ToolCallResult
@@ -158,8 +159,8 @@ class ToolRunner:
         idempotency_key = (request.headers or {}).get(H.TOOL_CALL_ID) or f"{call.run_id}:{call.tool_call_id}"
         key = f"{tenant}:{idempotency_key}"
         progress = None
-        if (request.headers or {}).get(H.TOOL_PROGRESS) == "1" and request._msg.reply:
-            progress = asyncio.create_task(self._progress(request._msg.reply, call.progress_interval))
+        if (request.headers or {}).get(H.TOOL_PROGRESS) == "1":
+            progress = asyncio.create_task(self._progress(request, call.progress_interval))
         try:
             payload = await self._result_for(key, tool_name, call, tenant=tenant, idempotency_key=idempotency_key)
         finally:
@@ -170,18 +171,20 @@ class ToolRunner:
         except Exception as err:  # connection gone; the caller retries
             log.warning("could not send result of %s: %s", key, err)
 
-    async def _progress(self, reply: str, interval: float) -> None:
+    async def _progress(self, request: Request, interval: float) -> None:
+        """Empty replies marked ``Agentstream-Progress`` every ``interval`` seconds while the call
+        runs (a reply subject takes any number of messages; the result is the last)."""
         # The first one after one interval, not at once: a call done sooner needs none (most are),
         # and the caller gives up only after three silent intervals.
         hdrs = {H.TOOL_PROGRESS: "1", H.RUNNER: self.id}
         try:
             while True:
                 await asyncio.sleep(interval)
-                await self.nc.publish(reply, b"", headers=hdrs)
+                await request.respond(b"", headers=hdrs)
         except asyncio.CancelledError:
             pass
-        except Exception as err:
-            log.debug("progress to %s stopped: %s", reply, err)
+        except Exception as err:  # no reply subject, or the connection is gone: the result still goes
+            log.debug("progress of %s stopped: %s", request.subject, err)
 
     async def _result_for(
         self, key: str, tool_name: str, call: ToolCallRequest, *, tenant: str, idempotency_key: str
@@ -226,9 +229,10 @@ class ToolRunner:
             return await self._results.once(tenant, idempotency_key, execute, within=call.timeout)
         except StoreUnavailable as err:
             log.warning("tool call %s not executed: results store unreachable: %s", idempotency_key, err)
-            error = ErrorInfo(type="tool_unavailable", message="the tool's results store is unreachable; not executed")
+            error = ErrorInfo(type=ErrorKind.TOOL_UNAVAILABLE,
+                              message="the tool's results store is unreachable; not executed")
         except TimeoutError:
-            error = ErrorInfo(type="timeout", message=f"{tool_name} did not finish within {call.timeout:g} s")
+            error = ErrorInfo(type=ErrorKind.TIMEOUT, message=f"{tool_name} did not finish within {call.timeout:g} s")
         return orjson.dumps(self._result(call, started, error=error).model_dump(mode="json"))
 
     def _remember(self, key: str, payload: bytes) -> None:
@@ -265,16 +269,16 @@ class ToolRunner:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in err.errors()
             )
-            return self._result(call, started, error=ErrorInfo(type="invalid_arguments", message=problems))
+            return self._result(call, started, error=ErrorInfo(type=ErrorKind.INVALID_ARGUMENTS, message=problems))
         except ToolError as err:
-            return self._result(call, started, error=ErrorInfo(type=err.type, message=err.message))
+            return self._result(call, started, error=ErrorInfo(type=err.kind, message=err.message))
         except TimeoutError:
             msg = f"{tool_name} did not finish within {call.timeout:g} s"
-            return self._result(call, started, error=ErrorInfo(type="timeout", message=msg))
+            return self._result(call, started, error=ErrorInfo(type=ErrorKind.TIMEOUT, message=msg))
         except Exception as err:  # a tool bug must not kill the runner
             log.exception("tool %s failed", tool_name)
             return self._result(
-                call, started, error=ErrorInfo(type="internal_error", message=f"{type(err).__name__}: {err}")
+                call, started, error=ErrorInfo(type=ErrorKind.INTERNAL_ERROR, message=f"{type(err).__name__}: {err}")
             )
 
     def _result(

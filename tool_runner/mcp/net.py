@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import httpx
 
+from schemas.errors import ErrorKind
 from tool_runner.errors import ToolError
 from tool_runner.netguard import resolve_allowed
 
@@ -30,14 +31,15 @@ async def checked_address(url: httpx.URL, allow_hosts: str) -> str:
     """The address ``url``'s host may be reached at. Raises ToolError ``invalid_url`` (not an
     absolute http(s) URL), ``dns_error``, ``address_refused`` (tool_runner.netguard)."""
     if url.scheme not in _DEFAULT_PORTS or not url.host:
-        raise ToolError("invalid_url", f"an MCP server's url must be an absolute http:// or https:// URL, not {url}")
+        raise ToolError(ErrorKind.INVALID_URL,
+                        f"an MCP server's url must be an absolute http:// or https:// URL, not {url}")
     port = url.port or _DEFAULT_PORTS[url.scheme]
     try:
         return await resolve_allowed(url.host, port, allow_private=listed(url.host, port, allow_hosts))
     except ToolError as err:
-        if err.type == "address_refused":
+        if err.kind == ErrorKind.ADDRESS_REFUSED:
             reason = err.message.split("; the operator")[0]
-            raise ToolError("address_refused", f"MCP server: {reason}; the operator can allow it with "
+            raise ToolError(ErrorKind.ADDRESS_REFUSED, f"MCP server: {reason}; the operator can allow it with "
                             "MCP_ALLOW_HOSTS") from None
         raise
 

@@ -35,6 +35,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import McpError
 from mcp.shared.message import SessionMessage
 
+from schemas.errors import ErrorKind
 from schemas.mcp import McpServer
 from tool_runner.errors import ToolError
 from tool_runner.mcp.net import GuardedTransport, checked_address
@@ -107,8 +108,9 @@ class McpSession:
         self._owner.cancel()
         await asyncio.wait({self._owner}, timeout=10.0)
         if not done:
-            raise ToolError("timeout", f"MCP server {self.spec.name!r} did not start and answer within {timeout:g} s")
-        raise ToolError("mcp_unavailable", f"MCP server {self.spec.name!r} stopped while starting")
+            raise ToolError(ErrorKind.TIMEOUT,
+                            f"MCP server {self.spec.name!r} did not start and answer within {timeout:g} s")
+        raise ToolError(ErrorKind.MCP_UNAVAILABLE, f"MCP server {self.spec.name!r} stopped while starting")
 
     def _transport(self) -> AbstractAsyncContextManager[Any]:
         if self.spec.command is not None:
@@ -198,10 +200,11 @@ class McpSession:
                 except McpError as err:
                     if err.error.code == mt.CONNECTION_CLOSED:
                         raise SessionLost(err.error.message) from None
-                    raise ToolError("mcp_error", f"MCP server {self.spec.name!r}: {err.error.message}") from None
+                    raise ToolError(ErrorKind.MCP_ERROR,
+                                    f"MCP server {self.spec.name!r}: {err.error.message}") from None
             if dead in done:
                 raise SessionLost(f"MCP server {self.spec.name!r} stopped while the call ran")
-            raise ToolError("timeout", f"MCP server {self.spec.name!r} gave no answer within {timeout:g} s")
+            raise ToolError(ErrorKind.TIMEOUT, f"MCP server {self.spec.name!r} gave no answer within {timeout:g} s")
         finally:
             for task in (work, dead):
                 if not task.done():
@@ -255,9 +258,9 @@ def _as_tool_error(spec: McpServer, err: BaseException) -> ToolError:
         if isinstance(leaf, ToolError):
             return leaf
     if any(isinstance(leaf, TimeoutError) for leaf in leaves):
-        return ToolError("timeout", f"MCP server {spec.name!r} did not answer in time")
+        return ToolError(ErrorKind.TIMEOUT, f"MCP server {spec.name!r} did not answer in time")
     what = f"command {spec.command!r}" if spec.command is not None else f"url {spec.url}"
-    return ToolError("mcp_unavailable", f"MCP server {spec.name!r} ({what}) could not be used: "
+    return ToolError(ErrorKind.MCP_UNAVAILABLE, f"MCP server {spec.name!r} ({what}) could not be used: "
                      f"{'; '.join(_describe(leaf) for leaf in leaves)[:500]}")
 
 

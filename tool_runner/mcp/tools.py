@@ -27,6 +27,7 @@ from agentstream.agents import AgentCatalog
 from agentstream.settings import Settings
 from schemas import subjects
 from schemas.agents import AgentDefinition
+from schemas.errors import ErrorKind
 from schemas.mcp import McpCallArgs, McpListArgs, McpServer, McpToolInfo, McpToolList, command_allowed, model_tool_name
 from schemas.tenants import TenantPolicy
 from tool_runner.errors import ToolError
@@ -71,7 +72,8 @@ class McpTools:
                 return (await self.list(tenant, listing.agent, listing.server, timeout)).model_dump(mode="json")
             return await self.call(tenant, _parse(McpCallArgs, arguments), timeout)
         except SessionLost as lost:
-            raise ToolError("mcp_connection_lost", f"the MCP server went away ({lost}); it is restarted for the "
+            raise ToolError(ErrorKind.MCP_CONNECTION_LOST,
+                            f"the MCP server went away ({lost}); it is restarted for the "
                             "next call") from None
 
     async def read_only(self, tenant: str, arguments: dict[str, Any], timeout: float) -> bool:  # noqa: ASYNC109
@@ -105,13 +107,14 @@ class McpTools:
         """Call the tool; its result as ``{"text", "structured"?, "other_content"?}``."""
         agent, server = self._server(tenant, call.agent, call.server)
         if not server.allows(call.tool):
-            raise ToolError("unknown_tool", f"MCP server {server.name!r} of agent {agent.name!r} has no tool "
+            raise ToolError(ErrorKind.UNKNOWN_TOOL, f"MCP server {server.name!r} of agent {agent.name!r} has no tool "
                             f"{call.tool!r} this agent may use (its tools: {', '.join(server.tools or [])})")
         session = await self._session(tenant, agent, server, timeout)
         if call.tool not in session.tools:
             await session.list_tools(timeout)  # the server may have gained it since
             if call.tool not in session.tools:
-                raise ToolError("unknown_tool", f"MCP server {server.name!r} has no tool {call.tool!r} (its tools: "
+                raise ToolError(ErrorKind.UNKNOWN_TOOL,
+                                f"MCP server {server.name!r} has no tool {call.tool!r} (its tools: "
                                 f"{', '.join(t for t in sorted(session.tools) if server.allows(t)) or 'none'})")
         tool = session.tools[call.tool]
         read_only = tool.annotations is not None and bool(tool.annotations.readOnlyHint)
@@ -120,7 +123,7 @@ class McpTools:
         except SessionLost as lost:
             await self.pool.discard(session)
             if not read_only:
-                raise ToolError("mcp_connection_lost", f"MCP server {server.name!r} went away during the call "
+                raise ToolError(ErrorKind.MCP_CONNECTION_LOST, f"MCP server {server.name!r} went away during the call "
                                 f"({lost}); it was not repeated, since it may have been executed. It is restarted "
                                 "for the next call.") from None
             log.info("MCP server %s went away during a read-only call; calling again on a new session", server.name)
@@ -131,15 +134,16 @@ class McpTools:
     def _server(self, tenant: str, agent_name: str, server_name: str) -> tuple[AgentDefinition, McpServer]:
         policy = self.policy_of(tenant)
         if policy is not None and not policy.may_use(agent_name):
-            raise ToolError("forbidden_agent", f"tenant {tenant!r} may not use agent {agent_name!r}")
+            raise ToolError(ErrorKind.FORBIDDEN_AGENT, f"tenant {tenant!r} may not use agent {agent_name!r}")
         agent = self.catalog.get(agent_name)
         if agent is None:
-            raise ToolError("unknown_server", f"this tool runner has no agent {agent_name!r} (AGENTS_DIR)")
+            raise ToolError(ErrorKind.UNKNOWN_SERVER, f"this tool runner has no agent {agent_name!r} (AGENTS_DIR)")
         server = next((s for s in agent.mcp_servers if s.name == server_name), None)
         if server is None:
-            raise ToolError("unknown_server", f"agent {agent_name!r} has no MCP server {server_name!r}")
+            raise ToolError(ErrorKind.UNKNOWN_SERVER, f"agent {agent_name!r} has no MCP server {server_name!r}")
         if server.command is not None and not command_allowed(server.command, self.settings.mcp_stdio_commands):
-            raise ToolError("command_not_allowed", f"MCP server {server_name!r}: command {server.command!r} is not in "
+            raise ToolError(ErrorKind.COMMAND_NOT_ALLOWED,
+                            f"MCP server {server_name!r}: command {server.command!r} is not in "
                             "this tool runner's MCP_STDIO_COMMANDS")
         return agent, server
 
@@ -158,7 +162,7 @@ def output_of(result: mt.CallToolResult) -> dict[str, Any]:
     texts = [block.text for block in result.content if isinstance(block, mt.TextContent)]
     text = "\n".join(texts)
     if result.isError:
-        raise ToolError("mcp_tool_error", text or "the MCP tool reported an error")
+        raise ToolError(ErrorKind.MCP_TOOL_ERROR, text or "the MCP tool reported an error")
     out: dict[str, Any] = {"text": text}
     if result.structuredContent is not None:
         out["structured"] = result.structuredContent
@@ -183,4 +187,4 @@ def _parse(model: type[McpCallArgs] | type[McpListArgs], arguments: dict[str, An
         return model.model_validate(arguments)
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in err.errors())
-        raise ToolError("invalid_arguments", problems) from None
+        raise ToolError(ErrorKind.INVALID_ARGUMENTS, problems) from None

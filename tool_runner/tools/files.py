@@ -8,6 +8,7 @@ import os
 import stat
 from typing import Any
 
+from schemas.errors import ErrorKind
 from schemas.tools import ListDirArgs, ReadFileArgs
 from tool_runner.errors import ToolError
 from tool_runner.filepool import Deadline
@@ -35,7 +36,7 @@ async def read_file(args: ReadFileArgs, ctx: ToolContext) -> dict[str, Any]:
     """
     start = args.start_line or 1
     if args.end_line is not None and args.end_line < start:
-        raise ToolError("invalid_range", f"end_line {args.end_line} is before start_line {start}")
+        raise ToolError(ErrorKind.INVALID_RANGE, f"end_line {args.end_line} is before start_line {start}")
     cap = ctx.settings.tool_read_max_bytes
 
     def work(deadline: Deadline) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def _read(fd: int, asked: str, start: int, end: int | None, cap: int, deadline: 
             break
         deadline.check()
         if first and b"\x00" in chunk[:BINARY_SNIFF_BYTES]:
-            raise ToolError("binary_file", f"{asked!r} looks like a binary file; read_file returns text only")
+            raise ToolError(ErrorKind.BINARY_FILE, f"{asked!r} looks like a binary file; read_file returns text only")
         first = False
         last_byte = chunk[-1:]
         newlines += chunk.count(b"\n")
@@ -91,7 +92,8 @@ def _read(fd: int, asked: str, start: int, end: int | None, cap: int, deadline: 
             break
     total_lines = (newlines + (1 if last_byte not in (b"", b"\n") else 0)) if at_end else None
     if at_end and total_lines and start > total_lines:
-        raise ToolError("invalid_range", f"start_line {start} is past the end of the file ({total_lines} lines)")
+        raise ToolError(ErrorKind.INVALID_RANGE,
+                        f"start_line {start} is past the end of the file ({total_lines} lines)")
     return {
         "total_lines": total_lines,
         "read_to_end": at_end,

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from schemas.errors import ErrorKind
 from schemas.tools import HttpRequestArgs
 from tool_runner.errors import ToolError
 from tool_runner.netguard import resolve_allowed
@@ -37,7 +38,7 @@ async def http_request(args: HttpRequestArgs, ctx: ToolContext) -> dict[str, Any
         async with asyncio.timeout(timeout):
             return await _request(args, ctx, timeout)
     except TimeoutError:
-        raise ToolError("timeout", f"no complete answer from {args.url} within {timeout:g} s") from None
+        raise ToolError(ErrorKind.TIMEOUT, f"no complete answer from {args.url} within {timeout:g} s") from None
 
 
 async def _request(
@@ -65,9 +66,10 @@ async def _request(
         try:
             response = await ctx.http.send(request, stream=True, follow_redirects=False)
         except httpx.TimeoutException:
-            raise ToolError("timeout", f"{url} did not answer within {timeout:g} s") from None
+            raise ToolError(ErrorKind.TIMEOUT, f"{url} did not answer within {timeout:g} s") from None
         except httpx.HTTPError as err:
-            raise ToolError("connection_error", f"request to {url} failed: {err or type(err).__name__}") from None
+            raise ToolError(ErrorKind.CONNECTION_ERROR,
+                            f"request to {url} failed: {err or type(err).__name__}") from None
         try:
             if response.has_redirect_location and "location" in response.headers:
                 redirects.append(str(url))
@@ -92,7 +94,7 @@ async def _request(
             "truncated": truncated,
             "redirects": redirects,
         }
-    raise ToolError("too_many_redirects", f"more than {MAX_REDIRECTS} redirects starting at {args.url}")
+    raise ToolError(ErrorKind.TOO_MANY_REDIRECTS, f"more than {MAX_REDIRECTS} redirects starting at {args.url}")
 
 
 def _listed(host: str, port: int, allow_hosts: str) -> bool:
@@ -105,9 +107,9 @@ def _parse_url(raw: str) -> httpx.URL:
     try:
         url = httpx.URL(raw)
     except Exception as err:  # httpx raises several types for bad URLs
-        raise ToolError("invalid_url", f"not a valid URL: {raw!r} ({err})") from None
+        raise ToolError(ErrorKind.INVALID_URL, f"not a valid URL: {raw!r} ({err})") from None
     if url.scheme not in ("http", "https") or not url.host:
-        raise ToolError("invalid_url", f"only absolute http:// and https:// URLs are allowed, not {raw!r}")
+        raise ToolError(ErrorKind.INVALID_URL, f"only absolute http:// and https:// URLs are allowed, not {raw!r}")
     return url
 
 
