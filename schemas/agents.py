@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import (
     Field,
     PlainSerializer,
+    PrivateAttr,
     StringConstraints,
     TypeAdapter,
     ValidationError,
@@ -147,6 +148,11 @@ class AgentDefinition(Strict):
     history_max_tokens: int = Field(default=8000, ge=0, le=10_000_000)
     mcp_servers: list[McpServer] = Field(default_factory=list, max_length=32)
     approval_timeout: float = Field(default=86400.0, gt=0, le=7 * 86400)
+    _asking: dict[str, ApprovalPolicy] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Index the actions that may ask for approval (looked up for every tool call)."""
+        self._asking = {a.name: a.approval for a in self.actions if a.approval != "never"}
 
     @property
     def tool_names(self) -> list[str]:
@@ -155,7 +161,7 @@ class AgentDefinition(Strict):
 
     def approval_of(self, tool: str) -> ApprovalPolicy:
         """The ``approval`` of the action named ``tool`` (``never`` when it is not one)."""
-        return next((a.approval for a in self.actions if a.name == tool), "never")
+        return self._asking.get(tool, "never")
 
     def call_needs_approval(self, tool: str, arguments: dict[str, Any], *, mcp_server: str | None = None) -> bool:
         """Whether a call of ``tool`` (an action; or, with ``mcp_server``, a tool of that MCP

@@ -66,7 +66,8 @@ class RunSession {
       onEvents: (batch) => {
         this.#show(batch);
         this.writer.add(batch);
-        if (batch.some((e) => e.type === "run.queued" || TERMINAL_TYPES.has(e.type))) loadRuns();
+        if (batch.some((e) => e.type === "run.queued" || e.type === "tool.approval_requested"
+          || TERMINAL_TYPES.has(e.type))) loadRuns();
       },
       onEnd: (reason, failure) => {
         if (reason !== "error") return;
