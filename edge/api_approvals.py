@@ -93,6 +93,9 @@ async def decide_call(t: Tenant, run_id: str, tool_call_id: str, decision: Decis
             return {**done, "by": call.by, "duplicate": True, "waiting_for": waiting_for}
         if result.outcome == "opposite" and call is not None:
             raise _already(run_id, tool_call_id, call.decision, call.by)
+        if result.outcome == "not_waiting":  # cancelled while it waited: it ends without running the call
+            raise ApiError(409, "run_not_awaiting_approval", f"run {run_id} was cancelled while it waited for "
+                           "approval", "run_id", run_status="cancelled")
         if result.outcome == "unknown_call":
             waiting = ", ".join(c.tool_call_id for c in entry.calls)
             raise ApiError(404, "not_found", f"run {run_id} waits for approval of {waiting}, not of "
