@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint soak bench schemas check docs clean
+.PHONY: run test unit lint soak bench schemas check docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ run: $(VENV)/.installed-run
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Pure code only (tests/unit: no processes, Quart's test client): seconds.
+unit: $(VENV)/.installed-test
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
@@ -48,7 +52,7 @@ docs: $(VENV)/.installed-run
 
 # Opt-in soak test: SOAK_RUNS runs (default 1000) while runners are killed at random.
 soak: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -m soak -s -p no:cacheprovider --timeout 1800 tests/test_soak.py
+	$(BIN)/python -m pytest -m soak -s -p no:cacheprovider --timeout 1800 tests/system/test_soak.py
 
 # The benchmark: starts its own system, writes bench/results.json and bench/RESULTS.md (a few minutes).
 bench: $(VENV)/.installed-test

@@ -63,6 +63,19 @@ def port_is_free(host: str, port: int) -> bool:
             return False
 
 
+def _reported_port(ports_dir: Path, pid: int) -> int | None:
+    """The client port nats-server ``pid`` wrote to its ports file (``<exe>_<pid>.ports``, JSON
+    ``{"nats": ["nats://host:port"], ...}``), or None before it has written it."""
+    for path in ports_dir.glob(f"*_{pid}.ports"):
+        try:
+            urls = json.loads(path.read_text()).get("nats") or []
+        except (OSError, ValueError):
+            return None  # being written
+        if urls:
+            return int(str(urls[0]).rsplit(":", 1)[1])
+    return None
+
+
 class EmbeddedNats:
     """A nats-server child process.
 
@@ -96,15 +109,22 @@ class EmbeddedNats:
 
     def start(self, timeout: float = 15.0) -> str:
         """Start the server and wait until it accepts connections; returns its URL."""
-        if self.port == 0 or not port_is_free(self.host, self.port):
-            if self.port != 0 and not self.fallback:
+        any_port = self.port == 0
+        if not any_port and not port_is_free(self.host, self.port):
+            if not self.fallback:
                 raise NatsServerError(f"{self.host}:{self.port} is taken")
-            self.port = free_port(self.host)
+            any_port = True
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        args = [find_binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir),
-                "-P", str(self.pid_file)]
+        # With any port, the server picks one itself (``-p -1``) and writes it to a ports file
+        # (``--ports_file_dir``): no window in which another process takes a port chosen for it.
+        ports_dir = self.store_dir.parent / "nats-ports"
+        args = [find_binary(), "-a", self.host, "-p", "-1" if any_port else str(self.port), "-js",
+                "-sd", str(self.store_dir), "-P", str(self.pid_file)]
+        if any_port:
+            ports_dir.mkdir(parents=True, exist_ok=True)
+            args += ["--ports_file_dir", str(ports_dir)]
         config = self._config_file()
         if config is not None:
             args += ["-c", str(config)]
@@ -119,6 +139,12 @@ class EmbeddedNats:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise NatsServerError(f"nats-server exited with {self.proc.returncode}; see {self.log_path}")
+            if any_port:
+                port = _reported_port(ports_dir, self.proc.pid)
+                if port is None:
+                    time.sleep(0.05)
+                    continue
+                self.port, any_port = port, False
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
                     return self.url

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from agentstream import llmsse_env
+from agentstream import launch, llmsse_env
 from agentstream.bus import setup
 from agentstream.natsauth import AuthStore
 from agentstream.natsserver import EmbeddedNats, NatsCluster
@@ -53,7 +53,7 @@ class Component:
         """The URL its ready line names (``{name} ready: URL``)."""
         if self.ready_line is None:
             raise RuntimeError(f"{self.name} has not said it is ready")
-        return self.ready_line.split("ready: ", 1)[1].strip()
+        return launch.ready_value(self.ready_line)
 
 
 class Supervisor:
@@ -145,7 +145,7 @@ class Supervisor:
             self.components.append(comp)
         comp.ready.clear()
         comp.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", comp.module,
+            *launch.command(comp.module),
             env={**env, **comp.env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
@@ -158,7 +158,7 @@ class Supervisor:
         prefix = _prefix(comp.name)
         async for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\n")
-            if not comp.ready.is_set() and line.startswith(f"{comp.name} ready: "):
+            if not comp.ready.is_set() and line.startswith(launch.READY[comp.module]):
                 comp.ready_line = line
                 comp.ready.set()
             sys.stdout.write(prefix + line + "\n")

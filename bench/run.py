@@ -28,9 +28,9 @@ from typing import Any
 import httpx
 import nats
 
+from agentstream.launch import System, new_system
 from bench.loadclient import LoadClients, RawHTTP
 from schemas import subjects
-from tests.harness import System, new_system
 
 BENCH = Path(__file__).resolve().parent
 QUICK = os.environ.get("BENCH_QUICK") == "1"

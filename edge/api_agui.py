@@ -24,7 +24,6 @@ goes on from its own events).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from ag_ui.core import BaseEvent, RunAgentInput
@@ -32,7 +31,6 @@ from ag_ui.encoder import EventEncoder
 from pydantic import ValidationError
 from quart import Blueprint, Response
 
-from agentstream import sse
 from agentstream.runstate import fold
 from edge.api_approvals import decide_call
 from edge.auth import Tenant
@@ -40,10 +38,8 @@ from edge.clienttools import check_client_tools
 from edge.dialects.agui import AguiStream, chat_messages, frontend_tools, parse_interrupt_id
 from edge.dialects.responses import split_last_user
 from edge.errors import ApiError
-from edge.feed import HEARTBEAT, EventFeed
 from edge.http import (
     agent_for,
-    cancel_later,
     json_object,
     open_stream,
     run_events,
@@ -53,7 +49,7 @@ from edge.http import (
     submit_run,
     tenant,
 )
-from edge.state import EdgeState
+from edge.streaming import stream_run
 from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.events import Decision
@@ -122,7 +118,7 @@ async def run_agent(name: str) -> Response:
     view = AguiStream(inp.thread_id, inp.run_id, run_id)
     feed = run_feed(t.name, run_id, subjects.run_events(t.name, agent.name, run_id), lease=lease)
     headers = {"Content-Type": EventEncoder().get_content_type(), "X-Run-Id": run_id}
-    return sse_response(_body(state(), t.name, run_id, view, feed), headers, lease=lease)
+    return sse_response(stream_run(state(), t.name, run_id, feed, _Frames(view)), headers, lease=lease)
 
 
 def _answers(inp: RunAgentInput) -> tuple[str, list[tuple[str, Decision, str | None, str]]]:
@@ -179,36 +175,29 @@ async def _resume(t: Tenant, agent: AgentDefinition, inp: RunAgentInput) -> Resp
     view = AguiStream(inp.thread_id, inp.run_id, run_id)
     feed = run_feed(t.name, run_id, events[-1].subject, after, lease=lease)
     headers = {"Content-Type": EventEncoder().get_content_type(), "X-Run-Id": run_id}
-    return sse_response(_body(state(), t.name, run_id, view, feed), headers, lease=lease)
+    return sse_response(stream_run(state(), t.name, run_id, feed, _Frames(view)), headers, lease=lease)
 
 
-def _encode(events: list[BaseEvent], encoder: EventEncoder) -> bytes:
-    return "".join(encoder.encode(e) for e in events).encode()
+class _Frames:
+    """An AG-UI run as a RunRenderer (edge/streaming.py); a RUN_ERROR if this edge stops first
+    (an AG-UI run cannot be resumed elsewhere)."""
 
+    def __init__(self, view: AguiStream):
+        self.view = view
+        self.encoder = EventEncoder()
 
-async def _body(
-    st: EdgeState, tenant_name: str, run_id: str, view: AguiStream, feed: EventFeed
-) -> AsyncIterator[bytes]:
-    encoder = EventEncoder()
-    complete = False  # the run's own end was sent
-    try:
-        yield _encode(view.start(), encoder)
-        async for batch in feed.batches():
-            if batch is HEARTBEAT:
-                yield sse.PING
-                continue
-            events: list[BaseEvent] = []
-            for item in batch:  # events that arrived together go out in one write
-                events.extend(view.render(item.json()))
-                if view.done:
-                    break
-            if events:
-                yield _encode(events, encoder)
-            if view.done:
-                complete = True
-                return
-        # The feed ended first: this edge is stopping. An AG-UI run cannot be resumed elsewhere.
-        yield _encode(view.error("the server is restarting; run again", "server_restarting"), encoder)
-    finally:
-        if not complete:  # the client went away, or this edge is stopping: nobody reads the answer
-            cancel_later(st, tenant_name, run_id, "client disconnected")
+    @property
+    def done(self) -> bool:
+        return self.view.done
+
+    def _encode(self, events: list[BaseEvent]) -> bytes:
+        return "".join(self.encoder.encode(e) for e in events).encode()
+
+    def start(self) -> bytes:
+        return self._encode(self.view.start())
+
+    def render(self, envelope: dict[str, Any]) -> bytes:
+        return self._encode(self.view.render(envelope))
+
+    def interrupted(self) -> bytes:
+        return self._encode(self.view.error("the server is restarting; run again", "server_restarting"))

@@ -10,21 +10,19 @@ disconnects cancels the run, and with it the member runs.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, Response
 
-from agentstream import sse
 from edge.dialects.llmsse import ProcessStream
 from edge.errors import ApiError
-from edge.feed import HEARTBEAT, EventFeed
-from edge.http import agent_for, cancel_later, json_body, open_stream, run_feed, sse_response, state, submit_run, tenant
+from edge.http import agent_for, json_body, open_stream, run_feed, sse_response, state, submit_run, tenant
 from edge.idempotency import claim, request_fingerprint
-from edge.state import EdgeState
+from edge.streaming import stream_run
 from schemas import subjects
 from schemas.common import MessageId
-from schemas.runs import CLIENT_DISCONNECTED, PENDING_RUN_ID, RunRequest
+from schemas.runs import PENDING_RUN_ID, RunRequest
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +64,24 @@ async def process() -> Response:
                              source=agent.combiner or agent.name, members=len(agent.members),
                              min_success=agent.min_success)
     feed = run_feed(t.name, run_id, subjects.run_events(t.name, agent.name, run_id), lease=lease)
-    return sse_response(_body(st, t.name, run_id, renderer, feed), {"X-Run-Id": run_id}, lease=lease)
+    return sse_response(stream_run(st, t.name, run_id, feed, _Frames(renderer)), {"X-Run-Id": run_id}, lease=lease)
 
 
-async def _body(
-    st: EdgeState, tenant_name: str, run_id: str, renderer: ProcessStream, feed: EventFeed
-) -> AsyncIterator[bytes]:
-    complete = False
-    try:
-        async for item in feed:
-            if item is HEARTBEAT:
-                yield sse.PING
-                continue
-            for frame in renderer.render(item.json()):
-                yield frame
-            if renderer.done:
-                complete = True
-                return
-    finally:
-        if not complete:  # the client went away (or this edge is stopping): nobody reads the answer
-            cancel_later(st, tenant_name, run_id, CLIENT_DISCONNECTED)
+class _Frames:
+    """llm-sse's ``/api/process`` frames as a RunRenderer (edge/streaming.py)."""
+
+    def __init__(self, renderer: ProcessStream):
+        self.renderer = renderer
+
+    @property
+    def done(self) -> bool:
+        return self.renderer.done
+
+    def start(self) -> bytes:
+        return b""
+
+    def render(self, envelope: dict[str, Any]) -> bytes:
+        return b"".join(self.renderer.render(envelope))
+
+    def interrupted(self) -> bytes:
+        return b""

@@ -30,7 +30,7 @@ from edge.auth import Tenant
 from edge.clienttools import check_client_tools
 from edge.dialects.openai import ChatStream, Collected, TextCompletionStream, collect, text_completion
 from edge.errors import ApiError, from_validation
-from edge.feed import HEARTBEAT, EventFeed
+from edge.feed import HEARTBEAT
 from edge.http import (
     agent_for,
     cancel_later,
@@ -44,8 +44,8 @@ from edge.http import (
     tenant,
 )
 from edge.idempotency import claim, request_fingerprint
-from edge.state import EdgeState
 from edge.streamcaps import Lease
+from edge.streaming import stream_run
 from schemas import events as E
 from schemas import subjects
 from schemas.agents import AgentDefinition
@@ -271,38 +271,31 @@ def _stream(
     Call inside the request (the feed and state are taken from it); iterate later."""
     st = state()
     feed = run_feed(tenant_name, run_id, subjects.run_events(tenant_name, agent, run_id), lease=lease)
-    return _stream_body(st, tenant_name, run_id, renderer, first, feed)
+    return stream_run(st, tenant_name, run_id, feed, _Frames(renderer, first))
 
 
-async def _stream_body(
-    st: EdgeState, tenant_name: str, run_id: str, renderer: ChatStream | TextCompletionStream, first: bytes | None,
-    feed: EventFeed,
-) -> AsyncIterator[bytes]:
-    complete = False
-    try:
-        if first is not None:
-            yield first
-        async for batch in feed.batches():
-            if batch is HEARTBEAT:
-                yield sse.PING
-                continue
-            frames: list[bytes] = []
-            for item in batch:  # events that arrived together go out in one write
-                frames.extend(renderer.render(item.json()))
-                if renderer.done:
-                    break
-            if frames:
-                yield b"".join(frames)
-            if renderer.done:
-                complete = True
-                return
-        # The feed ended first: this edge is shutting down. An OpenAI stream cannot be resumed.
-        yield sse.frame(oai.dumps(oai.error_body(
-            "the server is restarting; retry the request", "server_error", None, "server_restarting")))
-        yield sse.DONE
-    finally:
-        if not complete:
-            cancel_later(st, tenant_name, run_id, CLIENT_DISCONNECTED)
+class _Frames:
+    """An OpenAI stream as a RunRenderer (edge/streaming.py): ``first`` (the role chunk, already
+    built), then the renderer's chunks; ``[DONE]`` after an error if this edge stops first (an
+    OpenAI stream cannot be resumed)."""
+
+    def __init__(self, renderer: ChatStream | TextCompletionStream, first: bytes | None):
+        self.renderer = renderer
+        self.first = first or b""
+
+    @property
+    def done(self) -> bool:
+        return self.renderer.done
+
+    def start(self) -> bytes:
+        return self.first
+
+    def render(self, envelope: dict[str, Any]) -> bytes:
+        return b"".join(self.renderer.render(envelope))
+
+    def interrupted(self) -> bytes:
+        return sse.frame(oai.dumps(oai.error_body(
+            "the server is restarting; retry the request", "server_error", None, "server_restarting"))) + sse.DONE
 
 
 @bp.post("/chat/completions")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -55,7 +54,7 @@ from edge.dialects.responses import (
     tool_call_id_of,
 )
 from edge.errors import ApiError, from_validation
-from edge.feed import HEARTBEAT, EventFeed
+from edge.feed import HEARTBEAT
 from edge.http import (
     cancel_later,
     int_arg,
@@ -71,6 +70,7 @@ from edge.http import (
     tenant,
 )
 from edge.state import EdgeState
+from edge.streaming import stream_run
 from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.common import ChatMessage, FunctionTool
@@ -274,8 +274,9 @@ async def create_response() -> Response:
                 lease.release()
             raise
         feed = run_feed(t.name, run_id, subjects.run_events(t.name, agent.name, run_id), lease=lease)
-        return sse_response(_stream_body(state(), t.name, run_id, view, feed, after=-1,
-                                         cancel_on_exit=not body.background), headers, lease=lease)
+        body_ = stream_run(state(), t.name, run_id, feed, _Frames(view, -1), resumable=True,
+                           cancel_on_exit=not body.background)
+        return sse_response(body_, headers, lease=lease)
     await submit_run(t, agent.name, request_)
     if body.background:
         return json_response(view.snapshot(), headers=headers)
@@ -325,8 +326,9 @@ async def _approval_responses(t: Tenant, body: ResponsesBody) -> Response:
     if body.stream:
         lease = await open_stream(t)
         feed = run_feed(t.name, run_id, subjects.run_events(t.name, agent, run_id), lease=lease)
-        return sse_response(_stream_body(state(), t.name, run_id, view, feed, after=seen.seq, cancel_on_exit=False),
-                            headers, lease=lease)
+        frames = stream_run(state(), t.name, run_id, feed, _Frames(view, seen.seq), resumable=True,
+                            cancel_on_exit=False)
+        return sse_response(frames, headers, lease=lease)
     await _follow(state(), t.name, agent, run_id, view, cancel_on_exit=False, until_waiting=True, answered=decided)
     if view.status == "failed":
         raise _failed(view, run_id)
@@ -370,32 +372,29 @@ def _frame(event: dict[str, Any]) -> bytes:
     return sse.frame(orjson.dumps(event), event=event["type"])
 
 
-async def _stream_body(st: EdgeState, tenant_name: str, run_id: str, view: ResponseView, feed: EventFeed, *,
-                       after: int, cancel_on_exit: bool) -> AsyncIterator[bytes]:
-    """The SSE body: the view's events with ``sequence_number`` above ``after``, ``: ping`` in
-    silences. When it ends before the run does: a foreground run is cancelled (its client went
-    away), unless this edge is stopping (the client may resume the stream from another edge)."""
-    try:
-        first = [_frame(e) for e in view.start() if e["sequence_number"] > after]
-        if first:
-            yield b"".join(first)
-        async for batch in feed.batches():
-            if batch is HEARTBEAT:
-                yield sse.PING
-                continue
-            events: list[dict[str, Any]] = []
-            for item in batch:  # events that arrived together go out in one write
-                events.extend(view.render(item.json()))
-                if view.done:
-                    break
-            frames = [_frame(e) for e in events if e["sequence_number"] > after]
-            if frames:
-                yield b"".join(frames)
-            if view.done:
-                return
-    finally:
-        if not view.done and cancel_on_exit and not st.stopping.is_set():
-            cancel_later(st, tenant_name, run_id, "client disconnected")
+class _Frames:
+    """A Responses stream as a RunRenderer (edge/streaming.py): the view's events with
+    ``sequence_number`` above ``after`` (a resumed stream's ``starting_after``)."""
+
+    def __init__(self, view: ResponseView, after: int):
+        self.view = view
+        self.after = after
+
+    @property
+    def done(self) -> bool:
+        return self.view.done
+
+    def _frames(self, events: list[dict[str, Any]]) -> bytes:
+        return b"".join(_frame(e) for e in events if e["sequence_number"] > self.after)
+
+    def start(self) -> bytes:
+        return self._frames(self.view.start())
+
+    def render(self, envelope: dict[str, Any]) -> bytes:
+        return self._frames(self.view.render(envelope))
+
+    def interrupted(self) -> bytes:
+        return b""  # the client resumes from another edge
 
 
 async def _stored(t: Tenant, resp_id: str, *, field: str = "response_id",
@@ -438,8 +437,8 @@ async def get_response(resp_id: str) -> Response:
     lease = await open_stream(t)
     feed = run_feed(t.name, run_id, subjects.run_events(t.name, agent, run_id), lease=lease)
     view = ResponseView(resp_id, echo)
-    return sse_response(_stream_body(state(), t.name, run_id, view, feed, after=after, cancel_on_exit=False),
-                        headers, lease=lease)
+    frames = stream_run(state(), t.name, run_id, feed, _Frames(view, after), resumable=True, cancel_on_exit=False)
+    return sse_response(frames, headers, lease=lease)
 
 
 @bp.post("/responses/<resp_id>/cancel")

@@ -27,13 +27,12 @@ def test_up_then_chat_then_ctrl_c(tmp_path):
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     busy_port = taken.getsockname()[1]  # the wanted NATS port is taken: up must pick another
-    edge_port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "LLM_BASE_URL", "KEYS_FILE", "AGENTS_DIR")}
     env.update({
         "AGENTSTREAM_DATA_DIR": str(tmp_path / "data"),
         "AGENTSTREAM_NATS_PORT": str(busy_port),
-        "EDGE_BIND": f"127.0.0.1:{edge_port}",
-        "BUILTIN_MODEL_BIND": f"127.0.0.1:{free_port()}",
+        "EDGE_BIND": "127.0.0.1:0",  # each server picks its port and says it
+        "BUILTIN_MODEL_BIND": "127.0.0.1:0",
         "BUILTIN_MODEL_TOKEN_DELAY": "0.001",
         "PYTHONUNBUFFERED": "1",
         "LLM_KEY": "sk-left-from-llm-sse",  # llm-sse's own settings, still exported by a user moving over
@@ -53,6 +52,7 @@ def test_up_then_chat_then_ctrl_c(tmp_path):
                 break
         text = "".join(output)
         assert "agentstream is up: " in text, text
+        edge_port = int(re.search(r"agentstream is up: http://127\.0\.0\.1:(\d+)", text).group(1))
         nats_port = int(re.search(r"nats-server with JetStream on nats://127\.0\.0\.1:(\d+)", text).group(1))
         assert nats_port != busy_port
         for name in ("nats", "builtin-model", "tool-runner", "agent-runner", "edge"):
@@ -96,14 +96,13 @@ def test_up_then_chat_then_ctrl_c(tmp_path):
 
 def test_up_with_a_nats_cluster(tmp_path):
     data = tmp_path / "data"
-    edge_port = free_port()
     env = {k: v for k, v in os.environ.items()
            if k not in ("NATS_URL", "LLM_BASE_URL", "KEYS_FILE", "AGENTS_DIR", "STREAM_REPLICAS")}
     env.update({
         "AGENTSTREAM_DATA_DIR": str(data),
         "AGENTSTREAM_NATS_PORT": str(free_port()),
-        "EDGE_BIND": f"127.0.0.1:{edge_port}",
-        "BUILTIN_MODEL_BIND": f"127.0.0.1:{free_port()}",
+        "EDGE_BIND": "127.0.0.1:0",  # each server picks its port and says it
+        "BUILTIN_MODEL_BIND": "127.0.0.1:0",
         "BUILTIN_MODEL_TOKEN_DELAY": "0.001",
         "PYTHONUNBUFFERED": "1",
     })
@@ -127,6 +126,7 @@ def test_up_with_a_nats_cluster(tmp_path):
         assert found is not None, text
         urls = found.group(1).split(",")
         assert len(urls) == 3
+        edge_port = int(re.search(r"agentstream is up: http://127\.0\.0\.1:(\d+)", text).group(1))
 
         chat = subprocess.run(
             [sys.executable, "-m", "agentstream", "chat", "programmer-helper",
@@ -172,3 +172,13 @@ def test_up_with_a_nats_cluster(tmp_path):
     assert not _port_open(edge_port)
     for url in urls:
         assert not _port_open(int(url.rsplit(":", 1)[1]))
+
+
+def test_a_component_with_a_bad_setting_exits_2_naming_it():
+    done = subprocess.run([sys.executable, "-m", "agent_runner"], cwd=REPO, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "AGENT_RUNNER_MAX_ATTEMPTS": "0", "LLM_API_KEY": "sk-x"},
+                          timeout=60)
+    assert done.returncode == 2
+    assert ("configuration error: AGENT_RUNNER_MAX_ATTEMPTS='0': Input should be greater than or equal to 1"
+            in done.stderr)
+    assert "sk-x" not in done.stderr

@@ -48,3 +48,4 @@ def test_no_error_kind_is_written_as_a_bare_string():
                 if any(isinstance(v, ast.Constant) and isinstance(v.value, str) for v in literal):
                     offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert offenders == []
+

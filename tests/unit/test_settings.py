@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from pydantic import ValidationError
 
 from agentstream.settings import Settings, configuration_error, documented
-from tests.harness import REPO
 
 
 def test_defaults_work_on_a_fresh_machine():
@@ -51,13 +47,3 @@ def test_secrets_never_print():
 def test_every_setting_is_documented_with_its_variable():
     rows = documented()
     assert len(rows) == len(Settings.model_fields) and all(env.isupper() and help_ for env, _, help_ in rows)
-
-
-def test_a_component_with_a_bad_setting_exits_2_naming_it():
-    done = subprocess.run([sys.executable, "-m", "agent_runner"], cwd=REPO, capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "AGENT_RUNNER_MAX_ATTEMPTS": "0", "LLM_API_KEY": "sk-x"},
-                          timeout=60)
-    assert done.returncode == 2
-    assert ("configuration error: AGENT_RUNNER_MAX_ATTEMPTS='0': Input should be greater than or equal to 1"
-            in done.stderr)
-    assert "sk-x" not in done.stderr

@@ -25,7 +25,7 @@ from tests.conftest import ALICE_KEY, BOB_KEY, eventually
 EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 WEATHER = {"name": "get_weather", "description": "Weather for a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-CLIENT_DIR = Path(__file__).resolve().parent / "agui_client"
+CLIENT_DIR = Path(__file__).resolve().parent.parent / "agui_client"
 
 
 def run_input(messages: list[dict], **extra) -> dict:
