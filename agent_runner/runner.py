@@ -9,7 +9,7 @@ Guarantees, per run request:
   without running again;
 - while a run is held, ``in_progress`` is sent every third of the ack wait, so a long run is not
   redelivered; a runner that dies stops sending it, and the request goes to another runner, which
-  writes ``run.retrying`` and runs it again (issue 5);
+  writes ``run.retrying`` and continues it (agent_runner.resume);
 - a stale attempt (its runner was presumed dead but was not) loses the run's subject to the new
   attempt (agent_runner.event_writer) and stops without acking;
 - on shutdown, runs still going after the grace period are handed back (nak) for another runner;
