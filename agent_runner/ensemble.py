@@ -1,4 +1,4 @@
-"""Ensembles (issue 4): ask several member agents concurrently, then answer from their answers.
+"""Ensembles (README, "Ensembles"): ask several member agents concurrently, then answer from their answers.
 
 The parent run submits one child run per member on the bus (``agents.{tenant}.{member}.run``), so
 members run concurrently on whichever agent runners are free, each with its own events under its

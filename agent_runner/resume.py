@@ -1,4 +1,5 @@
-"""Continuing a run from its stored events after an earlier attempt stopped (issue 5).
+"""Continuing a run from its stored events after an earlier attempt stopped (docs/events.md,
+"run.started and run.retrying").
 
 The event log is the run's only state. Folding it gives, per LLM step, the text and tool calls the
 model produced and the tool results already stored. A new attempt then:

@@ -2,7 +2,7 @@
 
 A bad file (YAML syntax, unknown field, wrong type, unknown tool, missing skill, duplicate name)
 is reported as an :class:`AgentFileError` with the file, the field and the reason; every other
-file still loads (design card, "Agents").
+file still loads (docs/architecture.md, "Rules that hold everywhere").
 
 Agent files are input from whoever can write to the directory, and the edge shows them to
 tenants, so reading them is bounded: files are opened through a descriptor of the directory,

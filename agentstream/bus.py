@@ -1,6 +1,6 @@
 """Connecting to NATS the way every long-lived agentstream process should.
 
-nats-py's defaults suit scripts, not services (nats-notes.md §1.1, §3 #5): it gives up after 60
+nats-py's defaults suit scripts, not services (docs/nats.md, "Reconnecting"): it gives up after 60
 reconnect attempts and notices a dead connection only after ~4 minutes. Services here reconnect
 forever, ping every 10 s, and keep retrying the first connection too, so components can start in
 any order (compose starts them together).
@@ -46,7 +46,7 @@ async def connect(
     ``wait``: give up after this many seconds (``TimeoutError``); None waits forever.
     ``on_reconnected`` / ``on_disconnected``: optional coroutines called on those transitions;
     ``on_slow_consumer``: called when the client dropped messages of a subscription that fell
-    behind (nats-notes.md §3 #2: this is the only sign of it).
+    behind (docs/nats.md, "The error callback": this is the only sign of it).
     """
 
     options = connect_options(settings.nats_creds, inbox_prefix(role))

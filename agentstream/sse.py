@@ -3,7 +3,7 @@
 WHATWG HTML §9.2.5-9.2.6: an event is ``field: value`` lines ended by a blank line; a line starting
 with ``:`` is a comment (used for heartbeats, §9.2.7); ``data`` holding a newline is sent as
 several ``data:`` lines (LF, CR and CRLF all end a line, so none may appear inside one). Lines end
-with LF, ``data: `` carries exactly one space, there is never a BOM (openai-streaming.md B1-B10).
+with LF, ``data: `` carries exactly one space, there is never a BOM (docs/streaming.md, "SSE framing").
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import re
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 DONE = b"data: [DONE]\n\n"
-"""The OpenAI stream terminator (openai-streaming.md G1)."""
+"""The OpenAI stream terminator (docs/streaming.md, "Termination")."""
 
 PING = b": ping\n\n"
-"""A heartbeat comment; every SSE parser ignores it (openai-streaming.md B5)."""
+"""A heartbeat comment; every SSE parser ignores it (docs/streaming.md, "Keep-alives")."""
 
 CONTENT_TYPE = "text/event-stream; charset=utf-8"
 HEADERS = {
@@ -24,7 +24,7 @@ HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-"""Response headers for every SSE response: no caching, no proxy buffering (A3-A5)."""
+"""Response headers for every SSE response: no caching, no proxy buffering (docs/streaming.md, "HTTP response")."""
 
 
 def frame(data: str | bytes, *, event: str | None = None, id: int | str | None = None) -> bytes:

@@ -1,5 +1,5 @@
 """The benchmark: what the bus costs over calling the model directly, how many runs and streams one
-box holds, and whether more runners add capacity (issue 6).
+box holds, and whether more runners add capacity (the targets: bench/RESULTS.md, "Targets").
 
 ``make bench`` (``python -m bench``) starts a whole system (embedded nats-server, the built-in
 model as the zero-latency model server, edge, runners), runs every scenario and writes

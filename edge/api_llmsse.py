@@ -1,4 +1,4 @@
-"""``POST /api/process``: llm-sse's endpoint, done on the bus (issue 4).
+"""``POST /api/process``: llm-sse's endpoint, done on the bus (an ensemble run: README, "Ensembles").
 
 Body: ``{"message", "message_id", "conversation_id"?, "agent"?}``; ``agent`` picks the agent
 (an ensemble, typically), default ``PROCESS_DEFAULT_AGENT``. The same ``message_id`` names the same

@@ -151,7 +151,7 @@ async def agent_status(name: str) -> Response:
 @bp.get("/api/agents/<name>/sse")
 async def agent_sse(name: str) -> Response:
     """``GET /api/agents/{name}/sse``: LocalAI's agent stream (``json_message``, ``json_message_status``,
-    ``stream_event``, ``json_error``; localai-agents.md) for every run of the agent, from now or
+    ``stream_event``, ``json_error``: edge.dialects.localai) for every run of the agent, from now or
     after ``Last-Event-ID``."""
     t = tenant()
     agent = agent_for(t, name)
@@ -242,7 +242,7 @@ async def run_sse(run_id: str) -> Response:
 @bp.post("/api/runs/<run_id>/cancel")
 async def cancel_run(run_id: str) -> Response:
     """``POST /api/runs/{run_id}/cancel``: 202 when the cancel is stored; 409 with the status if the run
-    already ended; 404 if unknown (issue 5, fault 8)."""
+    already ended; 404 if unknown (or another tenant's)."""
     t = tenant()
     body = await json_body(CancelBody, optional=True)
     record = await run_record(t, run_id)

@@ -5,13 +5,14 @@ bus, exactly as the native API does, and the response is a view of the run's eve
 (edge.dialects.openai). The run id is in the ``X-Run-Id`` response header, so the agent's own
 work (its tool calls) can be watched on ``/api/runs/{run_id}/events``.
 
-Checklist: ``openai-streaming.md``. Deliberate choices where it leaves room:
-- ``n`` > 1 is refused (400, ``param: "n"``): an agent run produces one answer (I4).
+The protocol's rules: docs/streaming.md. Deliberate choices where they leave room:
+- ``n`` > 1 is refused (400, ``param: "n"``): an agent run produces one answer (docs/streaming.md, "n > 1").
 - The legacy ``functions`` parameter is refused (400): use ``tools``.
 - ``tool_choice``: ``"none"`` hides the client's tools; ``"required"`` or a named function
   applies to the agent's first model call (where a client tool call ends the run).
 - ``max_tokens`` has no default (OpenAI's legacy completions default of 16 would cut agent answers).
-- A client that disconnects cancels its run (A10); so does an edge shutting down mid-stream.
+- A client that disconnects cancels its run (docs/streaming.md, "Disconnects"); so does an edge
+  shutting down mid-stream.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class _Lenient(BaseModel):
 
 
 class StreamOptions(_Lenient):
-    """``stream_options`` (F1): accepted on both endpoints."""
+    """``stream_options``: accepted on both endpoints (docs/streaming.md, "Usage")."""
 
     include_usage: bool | None = None
     include_obfuscation: bool | None = None
@@ -106,8 +107,9 @@ class CompletionBody(_Lenient):
 
 
 def error_response(err: ApiError) -> Response:
-    """An ApiError in OpenAI's shape, ``{"error": {message, type, param, code}}`` (A7, A8):
-    validation errors are 400; deterministic failures say ``x-should-retry: false``."""
+    """An ApiError in OpenAI's shape, ``{"error": {message, type, param, code}}``: validation errors
+    are 400; deterministic failures say ``x-should-retry: false`` (docs/streaming.md, "Errors before
+    the first byte")."""
     status = 400 if err.status == 422 else err.status
     if status == 401:
         kind = "authentication_error"
@@ -300,7 +302,7 @@ class _Frames:
 
 @bp.post("/chat/completions")
 async def chat_completions() -> Response:
-    """``POST /v1/chat/completions``, streaming or not (openai-streaming.md is the checklist); the run id
+    """``POST /v1/chat/completions``, streaming or not (the rules: docs/streaming.md); the run id
     is in the ``X-Run-Id`` header."""
     t = tenant()
     body: ChatCompletionBody = await _body(ChatCompletionBody)

@@ -1,7 +1,7 @@
 """HTTP errors as JSON: ``{"error": {"message", "type", "field"}}`` with a fitting status.
 
 Every refusal the edge makes goes through :class:`ApiError`, so bad input never becomes a 500
-(issue 2, "Edge": 400/401/404/409/413/422 as fitting).
+(400, 401, 403, 404, 409, 413, 415, 421, 422, 429 or 503 as fitting: README, "HTTP API").
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ agent. An :class:`EventFeed` (one per SSE connection) registers a watcher *befor
 stored events, then yields every event with a sequence above the last one it yielded, so the
 hand-over from stored to live has no hole and no repeat.
 
-The stream is the buffer (issue 5, "slow clients"): a watcher keeps at most ``buffer`` live
+The stream is the buffer, so a slow client costs bounded memory: a watcher keeps at most ``buffer`` live
 events; a client too slow to take them makes its watcher overflow, the buffer is dropped, and the
 feed re-reads from the stream where the client is when it catches up. Memory per client stays
 bounded and nothing is dropped. The same re-read repairs gaps: a live event whose

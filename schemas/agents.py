@@ -3,7 +3,7 @@
 The fields of LocalAI's own example (``name``, ``description``, ``model``, ``system_prompt``,
 ``actions``, ``skills``) plus what users of such systems reach for next (``max_steps``,
 ``parameters``, an ``llm`` block, a run ``timeout``). Unknown fields are an error, so a typo is
-reported rather than silently ignored (a gap of LocalAI's config, localai-agents.md §10.6).
+reported rather than silently ignored (LocalAI's agent config ignores unknown keys).
 """
 
 from __future__ import annotations

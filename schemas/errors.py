@@ -95,7 +95,7 @@ class ErrorKind(StrEnum):
     def is_upstream(cls, kind: str | None) -> bool:
         """Whether a run that failed with ``kind`` failed because of something it depends on (the
         model server, the tool runners, a budget they used up) rather than its own request or a bug:
-        the OpenAI-compatible API answers those 502 (docs/streaming.md)."""
+        the OpenAI-compatible API answers those 502 (docs/streaming.md, "Non-streaming")."""
         return kind in _UPSTREAM
 
 

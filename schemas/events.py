@@ -4,8 +4,9 @@ Each event is stored on ``runs.{tenant}.{agent}.{run_id}`` in stream RUN_EVENTS 
 JSON of a :data:`RunEvent`, with header ``Agentstream-Event: <type>``. Its stream sequence is its
 identity: the SSE ``id:`` field, so ``Last-Event-ID`` resumes exactly where a client was.
 
-Envelope: ``{type, run_id, tenant, agent, message_id, attempt, ts, data}`` (design card, "Run
-events"). Exactly one terminal event (``run.completed``, ``run.failed``, ``run.cancelled``) per run.
+Envelope: ``{type, run_id, tenant, agent, message_id, attempt, ts, data}`` (docs/events.md,
+"The envelope"). Exactly one terminal event (``run.completed``, ``run.failed``, ``run.cancelled``)
+per run.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ class RunRetryingData(Strict):
 
     ``resume_step``: text deltas of this LLM step and later ones written by earlier attempts are
     superseded by what follows: a client showing the answer drops them. Everything before is kept,
-    and tool results already stored are reused, not run again (issue 5).
+    and tool results already stored are reused, not run again
+    (docs/events.md, "run.started and run.retrying").
     """
 
     attempt: int
@@ -104,7 +106,8 @@ class RunRequeuedData(Strict):
 
 
 class MemberStartedData(Strict):
-    """``member.started`` (ensembles, issue 4): a member agent's child run was submitted."""
+    """``member.started``: a member agent's child run was submitted (an ensemble's run; docs/events.md,
+    "member.started and member.finished")."""
 
     member: str
     run_id: str

@@ -1,6 +1,6 @@
 """NATS message header names agentstream writes and reads, in one place.
 
-JetStream header names must match exactly (nats-notes.md §1.1); the ``Nats-*`` ones are the
+JetStream header names must match exactly (docs/nats.md, "Headers"); the ``Nats-*`` ones are the
 server's, the ``Agentstream-*`` ones are ours.
 """
 

@@ -1,6 +1,7 @@
 """The run request: what is published to ``agents.{tenant}.{agent}.run`` (stream AGENT_RUNS).
 
-The tenant and agent of a run come from the subject, never from this payload (design card). The
+The tenant and agent of a run come from the subject, never from this payload (docs/architecture.md,
+"Rules that hold everywhere"). The
 ``Nats-Msg-Id`` header of the message must be the ``run_id``: it makes a publish retried by a
 client or an edge a no-op inside the stream's duplicate window.
 """
@@ -39,7 +40,7 @@ def run_id_for(tenant: str, agent: str, message_id: str) -> str:
     """The run id a client's ``message_id`` maps to, the same on every edge and after restarts.
 
     A UUID5 over ``tenant/agent/message_id``, as 32 hex characters: posting the same message id
-    twice names the same run, so the second post is answered with the first run (issue 5, item 6).
+    twice names the same run, so the second post is answered with the first run.
     """
     return uuid.uuid5(uuid.NAMESPACE_URL, f"agentstream:{tenant}/{agent}/{message_id}").hex
 

@@ -1,6 +1,6 @@
 """Every NATS subject, stream and consumer name agentstream uses, built and validated in one place.
 
-Subjects (design card, "Subjects"):
+Subjects (docs/architecture.md, "What travels where"):
 
 ====================================  ============================================================
 ``agents.{tenant}.{agent}.run``       a run request, stored in stream ``AGENT_RUNS`` (work queue)
@@ -21,7 +21,7 @@ Subjects (design card, "Subjects"):
 
 Every token (tenant, agent, tool, run id) must match ``[A-Za-z0-9_-]{1,64}``. Anything else is
 refused with :class:`SubjectTokenError` before it can reach NATS: a ``.`` would add a token, ``*``
-and ``>`` are wildcards, whitespace breaks the protocol line (nats-notes.md §2.2).
+and ``>`` are wildcards, whitespace breaks the protocol line (docs/nats.md, "Subject tokens").
 """
 
 from __future__ import annotations

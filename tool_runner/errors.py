@@ -1,8 +1,8 @@
 """The error a tool raises when it cannot do what was asked.
 
 It becomes a tool result with ``ok: false`` and ``error: {type, message}``, which the agent runner
-hands back to the model as the tool's answer (issue 2: "a tool error comes back to the model as a
-tool result, not as a crash").
+hands back to the model as the tool's answer: a tool error comes back to the model as a tool
+result, not as a crash (docs/events.md, "tool.result").
 """
 
 from schemas.errors import AgentstreamError, ErrorKind

@@ -5,9 +5,9 @@ from the read_file ones); agent runners find out which tools are served by the s
 nats.micro discovery (agent_runner.tool_directory).
 
 Calls are executed concurrently (up to TOOL_RUNNER_CONCURRENCY; a micro endpoint alone would
-handle one request at a time, nats-notes.md §1.3). A call repeated with the same idempotency key
-(``{run_id}:{tool_call_id}``) while it runs or shortly after is answered with the first result,
-not executed again.
+handle one request at a time: docs/nats.md, "Micro services and request/reply"). A call repeated
+with the same idempotency key (``{run_id}:{tool_call_id}``) while it runs or shortly after is
+answered with the first result, not executed again.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """The llm-sse view of a run (``POST /api/process``), for clients of WolfusFlow/llm-sse.
 
 Frames are ``data: {"message_id", "conversation_id"?, "status", "source", "message"?, "final"?}``
-(llm-sse.md §3): ``Sending to <member>`` per member, ``<member> completed`` / ``failed`` /
-``timed out`` as each ends (llm-sse had no such frame; the parent run writes each member's
-``member.finished`` when that member ends), ``Combining via <combiner>`` once every member has
-ended and at least ``min_success`` answered (otherwise the error frame follows), one
-``Streaming`` frame per fragment of the combined answer, ``Completed`` with ``final: true``.
+(llm-sse's ``StatusEvent``, ``internal/service/service.go``): ``Sending to <member>`` per member,
+``<member> completed`` / ``failed`` / ``timed out`` as each ends (llm-sse had no such frame; the
+parent run writes each member's ``member.finished`` when that member ends), ``Combining via
+<combiner>`` once every member has ended and at least ``min_success`` answered (otherwise the
+error frame follows), one ``Streaming`` frame per fragment of the combined answer, ``Completed``
+with ``final: true``.
 Unlike llm-sse, an error frame carries the real ``message_id`` (and ``final: true``), and the
 stream has heartbeats (written by the caller).
 """

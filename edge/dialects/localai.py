@@ -1,6 +1,7 @@
 """The LocalAI agent-pool view of run events (``GET /api/agents/{name}/sse``).
 
-Event names and payloads follow LocalAI's standalone mode (localai-agents.md §3.3), so LocalAI's
+Event names and payloads follow LocalAI's standalone agent pool (mudler/LocalAI
+``core/http/endpoints/localai/agents.go``, and LocalAGI's ``core/sse/sse.go``), so LocalAI's
 UI and clients can read the stream: ``json_message`` (user and agent messages),
 ``json_message_status`` (processing / completed), ``stream_event`` (content, tool_call,
 tool_result, done), ``status`` (LocalAI's plain-text action log, ``<br>`` for newlines) and

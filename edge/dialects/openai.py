@@ -1,11 +1,12 @@
 """Run events rendered as OpenAI chat and text completions, streamed or whole.
 
-The rules come from ``openai-streaming.md`` (section letters in brackets). A streamed response is:
-one role chunk ``{"role": "assistant", "content": ""}`` (D5), content deltas (D6), spec-exact
-``tool_calls`` deltas for client-side tools (E1-E7), one finish chunk with an empty delta (D3,
-D7), the usage chunk with ``choices: []`` if asked for (F2), ``data: [DONE]`` (G1). A failure
-after the first byte is ``data: {"error": {...}}`` then ``[DONE]`` (H1). Frames are only
-``data:`` lines (B1-B4); keep-alives are comments (B5), written by the caller.
+The rules are docs/streaming.md's (section names in quotes). A streamed response is: one role
+chunk ``{"role": "assistant", "content": ""}`` and content deltas ("Chunks"), spec-exact
+``tool_calls`` deltas for client-side tools ("Tool call deltas"), one finish chunk with an empty
+delta ("Chunks"), the usage chunk with ``choices: []`` if asked for ("Usage"), ``data: [DONE]``
+("Termination"). A failure after the first byte is ``data: {"error": {...}}`` then ``[DONE]``
+("Errors after the first byte"). Frames are only ``data:`` lines ("SSE framing"); keep-alives are
+comments ("Keep-alives"), written by the caller.
 
 The server-side work of the agent (its own tool calls, retries) stays out of this view: it is in
 the run's native event stream, whose id the response names in ``X-Run-Id``. A tool call waiting
@@ -101,8 +102,8 @@ class _CompletionStream:
     """What the chat and the text completion streams share: which run events become frames, and
     when the stream ends. Subclasses say how a frame looks.
 
-    ``include_usage``: ``stream_options.include_usage`` was true (F2: then every chunk carries
-    ``"usage": null`` and one usage chunk precedes ``[DONE]``).
+    ``include_usage``: ``stream_options.include_usage`` was true: then every chunk carries
+    ``"usage": null`` and one usage chunk precedes ``[DONE]`` (docs/streaming.md, "Usage").
     """
 
     finish_reasons: frozenset[str] = frozenset()
@@ -154,7 +155,8 @@ class _CompletionStream:
             return [self._finish(reason if reason in self.finish_reasons else "stop")]
         if t == E.RUN_COMPLETED:
             frames = []
-            if not self.finished:  # a run that ended without an answer event: still one finish chunk (H5)
+            # A run that ended without an answer event: still one finish chunk (docs/streaming.md, "Chunks").
+            if not self.finished:
                 self.finished = True
                 frames.append(self._finish("stop"))
             if self.include_usage:
@@ -181,7 +183,7 @@ class ChatStream(_CompletionStream):
                                                   with_usage_field=self.include_usage, **kw)))
 
     def start(self) -> bytes:
-        """The role chunk (D5)."""
+        """The role chunk (docs/streaming.md, "Chunks")."""
         return self._chunk(delta={"role": "assistant", "content": ""})
 
     def _text(self, text: str) -> bytes:
@@ -204,8 +206,9 @@ class ChatStream(_CompletionStream):
 
 
 class TextCompletionStream(_CompletionStream):
-    """Frames of one streamed legacy ``text_completion`` response (J1: ``text`` in every chunk,
-    the same ``object`` as the non-streaming response). Client tool calls are not shown."""
+    """Frames of one streamed legacy ``text_completion`` response: ``text`` in every chunk, the same
+    ``object`` as the non-streaming response (docs/streaming.md, "Legacy completions"). Client tool
+    calls are not shown."""
 
     finish_reasons = frozenset(_TEXT_FINISH)
 
@@ -233,7 +236,7 @@ class TextCompletionStream(_CompletionStream):
 
 
 def text_completion(completion_id: str, created: int, model: str, run: Collected) -> dict[str, Any]:
-    """A non-streaming legacy completion (K5)."""
+    """A non-streaming legacy completion (docs/streaming.md, "Legacy completions")."""
     finish = run.finish_reason if run.finish_reason in _TEXT_FINISH else "stop"
     return {
         "id": completion_id, "object": oai.TEXT_COMPLETION_OBJECT, "created": created, "model": model,

@@ -1,4 +1,4 @@
-"""The benchmark harness itself (issue 6) runs from a clean checkout: a quick pass of the
+"""The benchmark harness itself runs from a clean checkout: a quick pass of the
 scenarios that finish in seconds, through ``python -m bench`` as ``make bench`` runs it. Only
 completeness is checked (every run and tool call finished, the report has its tables); the
 figures are the benchmark's business, not a test's."""

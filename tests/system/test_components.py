@@ -106,7 +106,11 @@ class _Quick(http.server.BaseHTTPRequestHandler):
 
 
 class _Slow(http.server.BaseHTTPRequestHandler):
+    """Holds its first request until ``release`` is set (the tool runner that sent it is dead by
+    then); answers later ones at once."""
+
     arrived = threading.Event()
+    release = threading.Event()
     hits = 0
 
     def log_message(self, *args):
@@ -114,8 +118,10 @@ class _Slow(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         type(self).hits += 1
+        first = type(self).hits == 1
         type(self).arrived.set()
-        time.sleep(2.0)
+        if first:
+            type(self).release.wait(60)
         body = b"slow answer"
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
@@ -140,6 +146,7 @@ async def test_tool_runner_killed_mid_call_the_call_is_retried_on_another(fresh)
             assert await asyncio.to_thread(_Slow.arrived.wait, 20)  # the only tool runner has the call
             sysm.start_tool_runner("tools-survivor")
             doomed.kill()  # kill -9 while it waits on the slow server
+            _Slow.release.set()  # its answer now goes nowhere
             events = await asyncio.wait_for(read_events(client, accepted["run_id"]), 60)
     finally:
         server.shutdown()

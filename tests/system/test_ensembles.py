@@ -1,4 +1,4 @@
-"""Ensembles (issue 4): members as concurrent child runs on the bus, a combiner that sees the
+"""Ensembles: members as concurrent child runs on the bus, a combiner that sees the
 question and the labelled answers, partial failure, llm-sse's /api/process, cancellation."""
 
 from __future__ import annotations

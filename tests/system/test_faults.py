@@ -1,4 +1,4 @@
-"""Fault injection against real processes (issue 5): runners killed mid-run, a NATS server
+"""Fault injection against real processes: runners killed mid-run, a NATS server
 restart, an edge restart, duplicate submits, poison runs, cancel, slow clients, rolling restarts.
 
 Each test builds its own system (nats-server, built-in model, edge(s), runners) so it can kill

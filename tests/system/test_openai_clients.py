@@ -118,7 +118,8 @@ def test_langchain_chat_openai(system):
     for c in chunks[1:]:
         streamed = streamed + c
     assert streamed.content == whole.content and "lines" in whole.content
-    # LangChain sums usage over chunks: it must equal the run's real usage (one usage chunk, F3).
+    # LangChain sums usage over chunks: it must equal the run's real usage (one usage chunk:
+    # docs/streaming.md, "Usage").
     assert streamed.usage_metadata["total_tokens"] == whole.usage_metadata["total_tokens"] > 0
 
     with_tools = ChatOpenAI(model="plain", base_url=f"{system.edge_url}/v1", api_key=ALICE_KEY,

@@ -1,6 +1,6 @@
 """End to end through real processes: HTTP edge → JetStream → agent runner → tool runner → SSE.
 
-Issue 2, "Tests": the programmer-helper agent asked about a real file of the repository calls
+What a user checks: the programmer-helper agent asked about a real file of the repository calls
 read_file in a tool runner process and answers with that file's real content; the SSE stream shows
 run.queued … tool.call … tool.result … message.completed … run.completed in order, with strictly
 increasing ids; Last-Event-ID resumes exactly; tool calls spread over two tool runners.

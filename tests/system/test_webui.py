@@ -588,7 +588,7 @@ def test_a_call_waiting_for_approval_is_approved_or_rejected_from_the_page(tab, 
 def test_a_retry_supersedes_the_text_it_rewrites(tab, ui_system):
     """A runner killed mid-answer: another takes the run over (``run.retrying``, resume_step 1), and
     the page drops the text it had shown of that step instead of showing it twice."""
-    spare = ui_system.start_agent_runner("runner-ui-spare")
+    ui_system.start_agent_runner("runner-ui-spare")
     runners = {p.ready_value: p for p in ui_system.procs if p.name.startswith("agent-runner") and p.alive()}
     tab.login()
     run_id = tab.send("long-story", "A story that survives its runner")
@@ -607,4 +607,5 @@ def test_a_retry_supersedes_the_text_it_rewrites(tab, ui_system):
     assert tab.answer() == final_answer(events) and len(tab.answer().split()) == 100
     expect(tab.page.locator("#timeline")).to_have_attribute("data-events", str(len(events)))
     tab.shot("retry.png")
-    assert spare.alive()
+    # Whichever runner held the run (the spare or the first), the other is still serving.
+    assert [rid for rid, p in runners.items() if p.alive()] == [rid for rid in runners if rid != holder]
