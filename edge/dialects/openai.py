@@ -146,8 +146,8 @@ class _CompletionStream:
         if t == E.TOOL_CALL and data.get("client") and not self.finished:
             return self._client_tool_call(data)
         if t == E.TOOL_APPROVAL_REQUESTED and not self.finished:
-            # Only a comment (B5): the stream waits, kept alive by ``: ping`` comments, and the
-            # answer follows once the call is decided.
+            # Only a comment (docs/streaming.md, "Keep-alives"): the stream waits, kept alive by
+            # ``: ping`` comments, and the answer follows once the call is decided.
             return [sse.comment(approval_comment(body))]
         if t == E.MESSAGE_COMPLETED and not self.finished:
             self.finished = True
