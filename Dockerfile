@@ -12,6 +12,7 @@ COPY agentstream ./agentstream
 COPY edge ./edge
 COPY agent_runner ./agent_runner
 COPY tool_runner ./tool_runner
+COPY webhook_sender ./webhook_sender
 RUN pip install --no-cache-dir . && useradd --create-home --uid 1000 agentstream \
     && mkdir -p /data/auth && chown -R agentstream /data   # the auth volume starts owned by it
 COPY agents ./agents

@@ -52,6 +52,7 @@ class RunEventWriter:
         event_max_bytes: int = 900 * 1024,
         storage_patience: float = APPEND_RETRY_SECONDS,
         on_end: Callable[[str, BaseModel, str | None], Awaitable[None]] | None = None,
+        on_stored: Callable[[str, int, bytes], Awaitable[None]] | None = None,
     ):
         self.nc = nc
         self.subject = subject
@@ -63,6 +64,9 @@ class RunEventWriter:
         self.storage_patience = storage_patience
         self.on_end = on_end
         """Awaited with the terminal event's type and data and the answer (if any) once it is stored."""
+        self.on_stored = on_stored
+        """Awaited with each event's type, stream sequence and stored JSON once it is stored (the
+        run's webhooks: agent_runner/webhooks.py); it must not raise."""
         self.answer: str | None = None
         self.started = False
         """True once this attempt's ``run.started`` is stored."""
@@ -201,6 +205,8 @@ class RunEventWriter:
         seq = await asyncio.shield(self._inflight)
         self._inflight = None
         self.last_seq = seq
+        if self.on_stored is not None:
+            await self.on_stored(event_type, seq, payload)
         if event_type == E.RUN_STARTED:
             self.started = True
         elif event_type == E.MESSAGE_COMPLETED and isinstance(data, E.MessageCompletedData):

@@ -55,6 +55,7 @@ from agent_runner.llm import LLMClient, LLMEndpoint
 from agent_runner.loop import AwaitingApproval, RunContext, StepCall, run_agent
 from agent_runner.mcp_tools import McpToolLister
 from agent_runner.tool_client import ToolClient
+from agent_runner.webhooks import WebhookOutbox
 from agentstream import approvals, eventlog, runlog
 from agentstream.agents import AgentCatalog
 from agentstream.bus import ensure_topology
@@ -71,11 +72,15 @@ from schemas.common import ErrorInfo, Usage
 from schemas.errors import AgentstreamError, ErrorKind
 from schemas.runs import DeadLetter, RunControl, RunRequest
 from schemas.tenants import TenantPolicy
+from schemas.webhooks import merged_targets
 
 log = logging.getLogger(__name__)
 
 TURN_WAIT = 0.5
 """Seconds before a conversation's turn whose previous turn is still running is offered again."""
+
+WEBHOOK_RETRY = 5.0
+"""Seconds before a run whose terminal event's webhook jobs could not be enqueued is offered again."""
 
 STORAGE_FULL_RETRY = 5.0
 """Seconds before a run that could not start (the event store was full) is offered again."""
@@ -149,6 +154,7 @@ class AgentRunner:
         self.keeper: ApprovalKeeper | None = None
         self._control_sub: JetStreamContext.PushSubscription | None = None
         self._chores: set[asyncio.Task[None]] = set()
+        self._outboxes: dict[tuple[str, str], WebhookOutbox] = {}
 
     async def start(self) -> None:
         """Wait for (or declare) the streams, read cancels, follow the tenant policies, start taking runs."""
@@ -375,6 +381,9 @@ class AgentRunner:
                 opened = await self._open(msg, where.tenant, where.agent, request)
                 if opened.writer is not None:
                     await self._run(where.tenant, where.agent, request, opened, msg)
+            if not await self._webhooks_enqueued(where.tenant, where.agent, request):
+                await _nak(msg, delay=WEBHOOK_RETRY)
+                return
             await msg.ack()
         except OwnershipLost as err:
             log.warning("run %s: another attempt took over (%s); stopping this one", request.run_id, err)
@@ -403,6 +412,38 @@ class AgentRunner:
             raise
         finally:
             keep_alive.cancel()
+            self._outboxes.pop((where.tenant, request.run_id), None)
+
+    def _outbox(self, tenant: str, agent: str, request: RunRequest) -> WebhookOutbox | None:
+        """The run's webhook outbox (one per run held: its request's and its agent file's
+        webhooks), or None when it has no webhooks."""
+        key = (tenant, request.run_id)
+        outbox = self._outboxes.get(key)
+        if outbox is None:
+            definition = self.catalog.get(agent)
+            targets = merged_targets(request.webhooks, definition.webhooks if definition is not None else [])
+            if not targets:
+                return None
+            outbox = self._outboxes[key] = WebhookOutbox(self.nc, tenant, agent, request.run_id, targets,
+                                                         tenant_urls={w.url for w in request.webhooks})
+        return outbox
+
+    async def _webhooks_enqueued(self, tenant: str, agent: str, request: RunRequest) -> bool:
+        """Before a run's request is acked: make sure its terminal event's webhook jobs are
+        enqueued (agent_runner/webhooks.py). False (the request is handed back, and tried again
+        by whichever runner takes it) when they cannot be."""
+        outbox = self._outbox(tenant, agent, request)
+        if outbox is None or outbox.ended or not any(outbox.wants(t) for t in E.TERMINAL_TYPES):
+            return True
+        subject = subjects.run_events(tenant, agent, request.run_id)
+        try:
+            last = await eventlog.retrying(lambda: eventlog.last_event_from_leader(self.nc, subject))
+            await outbox.ensure_ended(last)
+        except Exception as err:  # NATS unreachable: the request is handed back
+            log.warning("run %s: its webhook jobs could not be enqueued (%s); the request is handed back",
+                        request.run_id, err)
+            return False
+        return True
 
     async def _with_history(self, tenant: str, agent: str, request: RunRequest) -> RunRequest:
         """The request, with its conversation's earlier turns as its history when it is a turn."""
@@ -482,6 +523,7 @@ class AgentRunner:
             event_max_bytes=self.settings.event_max_bytes,
             storage_patience=self.settings.storage_patience,
             on_end=self._logger(tenant, agent, request),
+            on_stored=outbox.stored if (outbox := self._outbox(tenant, agent, request)) is not None else None,
         )
 
     def _delta_interval(self) -> float:
@@ -535,7 +577,11 @@ class AgentRunner:
             await writer.emit(E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=delivered))
             return _Opened(writer, delivered)
 
-        history = resume.fold(await self._history(subject, last.seq))
+        earlier = await self._history(subject, last.seq)
+        history = resume.fold(earlier)
+        outbox = self._outbox(tenant, agent, request)
+        if outbox is not None:
+            await outbox.replay(earlier)
         # Each attempt's number is new (its events' message ids contain it), also when a run
         # that waited for approvals comes back in a request delivered for the first time.
         attempt = max(delivered, history.started_attempts + 1)
@@ -853,6 +899,8 @@ class AgentRunner:
                     await writer.emit(E.RUN_FAILED, E.RunFailedData(reason=reason, error=error))
             except (eventlog.WriteConflict, eventlog.EventLogError, RuntimeError) as write_err:
                 log.warning("could not record the refused request's failure: %s", write_err)
+            finally:
+                self._outboxes.pop((tenant, run_id), None)
         await msg.term()
 
 

@@ -157,6 +157,7 @@ async def declare(nc: NATS, settings: Settings) -> None:
         run_dedupe_window=settings.run_dedupe_window,
         events_max_age=settings.run_events_max_age,
         dead_letter_max_age=settings.dead_letter_max_age,
+        webhook_max_age=settings.webhook_retry_for + 86400.0,
         replicas=settings.stream_replicas,
     )
     buckets = streams.kv_configs(run_index_max_age=settings.run_events_max_age, replicas=settings.stream_replicas)
@@ -189,19 +190,24 @@ async def setup(settings: Settings, *, within: float = 30.0) -> None:
 
 TOPOLOGY = (
     S.AGENT_RUNS_STREAM, S.RUN_EVENTS_STREAM, S.RUN_CONTROL_STREAM, S.RUN_DEAD_LETTERS_STREAM, S.RUN_LOG_STREAM,
+    S.WEBHOOK_JOBS_STREAM,
     *(f"KV_{b}" for b in (S.TENANTS_BUCKET, S.RATE_LIMITS_BUCKET, S.STREAM_COUNTS_BUCKET, S.RUN_INDEX_BUCKET,
-                          S.TOOL_RESULTS_BUCKET, S.CONVERSATIONS_BUCKET, S.APPROVALS_BUCKET)),
+                          S.TOOL_RESULTS_BUCKET, S.CONVERSATIONS_BUCKET, S.APPROVALS_BUCKET, S.SCHEDULES_BUCKET,
+                          S.WEBHOOK_SECRETS_BUCKET, S.WEBHOOK_DELIVERIES_BUCKET)),
 )
 """The streams (and bucket streams) every component needs."""
 
 
-async def ensure_topology(nc: NATS, settings: Settings, *, poll: float = 1.0) -> None:
+async def ensure_topology(
+    nc: NATS, settings: Settings, *, poll: float = 1.0, names: tuple[str, ...] = TOPOLOGY
+) -> None:
     """Make sure the streams and buckets exist before a component starts its work.
 
     Without credentials (a server without authentication) the component declares them itself,
     as any component may. With credentials only the admin identity may (``agentstream up`` and
     ``agentstream nats-setup`` use it): the component waits, polling every ``poll`` seconds,
-    and says once what to run.
+    and says once what to run. ``names``: the streams it waits for (those its identity may look
+    at; default all of :data:`TOPOLOGY`).
     """
     if settings.nats_creds is None:
         await declare(nc, settings)
@@ -210,7 +216,7 @@ async def ensure_topology(nc: NATS, settings: Settings, *, poll: float = 1.0) ->
     told = False
     while True:
         missing = []
-        for name in TOPOLOGY:
+        for name in names:
             try:
                 await js.stream_info(name)
             except nats.js.errors.NotFoundError:

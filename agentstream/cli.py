@@ -33,12 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the command; returns the exit code."""
     parser = argparse.ArgumentParser(prog="agentstream", description="Run YAML-defined LLM agents as services.")
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start NATS (embedded), the built-in model, edge, agent runner and tool runner")
+    up = sub.add_parser("up", help="start NATS (embedded), the built-in model, edge, agent runner, tool runner and "
+                                   "webhook sender")
     up.add_argument("--nats-cluster", type=int, metavar="N",
                     help="start N embedded nats-servers as one JetStream cluster (AGENTSTREAM_NATS_CLUSTER)")
     sub.add_parser("edge", help="run one edge (HTTP API)")
     sub.add_parser("agent-runner", help="run one agent runner")
     sub.add_parser("tool-runner", help="run one tool runner")
+    sub.add_parser("webhooks", help="run one webhook sender (POSTs run events to webhooks)")
     sub.add_parser("model", help="serve the built-in deterministic model")
     chat = sub.add_parser("chat", help="send a message to an agent and watch the run")
     chat.add_argument("agent")
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         from agent_runner.service import serve
     elif args.command == "tool-runner":
         from tool_runner.service import serve
+    elif args.command == "webhooks":
+        from webhook_sender.service import serve
     else:
         from agentstream.builtin_model.server import serve
     return run(lambda stop: serve(settings, stop), settings)

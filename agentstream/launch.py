@@ -1,6 +1,6 @@
 """Starting agentstream's processes on this machine: nats-server (or a JetStream cluster of them),
-the built-in model, edges, agent runners and tool runners, each a separate OS process, its log in
-a directory. The test suite and ``make bench`` both start their systems here; ``agentstream up``'s
+the built-in model, edges, agent runners, tool runners and webhook senders, each a separate OS
+process, its log in a directory. The test suite and ``make bench`` both start their systems here; ``agentstream up``'s
 supervisor (agentstream/supervisor.py) starts the same modules with the same ready lines.
 
 Every listening port is chosen by the process that listens (port 0, or nats-server's ``-p -1``)
@@ -29,7 +29,7 @@ from agentstream.settings import REPO_ROOT
 from schemas.permissions import Role, inbox_prefix
 
 READY = {"edge": "edge ready: ", "agent_runner": "agent-runner ready: ", "tool_runner": "tool-runner ready: ",
-         "agentstream.builtin_model": "builtin-model ready: "}
+         "webhook_sender": "webhook-sender ready: ", "agentstream.builtin_model": "builtin-model ready: "}
 """The line each component module prints once it serves (``python -m <module>``), before its URL or id."""
 
 
@@ -189,6 +189,10 @@ class System:
         rid = runner_id or f"tool-runner-{len(self.procs) + 1}"
         return self._proc("tool-runner", "tool_runner", "tool-runner ready: ", RUNNER_ID=rid, **env)
 
+    def start_webhook_sender(self, runner_id: str | None = None, **env: str) -> Proc:
+        rid = runner_id or f"webhook-sender-{len(self.procs) + 1}"
+        return self._proc("webhook-sender", "webhook_sender", "webhook-sender ready: ", RUNNER_ID=rid, **env)
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             proc.terminate(timeout=10)
@@ -206,7 +210,8 @@ def make_agents_dir(target: Path, extra: Path | None = None) -> Path:
     return target
 
 
-_ROLE_OF_MODULE = {"edge": Role.EDGE, "agent_runner": Role.AGENT_RUNNER, "tool_runner": Role.TOOL_RUNNER}
+_ROLE_OF_MODULE = {"edge": Role.EDGE, "agent_runner": Role.AGENT_RUNNER, "tool_runner": Role.TOOL_RUNNER,
+                   "webhook_sender": Role.WEBHOOK_SENDER}
 
 
 def new_system(
@@ -240,7 +245,7 @@ def new_system(
         nats = EmbeddedNats(base / "nats-store", port=0, log_path=base / "nats.log", config=config,
                             max_file_store=max_file_store)
     url = nats.start()
-    ours = ("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT", "STREAM_")
+    ours = ("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT", "STREAM_", "WEBHOOK_", "SCHEDULE_")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     system_env = {
         **clean,

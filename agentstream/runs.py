@@ -55,6 +55,7 @@ def queued_event(tenant: str, agent: str, request: RunRequest) -> bytes:
             conversation_id=request.conversation_id,
             history=request.kept_history(),
             echo=request.echo,
+            schedule=request.schedule,
         ),
     ).model_dump_json().encode()
 
@@ -85,7 +86,7 @@ def index_entry(agent: str, request: RunRequest) -> RunIndexEntry:
                          conversation_id=request.conversation_id, parent_run_id=request.parent_run_id,
                          submitted_at=request.submitted_at,
                          message=request.message[:INDEX_MESSAGE_CHARS] if request.message else None,
-                         echo=request.echo)
+                         echo=request.echo, schedule=request.schedule)
 
 
 async def submit(

@@ -82,6 +82,8 @@ class RunRecord:
     approvals: list[ApprovalRecord] = field(default_factory=list)
     last_event_id: int = 0
     events: int = 0
+    schedule: dict[str, Any] | None = None
+    """The schedule tick that fired the run (``schedule_id``, ``tick``), None for a submitted run."""
 
     @property
     def finished(self) -> bool:
@@ -113,6 +115,7 @@ def fold(events: Iterable[StoredEvent]) -> RunRecord | None:
             record.message = data.get("message")
             record.conversation_id = data.get("conversation_id")
             record.created_at = body.get("ts")
+            record.schedule = data.get("schedule")
         elif t == E.RUN_REQUEUED:
             if not record.finished:
                 record.status = QUEUED

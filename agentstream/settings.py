@@ -234,8 +234,8 @@ class Settings(BaseSettings):
     )
     metrics_bind: str = _setting(
         "METRICS_BIND", "127.0.0.1:0",
-        "host:port where an agent runner or tool runner answers GET /healthz (port 0: a free port, printed at "
-        "start-up).",
+        "host:port where an agent runner, tool runner or webhook sender answers GET /healthz (port 0: a free port, "
+        "printed at start-up).",
     )
     tool_progress_interval: float = _setting(
         "TOOL_PROGRESS_INTERVAL", 1.0,
@@ -326,6 +326,53 @@ class Settings(BaseSettings):
         "MCP_LIST_TIMEOUT", 15.0,
         "Longest a run waits at its start for an MCP server's tool list (seconds); past it the run goes on "
         "without that server's tools.", gt=0,
+    )
+    # -- webhooks
+    webhook_allow_hosts: str = _setting(
+        "WEBHOOK_ALLOW_HOSTS", "",
+        "Comma-separated host or host:port webhooks may be POSTed to even if they are not public addresses "
+        "(loopback, private, link-local: refused otherwise, as for http_request). Set it for edges (checked at "
+        "submit) and webhook senders (checked at each delivery).",
+    )
+    webhook_timeout: float = _setting(
+        "WEBHOOK_TIMEOUT", 10.0, "Longest one webhook POST may take (seconds); past it the attempt failed.", gt=0
+    )
+    webhook_retry_for: float = _setting(
+        "WEBHOOK_RETRY_FOR", 86400.0,
+        "Seconds a webhook delivery is retried (exponential backoff) before it is given up (state failed).", gt=0,
+    )
+    webhook_retry_first_delay: float = _setting(
+        "WEBHOOK_RETRY_FIRST_DELAY", 5.0,
+        "Seconds before a failed webhook delivery is retried the first time; each later wait doubles.", gt=0,
+    )
+    webhook_retry_max_delay: float = _setting(
+        "WEBHOOK_RETRY_MAX_DELAY", 3600.0, "Longest wait between two attempts of a webhook delivery (seconds).", gt=0
+    )
+    webhook_concurrency: int = _setting(
+        "WEBHOOK_CONCURRENCY", 32, "Webhook deliveries one webhook sender makes at once.", ge=1, le=10_000
+    )
+    webhook_secret_overlap: float = _setting(
+        "WEBHOOK_SECRET_OVERLAP", 86400.0,
+        "Seconds after a rotation during which deliveries are signed with the previous secret too (a second "
+        "signature), so receivers can switch.",
+    )
+    # -- schedules
+    schedule_poll: float = _setting(
+        "SCHEDULE_POLL", 0.25, "Seconds between an edge's looks at which schedule ticks are due.", gt=0, le=60
+    )
+    schedule_misfire_grace: float = _setting(
+        "SCHEDULE_MISFIRE_GRACE", 60.0,
+        "Seconds a schedule tick may be late and still fire as on time (at most its schedule's interval); a tick "
+        "later than that was missed and follows the schedule's catch_up.",
+    )
+    schedule_max_catch_up: int = _setting(
+        "SCHEDULE_MAX_CATCH_UP", 100, "Most missed ticks a schedule with catch_up: all fires (the newest; older ones "
+        "are skipped).",
+    )
+    schedule_claim_timeout: float = _setting(
+        "SCHEDULE_CLAIM_TIMEOUT", 15.0,
+        "Seconds after which a tick claimed by an edge that has not confirmed its run (it died) is submitted by "
+        "another edge (the same run id: never twice).", gt=0,
     )
     # -- all
     shutdown_grace: float = _setting(

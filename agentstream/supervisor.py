@@ -5,7 +5,7 @@
    its streams and buckets kept in ``STREAM_REPLICAS`` copies (default min(N, 3)), every component
    given every server's URL,
 2. the built-in model (unless LLM_BASE_URL is set),
-3. the edge, one agent runner and one tool runner,
+3. the edge, one agent runner, one tool runner and one webhook sender,
 
 each with its output prefixed by its name. A component that exits on its own is restarted (with a
 growing pause). Ctrl-C (or SIGTERM) stops the components gracefully, then the server.
@@ -27,11 +27,12 @@ from agentstream.natsserver import EmbeddedNats, NatsCluster
 from agentstream.settings import Settings
 from schemas.permissions import Role
 
-COLORS = {"edge": "36", "agent-runner": "35", "tool-runner": "33", "builtin-model": "32", "nats": "34"}
+COLORS = {"edge": "36", "agent-runner": "35", "tool-runner": "33", "webhook-sender": "31", "builtin-model": "32",
+          "nats": "34"}
 
 
 def _prefix(name: str) -> str:
-    label = f"{name:>13} |"
+    label = f"{name:>14} |"
     if sys.stdout.isatty() and name in COLORS:
         return f"\x1b[{COLORS[name]}m{label}\x1b[0m "
     return label + " "
@@ -119,7 +120,7 @@ class Supervisor:
                     "builtin-model", "LLM_BASE_URL is not set: agents use the built-in stand-in model (see README)"
                 )
             for role, module in ((Role.TOOL_RUNNER, "tool_runner"), (Role.AGENT_RUNNER, "agent_runner"),
-                                 (Role.EDGE, "edge")):
+                                 (Role.WEBHOOK_SENDER, "webhook_sender"), (Role.EDGE, "edge")):
                 own = {"NATS_CREDS": str(self.auth.seed_path(role))} if self.auth is not None else {}
                 await self._start(Component(role.value, module, own), env)
             for comp in self.components:
@@ -183,7 +184,7 @@ class Supervisor:
         if self.stopping:
             return
         self.stopping = True
-        order = {"edge": 0, "agent-runner": 1, "tool-runner": 2, "builtin-model": 3}
+        order = {"edge": 0, "agent-runner": 1, "tool-runner": 2, "webhook-sender": 3, "builtin-model": 4}
         grace = self.settings.shutdown_grace + 5
         for comp in sorted(self.components, key=lambda c: order.get(c.name, 9)):
             proc = comp.proc

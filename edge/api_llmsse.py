@@ -20,6 +20,7 @@ from edge.errors import ApiError
 from edge.http import agent_for, json_body, open_stream, run_feed, sse_response, state, submit_run, tenant
 from edge.idempotency import claim, request_fingerprint
 from edge.streaming import stream_run
+from edge.webhooks import check_target, parse_target
 from schemas import subjects
 from schemas.common import MessageId
 from schemas.runs import PENDING_RUN_ID, RunRequest
@@ -30,13 +31,15 @@ bp = Blueprint("llmsse", __name__)
 
 
 class ProcessBody(BaseModel):
-    """llm-sse's request (unknown fields are accepted, as llm-sse does), plus ``agent``."""
+    """llm-sse's request (unknown fields are accepted, as llm-sse does), plus ``agent`` and a
+    ``webhook`` (a URL, or ``{url, events}``: README, Webhooks)."""
 
     model_config = ConfigDict(extra="allow")
     message: str = Field(min_length=1, max_length=200_000)
     message_id: MessageId
     conversation_id: str | None = Field(default=None, max_length=200)
     agent: str | None = None
+    webhook: str | dict[str, Any] | None = None
 
 
 @bp.post("/api/process")
@@ -47,8 +50,11 @@ async def process() -> Response:
         raise ApiError(400, "invalid_request", "'message' must not be empty", "message")
     st = state()
     agent = agent_for(t, body.agent or st.settings.process_default_agent, field="agent")
+    webhook = parse_target(body.webhook, "webhook")
+    if webhook is not None:
+        await check_target(st, webhook, "webhook")
     draft = RunRequest(run_id=PENDING_RUN_ID, message_id=body.message_id, message=body.message.strip(),
-                       conversation_id=body.conversation_id)
+                       conversation_id=body.conversation_id, webhooks=[webhook] if webhook is not None else [])
     # llm-sse clients use message_id as a label: a different message under a used id is its own run.
     run_id, _ = await claim(st, t.name, agent.name, body.message_id, request_fingerprint(agent.name, draft),
                             on_reuse="new_run")

@@ -37,6 +37,7 @@ from edge.http import (
     tenant,
 )
 from edge.idempotency import claim, request_fingerprint
+from edge.webhooks import check_target, deliveries, parse_target
 from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.common import MessageId, Strict
@@ -51,11 +52,13 @@ bp = Blueprint("native", __name__)
 
 
 class ChatBody(Strict):
-    """``POST /api/agents/{name}/chat`` body (LocalAI-compatible, plus idempotency)."""
+    """``POST /api/agents/{name}/chat`` body (LocalAI-compatible, plus idempotency, plus a
+    ``webhook``: a URL, or ``{url, events}``, the run's events are POSTed to; README, Webhooks)."""
 
     message: str = Field(max_length=MAX_MESSAGE_CHARS)
     message_id: MessageId | None = None
     conversation_id: str | None = Field(default=None, max_length=200)
+    webhook: str | dict[str, Any] | None = None
 
 
 class CancelBody(Strict):
@@ -107,18 +110,22 @@ async def get_agent(name: str) -> Response:
 
 @bp.post("/api/agents/<name>/chat")
 async def chat(name: str) -> Response:
-    """``POST /api/agents/{name}/chat`` with ``{"message", "message_id"?, "conversation_id"?}`` → 202
-    ``{"status": "message_received", "message_id", "run_id", "duplicate", "events_url"}`` once the run
-    request is stored in JetStream; 400/404/413/422 for bad input, 503 if it cannot be stored."""
+    """``POST /api/agents/{name}/chat`` with ``{"message", "message_id"?, "conversation_id"?, "webhook"?}``
+    → 202 ``{"status": "message_received", "message_id", "run_id", "duplicate", "events_url"}`` once
+    the run request is stored in JetStream; 400/404/413/422 for bad input (a ``webhook`` whose
+    address is refused: 422 naming ``webhook``), 503 if it cannot be stored."""
     t = tenant()
     agent = agent_for(t, name)
     body = await json_body(ChatBody)
     if not body.message.strip():
         raise ApiError(422, "invalid_request", "'message' must not be empty", "message")
+    webhook = parse_target(body.webhook, "webhook")
+    if webhook is not None:
+        await check_target(state(), webhook, "webhook")
     message_id = body.message_id or request.headers.get("Idempotency-Key")
     field = "message_id" if body.message_id else "Idempotency-Key"
     draft = RunRequest(run_id=PENDING_RUN_ID, message_id=message_id or PENDING_RUN_ID, message=body.message.strip(),
-                       conversation_id=body.conversation_id)
+                       conversation_id=body.conversation_id, webhooks=[webhook] if webhook is not None else [])
     existing = False
     if message_id:
         run_id, existing = await claim(state(), t.name, agent.name, message_id,
@@ -180,10 +187,13 @@ async def agent_sse(name: str) -> Response:
 
 @bp.get("/api/runs/<run_id>")
 async def get_run(run_id: str) -> Response:
-    """``GET /api/runs/{run_id}``: the run's state folded from its events, plus its dead letter if any."""
+    """``GET /api/runs/{run_id}``: the run's state folded from its events, plus its dead letter if any
+    and its webhook deliveries (``webhooks``: each delivery's attempts with status and time, its
+    state, its next attempt)."""
     t = tenant()
     record = await run_record(t, run_id)
     return json_response({**record.as_dict(), "dead_letter": await _dead_letter(t.name, run_id),
+                          "webhooks": await deliveries(state(), t.name, run_id),
                           "events_url": f"/api/runs/{run_id}/events"})
 
 

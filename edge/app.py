@@ -29,6 +29,8 @@ from edge import (
     api_openai,
     api_responses,
     api_runs,
+    api_schedules,
+    api_webhooks,
     guard,
     ui,
 )
@@ -37,6 +39,7 @@ from edge.bodylimit import WholeBodyFirst
 from edge.disconnect import EndOnDisconnect
 from edge.errors import ApiError
 from edge.gate import admit
+from edge.scheduler import Scheduler
 from edge.state import EdgeState
 
 log = logging.getLogger(__name__)
@@ -79,8 +82,27 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
     app.register_blueprint(ui.bp)
     app.register_blueprint(api_agui.bp)
     app.register_blueprint(api_mcp.bp)
+    app.register_blueprint(api_schedules.bp)
+    app.register_blueprint(api_webhooks.bp)
     mcp_endpoint = app.extensions["agentstream.mcp"] = api_mcp.McpEndpoint()
     background: list[asyncio.Task[None]] = []
+    schedulers: list[Scheduler] = []
+
+    async def run_scheduler() -> None:
+        """Fire schedules (edge/scheduler.py) once connected (retried until it can start)."""
+        await state.ready.wait()
+        assert state.schedules is not None
+        while True:
+            scheduler = Scheduler(state, state.schedules)
+            try:
+                await scheduler.start()
+            except Exception as err:  # NATS not answering yet: try again
+                log.warning("the scheduler could not start (%s: %s); retrying", type(err).__name__, err)
+                await scheduler.stop()
+                await asyncio.sleep(1.0)
+                continue
+            schedulers.append(scheduler)
+            return
 
     @app.before_request
     async def gate() -> None:
@@ -94,12 +116,15 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
             log.warning("no KEYS_FILE: serving the single tenant 'default' to every caller, no key needed")
         await mcp_endpoint.start()
         background.append(asyncio.create_task(state.connect()))
+        background.append(asyncio.create_task(run_scheduler()))
         if state.auth.path is not None:
             background.append(asyncio.create_task(state.watch_keys_file()))
 
     @app.after_serving
     async def shutdown() -> None:
         await mcp_endpoint.stop()
+        for scheduler in schedulers:
+            await scheduler.stop()
         for task in background:
             task.cancel()
         if state.hub is not None:

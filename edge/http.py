@@ -141,7 +141,8 @@ async def run_record(t: Tenant, run_id: str) -> RunRecord:
         raise ApiError(404, "not_found", f"no run {run_id!r}", "run_id")
     return RunRecord(run_id=run_id, tenant=t.name, agent=entry.agent, message_id=entry.message_id,
                      message=entry.message, conversation_id=entry.conversation_id,
-                     created_at=entry.submitted_at.isoformat().replace("+00:00", "Z"))
+                     created_at=entry.submitted_at.isoformat().replace("+00:00", "Z"),
+                     schedule=entry.schedule.model_dump(mode="json") if entry.schedule is not None else None)
 
 
 async def run_index_entry(t: Tenant, run_id: str) -> RunIndexEntry | None:

@@ -44,6 +44,8 @@ class EdgeState:
     conversations: KeyValue | None = None
     approvals: KeyValue | None = None
     tenants_kv: KeyValue | None = None
+    schedules: KeyValue | None = None
+    webhook_secrets: KeyValue | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -113,6 +115,8 @@ class EdgeState:
         self.run_index = await js.key_value(subjects.RUN_INDEX_BUCKET)
         self.conversations = await js.key_value(subjects.CONVERSATIONS_BUCKET)
         self.approvals = await js.key_value(subjects.APPROVALS_BUCKET)
+        self.schedules = await js.key_value(subjects.SCHEDULES_BUCKET)
+        self.webhook_secrets = await js.key_value(subjects.WEBHOOK_SECRETS_BUCKET)
         self.limiter = RateLimiter(await js.key_value(subjects.RATE_LIMITS_BUCKET))
         self.streams = StreamCaps(nc, await js.key_value(subjects.STREAM_COUNTS_BUCKET))
         self.streams.start()

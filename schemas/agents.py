@@ -18,6 +18,7 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     WrapValidator,
     field_validator,
     model_validator,
@@ -26,7 +27,9 @@ from pydantic import (
 from schemas.approval_rules import ApprovalPolicy, needs_approval, validate_policy
 from schemas.common import Strict, Token
 from schemas.mcp import McpServer
+from schemas.schedules import MAX_MESSAGE_CHARS, parse_every
 from schemas.tools import TOOL_RUNNER_TOOLS
+from schemas.webhooks import WebhookTarget, shown_url
 
 EnvVarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 
@@ -109,6 +112,11 @@ class AgentDefinition(Strict):
     - ``tool_timeout``: budget in seconds for one tool call, retries included.
     - ``mcp_servers``: Model Context Protocol servers whose tools the agent may call beside its
       ``actions`` (schemas/mcp.py: names, the stdio command rule, the allow-list).
+    - ``webhooks``: URLs every run of this agent POSTs its events to (schemas/webhooks.py; each
+      ``{url, events}``, events default to the terminal ones).
+    - ``periodic_runs`` (LocalAI's field, e.g. ``10m``; seconds or a duration) with
+      ``permanent_goal`` (LocalAI's field: the message each periodic run gets): a schedule, run for
+      each tenant that may use the agent (edge/scheduler.py).
 
     An **ensemble** names ``members`` (agents asked the same question concurrently, each
     as its own child run) and a ``combiner`` (the agent that answers from their answers):
@@ -147,6 +155,10 @@ class AgentDefinition(Strict):
     history_max_messages: int = Field(default=40, ge=0, le=10_000)
     history_max_tokens: int = Field(default=8000, ge=0, le=10_000_000)
     mcp_servers: list[McpServer] = Field(default_factory=list, max_length=32)
+    webhooks: list[WebhookTarget] = Field(default_factory=list, max_length=16)
+    periodic_runs: int | None = Field(default=None, description="seconds between periodic runs (or a duration: 10m)")
+    permanent_goal: str | None = Field(default=None, min_length=1, max_length=MAX_MESSAGE_CHARS,
+                                       validate_default=True)
     approval_timeout: float = Field(default=86400.0, gt=0, le=7 * 86400)
     _asking: dict[str, ApprovalPolicy] = PrivateAttr(default_factory=dict)
 
@@ -207,6 +219,18 @@ class AgentDefinition(Strict):
                 raise ValueError(f"combine_prompt must contain {placeholder}")
         return self
 
+    @field_validator("periodic_runs", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_every(value, "periodic_runs")
+
+    @field_validator("permanent_goal")
+    @classmethod
+    def _periodic_goal(cls, goal: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("periodic_runs") is not None and not (goal or "").strip():
+            raise ValueError("periodic_runs needs a permanent_goal: the message each periodic run is given")
+        return goal
+
     @field_validator("actions")
     @classmethod
     def _known_tools(cls, actions: list[ToolAction]) -> list[ToolAction]:
@@ -237,5 +261,8 @@ class AgentDefinition(Strict):
         return parameters
 
     def public_view(self) -> dict[str, Any]:
-        """What the HTTP API shows of this agent: everything but secrets (only the key's env var name)."""
-        return self.model_dump(mode="json")
+        """What the HTTP API shows of this agent: everything but secrets (only the key's env var name;
+        of its webhooks only the origins and events: a webhook URL often carries a token)."""
+        view = self.model_dump(mode="json", exclude={"webhooks"})
+        view["webhooks"] = [{"url": shown_url(w.url, hidden=True), "events": w.events} for w in self.webhooks]
+        return view

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -81,3 +82,11 @@ class FunctionTool(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["function"] = "function"
     function: dict[str, Any] = Field(description="name, description and JSON Schema parameters")
+
+
+class ScheduleRef(Strict):
+    """The schedule tick that fired a run: ``schedule_id`` and ``tick``, the time the tick was due
+    (UTC; a run fired late for a tick missed during an outage still names the tick it stands for)."""
+
+    schedule_id: Token
+    tick: datetime

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, TypeAdapter
 
-from schemas.common import ChatMessage, ErrorInfo, MessageId, Strict, Token, ToolCallRef, Usage
+from schemas.common import ChatMessage, ErrorInfo, MessageId, ScheduleRef, Strict, Token, ToolCallRef, Usage
 
 # Event type names, in one place (Final: each is its Literal, as the models' ``type`` fields want).
 RUN_QUEUED: Final = "run.queued"
@@ -37,6 +37,21 @@ RUN_CANCELLED: Final = "run.cancelled"
 RUN_DELETED: Final = "run.deleted"
 
 TERMINAL_TYPES = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
+
+NOT_FOR_WEBHOOKS = frozenset({MESSAGE_DELTA, RUN_DELETED})
+"""Event types a webhook cannot subscribe to: text fragments (many per run, coalesced by time, not
+meaningful one by one) and the deletion tombstone (not written through a run's writer)."""
+
+WEBHOOK_DEFAULT_EVENTS = (RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED)
+"""What a webhook sends when it names no ``events``: how the run ended (the terminal events)."""
+
+
+def webhook_event_types() -> tuple[str, ...]:
+    """Every event type a webhook may name in its ``events`` (README, Webhooks): each type of
+    :data:`EVENT_CLASSES` but those in :data:`NOT_FOR_WEBHOOKS`. A new event type (e.g. a run that
+    waits for a person's approval) can be named as soon as it has its class there."""
+    return tuple(t for t in EVENT_CLASSES if t not in NOT_FOR_WEBHOOKS)
+
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 Decision = Literal["approved", "rejected"]
@@ -64,7 +79,8 @@ class RunQueuedData(Strict):
 
     ``history``: the turns this run adds to a conversation, when its request asked to keep them
     (``RunRequest.keep_history_from``), so a later run can continue it; ``echo``: the request's
-    ``echo`` (what the client's protocol shows back, e.g. the Responses API's instructions).
+    ``echo`` (what the client's protocol shows back, e.g. the Responses API's instructions);
+    ``schedule``: the schedule and tick that fired the run (None for a run someone submitted).
     """
 
     message: str | None = None
@@ -73,6 +89,7 @@ class RunQueuedData(Strict):
     conversation_id: str | None = None
     history: list[ChatMessage] | None = None
     echo: dict[str, Any] | None = None
+    schedule: ScheduleRef | None = Field(default=None, description="the schedule and tick that fired this run")
 
 
 class RunStartedData(Strict):

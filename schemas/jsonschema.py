@@ -17,6 +17,7 @@ from schemas.agents import AgentDefinition
 from schemas.events import RunEvent
 from schemas.runs import DeadLetter, RunControl, RunRequest
 from schemas.tools import ToolCallRequest, ToolCallResult
+from schemas.webhooks import WebhookJob
 
 JSON_DIR = Path(__file__).resolve().parent / "json"
 
@@ -28,6 +29,7 @@ MODELS: dict[str, Any] = {
     "tool-call-request": ToolCallRequest,
     "tool-call-result": ToolCallResult,
     "agent-definition": AgentDefinition,
+    "webhook-job": WebhookJob,
 }
 """File stem -> model (or annotated union) it is generated from."""
 

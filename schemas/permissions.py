@@ -11,11 +11,16 @@ identity       may
 admin          everything (declares streams, consumers and buckets; nothing else uses it)
 edge           submit runs of any tenant, send cancels, read events (stored and live), keep its
                buckets (tenant policies, rate limits, open streams, run index, approval
-               decisions); never write ``runs.>`` (it cannot forge a run's events)
+               decisions, schedules, webhook secrets), read webhook deliveries; never write
+               ``runs.>`` (it cannot forge a run's events)
 agent-runner   pull run requests through its consumers, write ``runs.>`` and dead letters,
                start ensemble members, call tools and ask which are served, read cancels,
-               read tenant policies, keep and watch runs waiting for approvals and publish
-               their run requests again to resume them
+               read tenant policies, enqueue webhook deliveries (``webhooks.*.*``), keep and
+               watch runs waiting for approvals and publish their run requests again to
+               resume them
+webhook-sender pull webhook deliveries through its consumer, keep their records
+               (WEBHOOK_DELIVERIES), read (and create) tenants' signing secrets; nothing of
+               runs, tools or tenants' policies
 tool-runner    serve ``tools.*.*`` in queue group ``tool-runners`` only, answer the requests it
                receives (``allow_responses``), keep tool results (TOOL_RESULTS), read
                tenant policies (a tenant's own ``tool_root``)
@@ -63,6 +68,7 @@ class Role(StrEnum):
     EDGE = "edge"
     AGENT_RUNNER = "agent-runner"
     TOOL_RUNNER = "tool-runner"
+    WEBHOOK_SENDER = "webhook-sender"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +119,12 @@ def _bucket(bucket: str, *, watch: bool = False) -> tuple[str, ...]:
     return tuple(rules)
 
 
+def _bucket_read(bucket: str) -> tuple[str, ...]:
+    """Publish permissions to read one KV bucket (direct gets, single and batched), not write it."""
+    stream = f"KV_{bucket}"
+    return (f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>", f"{API}.STREAM.INFO.{stream}")
+
+
 def _stream_read(stream: str) -> tuple[str, ...]:
     return (f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>")
 
@@ -136,6 +148,9 @@ _EDGE = Permissions(
         *_bucket(S.RUN_INDEX_BUCKET),
         *_bucket(S.CONVERSATIONS_BUCKET),
         *_bucket(S.APPROVALS_BUCKET),
+        *_bucket(S.SCHEDULES_BUCKET, watch=True),  # edges fire schedules (edge/scheduler.py)
+        *_bucket(S.WEBHOOK_SECRETS_BUCKET),  # GET /api/webhooks/secret, and its rotation
+        *_bucket_read(S.WEBHOOK_DELIVERIES_BUCKET),  # GET /api/runs/{id} shows the deliveries
     ),
     subscribe=(S.LIVE_RUN_EVENTS_ALL, f"{inbox_prefix(Role.EDGE)}.>"),
 )
@@ -168,6 +183,7 @@ _AGENT_RUNNER = Permissions(
         *_bucket(S.RUN_INDEX_BUCKET),
         *_bucket(S.CONVERSATIONS_BUCKET),
         *_bucket(S.APPROVALS_BUCKET, watch=True),
+        S.WEBHOOK_JOBS_ALL,  # a subscribed event's delivery jobs (agent_runner/webhooks.py)
     ),
     subscribe=(S.LIVE_RUN_EVENTS_ALL, f"{inbox_prefix(Role.AGENT_RUNNER)}.>"),
 )
@@ -183,11 +199,25 @@ _TOOL_RUNNER = Permissions(
     responses=(TOOL_RESPONSES_MAX, TOOL_RESPONSES_EXPIRES),
 )
 
+_WEBHOOK_SENDER = Permissions(
+    publish=(
+        f"{API}.INFO",
+        f"{API}.STREAM.INFO.{S.WEBHOOK_JOBS_STREAM}",
+        f"{API}.CONSUMER.INFO.{S.WEBHOOK_JOBS_STREAM}.{S.WEBHOOK_SENDERS_CONSUMER}",
+        f"{API}.CONSUMER.MSG.NEXT.{S.WEBHOOK_JOBS_STREAM}.{S.WEBHOOK_SENDERS_CONSUMER}",
+        f"{ACK}.{S.WEBHOOK_JOBS_STREAM}.>",
+        *_bucket(S.WEBHOOK_DELIVERIES_BUCKET),
+        *_bucket(S.WEBHOOK_SECRETS_BUCKET, watch=True),  # mirrored (a rotation applies at once); made if missing
+    ),
+    subscribe=(f"{inbox_prefix(Role.WEBHOOK_SENDER)}.>",),
+)
+
 _ROLES: dict[Role, Permissions] = {
     Role.ADMIN: _EVERYTHING,
     Role.EDGE: _EDGE,
     Role.AGENT_RUNNER: _AGENT_RUNNER,
     Role.TOOL_RUNNER: _TOOL_RUNNER,
+    Role.WEBHOOK_SENDER: _WEBHOOK_SENDER,
 }
 
 

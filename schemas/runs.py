@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.common import ChatMessage, FunctionTool, MessageId, Strict, Token
+from schemas.common import ChatMessage, FunctionTool, MessageId, ScheduleRef, Strict, Token
+from schemas.webhooks import WebhookTarget
 
 CLIENT_DISCONNECTED = "client disconnected"
 """The reason of a cancel the edge makes because the client of a stream went away (such a run does
@@ -68,6 +69,9 @@ class RunRequest(Strict):
       this run adds to a conversation, not the earlier ones it continues nor its instructions), so a
       later run can continue the conversation from the stored events (the Responses API's
       ``previous_response_id``); None keeps only ``message``.
+    - ``webhooks``: where this run's events are POSTed (schemas/webhooks.py), besides the agent
+      file's ``webhooks``; the webhook senders check each address at every delivery.
+    - ``schedule``: the schedule tick that fired this run (edge/scheduler.py), None otherwise.
     """
 
     run_id: Token
@@ -82,6 +86,8 @@ class RunRequest(Strict):
     echo: dict[str, Any] | None = None
     keep_history_from: int | None = Field(default=None, ge=0)
     logged: bool = Field(default=False, description="its submission is already in the run log (RUN_LOG)")
+    webhooks: list[WebhookTarget] = Field(default_factory=list, max_length=4)
+    schedule: ScheduleRef | None = None
 
     @model_validator(mode="after")
     def _has_input(self) -> RunRequest:
@@ -130,7 +136,7 @@ class RunIndexEntry(Strict):
     ``conversation_id`` as submitted; ``parent_run_id`` for an ensemble member;
     ``submitted_at``: when it was accepted (UTC); ``message``: the start of the user's message;
     ``echo``: the request's ``echo`` (what its protocol shows back), so a run still waiting for a
-    runner can be shown as its client created it.
+    runner can be shown as its client created it; ``schedule``: the tick that fired it.
     """
 
     run_id: Token
@@ -141,6 +147,7 @@ class RunIndexEntry(Strict):
     submitted_at: datetime
     message: str | None = Field(default=None, description="the first 2,000 characters of the message")
     echo: dict[str, Any] | None = None
+    schedule: ScheduleRef | None = None
 
 
 RunLogKind = Literal["submitted", "completed", "failed", "cancelled"]

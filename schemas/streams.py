@@ -18,6 +18,9 @@ RUN_DEAD_      ``deadletter.*.*.*``       limits      requests of runs given up 
 LETTERS
 RUN_LOG        ``runlog.*.*.*``           limits      an entry per run submitted and per run ended:
                                                       run listings read it newest first
+WEBHOOK_JOBS   ``webhooks.*.*``           work queue  a webhook delivery (one event, one URL) until a
+                                                      webhook sender got a 2xx or gave up; retries are
+                                                      naks with a delay, so they survive restarts
 =============  =========================  ==========  ==================================================
 """
 
@@ -52,12 +55,14 @@ def stream_configs(
     events_max_age: float = 7 * 86400.0,
     control_max_age: float = 86400.0,
     dead_letter_max_age: float = 30 * 86400.0,
+    webhook_max_age: float = 2 * 86400.0,
     max_msg_size: int = 1024 * 1024,
     replicas: int = 1,
 ) -> list[StreamConfig]:
     """The streams. Durations in seconds; ``max_msg_size`` in bytes (-1: server limit);
     ``replicas``: copies a JetStream cluster keeps of each (``STREAM_REPLICAS``; 1 on a single
-    server). Their consumers inherit it (a consumer's ``num_replicas`` 0 is the stream's)."""
+    server). Their consumers inherit it (a consumer's ``num_replicas`` 0 is the stream's).
+    ``webhook_max_age``: how long a webhook job is kept at most (longer than its retry period)."""
     return [
         StreamConfig(
             name=subjects.AGENT_RUNS_STREAM,
@@ -122,6 +127,18 @@ def stream_configs(
             max_age=dead_letter_max_age,
             allow_direct=True,
         ),
+        StreamConfig(
+            name=subjects.WEBHOOK_JOBS_STREAM,
+            num_replicas=replicas,
+            description="agentstream webhook deliveries (work queue, one shared durable consumer)",
+            subjects=[subjects.WEBHOOK_JOBS_ALL],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_age=webhook_max_age,
+            duplicate_window=run_dedupe_window,
+            max_msg_size=max_msg_size,
+        ),
     ]
 
 
@@ -138,7 +155,10 @@ def kv_configs(*, run_index_max_age: float = 7 * 86400.0, replicas: int = 1) -> 
     - CONVERSATIONS: one entry per conversation (its turns), kept as long as run events are;
     - RUN_INDEX: one entry per run, kept as long as run events are;
     - APPROVALS: one entry per run waiting for tool approvals, removed when the run goes on (kept
-      at most as long as run events are).
+      at most as long as run events are);
+    - SCHEDULES: one entry per schedule, kept until deleted;
+    - WEBHOOK_SECRETS: one signing secret per tenant, kept until replaced;
+    - WEBHOOK_DELIVERIES: one entry per webhook delivery (its attempts), kept as long as run events are.
     """
     return [
         KeyValueConfig(bucket=subjects.TENANTS_BUCKET, description="agentstream tenant policies", history=1,
@@ -154,6 +174,12 @@ def kv_configs(*, run_index_max_age: float = 7 * 86400.0, replicas: int = 1) -> 
         KeyValueConfig(bucket=subjects.RUN_INDEX_BUCKET, description="agentstream runs by id", history=1,
                        ttl=run_index_max_age, storage=StorageType.FILE, replicas=replicas, direct=True),
         KeyValueConfig(bucket=subjects.APPROVALS_BUCKET, description="agentstream runs waiting for tool approvals",
+                       history=1, ttl=run_index_max_age, storage=StorageType.FILE, replicas=replicas, direct=True),
+        KeyValueConfig(bucket=subjects.SCHEDULES_BUCKET, description="agentstream schedules", history=1,
+                       storage=StorageType.FILE, replicas=replicas, direct=True),
+        KeyValueConfig(bucket=subjects.WEBHOOK_SECRETS_BUCKET, description="agentstream webhook signing secrets",
+                       history=1, storage=StorageType.FILE, replicas=replicas, direct=True),
+        KeyValueConfig(bucket=subjects.WEBHOOK_DELIVERIES_BUCKET, description="agentstream webhook deliveries",
                        history=1, ttl=run_index_max_age, storage=StorageType.FILE, replicas=replicas, direct=True),
     ]
 
@@ -197,6 +223,31 @@ def tenant_consumer_config(tenant: str, *, max_concurrent_runs: int, ack_wait: f
     )
 
 
+WEBHOOK_ACK_WAIT = 30.0
+"""Seconds a webhook sender may hold a delivery without a progress signal (it sends one every few
+seconds while a POST is under way) before the job goes to another sender."""
+WEBHOOK_MAX_ACK_PENDING = 100_000
+"""Deliveries the webhook senders' consumer hands out and has not had acked: being POSTed, or
+waiting for their retry (a nak with a delay keeps the job pending)."""
+
+
+def webhook_consumer_config() -> ConsumerConfig:
+    """The durable pull consumer every webhook sender shares (``webhook-senders`` on WEBHOOK_JOBS):
+    each job to one sender at a time, redelivered after :data:`WEBHOOK_ACK_WAIT` without progress,
+    never given up by the server (the sender decides when a delivery is given up)."""
+    return ConsumerConfig(
+        name=subjects.WEBHOOK_SENDERS_CONSUMER,
+        durable_name=subjects.WEBHOOK_SENDERS_CONSUMER,
+        description="agentstream webhook senders (shared)",
+        filter_subject=subjects.WEBHOOK_JOBS_ALL,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=WEBHOOK_ACK_WAIT,
+        max_deliver=-1,
+        max_ack_pending=WEBHOOK_MAX_ACK_PENDING,
+    )
+
+
 async def ensure_streams(js: JetStreamContext, configs: list[StreamConfig]) -> None:
     """Create each stream, or update it in place if it exists with another configuration.
 
@@ -231,11 +282,13 @@ async def ensure_buckets(js: JetStreamContext, configs: list[KeyValueConfig]) ->
 
 
 async def ensure_consumers(js: JetStreamContext, *, ack_wait: float) -> None:
-    """Create (or update) the members' consumer, and remove the one shared consumer of earlier
-    releases, whose filter overlaps the per-tenant ones (a work-queue stream refuses that)."""
+    """Create (or update) the members' consumer and the webhook senders' consumer, and remove the
+    one shared consumer of earlier releases, whose filter overlaps the per-tenant ones (a work-queue
+    stream refuses that)."""
     try:
         await js.delete_consumer(subjects.AGENT_RUNS_STREAM, subjects.LEGACY_RUNNERS_CONSUMER)
         log.info("removed the consumer %s of an earlier release", subjects.LEGACY_RUNNERS_CONSUMER)
     except NotFoundError:
         pass
     await js.add_consumer(subjects.AGENT_RUNS_STREAM, member_consumer_config(ack_wait=ack_wait))
+    await js.add_consumer(subjects.WEBHOOK_JOBS_STREAM, webhook_consumer_config())

@@ -17,6 +17,8 @@ Subjects (docs/architecture.md, "What travels where"):
 ``runlog.{tenant}.{agent}.{kind}``    the run log: one entry when a run is submitted, one when it ends
                                       (``kind``: submitted, completed, failed, cancelled), in
                                       ``RUN_LOG``: the index run listings are read from
+``webhooks.{tenant}.{run_id}``        a webhook delivery job (one event to one URL), stored in stream
+                                      ``WEBHOOK_JOBS`` (work queue) until a webhook sender delivers it
 ====================================  ============================================================
 
 Every token (tenant, agent, tool, run id) must match ``[A-Za-z0-9_-]{1,64}``. Anything else is
@@ -40,6 +42,9 @@ RUN_EVENTS_STREAM = "RUN_EVENTS"
 RUN_CONTROL_STREAM = "RUN_CONTROL"
 RUN_DEAD_LETTERS_STREAM = "RUN_DEAD_LETTERS"
 RUN_LOG_STREAM = "RUN_LOG"
+WEBHOOK_JOBS_STREAM = "WEBHOOK_JOBS"
+WEBHOOK_SENDERS_CONSUMER = "webhook-senders"
+"""The durable pull consumer on WEBHOOK_JOBS every webhook sender shares."""
 LEGACY_RUNNERS_CONSUMER = "agent-runners"
 """The one shared consumer of earlier releases; it overlaps the per-tenant ones and is removed."""
 MEMBER_RUNS_CONSUMER = "member-runs"
@@ -64,6 +69,14 @@ RUN_INDEX_BUCKET = "RUN_INDEX"
 APPROVALS_BUCKET = "APPROVALS"
 """One entry per run waiting for tool approvals (``{tenant}.{run_id}``): the calls, the decisions
 made so far, the deadline, and the run request to resume it with (schemas/approvals.py)."""
+SCHEDULES_BUCKET = "SCHEDULES"
+"""One entry per schedule (``{tenant}.{schedule_id}``): its definition and the last tick fired,
+changed only by compare-and-set (edges fire the ticks: edge/scheduler.py)."""
+WEBHOOK_SECRETS_BUCKET = "WEBHOOK_SECRETS"
+"""One entry per tenant (``{tenant}``): the secret its webhooks are signed with (edges and webhook
+senders only)."""
+WEBHOOK_DELIVERIES_BUCKET = "WEBHOOK_DELIVERIES"
+"""One entry per webhook delivery (``{tenant}.{run_id}.{delivery_id}``): its attempts and state."""
 
 # Subject prefixes (first token of each family).
 _RUN_REQUEST_PREFIX = "agents"
@@ -73,6 +86,7 @@ _TOOLS_PREFIX = "tools"
 _CONTROL_PREFIX = "control"
 _DEAD_LETTER_PREFIX = "deadletter"
 _RUN_LOG_PREFIX = "runlog"
+_WEBHOOK_PREFIX = "webhooks"
 
 # Wildcards that cover each family; used by stream and consumer definitions.
 RUN_REQUESTS_ALL = f"{_RUN_REQUEST_PREFIX}.*.*.run"
@@ -84,6 +98,7 @@ TOOLS_ALL = f"{_TOOLS_PREFIX}.*.*"
 DEAD_LETTERS_ALL = f"{_DEAD_LETTER_PREFIX}.*.*.*"
 RUN_LOG_ALL = f"{_RUN_LOG_PREFIX}.*.*.*"
 RUN_LOG_SUBMITTED_ALL = f"{_RUN_LOG_PREFIX}.*.*.submitted"
+WEBHOOK_JOBS_ALL = f"{_WEBHOOK_PREFIX}.*.*"
 RUN_LOG_KINDS = ("submitted", "completed", "failed", "cancelled")
 """What a run log entry records: the run was submitted, or it ended so."""
 
@@ -199,6 +214,45 @@ def parse_approval_key(key: str) -> tuple[str, str]:
     if len(parts) != 2:
         raise SubjectTokenError("key", key)
     return token(parts[0], "tenant"), token(parts[1], "run_id")
+
+
+def schedule_key(tenant: str, schedule_id: str) -> str:
+    """Key of a schedule in the SCHEDULES bucket: ``{tenant}.{schedule_id}``."""
+    return f"{token(tenant, 'tenant')}.{token(schedule_id, 'schedule_id')}"
+
+
+def schedules_of_tenant(tenant: str) -> str:
+    """The KV subject filter of every schedule of one tenant: ``$KV.SCHEDULES.{tenant}.*``."""
+    return f"$KV.{SCHEDULES_BUCKET}.{token(tenant, 'tenant')}.*"
+
+
+def webhook_secret_key(tenant: str) -> str:
+    """Key of a tenant's webhook secret in the WEBHOOK_SECRETS bucket: ``{tenant}``."""
+    return token(tenant, "tenant")
+
+
+def webhook_delivery_key(tenant: str, run_id: str, delivery_id: str) -> str:
+    """Key of one webhook delivery in the WEBHOOK_DELIVERIES bucket: ``{tenant}.{run_id}.{delivery_id}``."""
+    return f"{token(tenant, 'tenant')}.{token(run_id, 'run_id')}.{token(delivery_id, 'delivery_id')}"
+
+
+def webhook_deliveries_of_run(tenant: str, run_id: str) -> str:
+    """The KV subject filter of every webhook delivery of one run: ``$KV.WEBHOOK_DELIVERIES.{tenant}.{run_id}.*``."""
+    return f"$KV.{WEBHOOK_DELIVERIES_BUCKET}.{token(tenant, 'tenant')}.{token(run_id, 'run_id')}.*"
+
+
+def webhook_job(tenant: str, run_id: str) -> str:
+    """Subject of a webhook delivery job: ``webhooks.{tenant}.{run_id}`` (stream WEBHOOK_JOBS)."""
+    return f"{_WEBHOOK_PREFIX}.{token(tenant, 'tenant')}.{token(run_id, 'run_id')}"
+
+
+def parse_webhook_job(subject: str) -> tuple[str, str]:
+    """Split ``webhooks.{tenant}.{run_id}`` into ``(tenant, run_id)``; the tenant of a delivery
+    comes from here, never from the job's payload."""
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != _WEBHOOK_PREFIX:
+        raise SubjectTokenError("subject", subject)
+    return token(parts[1], "tenant"), token(parts[2], "run_id")
 
 
 def run_events(tenant: str, agent: str, run_id: str) -> str:

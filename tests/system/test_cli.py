@@ -55,7 +55,7 @@ def test_up_then_chat_then_ctrl_c(tmp_path):
         edge_port = int(re.search(r"agentstream is up: http://127\.0\.0\.1:(\d+)", text).group(1))
         nats_port = int(re.search(r"nats-server with JetStream on nats://127\.0\.0\.1:(\d+)", text).group(1))
         assert nats_port != busy_port
-        for name in ("nats", "builtin-model", "tool-runner", "agent-runner", "edge"):
+        for name in ("nats", "builtin-model", "tool-runner", "agent-runner", "webhook-sender", "edge"):
             assert re.search(rf"^\s*{name} \| ", text, re.M), f"no {name} log lines:\n{text}"
         assert httpx.get(f"http://127.0.0.1:{edge_port}/healthz").status_code == 200
         assert "LLM_KEY (llm-sse) is ignored: agentstream sends LLM_API_KEY" in text

@@ -161,7 +161,8 @@ async def test_tool_runner_killed_mid_call_the_call_is_retried_on_another(fresh)
 
 def test_every_component_exits_0_on_sigterm(fresh):
     sysm = fresh()
-    procs = [sysm.start_model(), sysm.start_tool_runner(), sysm.start_agent_runner(), sysm.start_edge()]
+    procs = [sysm.start_model(), sysm.start_tool_runner(), sysm.start_agent_runner(), sysm.start_webhook_sender(),
+             sysm.start_edge()]
     for proc in reversed(procs):
         started = time.monotonic()
         assert proc.terminate(timeout=15) == 0, proc.tail()

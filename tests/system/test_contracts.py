@@ -95,7 +95,7 @@ def test_asyncapi_names_every_subject_family_and_its_schema():
     assert addresses == {
         "agents.{tenant}.{agent}.run", "agents.{tenant}.{agent}.member", "runs.{tenant}.{agent}.{run_id}",
         "live.runs.{tenant}.{agent}.{run_id}", "tools.{tenant}.{tool}", "control.{tenant}.{run_id}",
-        "deadletter.{tenant}.{agent}.{run_id}",
+        "deadletter.{tenant}.{agent}.{run_id}", "webhooks.{tenant}.{run_id}",
     }
     assert subjects.member_request("T", "A") == "agents.{tenant}.{agent}.member".format(tenant="T", agent="A")
     assert subjects.dead_letter("T", "A", "R") == "deadletter.{tenant}.{agent}.{run_id}".format(
@@ -108,6 +108,7 @@ def test_asyncapi_names_every_subject_family_and_its_schema():
     )
     assert subjects.tool("T", "X") == "tools.{tenant}.{tool}".format(tenant="T", tool="X")
     assert subjects.control("T", "R") == "control.{tenant}.{run_id}".format(tenant="T", run_id="R")
+    assert subjects.webhook_job("T", "R") == "webhooks.{tenant}.{run_id}".format(tenant="T", run_id="R")
     for name, message in doc["components"]["messages"].items():
         payload = message["payload"]
         if "schema" in payload:

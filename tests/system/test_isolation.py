@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import nats
+import nats.errors
 import nats.js.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -218,6 +219,24 @@ async def test_another_tenants_credentials_reach_nothing_of_alice(bus: System, a
     await bob_bus.refused("tools.bob.mcp_list", lambda: nc.request("tools.bob.mcp_list", mcp, timeout=1))
     await bob_bus.refused("tools.alice.mcp", lambda: nc.request("tools.alice.mcp", mcp, timeout=1))
 
+    # Webhooks and schedules: no delivery jobs (not even its own), no delivery records, no signing
+    # secrets (its own comes over HTTP), no schedules (HTTP only).
+    await bob_bus.refused("webhooks.alice.x", lambda: js.publish("webhooks.alice.x", b"{}"))
+    await bob_bus.refused("webhooks.bob.x", lambda: js.publish("webhooks.bob.x", b"{}"))
+    await bob_bus.refused("$JS.API.CONSUMER.MSG.NEXT.WEBHOOK_JOBS.webhook-senders", lambda: nc.request(
+        "$JS.API.CONSUMER.MSG.NEXT.WEBHOOK_JOBS.webhook-senders", b"1", timeout=1))
+    await bob_bus.refused("$JS.API.DIRECT.GET.KV_WEBHOOK_SECRETS.$KV.WEBHOOK_SECRETS.alice", lambda: js.get_msg(
+        "KV_WEBHOOK_SECRETS", subject="$KV.WEBHOOK_SECRETS.alice", direct=True))
+    await bob_bus.refused("$JS.API.DIRECT.GET.KV_WEBHOOK_SECRETS.$KV.WEBHOOK_SECRETS.bob", lambda: js.get_msg(
+        "KV_WEBHOOK_SECRETS", subject="$KV.WEBHOOK_SECRETS.bob", direct=True))
+    await bob_bus.refused("$kv.webhook_secrets.bob", lambda: js.publish("$KV.WEBHOOK_SECRETS.bob", b"{}"))
+    await bob_bus.refused("$JS.API.DIRECT.GET.KV_WEBHOOK_DELIVERIES", lambda: js.get_msg(
+        "KV_WEBHOOK_DELIVERIES", seq=1, subject="$KV.WEBHOOK_DELIVERIES.>", next=True, direct=True))
+    await bob_bus.refused("$JS.API.DIRECT.GET.KV_SCHEDULES.$KV.SCHEDULES.bob.x", lambda: js.get_msg(
+        "KV_SCHEDULES", subject="$KV.SCHEDULES.bob.x", direct=True))
+    await bob_bus.refused("$kv.schedules.bob.x", lambda: js.publish("$KV.SCHEDULES.bob.x", b"{}"))
+    await bob_bus.refused("$kv.schedules.alice.x", lambda: js.publish("$KV.SCHEDULES.alice.x", b"{}"))
+
     # Alice's run is as it was, and her next run is served normally.
     after = await read_events(alice, run_id)
     assert [e["id"] for e in after] == [e["id"] for e in before]
@@ -338,6 +357,44 @@ async def test_each_component_identity_is_held_to_its_role(bus: System) -> None:
         assert runner.errors[refusals:] == []
         await edge.refused(subjects.TOOL_SERVICE_INFO,
                            lambda: edge.nc.request(subjects.TOOL_SERVICE_INFO, b"", timeout=1))
+        # Webhooks: only agent runners enqueue deliveries, only webhook senders read the signing
+        # secrets besides edges (which hand a tenant its own); runners cannot touch schedules.
+        senders = await Probe().connect(url, **_options(bus, Role.WEBHOOK_SENDER))
+        try:
+            assert senders.nc
+            secret = "$JS.API.DIRECT.GET.KV_WEBHOOK_SECRETS.$KV.WEBHOOK_SECRETS.alice"
+            await runner.refused(secret, lambda: runner.nc.jetstream().get_msg(
+                "KV_WEBHOOK_SECRETS", subject="$KV.WEBHOOK_SECRETS.alice", direct=True))
+            await tools.refused(secret, lambda: tools.nc.jetstream().get_msg(
+                "KV_WEBHOOK_SECRETS", subject="$KV.WEBHOOK_SECRETS.alice", direct=True))
+            await runner.refused("$kv.schedules.alice.x", lambda: runner.nc.jetstream().publish(
+                "$KV.SCHEDULES.alice.x", b"{}"))
+            await edge.refused("webhooks.alice.x", lambda: edge.nc.jetstream().publish("webhooks.alice.x", b"{}"))
+            await edge.refused("$kv.webhook_deliveries.alice.r.d", lambda: edge.nc.jetstream().publish(
+                "$KV.WEBHOOK_DELIVERIES.alice.r.d", b"{}"))
+            await tools.refused("webhooks.alice.x", lambda: tools.nc.publish("webhooks.alice.x", b"{}"))
+            sjs = senders.nc.jetstream()
+            await senders.refused("agents.alice.programmer-helper.run", lambda: sjs.publish(
+                "agents.alice.programmer-helper.run", b"{}"))
+            await senders.refused("runs.alice.programmer-helper.x", lambda: sjs.publish(
+                "runs.alice.programmer-helper.x", b"{}"))
+            await senders.refused("$JS.API.DIRECT.GET.RUN_EVENTS", lambda: sjs.get_msg(
+                subjects.RUN_EVENTS_STREAM, seq=1, subject="runs.>", next=True, direct=True))
+            await senders.refused("$kv.tenants.alice", lambda: sjs.publish("$KV.TENANTS.alice", b"{}"))
+            await senders.refused("tools.alice.read_file",
+                                  lambda: senders.nc.request("tools.alice.read_file", b"{}", timeout=1))
+            await senders.refused("$kv.schedules.alice.x", lambda: sjs.publish("$KV.SCHEDULES.alice.x", b"{}"))
+            # ... while a sender may read the secrets and pull its jobs.
+            refusals = len(senders.errors)
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await sjs.get_msg("KV_WEBHOOK_SECRETS", subject="$KV.WEBHOOK_SECRETS.alice", direct=True)
+            pull = await sjs.pull_subscribe_bind(durable=subjects.WEBHOOK_SENDERS_CONSUMER,
+                                                 stream=subjects.WEBHOOK_JOBS_STREAM)
+            with contextlib.suppress(nats.errors.TimeoutError):
+                await pull.fetch(1, timeout=0.5)
+            assert senders.errors[refusals:] == []
+        finally:
+            await senders.close()
         # The admin identity may manage streams (a harmless update proves it).
         info = await admin.nc.jetstream().stream_info(subjects.RUN_EVENTS_STREAM)
         await admin.nc.jetstream().update_stream(info.config)

@@ -42,11 +42,11 @@ def _default(value: str) -> str:
 
 def test_compose_services_run_real_entry_points():
     services = _compose()["services"]
-    assert set(services) == {"auth", "nats", "setup", "edge", "agent-runner", "tool-runner", "cluster-config",
-                             *CLUSTER}
+    assert set(services) == {"auth", "nats", "setup", "edge", "agent-runner", "tool-runner", "webhook-sender",
+                             "cluster-config", *CLUSTER}
     default = {name for name, svc in services.items() if "profiles" not in svc}
-    assert default == {"auth", "nats", "setup", "edge", "agent-runner", "tool-runner"}  # single server by default
-    for name in ("edge", "agent-runner", "tool-runner"):
+    assert default == {"auth", "nats", "setup", "edge", "agent-runner", "tool-runner", "webhook-sender"}  # one server
+    for name in ("edge", "agent-runner", "tool-runner", "webhook-sender"):
         svc = services[name]
         assert _is_entry_point(svc["command"]), f"{name}: {svc['command']} is not an entry point"
         assert _default(svc["environment"]["NATS_URL"]) == "nats://nats:4222"
@@ -55,6 +55,7 @@ def test_compose_services_run_real_entry_points():
     assert services["edge"]["command"][-1] == "edge"
     assert services["agent-runner"]["command"][-1] == "agent_runner"
     assert services["tool-runner"]["command"][-1] == "tool_runner"
+    assert services["webhook-sender"]["command"][-1] == "webhook_sender"
     assert not _is_entry_point(["python", "-m", "no_such_module"])
 
 
@@ -82,7 +83,8 @@ def test_compose_runs_nats_with_authentication_and_each_component_with_its_ident
     assert nats["depends_on"]["auth"]["condition"] == "service_completed_successfully"
     assert all(p.startswith("127.0.0.1:") for p in nats["ports"]), "NATS is not published on every interface"
     assert setup["environment"]["NATS_CREDS"] == f"{auth_mount}/admin.nk"
-    for name, role in (("edge", "edge"), ("agent-runner", "agent-runner"), ("tool-runner", "tool-runner")):
+    for name, role in (("edge", "edge"), ("agent-runner", "agent-runner"), ("tool-runner", "tool-runner"),
+                       ("webhook-sender", "webhook-sender")):
         svc = services[name]
         assert svc["environment"]["NATS_CREDS"] == f"{auth_mount}/{role}.nk"
         assert f"auth:{auth_mount}:ro" in svc["volumes"]
@@ -91,7 +93,7 @@ def test_compose_runs_nats_with_authentication_and_each_component_with_its_ident
     env = {**os.environ, "AGENTSTREAM_DATA_DIR": str(tmp_path)}
     subprocess.run([sys.executable, "-m", "agentstream", *auth["command"][1:]], env=env, check=True,
                    capture_output=True, cwd=REPO)
-    for name in ("nats-auth.conf", "admin.nk", "edge.nk", "agent-runner.nk", "tool-runner.nk"):
+    for name in ("nats-auth.conf", "admin.nk", "edge.nk", "agent-runner.nk", "tool-runner.nk", "webhook-sender.nk"):
         assert (tmp_path / "auth" / name).is_file(), name
 
 
@@ -145,14 +147,14 @@ def test_compose_cluster_profile_runs_three_jetstream_servers_with_the_same_auth
 
 def test_scalable_services_can_be_scaled():
     services = _compose()["services"]
-    for name in ("agent-runner", "tool-runner"):
+    for name in ("agent-runner", "tool-runner", "webhook-sender"):
         assert "container_name" not in services[name]
         assert "ports" not in services[name]  # fixed host ports would collide when scaled
 
 
 def test_dockerfile_copies_every_package():
     dockerfile = (REPO / "Dockerfile").read_text()
-    for package in ("schemas", "agentstream", "edge", "agent_runner", "tool_runner", "agents"):
+    for package in ("schemas", "agentstream", "edge", "agent_runner", "tool_runner", "webhook_sender", "agents"):
         assert re.search(rf"^COPY {package} ", dockerfile, re.M), package
 
 
