@@ -14,34 +14,13 @@ the operator sent it:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
 from agent_runner.llm import LLMEndpoint
+from agentstream.origins import origin, same_origin
 from agentstream.settings import Settings
 from schemas.agents import AgentDefinition, key_env_allowed, key_env_refusal
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def origin(url: str) -> tuple[str, str, int] | None:
-    """``(scheme, host, port)`` of an http(s) URL, lower-cased, the port filled in from the scheme;
-    None when ``url`` has no such origin (another scheme, no host, a bad port)."""
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname:
-        return None
-    return scheme, parts.hostname.lower(), port if port is not None else _DEFAULT_PORTS[scheme]
-
-
-def same_origin(a: str, b: str) -> bool:
-    """True when both URLs have the same origin (and have one)."""
-    first = origin(a)
-    return first is not None and first == origin(b)
-
+__all__ = ["llm_endpoint", "origin", "same_origin"]  # origin and same_origin: agentstream.origins
 
 def llm_endpoint(
     agent: AgentDefinition, settings: Settings, default_base_url: str, environ: Mapping[str, str]

@@ -23,6 +23,7 @@ Guarantees, per run request:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -57,7 +58,7 @@ from agent_runner.mcp_tools import McpToolLister
 from agent_runner.tool_client import ToolClient
 from agent_runner.webhooks import WebhookOutbox
 from agentstream import approvals, eventlog, runlog
-from agentstream.agents import AgentCatalog
+from agentstream.agentstore import AgentRegistry
 from agentstream.bus import ensure_topology
 from agentstream.eventlog import StorageFull, StoredEvent
 from agentstream.policies import PolicyWatcher
@@ -123,11 +124,13 @@ class _Cancelled(Exception):
 class AgentRunner:
     """One agent runner process' work loop. ``start()``, then ``stop(grace)`` (seconds).
 
-    ``llm_base_url``: where agents without their own ``llm.base_url`` are served (LLM_BASE_URL,
-    or the built-in model's URL).
+    ``catalog``: every tenant's agents, followed in the AGENTS bucket (started by the caller); a
+    run's agent is resolved from its tenant's catalog when the run is taken. ``llm_base_url``:
+    where agents without their own ``llm.base_url`` are served (LLM_BASE_URL, or the built-in
+    model's URL).
     """
 
-    def __init__(self, settings: Settings, nc: NATS, catalog: AgentCatalog, *, llm_base_url: str):
+    def __init__(self, settings: Settings, nc: NATS, catalog: AgentRegistry, *, llm_base_url: str):
         self.settings = settings
         self.nc = nc
         self.js = nc.jetstream()
@@ -239,6 +242,7 @@ class AgentRunner:
             if await self._forbidden(msg) or await self._waits_for_its_turn(msg):
                 return
             try:
+                await self._hold_while_paused(msg, admitted)
                 await self.slots.acquire()
             except asyncio.CancelledError:
                 await _nak(msg)  # stopping before it got a slot: another runner takes it at once
@@ -294,6 +298,28 @@ class AgentRunner:
         log.warning("run request on %s refused: %s", msg.subject, problem.message)
         await self._refuse(msg, where.tenant, where.agent, "agent not allowed", problem)
         return True
+
+    async def _hold_while_paused(self, msg: Msg, admitted: asyncio.Event) -> None:
+        """Resolve the request's agent from its tenant's catalog now (reading the AGENTS bucket if
+        this runner has not seen the agent yet), and while the agent is paused hold the request:
+        kept alive, holding no slot, its consumer free to deliver the next request (``admitted``
+        is set). It goes on when the agent is resumed (or deleted), or the run is cancelled (it
+        then ends ``run.cancelled``); nothing is written meanwhile, so the wait is no attempt of
+        the run. Stopping hands it back (``_take``)."""
+        try:
+            where = subjects.parse_run_request(msg.subject)
+        except subjects.SubjectTokenError:
+            return  # _handle terminates it
+        if self.catalog.get(where.tenant, where.agent) is None:
+            await self.catalog.resolve(where.tenant, where.agent)
+        if self.catalog.paused(where.tenant, where.agent) is None:
+            return
+        admitted.set()
+        log.info("run request on %s held: agent %s of %s is paused", msg.subject, where.agent, where.tenant)
+        run = (where.tenant, (msg.headers or {}).get(H.MSG_ID, ""))
+        while self.catalog.paused(where.tenant, where.agent) is not None and run not in self._cancelled:
+            with contextlib.suppress(TimeoutError):  # cancels are not catalog changes: look again each second
+                await asyncio.wait_for(self.catalog.changed(), 1.0)
 
     # -- control
 
@@ -420,7 +446,7 @@ class AgentRunner:
         key = (tenant, request.run_id)
         outbox = self._outboxes.get(key)
         if outbox is None:
-            definition = self.catalog.get(agent)
+            definition = self.catalog.get(tenant, agent)
             targets = merged_targets(request.webhooks, definition.webhooks if definition is not None else [])
             if not targets:
                 return None
@@ -447,10 +473,11 @@ class AgentRunner:
 
     async def _with_history(self, tenant: str, agent: str, request: RunRequest) -> RunRequest:
         """The request, with its conversation's earlier turns as its history when it is a turn."""
-        definition = self.catalog.get(agent)
+        definition = self.catalog.get(tenant, agent)
         if self.conversations is None or definition is None or not conversation.is_turn(request):
             return request
-        answering = self.catalog.get(definition.combiner) if definition.is_ensemble and definition.combiner else None
+        answering = (self.catalog.get(tenant, definition.combiner) if definition.is_ensemble and definition.combiner
+                     else None)
         try:
             history = await conversation.history_for(self.nc, self.conversations, tenant, answering or definition,
                                                      request)
@@ -467,7 +494,7 @@ class AgentRunner:
         raises :class:`_AlreadyEnded` or :class:`_NotFresh` and the caller takes the full path.
         None when the fast path does not apply."""
         attempt = msg.metadata.num_delivered if msg.metadata else 1
-        definition = self.catalog.get(agent)
+        definition = self.catalog.get(tenant, agent)
         if attempt != 1 or definition is None or definition.is_ensemble or (tenant, request.run_id) in self._cancelled \
                 or H.RESUME in (msg.headers or {}):
             return None
@@ -734,7 +761,7 @@ class AgentRunner:
         if writer is None:  # the run had already ended: nothing to run (callers check before)
             return
         started = time.perf_counter()
-        agent = self.catalog.get(agent_name)
+        agent = self.catalog.get(tenant, agent_name)
         key = (tenant, request.run_id)
         ctx: RunContext | None = None
 
@@ -742,14 +769,17 @@ class AgentRunner:
             return round((time.perf_counter() - started) * 1000, 3)
 
         if agent is None:
-            await writer.emit(E.RUN_FAILED, E.RunFailedData(
-                reason="unknown agent",
-                error=ErrorInfo(type=ErrorKind.UNKNOWN_AGENT, message=f"this runner has no agent {agent_name!r}"),
-                duration_ms=duration(),
-            ))
+            invalid = self.catalog.catalog(tenant).invalid.get(agent_name)
+            if invalid:
+                reason, error = "configuration error", ErrorInfo(
+                    type=ErrorKind.CONFIGURATION_ERROR, message=f"agent {agent_name!r} cannot run: {invalid[0]}")
+            else:
+                reason, error = "unknown agent", ErrorInfo(
+                    type=ErrorKind.UNKNOWN_AGENT, message=f"this runner has no agent {agent_name!r}")
+            await writer.emit(E.RUN_FAILED, E.RunFailedData(reason=reason, error=error, duration_ms=duration()))
             return
         # A combiner is set exactly when the agent is an ensemble (AgentDefinition checks it).
-        answering = self.catalog.get(agent.combiner) if agent.combiner is not None else agent
+        answering = self.catalog.get(tenant, agent.combiner) if agent.combiner is not None else agent
         try:
             if answering is None:
                 raise ValueError(f"the ensemble's combiner {agent.combiner!r} is not an agent of this runner")

@@ -9,7 +9,9 @@ import os
 from agent_runner.runner import AgentRunner
 from agentstream import llmsse_env
 from agentstream.agents import load_agents
-from agentstream.bus import close, connect
+from agentstream.agentstore import AgentRegistry
+from agentstream.bus import close, connect, ensure_topology
+from agentstream.origins import ModelServers
 from agentstream.probe import serve_probe
 from agentstream.settings import Settings
 from schemas.permissions import Role
@@ -46,14 +48,23 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
     nc = await connect(settings, f"agent-runner {settings.runner_name}", role=Role.AGENT_RUNNER)
     probe_stop = asyncio.Event()
-    runner = AgentRunner(settings, nc, catalog, llm_base_url=base_url)
+    started: list[AgentRunner] = []  # the runner, once made: its load is part of /healthz
     probe = asyncio.create_task(serve_probe("agent-runner", settings.metrics_bind, lambda: nc.is_connected, probe_stop,
-                                            details=runner.load))
+                                            details=lambda: started[0].load() if started else {}))
+    # Every tenant's agents: the directory's and those created over the API (AGENTS bucket), followed
+    # before any run is taken.
+    registry = AgentRegistry(catalog, key_env_pattern=settings.llm_key_env_pattern,
+                             servers=ModelServers.of(settings.agents_llm_origins, settings.llm_base_url))
+    await ensure_topology(nc, settings)
+    await registry.start(nc.jetstream())
+    runner = AgentRunner(settings, nc, registry, llm_base_url=base_url)
+    started.append(runner)
     await runner.start()
     print(f"agent-runner ready: {runner.id}", flush=True)
     await stop.wait()
     log.info("stopping: %d run(s) in flight", runner.active_runs)
     await runner.stop(settings.shutdown_grace)
+    await registry.stop()
     await close(nc)
     probe_stop.set()
     await probe

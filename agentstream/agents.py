@@ -15,10 +15,11 @@ are refused (an alias bomb is an error, not 30 MB of JSON) and the parsed docume
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -158,21 +159,42 @@ def parse_agent(
     """Parse and validate the text of one agent file named ``rel``. Returns the agent (None if
     invalid) and its errors (file, field, reason).
 
-    Refused besides what :class:`AgentDefinition` refuses: YAML aliases (field: where the alias
-    stands), a parsed document larger than :data:`MAX_DOCUMENT_SIZE` (see
-    :func:`agentstream.yamlload.document_size`), an ``llm.api_key_env`` that does not match
-    ``key_env_pattern`` (LLM_KEY_ENV_PATTERN; None: its default), and a stdio MCP server whose
-    ``command`` is not in ``mcp_stdio_commands`` (MCP_STDIO_COMMANDS; None: its default, empty).
+    Refused besides what :func:`check_document` refuses: YAML that does not parse (field None,
+    the line and column in the reason) and YAML aliases (field: where the alias stands).
     """
+    doc, problem = load_document(raw, rel)
+    if problem is not None:
+        return None, [problem]
+    return check_document(doc, rel, key_env_pattern=key_env_pattern, mcp_stdio_commands=mcp_stdio_commands)
+
+
+def load_document(raw: str, rel: str) -> tuple[Any, AgentFileError | None]:
+    """The YAML document in ``raw`` (read with :mod:`agentstream.yamlload`: no aliases), or
+    ``(None, error)`` for a syntax error or an alias, naming ``rel``."""
     try:
-        doc = yamlload.load(raw)
+        return yamlload.load(raw), None
     except yamlload.AliasRefused as err:
-        return None, [AgentFileError(rel, err.field, f"{err}: YAML aliases are not allowed in agent files")]
+        return None, AgentFileError(rel, err.field, f"{err}: YAML aliases are not allowed in agent files")
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
-        return None, [AgentFileError(rel, None, f"YAML syntax error{where}: {problem}")]
+        return None, AgentFileError(rel, None, f"YAML syntax error{where}: {problem}")
+
+
+def check_document(
+    doc: Any, rel: str, *, key_env_pattern: str | None = None, mcp_stdio_commands: str | None = None
+) -> tuple[AgentDefinition | None, list[AgentFileError]]:
+    """Validate one parsed agent document (from a file named ``rel``, or a request body). Returns
+    the agent (None if invalid) and its errors (file ``rel``, field, reason).
+
+    Refused besides what :class:`AgentDefinition` refuses: anything but a mapping, a document
+    larger than :data:`MAX_DOCUMENT_SIZE` (see :func:`agentstream.yamlload.document_size`), an
+    ``llm.api_key_env`` that does not match ``key_env_pattern`` (LLM_KEY_ENV_PATTERN; None: its
+    default), and a stdio MCP server whose ``command`` is not in ``mcp_stdio_commands``
+    (MCP_STDIO_COMMANDS; None: its default, empty). What needs other agents (skills, ensemble
+    members) is checked by the catalog.
+    """
     if not isinstance(doc, dict):
         return None, [AgentFileError(rel, None, "expected a mapping of fields (name: ..., model: ...)")]
     if yamlload.document_size(doc, MAX_DOCUMENT_SIZE) is None:
@@ -194,6 +216,14 @@ def parse_agent(
     if refused:
         return None, refused
     return agent, []
+
+
+def missing_skills(agent: AgentDefinition, skills: dict[str, Skill], rel: str) -> AgentFileError | None:
+    """The error of an agent that lists skills ``skills`` does not hold (field ``skills``), or None."""
+    missing = [s for s in agent.skills if s not in skills]
+    if not missing:
+        return None
+    return AgentFileError(rel, "skills", f"no skill file {', '.join(f'{SKILLS_SUBDIR}/{m}.md' for m in missing)}")
 
 
 def load_agents(
@@ -223,13 +253,9 @@ def load_agents(
             agent, errors = parse_agent(raw, rel, key_env_pattern=key_env_pattern,
                                         mcp_stdio_commands=mcp_stdio_commands)
             if agent is not None:
-                missing = [s for s in agent.skills if s not in catalog.skills]
-                if missing:
-                    errors.append(
-                        AgentFileError(
-                            rel, "skills", f"no skill file {', '.join(f'{SKILLS_SUBDIR}/{m}.md' for m in missing)}"
-                        )
-                    )
+                missing = missing_skills(agent, catalog.skills, rel)
+                if missing is not None:
+                    errors.append(missing)
                 elif agent.name in catalog.agents:
                     errors.append(
                         AgentFileError(rel, "name", f"agent {agent.name!r} is already defined by another file")
@@ -264,22 +290,33 @@ def _directory(directory: Path, dir_fd: int | None) -> Iterator[tuple[int | None
 
 def _check_ensembles(catalog: AgentCatalog) -> None:
     """An ensemble's members and combiner must be agents of the directory, and not ensembles."""
-    for name, agent in list(catalog.agents.items()):
+    for name, (field_name, reason) in ensemble_problems(catalog.agents).items():
+        file = next((f for f, n in catalog.files.items() if n == name), f"{name}.yaml")
+        catalog.errors.append(AgentFileError(file, field_name, reason))
+        del catalog.agents[name]
+
+
+def ensemble_problems(
+    agents: dict[str, AgentDefinition], visible: Callable[[str], bool] | None = None
+) -> dict[str, tuple[str, str]]:
+    """The ensembles of ``agents`` that cannot run: name -> (field, reason). A member or combiner
+    must be an agent of ``agents`` (and, when ``visible`` is given, one it accepts: a tenant's
+    allow-list) and not an ensemble itself. Members being plain agents, one pass finds them all."""
+    problems: dict[str, tuple[str, str]] = {}
+    for name, agent in agents.items():
         if not agent.is_ensemble:
             continue
         for field_name, names in (("members", agent.members), ("combiner", [agent.combiner])):
-            problems = [n for n in names if n not in catalog.agents]
-            nested = [n for n in names if n in catalog.agents and catalog.agents[n].is_ensemble]
-            if problems or nested:
-                reason = (
-                    f"no agent {', '.join(map(repr, problems))}"
-                    if problems
+            absent = [n for n in names if n is None or n not in agents or (visible is not None and not visible(n))]
+            nested = [n for n in names if n is not None and n not in absent and agents[n].is_ensemble]
+            if absent or nested:
+                problems[name] = (field_name, (
+                    f"no agent {', '.join(map(repr, absent))}"
+                    if absent
                     else f"{', '.join(map(repr, nested))} is an ensemble; members and combiner must be plain agents"
-                )
-                file = next((f for f, n in catalog.files.items() if n == name), f"{name}.yaml")
-                catalog.errors.append(AgentFileError(file, field_name, reason))
-                del catalog.agents[name]
+                ))
                 break
+    return problems
 
 
 def _reason(error: ErrorDetails) -> str:

@@ -193,7 +193,8 @@ TOPOLOGY = (
     S.WEBHOOK_JOBS_STREAM,
     *(f"KV_{b}" for b in (S.TENANTS_BUCKET, S.RATE_LIMITS_BUCKET, S.STREAM_COUNTS_BUCKET, S.RUN_INDEX_BUCKET,
                           S.TOOL_RESULTS_BUCKET, S.CONVERSATIONS_BUCKET, S.APPROVALS_BUCKET, S.SCHEDULES_BUCKET,
-                          S.WEBHOOK_SECRETS_BUCKET, S.WEBHOOK_DELIVERIES_BUCKET)),
+                          S.WEBHOOK_SECRETS_BUCKET, S.WEBHOOK_DELIVERIES_BUCKET, S.AGENTS_BUCKET,
+                          S.AGENT_PAUSES_BUCKET)),
 )
 """The streams (and bucket streams) every component needs."""
 

@@ -8,6 +8,7 @@
     agentstream model                 the built-in model   (python -m agentstream.builtin_model)
     agentstream chat AGENT MESSAGE    submit a message and watch the run
     agentstream agents check [DIR]    validate agent files; exit 1 on errors
+    agentstream agents push DIR       upload agent files to the key's tenant, through the edge
     agentstream config                every setting, its environment variable and default
     agentstream nats-config           the nats-server users and permissions, for an existing server
     agentstream nats-setup            declare streams and buckets (NATS_CREDS: the admin identity)
@@ -54,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     check = agents_sub.add_parser("check", help="validate a directory of agent YAML files")
     check.add_argument("directory", nargs="?", help="default: AGENTS_DIR")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
+    push = agents_sub.add_parser("push", help="upload a directory of agent files to your tenant (through the edge's "
+                                 "API: AGENTSTREAM_URL, AGENTSTREAM_API_KEY); all are stored or none")
+    push.add_argument("directory")
+    push.add_argument("--tenant", help="refuse to push unless the API key belongs to this tenant")
+    push.add_argument("--url", default=os.environ.get("AGENTSTREAM_URL", "http://127.0.0.1:8080"),
+                      help="edge URL (AGENTSTREAM_URL; default http://127.0.0.1:8080)")
+    push.add_argument("--key", default=os.environ.get("AGENTSTREAM_API_KEY"), help="API key (AGENTSTREAM_API_KEY)")
     config = sub.add_parser("config", help="list every setting with its environment variable and default")
     config.add_argument("--markdown", action="store_true", help="as a Markdown table (for the README)")
     nats_config = sub.add_parser("nats-config",
@@ -92,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "nats-setup":
             return auth_cli.nats_setup(settings)
         return auth_cli.creds(settings, args.tenant, revoke=args.revoke)
+    if args.command == "agents" and args.agents_command == "push":
+        from agentstream.push_cli import push as run_push
+
+        return run_push(Path(args.directory), url=args.url, api_key=args.key, tenant=args.tenant)
     if args.command == "agents":
         return _agents_check(Path(args.directory) if args.directory else settings.agents_dir, args.json,
                              settings.llm_key_env_pattern, settings.mcp_stdio_commands)

@@ -9,19 +9,16 @@ file (as they must anyway, to authenticate the same callers).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from agentstream.eventlog import direct_get_batch
+from agentstream.kvwatch import BucketEntry, BucketWatcher
 from schemas import subjects
 from schemas.tenants import TenantPolicy
 
@@ -62,8 +59,8 @@ PolicyCallback = Callable[[str, TenantPolicy | None], Awaitable[None]]
 
 
 class PolicyWatcher:
-    """The tenant policies as the TENANTS bucket holds them now, kept current by an ordered
-    consumer on the bucket's stream (the latest entry of every key, then each change).
+    """The tenant policies as the TENANTS bucket holds them now, kept current by a
+    :class:`agentstream.kvwatch.BucketWatcher` (the latest entry of every key, then each change).
 
     ``on_change`` is awaited for every change (also for each entry present at start), one at a
     time, in stream order.
@@ -73,10 +70,8 @@ class PolicyWatcher:
         self.js = js
         self.on_change = on_change
         self.policies: dict[str, TenantPolicy] = {}
-        self.ready = asyncio.Event()
-        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self._sub: JetStreamContext.PushSubscription | None = None
+        self._watcher = BucketWatcher(js, subjects.TENANTS_BUCKET, self._apply)
+        self.ready = self._watcher.ready
 
     def get(self, tenant: str) -> TenantPolicy | None:
         """The tenant's policy, or None when it has none (unknown tenant)."""
@@ -85,44 +80,18 @@ class PolicyWatcher:
     async def start(self, within: float = 30.0) -> None:
         """Start watching; returns once the entries present now were applied (TimeoutError after
         ``within`` seconds)."""
-        stream = f"KV_{subjects.TENANTS_BUCKET}"
-        info = await self.js.stream_info(stream)
-        if info.state.messages == 0:
-            self.ready.set()
-        self._task = asyncio.create_task(self._apply_all())
-        self._sub = await self.js.subscribe(
-            f"$KV.{subjects.TENANTS_BUCKET}.>", stream=stream, cb=self._queue.put, ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
-        )
-        await asyncio.wait_for(self.ready.wait(), within)
+        await self._watcher.start(within)
 
     async def stop(self) -> None:
         """Stop watching."""
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._watcher.stop()
 
-    async def _apply_all(self) -> None:
-        prefix = f"$KV.{subjects.TENANTS_BUCKET}."
-        while True:
-            msg = await self._queue.get()
-            try:
-                await self._apply(msg.subject.removeprefix(prefix), msg.data, (msg.headers or {}).get("KV-Operation"))
-            except Exception:
-                log.exception("applying the policy of %s failed", msg.subject)
-            with contextlib.suppress(Exception):
-                if msg.metadata.num_pending == 0:
-                    self.ready.set()
-
-    async def _apply(self, name: str, value: bytes | None, operation: str | None) -> None:
+    async def _apply(self, entry: BucketEntry) -> None:
+        name = entry.key
         policy: TenantPolicy | None = None
-        if operation not in ("DEL", "PURGE") and value:
+        if entry.value:
             try:
-                policy = TenantPolicy.model_validate_json(value)
+                policy = TenantPolicy.model_validate_json(entry.value)
             except ValidationError as err:
                 log.error("tenant %s: unreadable policy ignored: %s", name, err)
                 return

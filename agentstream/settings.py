@@ -109,7 +109,21 @@ class Settings(BaseSettings):
     )
     # -- agents
     agents_dir: Path = _setting(
-        "AGENTS_DIR", REPO_ROOT / "agents", "Directory of agent YAML files (skills in its `skills/`)."
+        "AGENTS_DIR", REPO_ROOT / "agents",
+        "Directory of agent YAML files (skills in its `skills/`): the agents every tenant sees, besides those it "
+        "creates over the API.",
+    )
+    agents_llm_origins: str = _setting(
+        "AGENTS_LLM_ORIGINS", "",
+        "Comma-separated model server origins (https://api.openai.com, http://10.0.0.7:11434) that agents created "
+        "over the API may name in `llm.base_url` (besides LLM_BASE_URL's); any other is refused, field "
+        "`llm.base_url`, so a tenant cannot have the agent runners send requests, or keys, where it likes. Unset: "
+        "such agents use LLM_BASE_URL's server only.",
+    )
+    agents_max_per_tenant: int = _setting(
+        "AGENTS_MAX_PER_TENANT", 500,
+        "Most agents one tenant may create over the API (its copies of file agents included); a create over it "
+        "is a 409.",
     )
     # -- edge
     edge_bind: str = _setting("EDGE_BIND", "127.0.0.1:8080", "host:port the edge listens on.")

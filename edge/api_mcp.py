@@ -158,7 +158,7 @@ class McpEndpoint:
 
     async def _list_tools(self, req: mt.ListToolsRequest) -> mt.ServerResult:
         caller = self._caller()
-        catalog = caller.app.extensions["agentstream"].catalog
+        catalog = caller.app.extensions["agentstream"].agents.catalog(caller.tenant.name)
         tools = [
             mt.Tool(name=name, title=name, description=agent.description or f"the agent {name}",
                     inputSchema=INPUT_SCHEMA)
@@ -248,9 +248,12 @@ async def _run_agent(t: Tenant, name: str, arguments: dict[str, Any],
                      progress: Callable[[str], Awaitable[None]]) -> mt.CallToolResult:
     """Run agent ``name`` for ``t`` on ``arguments["message"]``; its answer, or an error result."""
     st = state()
-    agent = st.catalog.get(name) if subjects.is_token(name) else None
+    agent = st.agents.get(t.name, name) if subjects.is_token(name) else None
     if agent is None or not t.may_use(name):
         return _error(f"no tool {name[:80]!r}: the tools are this key's agents (tools/list)")
+    if st.agents.paused(t.name, name) is not None:
+        return _error(f"agent {name!r} is paused: runs are not accepted until it is resumed "
+                      f"(POST /api/agents/{name}/resume)")
     message = arguments.get("message")
     extra = sorted(set(arguments) - {"message"})
     if not isinstance(message, str) or not message.strip() or len(message) > MAX_MESSAGE_CHARS or extra:

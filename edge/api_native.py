@@ -1,4 +1,7 @@
-"""The native API (``/api/...``) and its LocalAI-compatible views, plus ``/healthz``."""
+"""The native API (``/api/...``: chat, runs) and its LocalAI-compatible views, plus ``/healthz``.
+
+Agents themselves (list, create, change, pause, ...) are edge.api_agents.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +42,6 @@ from edge.http import (
 from edge.idempotency import claim, request_fingerprint
 from edge.webhooks import check_target, deliveries, parse_target
 from schemas import subjects
-from schemas.agents import AgentDefinition
 from schemas.common import MessageId, Strict
 from schemas.events import is_deleted, is_terminal
 from schemas.runs import PENDING_RUN_ID, RunRequest, new_run_id
@@ -82,31 +84,7 @@ async def healthz() -> Response:
     return json_response(body, 200 if HEALTH.ok else 503)
 
 
-# -- agents
-
-@bp.get("/api/agents")
-async def list_agents() -> Response:
-    """``GET /api/agents``: the caller's tenant's agents, each with name, description, model, tools."""
-    t = tenant()
-    catalog = state().catalog
-    agents = [a for name, a in sorted(catalog.agents.items()) if t.may_use(name)]
-    return json_response({
-        "agents": [a.name for a in agents],
-        "agentCount": len(agents),
-        "actions": len({x for a in agents for x in a.tool_names}),
-        "connectors": 0,
-        "statuses": {a.name: True for a in agents},
-        "items": [_agent_summary(a) for a in agents],
-        "errors": [e.as_dict() for e in catalog.errors],
-    })
-
-
-@bp.get("/api/agents/<name>")
-async def get_agent(name: str) -> Response:
-    """``GET /api/agents/{name}``: one agent's public view; 404 naming ``name`` if unknown."""
-    agent = agent_for(tenant(), name)
-    return json_response({"active": True, **agent.public_view()})
-
+# -- agents (listing and managing them: edge.api_agents)
 
 @bp.post("/api/agents/<name>/chat")
 async def chat(name: str) -> Response:
@@ -262,13 +240,6 @@ async def cancel_run(run_id: str) -> Response:
         )
     await request_cancel(state(), t.name, run_id, body.reason)
     return json_response({"status": "cancelling", "run_id": run_id, "events_url": f"/api/runs/{run_id}/events"}, 202)
-
-
-def _agent_summary(agent: AgentDefinition) -> dict[str, Any]:
-    return {
-        "name": agent.name, "description": agent.description, "model": agent.model,
-        "actions": agent.tool_names, "skills": agent.skills, "max_steps": agent.max_steps,
-    }
 
 
 def _run_summary(record: RunRecord) -> dict[str, Any]:

@@ -379,8 +379,8 @@ async def completions() -> Response:
     return json_response(text_completion(completion_id, created, body.model, run), headers=headers)
 
 
-def _model_object(agent: AgentDefinition) -> dict[str, Any]:
-    return {"id": agent.name, "object": "model", "created": state().catalog.created.get(agent.name, 0),
+def _model_object(t: Tenant, agent: AgentDefinition) -> dict[str, Any]:
+    return {"id": agent.name, "object": "model", "created": state().agents.catalog(t.name).created(agent.name),
             "owned_by": "agentstream"}
 
 
@@ -388,14 +388,15 @@ def _model_object(agent: AgentDefinition) -> dict[str, Any]:
 async def list_models() -> Response:
     """``GET /v1/models``: the tenant's agents as models."""
     t = tenant()
-    catalog = state().catalog
+    catalog = state().agents.catalog(t.name)
     return json_response({"object": "list", "data": [
-        _model_object(a) for name, a in sorted(catalog.agents.items()) if t.may_use(name)
+        _model_object(t, a) for name, a in sorted(catalog.agents.items()) if t.may_use(name)
     ]})
 
 
 @bp.get("/models/<path:model_id>")
 async def get_model(model_id: str) -> Response:
     """``GET /v1/models/{model}``: one agent as a model; 404 naming ``model`` if unknown."""
-    return json_response(_model_object(model_agent(tenant(), model_id)))
+    t = tenant()
+    return json_response(_model_object(t, model_agent(t, model_id)))
 

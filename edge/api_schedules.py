@@ -72,7 +72,7 @@ async def create_schedule() -> Response:
     webhook address."""
     t = tenant()
     body: ScheduleBody = await json_body(ScheduleBody)
-    if state().catalog.get(body.agent) is None or not t.may_use(body.agent):
+    if state().agents.catalog(t.name).get(body.agent) is None or not t.may_use(body.agent):
         raise ApiError(422, "invalid_request", f"no agent named {body.agent!r}", "agent")
     try:
         schedule = checked(body, new_schedule_id(), datetime.now(UTC))

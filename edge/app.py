@@ -4,6 +4,8 @@ It authenticates, validates, stores run requests in JetStream and renders run ev
 the native vocabulary (``/api``), LocalAI's (``/api/agents/{name}/sse``), llm-sse's
 (``/api/process``), OpenAI's (``/v1``: chat completions and the Responses API) and AG-UI's
 (``/ag-ui/{name}``), and the Model Context Protocol's (``/mcp``: the agents as MCP tools).
+Tenants manage their agents on ``/api/agents`` (edge.api_agents; stored in the AGENTS bucket, so
+every edge serves the same agents).
 It keeps no run state of its own: any number of edges can serve the same runs.
 """
 
@@ -17,9 +19,12 @@ from quart_cors import cors
 from werkzeug.exceptions import HTTPException
 
 from agentstream.agents import AgentCatalog, load_agents
+from agentstream.agentstore import AgentRegistry
 from agentstream.bus import close
+from agentstream.origins import ModelServers
 from agentstream.settings import Settings
 from edge import (
+    api_agents,
     api_agui,
     api_approvals,
     api_conversations,
@@ -54,11 +59,14 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
     # Answers the client can read. Quart documents wrapping asgi_app so; mypy forbids assigning to a method.
     app.asgi_app = WholeBodyFirst(app.asgi_app, settings.edge_max_body)  # type: ignore[method-assign]
     app.asgi_app = EndOnDisconnect(app.asgi_app)  # type: ignore[method-assign]  # streams of departed clients end
+    files = catalog or load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern,
+                                   mcp_stdio_commands=settings.mcp_stdio_commands)
     state = EdgeState(
         settings=settings,
         auth=auth or Authenticator.from_file(settings.keys_file),
-        catalog=catalog or load_agents(settings.agents_dir, key_env_pattern=settings.llm_key_env_pattern,
-                                       mcp_stdio_commands=settings.mcp_stdio_commands),
+        catalog=files,
+        agents=AgentRegistry(files, key_env_pattern=settings.llm_key_env_pattern,
+                             servers=ModelServers.of(settings.agents_llm_origins, settings.llm_base_url)),
     )
     app.extensions["agentstream"] = state
     guard.install(app, settings)  # Host, ?api_key=, Origin and Content-Type rules, before any route
@@ -68,10 +76,11 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
             app,
             allow_origin="*" if "*" in origins else origins,
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Mcp-Protocol-Version"],
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
             expose_headers=["X-Run-Id"],
             max_age=600,
         )
+    app.register_blueprint(api_agents.bp)
     app.register_blueprint(api_native.bp)
     app.register_blueprint(api_runs.bp)
     app.register_blueprint(api_approvals.bp)
@@ -129,6 +138,7 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
             task.cancel()
         if state.hub is not None:
             await state.hub.stop()
+        await state.agents.stop()
         if state.streams is not None:
             await state.streams.stop()
         if state.nc is not None:

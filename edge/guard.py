@@ -27,7 +27,10 @@ Checked in this order (:func:`check`), each refusal an :class:`ApiError` naming 
    allowed), else ``415``, field ``Content-Type``; nothing is guessed. Form and ``text/plain``
    bodies are "CORS-safelisted" (Fetch standard §2.2.2): a browser sends them to any origin
    without a preflight, so a JSON body is also what makes every cross-origin ``POST`` go through
-   the CORS preflight, which only ``EDGE_CORS_ORIGINS`` pass.
+   the CORS preflight, which only ``EDGE_CORS_ORIGINS`` pass. The two routes that take agent
+   definitions (``POST /api/agents``, ``POST /api/agents/import``) also take YAML
+   (``application/yaml``, RFC 9512, and its older names ``application/x-yaml``, ``text/yaml``):
+   none of them is CORS-safelisted either, so the same preflight stands in front of them.
 
 ``OPTIONS`` (preflights) and other methods meet rules 1 and 2 only (and 3 on ``/mcp``). ``/healthz`` meets none:
 health probes address the edge by its IP address (Kubernetes sends the pod's IP as ``Host``), and
@@ -51,6 +54,10 @@ ORIGIN_CHECKED_PATHS = frozenset({"/mcp"})
 """Paths whose every request (not only a POST) meets the Origin rule."""
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 """Names every edge serves unless EDGE_ALLOWED_HOSTS says otherwise (IPv6 without brackets)."""
+YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml"})
+"""Media types of a YAML body: RFC 9512's, and the names used before it. None is CORS-safelisted."""
+YAML_POST_ENDPOINTS = frozenset({"agents.create_agent", "agents.import_agents"})
+"""The POST routes that take YAML as well as JSON (agent definitions, edge.api_agents)."""
 _WILDCARDS = ("0.0.0.0", "::", "")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -173,9 +180,14 @@ def check(
         raise ApiError(403, "forbidden",
                        "requests from web pages of other sites are not allowed (Sec-Fetch-Site: cross-site); the "
                        "operator lists the origins that may call this edge in EDGE_CORS_ORIGINS", "Origin")
-    if method == "POST" and mimetype != "application/json":
-        raise ApiError(415, "unsupported_media_type",
-                       "send the body as JSON with 'Content-Type: application/json'", "Content-Type")
+    if method != "POST" or mimetype == "application/json" or (endpoint in YAML_POST_ENDPOINTS
+                                                            and mimetype in YAML_TYPES):
+        return
+    if endpoint in YAML_POST_ENDPOINTS:
+        raise ApiError(415, "unsupported_media_type", "send the body as JSON ('Content-Type: application/json') or "
+                       "YAML ('Content-Type: application/yaml')", "Content-Type")
+    raise ApiError(415, "unsupported_media_type",
+                   "send the body as JSON with 'Content-Type: application/json'", "Content-Type")
 
 
 def normal_origin(origin: str) -> str | None:

@@ -48,12 +48,25 @@ def tenant() -> Tenant:
 
 
 def agent_for(t: Tenant, name: str, *, field: str = "name") -> AgentDefinition:
-    """The agent ``name`` if ``t`` may use it. ApiError 400 (unsafe name) or 404 (unknown)."""
+    """The agent ``name`` of ``t``'s effective catalog (agentstream.agentstore) if ``t`` may use
+    it. ApiError 400 (unsafe name), 404 (unknown, or not on the tenant's allow-list), 409
+    ``agent_invalid`` (the tenant's agent cannot run: its stored definition is not valid here).
+
+    For a ``POST`` (every route that submits a run resolves its agent here) a paused agent is a
+    409 ``agent_paused``, before anything is claimed or stored.
+    """
     if not subjects.is_token(name):
         raise ApiError(400, "invalid_name", f"{name[:80]!r} is not a valid agent name (1-64 of A-Z a-z 0-9 _ -)", field)
-    agent = state().catalog.get(name)
+    st = state()
+    catalog = st.agents.catalog(t.name)
+    agent = catalog.get(name)
     if agent is None or not t.may_use(name):
+        if name in catalog.invalid and t.may_use(name):
+            raise ApiError(409, "agent_invalid", f"agent {name!r} cannot run: {catalog.invalid[name][0]}", field)
         raise ApiError(404, "not_found", f"no agent named {name!r}", field)
+    if request.method == "POST" and st.agents.paused(t.name, name) is not None:
+        raise ApiError(409, "agent_paused", f"agent {name!r} is paused: runs are not accepted until it is resumed "
+                       f"(POST /api/agents/{name}/resume)", field)
     return agent
 
 
@@ -181,7 +194,7 @@ async def take_turn(st: EdgeState, t: Tenant, agent: str, req: RunRequest) -> No
     kv = st.conversations
     if kv is None:
         raise ApiError(503, "unavailable", "the edge is not connected to NATS yet; retry shortly", retry_after=1)
-    definition = st.catalog.get(agent)
+    definition = st.agents.get(t.name, agent)
     on_busy = definition.on_busy if definition is not None else "enqueue"
     try:
         current, _ = await conversations.load(kv, t.name, req.conversation_id)

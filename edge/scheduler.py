@@ -256,7 +256,7 @@ class Scheduler:
         if policy is None:
             raise NotFired(f"tenant {tenant!r} is not in the keys file")
         t = Tenant(policy)
-        agent = st.catalog.get(schedule.agent)
+        agent = st.agents.catalog(tenant).get(schedule.agent)  # its files' agents and its own
         if agent is None or not t.may_use(schedule.agent):
             raise NotFired(f"agent {schedule.agent!r} is not available to tenant {tenant!r}")
         run_id = scheduled_run_id(tenant, schedule.schedule_id, tick)

@@ -13,6 +13,8 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from agentstream.agents import AgentCatalog
+from agentstream.agentstore import AgentRegistry
+from agentstream.agentwrites import AgentWriter
 from agentstream.bus import connect, ensure_topology
 from agentstream.eventlog import EventLogError
 from agentstream.policies import publish_policies
@@ -31,12 +33,16 @@ log = logging.getLogger(__name__)
 @dataclass
 class EdgeState:
     """The edge's state. ``stopping`` is set when the process begins to shut down: open streams
-    end (clients reconnect, to this or another edge, with ``Last-Event-ID``)."""
+    end (clients reconnect, to this or another edge, with ``Last-Event-ID``). ``catalog``: the
+    agents directory; ``agents``: every tenant's effective agents (the directory's and its own,
+    followed in the AGENTS bucket); ``agent_writer``: stores changes of them (once connected)."""
 
     settings: Settings
     auth: Authenticator
     catalog: AgentCatalog
+    agents: AgentRegistry
     nc: NATS | None = None
+    agent_writer: AgentWriter | None = None
     hub: LiveHub | None = None
     limiter: RateLimiter | None = None
     streams: StreamCaps | None = None
@@ -120,6 +126,8 @@ class EdgeState:
         self.limiter = RateLimiter(await js.key_value(subjects.RATE_LIMITS_BUCKET))
         self.streams = StreamCaps(nc, await js.key_value(subjects.STREAM_COUNTS_BUCKET))
         self.streams.start()
+        await self.agents.start(js)
+        self.agent_writer = await AgentWriter.open(nc, js, self.agents)
         self.nc = nc
         await self.publish_policies()
         hub = LiveHub(nc)

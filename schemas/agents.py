@@ -8,6 +8,7 @@ reported rather than silently ignored (LocalAI's agent config ignores unknown ke
 
 from __future__ import annotations
 
+from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -266,3 +267,40 @@ class AgentDefinition(Strict):
         view = self.model_dump(mode="json", exclude={"webhooks"})
         view["webhooks"] = [{"url": shown_url(w.url, hidden=True), "events": w.events} for w in self.webhooks]
         return view
+
+    def document(self) -> dict[str, Any]:
+        """The agent as a document to store or export: ``name`` and every field that differs from
+        its default (so a later release's defaults apply to what was not set). Validating it gives
+        this agent back."""
+        return {"name": self.name, **self.model_dump(mode="json", exclude_defaults=True)}
+
+
+AgentAction = Literal["create", "update", "rollback", "import"]
+"""How an agent's revision was written over the API."""
+
+
+class StoredAgent(Strict):
+    """One entry of the AGENTS bucket (key ``{tenant}.{agent}``): a tenant's agent as created or
+    changed over the API. Validated again by every reader (an edge or runner with other settings
+    may refuse it; it is then reported, not run).
+
+    - ``definition``: the agent document (the fields of :class:`AgentDefinition` that differ from
+      their defaults, and ``name``); it holds no secret (only ``llm.api_key_env``, a variable name);
+    - ``action``: how it was written (``create``, ``update``, ``rollback``, ``import``);
+    - ``key_id``: who wrote it, the first 16 hex digits of the API key's SHA-256 (None without a
+      keys file);
+    - ``from_revision``: for a rollback, the revision it restored.
+    """
+
+    definition: dict[str, Any]
+    action: AgentAction
+    key_id: str | None = None
+    from_revision: int | None = None
+
+
+class AgentPause(Strict):
+    """One entry of the AGENT_PAUSES bucket (key ``{tenant}.{agent}``): the agent is paused (no
+    entry: it is not). ``paused_at``: when (UTC); ``key_id``: by whom (as in :class:`StoredAgent`)."""
+
+    paused_at: datetime
+    key_id: str | None = None

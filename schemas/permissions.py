@@ -11,11 +11,13 @@ identity       may
 admin          everything (declares streams, consumers and buckets; nothing else uses it)
 edge           submit runs of any tenant, send cancels, read events (stored and live), keep its
                buckets (tenant policies, rate limits, open streams, run index, approval
-               decisions, schedules, webhook secrets), read webhook deliveries; never write
-               ``runs.>`` (it cannot forge a run's events)
+               decisions, schedules, webhook secrets, agents and paused agents, the last two
+               also watched), read webhook deliveries; never write ``runs.>`` (it cannot forge a
+               run's events)
 agent-runner   pull run requests through its consumers, write ``runs.>`` and dead letters,
                start ensemble members, call tools and ask which are served, read cancels,
-               read tenant policies, enqueue webhook deliveries (``webhooks.*.*``), keep and
+               read tenant policies, keep conversations, read and watch (never write) agents
+               and paused agents, enqueue webhook deliveries (``webhooks.*.*``), keep and
                watch runs waiting for approvals and publish their run requests again to
                resume them
 webhook-sender pull webhook deliveries through its consumer, keep their records
@@ -120,9 +122,17 @@ def _bucket(bucket: str, *, watch: bool = False) -> tuple[str, ...]:
 
 
 def _bucket_read(bucket: str) -> tuple[str, ...]:
-    """Publish permissions to read one KV bucket (direct gets, single and batched), not write it."""
+    """Publish permissions to read and watch one KV bucket, never to write it: direct gets (by
+    subject and batched), the stream's info, and ordered consumers on its stream."""
     stream = f"KV_{bucket}"
-    return (f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>", f"{API}.STREAM.INFO.{stream}")
+    return (
+        f"{API}.DIRECT.GET.{stream}",
+        f"{API}.DIRECT.GET.{stream}.>",
+        f"{API}.STREAM.INFO.{stream}",
+        f"{API}.CONSUMER.CREATE.{stream}",
+        f"{API}.CONSUMER.CREATE.{stream}.>",
+        f"{FLOW_CONTROL}.{stream}.>",
+    )
 
 
 def _stream_read(stream: str) -> tuple[str, ...]:
@@ -151,6 +161,8 @@ _EDGE = Permissions(
         *_bucket(S.SCHEDULES_BUCKET, watch=True),  # edges fire schedules (edge/scheduler.py)
         *_bucket(S.WEBHOOK_SECRETS_BUCKET),  # GET /api/webhooks/secret, and its rotation
         *_bucket_read(S.WEBHOOK_DELIVERIES_BUCKET),  # GET /api/runs/{id} shows the deliveries
+        *_bucket(S.AGENTS_BUCKET, watch=True),
+        *_bucket(S.AGENT_PAUSES_BUCKET, watch=True),
     ),
     subscribe=(S.LIVE_RUN_EVENTS_ALL, f"{inbox_prefix(Role.EDGE)}.>"),
 )
@@ -184,6 +196,8 @@ _AGENT_RUNNER = Permissions(
         *_bucket(S.CONVERSATIONS_BUCKET),
         *_bucket(S.APPROVALS_BUCKET, watch=True),
         S.WEBHOOK_JOBS_ALL,  # a subscribed event's delivery jobs (agent_runner/webhooks.py)
+        *_bucket_read(S.AGENTS_BUCKET),
+        *_bucket_read(S.AGENT_PAUSES_BUCKET),
     ),
     subscribe=(S.LIVE_RUN_EVENTS_ALL, f"{inbox_prefix(Role.AGENT_RUNNER)}.>"),
 )

@@ -46,6 +46,12 @@ from schemas import subjects
 
 log = logging.getLogger(__name__)
 
+AGENT_REVISIONS = 16
+"""Revisions of each API-managed agent the AGENTS bucket keeps (the bucket's history; NATS allows
+at most 64). Older ones are dropped by the server; rollback reaches only these."""
+MAX_AGENT_ENTRY_BYTES = 1024 * 1024
+"""Largest AGENTS entry (bytes): a definition of at most 256 Ki characters, as JSON."""
+
 _STREAM_CONFIG_CHANGED = 10058  # "stream name already in use with a different configuration"
 
 
@@ -159,6 +165,9 @@ def kv_configs(*, run_index_max_age: float = 7 * 86400.0, replicas: int = 1) -> 
     - SCHEDULES: one entry per schedule, kept until deleted;
     - WEBHOOK_SECRETS: one signing secret per tenant, kept until replaced;
     - WEBHOOK_DELIVERIES: one entry per webhook delivery (its attempts), kept as long as run events are.
+    - AGENTS: the agents tenants created over the API, the last :data:`AGENT_REVISIONS`
+      revisions of each (a deletion is a marker: the revisions before it stay, for rollback);
+    - AGENT_PAUSES: which agents are paused, per tenant (the entry is deleted on resume).
     """
     return [
         KeyValueConfig(bucket=subjects.TENANTS_BUCKET, description="agentstream tenant policies", history=1,
@@ -181,6 +190,11 @@ def kv_configs(*, run_index_max_age: float = 7 * 86400.0, replicas: int = 1) -> 
                        history=1, storage=StorageType.FILE, replicas=replicas, direct=True),
         KeyValueConfig(bucket=subjects.WEBHOOK_DELIVERIES_BUCKET, description="agentstream webhook deliveries",
                        history=1, ttl=run_index_max_age, storage=StorageType.FILE, replicas=replicas, direct=True),
+        KeyValueConfig(bucket=subjects.AGENTS_BUCKET, description="agentstream agents managed over the API",
+                       history=AGENT_REVISIONS, max_value_size=MAX_AGENT_ENTRY_BYTES, storage=StorageType.FILE,
+                       replicas=replicas, direct=True),
+        KeyValueConfig(bucket=subjects.AGENT_PAUSES_BUCKET, description="agentstream paused agents", history=1,
+                       storage=StorageType.FILE, replicas=replicas, direct=True),
     ]
 
 

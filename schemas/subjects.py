@@ -77,6 +77,13 @@ WEBHOOK_SECRETS_BUCKET = "WEBHOOK_SECRETS"
 senders only)."""
 WEBHOOK_DELIVERIES_BUCKET = "WEBHOOK_DELIVERIES"
 """One entry per webhook delivery (``{tenant}.{run_id}.{delivery_id}``): its attempts and state."""
+AGENTS_BUCKET = "AGENTS"
+"""Agents created over the API, one key per tenant and agent (``{tenant}.{agent}``, see
+:func:`agent_key`), with their last revisions kept (schemas/streams.py ``AGENT_REVISIONS``).
+Written by edges, watched by edges and agent runners (agentstream/agentstore.py)."""
+AGENT_PAUSES_BUCKET = "AGENT_PAUSES"
+"""Paused agents, one key per tenant and agent (``{tenant}.{agent}``); no entry: not paused.
+Written by edges, watched by edges and agent runners."""
 
 # Subject prefixes (first token of each family).
 _RUN_REQUEST_PREFIX = "agents"
@@ -253,6 +260,20 @@ def parse_webhook_job(subject: str) -> tuple[str, str]:
     if len(parts) != 3 or parts[0] != _WEBHOOK_PREFIX:
         raise SubjectTokenError("subject", subject)
     return token(parts[1], "tenant"), token(parts[2], "run_id")
+
+
+def agent_key(tenant: str, agent: str) -> str:
+    """Key of a tenant's agent in the AGENTS and AGENT_PAUSES buckets: ``{tenant}.{agent}``."""
+    return f"{token(tenant, 'tenant')}.{token(agent, 'agent')}"
+
+
+def parse_agent_key(key: str) -> tuple[str, str]:
+    """Split an AGENTS / AGENT_PAUSES key ``{tenant}.{agent}`` into ``(tenant, agent)``; raises
+    SubjectTokenError on any other shape."""
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise SubjectTokenError("key", key)
+    return token(parts[0], "tenant"), token(parts[1], "agent")
 
 
 def run_events(tenant: str, agent: str, run_id: str) -> str:

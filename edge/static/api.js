@@ -1,14 +1,19 @@
 // The edge's HTTP API, from the page: same origin, the caller's key as `Authorization: Bearer`
 // (README, "Tenants and keys"), JSON bodies, errors as ApiFailure.
 
-/** A refused request: `status`, and the edge's `{"error": {"message", "type", "field"}}` fields. */
+/**
+ * A refused request: `status`, and the edge's `{"error": {"message", "type", "field"}}` fields;
+ * `errors`: the error's list of `{field, reason}` when it has one (a refused agent: every field at
+ * fault, README "Agents over the API"), else empty.
+ */
 export class ApiFailure extends Error {
-  constructor(status, type, message, field = null, retryAfter = null) {
+  constructor(status, type, message, field = null, retryAfter = null, errors = []) {
     super(message);
     this.status = status;
     this.type = type;
     this.field = field;
     this.retryAfter = retryAfter;
+    this.errors = errors;
   }
 
   /** The failure a non-2xx response describes (its JSON error body, else its status line). */
@@ -21,7 +26,8 @@ export class ApiFailure extends Error {
       // not JSON: a proxy's page, say
     }
     const message = error.message ?? `${response.status} ${response.statusText}`;
-    return new ApiFailure(response.status, error.type ?? "http_error", message, error.field ?? null, retry);
+    const errors = Array.isArray(error.errors) ? error.errors : [];
+    return new ApiFailure(response.status, error.type ?? "http_error", message, error.field ?? null, retry, errors);
   }
 
   /** One line for the page: "HTTP 404: no run 'x' (run_id)". */
@@ -55,6 +61,16 @@ export class Api {
       body: JSON.stringify(body),
       contentType: "application/json",
     });
+  }
+
+  /** PUT a JSON body; returns the JSON answer. Raises ApiFailure. */
+  async put(path, body) {
+    return this.#send(path, { method: "PUT", body: JSON.stringify(body), contentType: "application/json" });
+  }
+
+  /** DELETE; returns the JSON answer. Raises ApiFailure. */
+  async delete(path) {
+    return this.#send(path, { method: "DELETE" });
   }
 
   async #send(path, { method, body, contentType }) {

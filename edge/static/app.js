@@ -3,6 +3,7 @@
 
 import { Api, newMessageId } from "./api.js";
 import { ChatView } from "./chat.js";
+import { AgentEditor } from "./editor.js";
 import { markActive, renderRuns } from "./runs.js";
 import { RunStream, TERMINAL_TYPES } from "./sse.js";
 import { SnapshotWriter, loadSnapshot, prefs, readHash, writeHash } from "./store.js";
@@ -13,6 +14,7 @@ const ui = {
   keyForm: $("key-form"), key: $("api-key"), notice: $("notice"),
   agent: $("agent"), agentDescription: $("agent-description"), runs: $("runs"), runsRefresh: $("runs-refresh"),
   composer: $("composer"), message: $("message"), send: $("send"), cancel: $("cancel"),
+  agentNew: $("agent-new"), agentEdit: $("agent-edit"),
 };
 
 const api = new Api(() => prefs.key);
@@ -32,6 +34,16 @@ const timeline = new Timeline(
 
 let agents = [];
 let session = null;
+
+const editor = new AgentEditor($("editor"), api, {
+  explain: (failure) => explain(failure),
+  onSaved: async (name, saved) => {
+    if (saved) prefs.agent = name;
+    writeHash({ agent: saved ? name : undefined, run: session?.runId });
+    await loadAgents();
+    notify(saved ? `Saved agent ${name} (revision ${saved.revision}).` : `Deleted agent ${name}.`, "info");
+  },
+});
 
 function notify(text, kind = "error") {
   ui.notice.textContent = text;
@@ -120,6 +132,7 @@ async function loadAgents() {
   ui.agent.replaceChildren(...agents.map((a) => new Option(a.name, a.name)));
   if (agents.some((a) => a.name === wanted)) ui.agent.value = wanted;
   ui.send.disabled = !agents.length;
+  ui.agentEdit.disabled = !agents.length;
   agentChanged({ keepRun: true });
   document.body.dataset.agents = String(agents.length);
 }
@@ -195,6 +208,8 @@ ui.keyForm.addEventListener("submit", (event) => {
   });
 });
 ui.agent.addEventListener("change", () => agentChanged());
+ui.agentNew.addEventListener("click", () => editor.create());
+ui.agentEdit.addEventListener("click", () => ui.agent.value && editor.edit(ui.agent.value));
 ui.runsRefresh.addEventListener("click", () => loadRuns());
 ui.composer.addEventListener("submit", send);
 ui.message.addEventListener("keydown", (event) => {

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from tests.conftest import BOB_KEY, read_events, submit
+from tests.conftest import BOB_KEY, eventually, read_events, submit
 
 
 async def finished_run(api: httpx.AsyncClient, agent: str, message: str, **extra: str) -> tuple[str, list[dict]]:
@@ -94,8 +94,15 @@ async def test_usage_sums_the_tenants_runs(api, system):
     for i in range(3):
         _, events = await finished_run(api, "echo", f"usage {i}")
         tokens += events[-1]["data"]["data"]["usage"]["total_tokens"]
-    after = (await api.get("/api/usage")).json()
     echo_before = next((g for g in before["groups"] if g["agent"] == "echo"), {"runs": 0, "total_tokens": 0})
+
+    async def counted() -> bool:
+        """the usage counts the three runs (a run's log entry is written just after its terminal event)"""
+        groups = (await api.get("/api/usage")).json()["groups"]
+        return next((g["runs"] for g in groups if g["agent"] == "echo"), 0) - echo_before["runs"] >= 3
+
+    await eventually(counted, within=5.0)
+    after = (await api.get("/api/usage")).json()
     echo_after = next(g for g in after["groups"] if g["agent"] == "echo")
     assert echo_after["runs"] - echo_before["runs"] == 3
     assert echo_after["total_tokens"] - echo_before["total_tokens"] == tokens

@@ -476,6 +476,93 @@ def test_another_tenant_sees_none_of_it(tab, ui_system):
     assert "alice's secret question" not in tab.page.locator("body").inner_text()
 
 
+# -- the agent editor
+
+def test_the_agent_editor_shows_each_refusal_at_its_field_and_saves_live(tab, ui_system):
+    name = f"ui-made-{int(time.time() * 1000) % 10**8}"
+    page = tab.page
+    tab.login()
+    page.click("#agent-new")
+    dialog = page.locator("#editor")
+    expect(dialog).to_be_visible()
+    page.fill("#ed-name", name)
+    page.fill("#ed-model", "builtin:delay=0.001")
+    page.fill("#ed-actions", "read_file, rm_rf")
+    page.fill("#ed-max-steps", "0")
+    page.click("#editor-save")
+    # The edge's 422 names both fields; each reason is shown at its own input, and the form stays open.
+    expect(page.locator("#ed-actions")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#ed-actions-error")).to_contain_text("rm_rf")
+    expect(page.locator("#ed-max-steps")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#ed-max-steps-error")).to_be_visible()
+    expect(page.locator("#ed-name")).not_to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#ed-actions")).to_be_focused()
+    expect(dialog).to_be_visible()
+    tab.shot("editor-errors.png", full_page=False)
+    with api(ui_system) as client:
+        assert client.get(f"/api/agents/{name}").status_code == 404  # nothing was stored
+
+    page.fill("#ed-actions", "read_file")
+    page.fill("#ed-max-steps", "3")
+    page.fill("#ed-llm-base-url", "https://attacker.example/v1")  # a model server the operator did not list
+    page.click("#editor-save")
+    expect(page.locator("#ed-llm-base-url-error")).to_contain_text("AGENTS_LLM_ORIGINS")
+    expect(page.locator("#ed-actions")).not_to_have_attribute("aria-invalid", "true")  # fixed: cleared
+    expect(page.locator("#ed-actions-error")).to_be_hidden()
+
+    page.fill("#ed-llm-base-url", "")
+    page.click("#editor-save")
+    expect(dialog).to_be_hidden()
+    expect(page.locator("#agent")).to_have_value(name)
+    expect(page.locator("#notice")).to_contain_text(f"Saved agent {name}")
+    with api(ui_system) as client:
+        stored = client.get(f"/api/agents/{name}").json()
+    assert stored["source"] == "api" and stored["actions"] == ["read_file"] and stored["max_steps"] == 3
+    assert stored["llm"] is None
+    # Served at once: the runner started before the agent existed runs it, tool call included.
+    tab.send(name, "What is the first line of pyproject.toml?")
+    assert tab.wait_finished() == "completed"
+    expect(page.locator("#timeline")).to_contain_text("read_file")
+
+    # Changing it keeps what the form does not show, and stores a new revision.
+    page.click("#agent-edit")
+    expect(dialog).to_be_visible()  # once the agent is read
+    expect(page.locator("#editor-note")).to_contain_text(f"revision {stored['revision']}")
+    expect(page.locator("#ed-name")).to_have_value(name)
+    expect(page.locator("#ed-name")).to_have_attribute("readonly", "")  # PUT cannot rename
+    expect(page.locator("#ed-max-steps")).to_have_value("3")
+    page.fill("#ed-description", "changed in the browser")
+    page.click("#editor-save")
+    expect(dialog).to_be_hidden()
+    with api(ui_system) as client:
+        changed = client.get(f"/api/agents/{name}").json()
+        assert changed["description"] == "changed in the browser" and changed["revision"] > stored["revision"]
+        assert changed["model"] == "builtin:delay=0.001" and changed["max_steps"] == 3
+        with api(ui_system, BOB_KEY) as bob:  # another tenant has no such agent
+            assert bob.get(f"/api/agents/{name}").status_code == 404
+
+    # A file agent's form says that saving makes the tenant's own copy; it cannot be deleted.
+    page.select_option("#agent", "programmer-helper")
+    page.click("#agent-edit")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#editor-note")).to_contain_text("AGENTS_DIR")
+    expect(page.locator("#editor-delete")).to_be_hidden()
+    page.click("#editor-close")
+
+    # Deleting takes a second click; the agent leaves the list.
+    page.select_option("#agent", name)
+    page.click("#agent-edit")
+    expect(page.locator("#editor-delete")).to_be_visible()
+    page.click("#editor-delete")
+    expect(page.locator("#editor-delete")).to_have_text("Really delete?")
+    expect(dialog).to_be_visible()
+    page.click("#editor-delete")
+    expect(dialog).to_be_hidden()
+    expect(page.locator(f"#agent option[value='{name}']")).to_have_count(0)
+    with api(ui_system) as client:
+        assert client.get(f"/api/agents/{name}").status_code == 404
+
+
 # -- the page's own logic, on made-up input
 
 def test_stream_parsing_and_retry_rendering(tab):

@@ -200,3 +200,14 @@ def test_the_chat_stream_shows_a_wait_as_a_comment_only():
     assert len(frames) == 1 and frames[0].startswith(b": awaiting approval of tool call c1 evil (read_file)")
     assert frames[0].endswith(b"\n\n") and frames[0].count(b"\n") == 2
     assert b"/api/runs/run1/approve" in frames[0]
+
+
+def test_an_approval_rule_is_not_mistaken_for_a_localai_action():
+    from agentstream.localai_config import from_localai, is_localai
+
+    ours = {"name": "a", "actions": ["read_file", {"name": "http_request", "approval": {"unless": {"method": "GET"}}}]}
+    assert not is_localai(ours) and from_localai(ours) is ours
+    mixed = {"name": "a", "api_url": "http://h/v1", "actions": [
+        {"name": "read_file", "config": ""}, {"name": "http_request", "approval": "required"}]}
+    assert from_localai(mixed)["actions"] == ["read_file", {"name": "http_request", "approval": "required"}]
+    assert agent(*from_localai(mixed)["actions"]).approval_of("http_request") == "required"

@@ -56,6 +56,28 @@ async def test_every_post_needs_json(content_type):
         await error_of(await client.post(path, data=b"{}", headers=headers), 415, "Content-Type")
 
 
+@pytest.mark.parametrize("content_type", ["application/yaml", "application/x-yaml", "text/yaml; charset=utf-8"])
+async def test_the_agent_definition_routes_also_take_yaml(content_type):
+    client = app_for().test_client()
+    headers = {**BEARER, "Content-Type": content_type}
+    for path in ("/api/agents", "/api/agents/import"):
+        resp = await client.post(path, data=b"name: x\n", headers=headers)
+        assert resp.status_code == 503, await resp.get_data()  # past the rules; storing needs NATS
+    for path in ("/api/agents/x/pause", CHAT, "/api/process"):  # every other POST: JSON only
+        await error_of(await client.post(path, data=b"name: x\n", headers=headers), 415, "Content-Type")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+async def test_the_agent_definition_routes_refuse_what_browsers_send_anywhere(content_type):
+    client = app_for().test_client()
+    headers = {**BEARER, **({"Content-Type": content_type} if content_type else {})}
+    for path in ("/api/agents", "/api/agents/import"):
+        body = await error_of(await client.post(path, data=b"name: x\n", headers=headers), 415, "Content-Type")
+        assert "application/yaml" in body["message"]
+    yaml_from_elsewhere = {**BEARER, "Content-Type": "application/yaml", "Origin": "https://evil.example"}
+    await error_of(await client.post("/api/agents", data=b"name: x\n", headers=yaml_from_elsewhere), 403, "Origin")
+
+
 @pytest.mark.parametrize("headers", [
     {},  # not a browser
     {"Origin": "http://localhost"},  # the edge's own page (Host: localhost)
