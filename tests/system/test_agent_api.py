@@ -26,8 +26,8 @@ from schemas.permissions import Role, tenant_inbox_prefix
 from schemas.runs import RunRequest, new_run_id
 from tests.conftest import ALICE_KEY, BOB_KEY, eventually, read_events
 from tests.harness import REPO, System, new_system
-from tests.test_isolation import Probe, creds, seed_of
-from tests.test_mcp_edge import mcp_session
+from tests.system.test_isolation import Probe, creds, seed_of
+from tests.system.test_mcp_edge import mcp_session
 
 pytestmark = pytest.mark.timeout(180)
 
