@@ -317,8 +317,12 @@ export class Timeline {
       outcome.textContent = decision === "approve" ? "approving…" : "rejecting…";
       try {
         await this.hooks.decide(this.runId, data.tool_call_id, decision, reason.value.trim() || null);
-        outcome.textContent = `${decision === "approve" ? "approved" : "rejected"}; the run goes on`;
+        // The run's tool.approval_decided may have come first: it says how, and stays.
+        if (tool.li.dataset.approval === "pending") {
+          outcome.textContent = `${decision === "approve" ? "approved" : "rejected"}; the run goes on`;
+        }
       } catch (failure) {
+        if (tool.li.dataset.approval !== "pending") return;
         outcome.className = "approval-outcome error";
         outcome.textContent = failure.describe ? failure.describe() : String(failure);
         if (failure.status !== 409) for (const button of buttons) button.disabled = false;
@@ -331,7 +335,7 @@ export class Timeline {
     const box = el("div", { class: "approval", dataset: { toolCallId: data.tool_call_id } },
       note, el("div", { class: "approval-actions" }, reason, ...buttons), outcome);
     tool.li.append(box);
-    tool.approval = { box, buttons, reason, outcome };
+    tool.approval = { box, note, buttons, reason, outcome };
     this.#touch(tool.step, ts);
   }
 
@@ -349,6 +353,7 @@ export class Timeline {
     if (tool.approval) {
       for (const button of tool.approval.buttons) button.remove();
       tool.approval.reason.remove();
+      tool.approval.note.remove();
       tool.approval.outcome.className = `approval-outcome ${approved ? "muted" : "error"}`;
       tool.approval.outcome.textContent = text;
     } else {
