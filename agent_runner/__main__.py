@@ -8,7 +8,7 @@ from agentstream.runtime import run
 def main() -> int:
     """Entry point; returns the exit code."""
     settings = config.load()
-    return run(lambda stop: serve(settings, stop), settings)
+    return run(lambda stop: serve(settings, stop), settings, component="agent-runner")
 
 
 if __name__ == "__main__":

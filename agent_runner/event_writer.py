@@ -26,6 +26,7 @@ import orjson
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel
 
+from agent_runner.metrics import RunMetrics
 from agentstream.eventlog import APPEND_RETRY_SECONDS, WriteConflict, append
 from schemas import events as E
 
@@ -37,7 +38,9 @@ class RunEventWriter:
     """Writes the events of one run attempt.
 
     ``subject``: the run's event subject; ``envelope``: ``run_id, tenant, agent, message_id,
-    attempt``; ``last_seq``: sequence of the run's latest stored event (0 if none).
+    attempt``; ``last_seq``: sequence of the run's latest stored event (0 if none); ``on_end``:
+    awaited with the terminal event's type, its data and the answer once it is stored; ``metrics``:
+    where the attempt's start, first text and end are reported (agent_runner.metrics).
     """
 
     def __init__(
@@ -53,8 +56,10 @@ class RunEventWriter:
         storage_patience: float = APPEND_RETRY_SECONDS,
         on_end: Callable[[str, BaseModel, str | None], Awaitable[None]] | None = None,
         on_stored: Callable[[str, int, bytes], Awaitable[None]] | None = None,
+        metrics: RunMetrics | None = None,
     ):
         self.nc = nc
+        self.metrics = metrics
         self.subject = subject
         self.envelope = envelope
         self.last_seq = last_seq
@@ -86,6 +91,8 @@ class RunEventWriter:
         say this attempt must not go on) runs now, concurrently, and the ``first`` event is written
         as soon as it returns; every other write waits for both. Used so a fresh run's model call
         starts without waiting two NATS round trips (lower time to first token)."""
+        if first[0] == E.RUN_STARTED and self.metrics is not None:
+            self.metrics.started()
 
         async def opening() -> None:
             self.last_seq = await find_last_seq()
@@ -110,12 +117,16 @@ class RunEventWriter:
         """
         if not patient:
             await self.flush()
+        if event_type == E.RUN_STARTED and self.metrics is not None:
+            self.metrics.started()
         return await self._publish(event_type, data, patient=patient)
 
     async def delta(self, step: int, text: str) -> None:
         """Buffer a text fragment of LLM step ``step``; it is written soon (see module doc)."""
         if self._failed is not None:
             raise self._failed
+        if self.metrics is not None:
+            self.metrics.first_delta()
         if self._buf and step != self._buf_step:
             await self.flush()
         self._buf.append(text)
@@ -211,10 +222,13 @@ class RunEventWriter:
             self.started = True
         elif event_type == E.MESSAGE_COMPLETED and isinstance(data, E.MessageCompletedData):
             self.answer = data.text
-        elif E.is_terminal(event_type) and self.on_end is not None:
-            await self.on_end(event_type, data, self.answer)
-        if event_type == E.MESSAGE_DELTA:
+        elif event_type == E.MESSAGE_DELTA:
             self._last_delta = time.monotonic()
+        elif E.is_terminal(event_type):
+            if self.metrics is not None:
+                self.metrics.ended(event_type, data)
+            if self.on_end is not None:
+                await self.on_end(event_type, data, self.answer)
         return seq
 
     async def _settle(self) -> None:

@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 from tenacity.wait import wait_base
 
+from agent_runner import metrics
+from agentstream import tracing
 from agentstream.retry import first_then_retry
 from schemas.common import Usage
 from schemas.errors import AgentstreamError, ErrorKind
@@ -118,10 +121,12 @@ class LLMClient:
         if best is None or best[1] >= POOL_SHARD_CONNECTIONS:
             if self._tls is None:
                 self._tls = httpx.create_ssl_context(trust_env=True)
-            best = [httpx.AsyncClient(
+            client = httpx.AsyncClient(
                 limits=httpx.Limits(max_connections=1000, max_keepalive_connections=POOL_SHARD_CONNECTIONS),
                 trust_env=True, verify=self._tls,
-            ), 0]
+            )
+            tracing.instrument_httpx(client)  # each request: a span, its context in ``traceparent``
+            best = [client, 0]
             self._shards.append(best)
         return best
 
@@ -182,6 +187,36 @@ class LLMClient:
         )
 
     async def _once(
+        self, endpoint: LLMEndpoint, body: dict[str, Any], headers: dict[str, str], on_text: OnText | None,
+        streamed: dict[str, bool],
+    ) -> StepResult:
+        """One HTTP request: a ``chat {model}`` client span of the run's trace (the HTTP request
+        under it is a span of the httpx instrumentation, whose context goes to the model server in
+        ``traceparent``), timed and counted (agent_runner.metrics)."""
+        started = time.perf_counter()
+        model = metrics.model_label(endpoint.model)
+        with tracing.span(f"chat {model}", kind=tracing.SpanKind.CLIENT, attributes={
+            "gen_ai.operation.name": "chat", "gen_ai.request.model": endpoint.model,
+        }) as span:
+            try:
+                result = await self._request(endpoint, body, headers, on_text, streamed)
+            except LLMError as err:
+                metrics.LLM_ERRORS.labels(model, err.kind).inc()
+                metrics.LLM_REQUEST_DURATION.labels(model, "error").observe(time.perf_counter() - started)
+                if span is not None:
+                    if err.status is not None:
+                        span.set_attribute("http.response.status_code", err.status)
+                    tracing.mark_error(span, err.kind, err.message)
+                raise
+            metrics.LLM_REQUEST_DURATION.labels(model, "ok").observe(time.perf_counter() - started)
+            if span is not None:
+                span.set_attributes({"gen_ai.usage.input_tokens": result.usage.prompt_tokens,
+                                     "gen_ai.usage.output_tokens": result.usage.completion_tokens})
+                if result.finish_reason:
+                    span.set_attribute("gen_ai.response.finish_reasons", [result.finish_reason])
+            return result
+
+    async def _request(
         self, endpoint: LLMEndpoint, body: dict[str, Any], headers: dict[str, str], on_text: OnText | None,
         streamed: dict[str, bool],
     ) -> StepResult:

@@ -15,12 +15,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent_runner import metrics
 from agent_runner.event_writer import RunEventWriter
 from agent_runner.llm import LLMClient, LLMEndpoint, ToolCallAccum
 from agent_runner.mcp_tools import McpTool, McpToolLister
 from agent_runner.resume import ResumePlan
 from agent_runner.tool_client import ToolClient, ToolOutcome
+from agentstream import tracing
 from agentstream.agents import Skill
+from agentstream.metrics import bounded
 from agentstream.openai_format import new_tool_call_id
 from schemas import events as E
 from schemas import subjects
@@ -333,9 +336,47 @@ def _final_finish_reason(reason: str | None) -> E.FinishReason:
     return "stop"
 
 
+KNOWN_TOOLS = frozenset(TOOL_RUNNER_TOOLS) | frozenset(BUILTIN_AGENT_TOOLS)
+"""Tool names that are metric label values (any other name the model writes is ``_unknown``)."""
+
+
+def _tool_label(ctx: RunContext, name: str) -> str:
+    """The metric label and span name of tool ``name``: a known tool's name, ``mcp`` for any MCP
+    server's tool (their names come from servers: unbounded), else ``_unknown``."""
+    if name in ctx.mcp_tools:
+        return subjects.MCP_CALL_TOOL
+    return bounded(name, KNOWN_TOOLS)
+
+
 async def _execute(ctx: RunContext, step: int, call: StepCall) -> ToolOutcome:
-    """Run one server-side tool call and write its ``tool.result``."""
+    """Run one server-side tool call (a span of the run's trace, whose context its request
+    carries to the tool runner), count it, and write its ``tool.result``."""
     started = time.perf_counter()
+    label = _tool_label(ctx, call.name)
+    with tracing.span(f"execute_tool {label}", kind=tracing.SpanKind.CLIENT,
+                      attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call.name,
+                                  "gen_ai.tool.call.id": call.id, "agentstream.step": step}) as span:
+        outcome = await _outcome(ctx, step, call, started)
+        error_type = outcome.error.type if outcome.error is not None else None
+        metrics.tool_call(label, outcome.ms / 1000, error_type)
+        if span is not None:
+            span.set_attribute("agentstream.attempts", outcome.attempts)
+            if outcome.runner:
+                span.set_attribute("agentstream.tool_runner", outcome.runner)
+            if error_type is not None:
+                tracing.mark_error(span, error_type)
+    await ctx.writer.emit(
+        E.TOOL_RESULT,
+        E.ToolResultData(
+            step=step, tool_call_id=call.id, name=call.name, ok=outcome.ok, output=outcome.output,
+            error=outcome.error, ms=outcome.ms, attempts=outcome.attempts, runner=outcome.runner,
+        ),
+    )
+    return outcome
+
+
+async def _outcome(ctx: RunContext, step: int, call: StepCall, started: float) -> ToolOutcome:
+    """What one tool call answered (a tool runner's result, a skill, or an error), with its ``ms``."""
     try:
         arguments = json.loads(call.arguments)
         if not isinstance(arguments, dict):
@@ -378,13 +419,6 @@ async def _execute(ctx: RunContext, step: int, call: StepCall) -> ToolOutcome:
             )
     if not outcome.ms:
         outcome.ms = round((time.perf_counter() - started) * 1000, 3)
-    await ctx.writer.emit(
-        E.TOOL_RESULT,
-        E.ToolResultData(
-            step=step, tool_call_id=call.id, name=call.name, ok=outcome.ok, output=outcome.output,
-            error=outcome.error, ms=outcome.ms, attempts=outcome.attempts, runner=outcome.runner,
-        ),
-    )
     return outcome
 
 

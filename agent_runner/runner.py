@@ -45,7 +45,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
-from agent_runner import conversation, resume
+from agent_runner import conversation, metrics, resume
 from agent_runner.admission import AUTO_MAX_RUNS, Admission
 from agent_runner.approval_keeper import ApprovalKeeper
 from agent_runner.endpoint import llm_endpoint
@@ -57,7 +57,7 @@ from agent_runner.loop import AwaitingApproval, RunContext, StepCall, run_agent
 from agent_runner.mcp_tools import McpToolLister
 from agent_runner.tool_client import ToolClient
 from agent_runner.webhooks import WebhookOutbox
-from agentstream import approvals, eventlog, runlog
+from agentstream import approvals, eventlog, logs, runlog, tracing
 from agentstream.agentstore import AgentRegistry
 from agentstream.bus import ensure_topology
 from agentstream.eventlog import StorageFull, StoredEvent
@@ -138,6 +138,8 @@ class AgentRunner:
         self.llm_base_url = llm_base_url
         self.id = settings.runner_name
         self.llm = LLMClient(max_attempts=settings.llm_max_attempts, stream_usage=settings.llm_stream_usage)
+        metrics.TENANTS.max_tenants = settings.metrics_max_tenants
+        metrics.known_models([settings.llm_model, *(a.model for a in catalog.files.agents.values())])
         self.tools = ToolClient(nc, progress_interval=settings.tool_progress_interval,
                                 restart_grace=settings.tool_restart_grace)
         self.mcp = McpToolLister(self.tools, ttl=settings.mcp_tools_cache, timeout=settings.mcp_list_timeout)
@@ -186,7 +188,13 @@ class AgentRunner:
         await self.policies.start()
 
     async def _on_policy(self, tenant: str, policy: TenantPolicy | None) -> None:
+        if self.policies is not None:
+            metrics.TENANTS.set_known(self.policies.policies)
         await self.intake.set_tenant(tenant, policy)
+
+    async def sample_metrics(self) -> None:
+        """Read the state of the consumers this runner takes runs from into its gauges (at scrape time)."""
+        await metrics.sample_consumers(self.js, self.intake.consumers)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop taking runs; hand back those still waiting for a slot; let running runs finish for
@@ -389,6 +397,22 @@ class AgentRunner:
         except ValidationError as err:
             await self._refuse_request(msg, where.tenant, where.agent, err)
             return
+        attempt = msg.metadata.num_delivered if msg.metadata else 1
+        agent_label = metrics.agent_label(self.catalog, where.tenant, where.agent)
+        if attempt > 1:
+            metrics.REDELIVERIES.labels(agent_label).inc()
+        # The run's trace: the context stored with its request (every attempt reads the same one).
+        with logs.bound(run_id=request.run_id, tenant=where.tenant, agent=where.agent), tracing.span(
+            f"invoke_agent {agent_label}", kind=tracing.SpanKind.CONSUMER, parent=msg.headers,
+            attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": where.agent,
+                        "agentstream.run_id": request.run_id, "agentstream.tenant": where.tenant,
+                        "agentstream.attempt": attempt, "agentstream.runner": self.id,
+                        "messaging.system": "nats", "messaging.destination.name": msg.subject},
+        ):
+            log.debug("taking the run (attempt %d)", attempt)
+            await self._handle_request(msg, where, request)
+
+    async def _handle_request(self, msg: Msg, where: subjects.RunSubject, request: RunRequest) -> None:
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         request = await self._with_history(where.tenant, where.agent, request)
         opened: _Opened | None = None
@@ -551,6 +575,7 @@ class AgentRunner:
             storage_patience=self.settings.storage_patience,
             on_end=self._logger(tenant, agent, request),
             on_stored=outbox.stored if (outbox := self._outbox(tenant, agent, request)) is not None else None,
+            metrics=metrics.RunMetrics.of(self.catalog, tenant, agent),
         )
 
     def _delta_interval(self) -> float:
@@ -746,6 +771,7 @@ class AgentRunner:
                             request=json.loads(msg.data))
         await self.js.publish(subjects.dead_letter(tenant, agent, request.run_id), letter.model_dump_json().encode(),
                               headers={"Nats-Msg-Id": f"{request.run_id}:dead"}, timeout=5.0)
+        metrics.DEAD_LETTERS.labels(metrics.agent_label(self.catalog, tenant, agent)).inc()
         log.error("run %s: %s; request kept as a dead letter", request.run_id, reason)
         await writer.emit(E.RUN_FAILED, E.RunFailedData(
             reason=reason,

@@ -11,8 +11,9 @@ from agentstream import llmsse_env
 from agentstream.agents import load_agents
 from agentstream.agentstore import AgentRegistry
 from agentstream.bus import close, connect, ensure_topology
+from agentstream.logs import announce
 from agentstream.origins import ModelServers
-from agentstream.probe import serve_probe
+from agentstream.probe import Sampler, serve_probe
 from agentstream.settings import Settings
 from schemas.permissions import Role
 
@@ -23,7 +24,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run until ``stop`` is set, then stop gracefully (SHUTDOWN_GRACE).
 
     Without LLM_BASE_URL the built-in model is served in this process, on a free loopback port.
-    Prints ``agent-runner health: <url>`` (agentstream.probe, on METRICS_BIND) and
+    Prints ``agent-runner health: <url>`` (agentstream.probe, on METRICS_BIND: ``/healthz`` and
+    ``/metrics``) and
     ``agent-runner ready: <id>`` once pulling.
     """
     for message in llmsse_env.warnings(os.environ, settings, llmsse_env.RUNNER_VARIABLES):
@@ -48,9 +50,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
     nc = await connect(settings, f"agent-runner {settings.runner_name}", role=Role.AGENT_RUNNER)
     probe_stop = asyncio.Event()
+    samplers: list[Sampler] = []
     started: list[AgentRunner] = []  # the runner, once made: its load is part of /healthz
     probe = asyncio.create_task(serve_probe("agent-runner", settings.metrics_bind, lambda: nc.is_connected, probe_stop,
-                                            details=lambda: started[0].load() if started else {}))
+                                            samplers, details=lambda: started[0].load() if started else {}))
     # Every tenant's agents: the directory's and those created over the API (AGENTS bucket), followed
     # before any run is taken.
     registry = AgentRegistry(catalog, key_env_pattern=settings.llm_key_env_pattern,
@@ -59,8 +62,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     await registry.start(nc.jetstream())
     runner = AgentRunner(settings, nc, registry, llm_base_url=base_url)
     started.append(runner)
+    samplers.append(runner.sample_metrics)
     await runner.start()
-    print(f"agent-runner ready: {runner.id}", flush=True)
+    announce(f"agent-runner ready: {runner.id}")
     await stop.wait()
     log.info("stopping: %d run(s) in flight", runner.active_runs)
     await runner.stop(settings.shutdown_grace)

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from agent_runner.tool_directory import ToolDirectory
+from agentstream import tracing
 from agentstream.retry import first_then_retry
 from schemas import headers as H
 from schemas import subjects
@@ -166,12 +167,9 @@ class ToolClient:
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         try:
-            await self.nc.publish(
-                subject,
-                orjson.dumps(request.model_dump(mode="json")),
-                reply=inbox,
-                headers={H.TOOL_PROGRESS: "1", H.TOOL_CALL_ID: key},
-            )
+            headers = {H.TOOL_PROGRESS: "1", H.TOOL_CALL_ID: key}
+            tracing.inject(headers)  # the tool runner's span joins the run's trace
+            await self.nc.publish(subject, orjson.dumps(request.model_dump(mode="json")), reply=inbox, headers=headers)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + remaining
             silence = max(3 * self.progress_interval, 1.0)

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             settings = settings.changed(nats_cluster=args.nats_cluster)
 
-        return run(lambda stop: Supervisor(settings).run(stop), settings)
+        return run(lambda stop: Supervisor(settings).run(stop), settings, component=None)
     if args.command == "edge":
         from edge.service import serve
     elif args.command == "agent-runner":
@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         from webhook_sender.service import serve
     else:
         from agentstream.builtin_model.server import serve
-    return run(lambda stop: serve(settings, stop), settings)
+    component = "builtin-model" if args.command == "model" else args.command
+    return run(lambda stop: serve(settings, stop), settings, component=component)
 
 
 def _agents_check(directory: Path, as_json: bool, key_env_pattern: str, mcp_stdio_commands: str) -> int:

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from agentstream.logs import announced
 from agentstream.natsauth import AuthStore, connect_options
 from agentstream.natsserver import EmbeddedNats, NatsCluster
 from agentstream.settings import REPO_ROOT
@@ -70,6 +71,7 @@ class Proc:
             with open(self.log_path, "rb") as fh:
                 fh.seek(offset)
                 for line in fh.read().decode("utf-8", "replace").splitlines():
+                    line = announced(line)  # plain, or a JSON log line (LOG_FORMAT=json)
                     if line.startswith(self.ready_prefix):
                         self.ready_line = line
                         return self
@@ -79,11 +81,17 @@ class Proc:
 
     @property
     def health_url(self) -> str:
-        """The ``/healthz`` URL a runner printed (``<name> health: <url>``)."""
-        for line in self.log_path.read_text(errors="replace").splitlines():
+        """The ``/healthz`` URL of the probe server (METRICS_BIND) an edge or runner printed last
+        (``<name> health: <url>``; a restarted process appends to the same log)."""
+        for line in reversed([announced(x) for x in self.log_path.read_text(errors="replace").splitlines()]):
             if " health: http" in line:
                 return line.split(" health: ", 1)[1].strip()
         raise RuntimeError(f"{self.name} printed no health URL")
+
+    @property
+    def metrics_url(self) -> str:
+        """The ``/metrics`` URL of an edge or runner (next to its probe's ``/healthz``)."""
+        return self.health_url.removesuffix("/healthz") + "/metrics"
 
     @property
     def ready_value(self) -> str:
@@ -245,7 +253,8 @@ def new_system(
         nats = EmbeddedNats(base / "nats-store", port=0, log_path=base / "nats.log", config=config,
                             max_file_store=max_file_store)
     url = nats.start()
-    ours = ("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT", "STREAM_", "WEBHOOK_", "SCHEDULE_")
+    ours = ("NATS_", "LLM_", "EDGE_", "KEYS_", "TOOL_", "AGENT", "STREAM_", "WEBHOOK_", "SCHEDULE_", "OTEL_",
+            "LOG_FORMAT", "METRICS_")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     system_env = {
         **clean,

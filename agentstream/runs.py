@@ -22,7 +22,7 @@ from nats.js.errors import KeyWrongLastSequenceError, NoStreamResponseError
 from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from agentstream import eventlog, runlog
+from agentstream import eventlog, runlog, tracing
 from agentstream.bus import jetstream
 from agentstream.retry import first_then_retry
 from schemas import events as E
@@ -97,7 +97,8 @@ async def submit(
     """Store the run request, and its entry in ``index`` (the RUN_INDEX bucket; None: none).
     ``member``: an ensemble member's child run (``agents.{tenant}.{agent}.member``); ``log``:
     also write its ``submitted`` entry in the run log (agentstream/runlog.py), and say so in the
-    request, so the runner does not write it again.
+    request, so the runner does not write it again. The current trace context goes with the
+    request (``traceparent`` header) when tracing is on.
 
     ``timeout``: seconds to keep retrying while NATS is unreachable. Raises SubmitError.
     """
@@ -106,6 +107,10 @@ async def submit(
         request = request.model_copy(update={"logged": True})
     payload = request.model_dump_json().encode()
     subject = subjects.member_request(tenant, agent) if member else subjects.run_request(tenant, agent)
+    headers = {H.MSG_ID: request.run_id}
+    # The current span's context is stored with the request: every attempt of the run, on any
+    # runner, continues this trace (agentstream.tracing).
+    tracing.inject(headers)
     # NoStreamResponseError is "no responders" from js.publish: JetStream still loading after a
     # nats-server restart (nats-py raises it instead of NoRespondersError).
     transient = (nats.errors.TimeoutError, NoStreamResponseError, nats.errors.ConnectionReconnectingError)
@@ -120,7 +125,7 @@ async def submit(
 
     async def publish_request() -> PubAck:
         return await first_then_retry(
-            lambda: js.publish(subject, payload, headers={H.MSG_ID: request.run_id}, timeout=2.0),
+            lambda: js.publish(subject, payload, headers=headers, timeout=2.0),
             lambda err: isinstance(err, transient),
             retrying,
         )

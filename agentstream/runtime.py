@@ -1,24 +1,20 @@
-"""Running one component as a process: logging, the event loop (uvloop when available) and
-SIGTERM/SIGINT turned into a stop event, so every component shuts down the same graceful way."""
+"""Running one component as a process: logging (agentstream.logs), tracing (agentstream.tracing),
+the event loop (uvloop when available) and SIGTERM/SIGINT turned into a stop event, so every
+component starts and shuts down the same graceful way."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 
+from agentstream import logs, tracing
 from agentstream.settings import Settings
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def setup_logging(settings: Settings) -> None:
-    """Log to stderr at ``LOG_LEVEL``; quiet the chattiest libraries."""
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
-    for noisy in ("httpx", "httpcore", "hypercorn.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """Log to stderr at ``LOG_LEVEL`` in ``LOG_FORMAT``; quiet the chattiest libraries."""
+    logs.configure(settings.log_level, settings.log_format)
 
 
 def raise_open_files_limit() -> None:
@@ -33,11 +29,15 @@ def raise_open_files_limit() -> None:
         pass
 
 
-def run(main: Callable[[asyncio.Event], Awaitable[int | None]], settings: Settings) -> int:
+def run(main: Callable[[asyncio.Event], Awaitable[int | None]], settings: Settings, *, component: str | None) -> int:
     """Run ``main(stop)`` until it returns; SIGTERM or SIGINT sets ``stop``. Returns the exit code:
-    what ``main`` returned, or 0 for None."""
+    what ``main`` returned, or 0 for None. ``component`` (``edge``, ``agent-runner``, …) names the
+    process in its traces (``service.name`` ``agentstream-{component}``); None: no tracing (the
+    supervisor, which does no work of its own)."""
     setup_logging(settings)
     raise_open_files_limit()
+    if component is not None:
+        tracing.setup(f"agentstream-{component}", settings.otel_exporter_otlp_endpoint, instance=settings.runner_name)
     code: int | None = None
 
     async def wrapper() -> None:
@@ -49,9 +49,12 @@ def run(main: Callable[[asyncio.Event], Awaitable[int | None]], settings: Settin
         code = await main(stop)
 
     try:
-        import uvloop  # optional speed-up
-
-        uvloop.run(wrapper())
-    except ImportError:
-        asyncio.run(wrapper())
+        try:
+            import uvloop  # optional speed-up
+        except ImportError:
+            asyncio.run(wrapper())
+        else:
+            uvloop.run(wrapper())
+    finally:
+        tracing.shutdown()  # export what is still buffered
     return code or 0

@@ -248,8 +248,9 @@ class Settings(BaseSettings):
     )
     metrics_bind: str = _setting(
         "METRICS_BIND", "127.0.0.1:0",
-        "host:port where an agent runner, tool runner or webhook sender answers GET /healthz (port 0: a free port, "
-        "printed at start-up).",
+        "host:port where an edge, agent runner, tool runner or webhook sender answers GET /healthz and GET /metrics "
+        "without a key (port 0: a free port, printed at start-up as `<component> health: <url>`). Keep it off the "
+        "network tenants reach (docs/security.md).",
     )
     tool_progress_interval: float = _setting(
         "TOOL_PROGRESS_INTERVAL", 1.0,
@@ -395,11 +396,32 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _setting(
         "LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR (any case)."
     )
+    log_format: Literal["text", "json"] = _setting(
+        "LOG_FORMAT", "text",
+        "`text`, or `json` (any case): one JSON object per line (time, level, logger, message, and run_id, tenant, "
+        "agent, trace_id where known), start-up lines (`… ready: …`) included.",
+    )
+    metrics_max_tenants: int = _setting(
+        "METRICS_MAX_TENANTS", 0,
+        "Run, submit and queue metrics name each tenant in a `tenant` label while this process knows at most this "
+        "many tenants (the edge: its keys file; runners: the TENANTS bucket); otherwise, and by default (0), every "
+        "tenant is counted as `_all` (README, Observability).",
+    )
+    otel_exporter_otlp_endpoint: str | None = _setting(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", None,
+        "OTLP/HTTP (protobuf) base URL traces are exported to, e.g. http://127.0.0.1:4318 (spans go to "
+        "…/v1/traces); the OpenTelemetry SDK's other OTEL_* variables apply too. Unset: no tracing.",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from agentstream import launch, llmsse_env
 from agentstream.bus import setup
+from agentstream.logs import announced
 from agentstream.natsauth import AuthStore
 from agentstream.natsserver import EmbeddedNats, NatsCluster
 from agentstream.settings import Settings
@@ -159,8 +160,9 @@ class Supervisor:
         prefix = _prefix(comp.name)
         async for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\n")
-            if not comp.ready.is_set() and line.startswith(launch.READY[comp.module]):
-                comp.ready_line = line
+            said = announced(line)  # LOG_FORMAT=json: the ready line is a JSON log line
+            if not comp.ready.is_set() and said.startswith(launch.READY[comp.module]):
+                comp.ready_line = said
                 comp.ready.set()
             sys.stdout.write(prefix + line + "\n")
             sys.stdout.flush()

@@ -43,6 +43,7 @@ from quart import Blueprint, Quart, Response, current_app, request
 from starlette.types import Message, Scope
 from werkzeug.datastructures import Headers
 
+from edge import metrics
 from edge.auth import Tenant
 from edge.errors import ApiError
 from edge.feed import HEARTBEAT
@@ -77,6 +78,8 @@ class _Caller:
 
     tenant: Tenant
     app: Quart
+    headers: Headers
+    """The HTTP request's headers (its ``traceparent`` is the parent of the runs it submits)."""
 
 
 class McpEndpoint:
@@ -150,7 +153,10 @@ class McpEndpoint:
             await _finish(work)
             raise ApiError(500, "internal_error", "the MCP server gave no answer; see the edge's log")
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", [])]
-        response = Response(_body(outbox, work, gone), status=start["status"], headers=Headers(headers))
+        body_: AsyncIterator[bytes] = _body(outbox, work, gone)
+        if any(k.lower() == "content-type" and v.startswith("text/event-stream") for k, v in headers):
+            body_ = metrics.counted_stream(body_)  # an SSE stream like the other APIs' (edge.metrics)
+        response = Response(body_, status=start["status"], headers=Headers(headers))
         response.timeout = None  # a call lasts as long as its run
         return response
 
@@ -184,7 +190,8 @@ class McpEndpoint:
                 log.debug("progress not sent: %s", err)
 
         async with caller.app.app_context():
-            result = await _run_agent(caller.tenant, req.params.name, req.params.arguments or {}, progress)
+            result = await _run_agent(caller.tenant, req.params.name, req.params.arguments or {}, progress,
+                                      caller.headers)
         return mt.ServerResult(result)
 
     def _caller(self) -> _Caller:
@@ -245,8 +252,9 @@ def _error(text: str, run_id: str | None = None) -> mt.CallToolResult:
 
 
 async def _run_agent(t: Tenant, name: str, arguments: dict[str, Any],
-                     progress: Callable[[str], Awaitable[None]]) -> mt.CallToolResult:
-    """Run agent ``name`` for ``t`` on ``arguments["message"]``; its answer, or an error result."""
+                     progress: Callable[[str], Awaitable[None]], caller_headers: Headers) -> mt.CallToolResult:
+    """Run agent ``name`` for ``t`` on ``arguments["message"]``; its answer, or an error result.
+    ``caller_headers``: the HTTP request's (a ``traceparent`` there is honoured)."""
     st = state()
     agent = st.agents.get(t.name, name) if subjects.is_token(name) else None
     if agent is None or not t.may_use(name):
@@ -267,13 +275,18 @@ async def _run_agent(t: Tenant, name: str, arguments: dict[str, Any],
     ended = False
     try:
         try:
-            await submit_run(t, agent.name, RunRequest(run_id=run_id, message_id=run_id, message=message.strip()))
+            submitted = await submit_run(t, agent.name, RunRequest(run_id=run_id, message_id=run_id,
+                                                                   message=message.strip()),
+                                         caller_headers=caller_headers)
         except ApiError as err:
             ended = True
+            metrics.count_submit(t.name, None, err.status)
             return _error(f"the run could not be started: {err.message}")
+        metrics.count_submit(t.name, submitted, 200)
         await progress(f"run {run_id} of agent {agent.name} submitted")
         answer = ""
-        async for item in run_feed(t.name, run_id, subjects.run_events(t.name, agent.name, run_id), lease=lease):
+        feed = run_feed(t.name, run_id, subjects.run_events(t.name, agent.name, run_id), lease=lease, sse=False)
+        async for item in feed:
             if item is HEARTBEAT:
                 continue
             event = item.json()
@@ -344,5 +357,5 @@ async def mcp_endpoint() -> Response:
     endpoint: McpEndpoint = current_app.extensions["agentstream.mcp"]
     body = await request.get_data(True, False, False) if request.method == "POST" else b""
     app: Quart = current_app._get_current_object()  # type: ignore[attr-defined]  # werkzeug's LocalProxy
-    scope = {**request.scope, SCOPE_CALLER: _Caller(t, app)}
+    scope = {**request.scope, SCOPE_CALLER: _Caller(t, app, request.headers)}
     return await endpoint.respond(scope, body)

@@ -241,7 +241,7 @@ async def _collect_run(tenant_name: str, agent: str, run_id: str) -> Collected:
     bodies: list[dict[str, Any]] = []
     ended = False
     try:
-        async for item in run_feed(tenant_name, run_id, subjects.run_events(tenant_name, agent, run_id)):
+        async for item in run_feed(tenant_name, run_id, subjects.run_events(tenant_name, agent, run_id), sse=False):
             if item is HEARTBEAT:
                 continue
             bodies.append(item.json())

@@ -350,7 +350,7 @@ async def _follow(st: EdgeState, tenant_name: str, agent: str, run_id: str, view
     ``until_waiting``, it waits for approvals other than the ``answered`` calls: it is left
     waiting, not cancelled); cancel the run if the caller goes away first and ``cancel_on_exit``."""
     view.start()
-    feed = run_feed(tenant_name, run_id, subjects.run_events(tenant_name, agent, run_id))
+    feed = run_feed(tenant_name, run_id, subjects.run_events(tenant_name, agent, run_id), sse=False)
     try:
         async with asyncio.timeout(within):
             async for item in feed:

@@ -37,6 +37,7 @@ from edge import (
     api_schedules,
     api_webhooks,
     guard,
+    metrics,
     ui,
 )
 from edge.auth import Authenticator
@@ -94,6 +95,8 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
     app.register_blueprint(api_schedules.bp)
     app.register_blueprint(api_webhooks.bp)
     mcp_endpoint = app.extensions["agentstream.mcp"] = api_mcp.McpEndpoint()
+    metrics.install(app, settings.metrics_max_tenants)
+    metrics.known_tenants(state.auth.policies)
     background: list[asyncio.Task[None]] = []
     schedulers: list[Scheduler] = []
 

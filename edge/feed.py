@@ -25,7 +25,7 @@ import asyncio
 import enum
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Final, Literal
 
@@ -207,7 +207,7 @@ class EventFeed:
     """The events of one run (``scope="run"``) or of all runs of one agent (``scope="agent"``),
     after sequence ``after``: stored ones, then live ones. A run feed ends after the run's
     terminal event. Yields :class:`StoredEvent` or :data:`HEARTBEAT` every ``heartbeat`` seconds
-    of silence.
+    of silence. ``on_sent`` is called with the number of events in each batch yielded (metrics).
     """
 
     def __init__(
@@ -222,8 +222,10 @@ class EventFeed:
         after: int,
         heartbeat: float,
         buffer: int,
+        on_sent: Callable[[int], None] | None = None,
     ):
         self.nc = nc
+        self.on_sent = on_sent
         self.hub = hub
         self.scope = scope
         self.key = (scope, tenant, name)
@@ -310,6 +312,8 @@ class EventFeed:
                         self._done = True
                         break
                 if out:
+                    if self.on_sent is not None:
+                        self.on_sent(len(out))
                     yield out
                 if self._done:
                     return
@@ -330,6 +334,8 @@ class EventFeed:
                     self._done = True
                     break
             if out:
+                if self.on_sent is not None:
+                    self.on_sent(len(out))
                 yield out
             if self._done or not events or pending == 0:
                 return

@@ -21,6 +21,7 @@ import hashlib
 
 from quart import g, request
 
+from agentstream import logs
 from edge import ui
 from edge.auth import Tenant
 from edge.errors import ApiError
@@ -28,7 +29,8 @@ from edge.ratelimit import Decision, Limit
 from edge.state import EdgeState
 
 PUBLIC_PATHS = frozenset({"/healthz"}) | ui.PAGE_PATHS
-"""Paths served without a key: the health check and the web page (edge.ui)."""
+"""Paths served without a key: the health check and the web page (edge.ui). The metrics are not
+served here but on METRICS_BIND (edge.metrics)."""
 PUBLIC_ENDPOINTS = frozenset({"ui.static_file"})
 """Routes served without a key whatever their path: the web page's files under ``/static/``."""
 SSE_GET_ENDPOINTS = frozenset({"native.run_sse", "native.agent_sse"})
@@ -67,6 +69,7 @@ async def admit(st: EdgeState) -> Tenant | None:
             await limiter.take(_address_key(), failures)
         raise
     g.caller = caller
+    logs.TENANT.set(caller.name)
     if limiter is not None:
         checks: list[tuple[str, Limit]] = []
         policy = caller.policy

@@ -12,11 +12,12 @@ import nats.errors
 import nats.js.errors
 import orjson
 from pydantic import BaseModel, ValidationError
-from quart import Response, current_app, g, request
+from quart import Response, current_app, g, has_request_context, request
 
-from agentstream import conversations, eventlog, sse
+from agentstream import conversations, eventlog, logs, sse, tracing
 from agentstream.runs import SubmitError, Submitted, read_index, submit
 from agentstream.runstate import RunRecord, fold
+from edge import metrics
 from edge.auth import Tenant
 from edge.errors import ApiError, from_validation
 from edge.feed import EventFeed
@@ -170,20 +171,41 @@ async def run_index_entry(t: Tenant, run_id: str) -> RunIndexEntry | None:
                        retry_after=1) from None
 
 
-async def submit_run(t: Tenant, agent: str, req: RunRequest) -> Submitted:
+async def submit_run(t: Tenant, agent: str, req: RunRequest, *, caller_headers: tracing.Headers | None = None
+                     ) -> Submitted:
     """Store a run request of ``t`` (after its ``max_queued_runs`` check). ApiError 429 when the
-    tenant's queue is full, 503 when the request cannot be stored."""
+    tenant's queue is full, 503 when the request cannot be stored.
+
+    With tracing on, this is the run's ``submit`` span, a child of the ``traceparent`` in
+    ``caller_headers`` (default: the HTTP request's headers) if there is one; its context is
+    stored with the request (agentstream.runs.submit). The outcome is kept in ``g.submitted`` for
+    the submit metrics (edge.metrics)."""
     st = state()
     nc = st.bus()
-    await check_queue(st, t)
-    if req.conversation_id and req.parent_run_id is None:
-        await take_turn(st, t, agent, req)
-    try:
-        return await submit(nc, t.name, agent, req, index=st.run_index, log=True)
-    except SubmitError as err:
-        log.error("submit failed: %s", err)
-        raise ApiError(503, "unavailable", "the run could not be stored; retry with the same message_id",
-                       retry_after=1) from None
+    logs.bind(run_id=req.run_id, tenant=t.name, agent=agent)
+    attributes: dict[str, tracing.AttributeValue] = {
+        "gen_ai.agent.name": agent, "agentstream.run_id": req.run_id, "agentstream.tenant": t.name,
+    }
+    if has_request_context():  # an MCP tool call runs outside the HTTP request's context
+        attributes.update({"http.request.method": request.method, "url.path": request.path})
+        if caller_headers is None:
+            caller_headers = request.headers
+    with tracing.span(f"submit {agent}", kind=tracing.SpanKind.SERVER, parent=caller_headers,
+                      attributes=attributes) as span:
+        await check_queue(st, t)
+        if req.conversation_id and req.parent_run_id is None:
+            await take_turn(st, t, agent, req)
+        try:
+            submitted = await submit(nc, t.name, agent, req, index=st.run_index, log=True)
+        except SubmitError as err:
+            log.error("submit failed: %s", err)
+            raise ApiError(503, "unavailable", "the run could not be stored; retry with the same message_id",
+                           retry_after=1) from None
+        if span is not None:
+            span.set_attribute("agentstream.duplicate", submitted.duplicate)
+        log.debug("run stored%s", " (a duplicate)" if submitted.duplicate else "")
+    g.submitted = submitted
+    return submitted
 
 
 async def take_turn(st: EdgeState, t: Tenant, agent: str, req: RunRequest) -> None:
@@ -263,13 +285,15 @@ async def open_stream(t: Tenant) -> Lease | None:
 
 
 def run_feed(tenant_name: str, run_id: str, filter_subject: str, after: int = 0, *,
-             lease: Lease | None = None) -> EventFeed:
+             lease: Lease | None = None, sse: bool = True) -> EventFeed:
     """A feed of one run's events after ``after`` (stored, then live; ends after the terminal
-    event, or when ``lease``'s key is revoked)."""
+    event, or when ``lease``'s key is revoked). ``sse``: its events go to an SSE stream (counted
+    in edge.metrics)."""
     st = state()
     feed = EventFeed(
         st.bus(), st.live(), scope="run", tenant=tenant_name, name=run_id, filter_subject=filter_subject,
         after=after, heartbeat=st.settings.sse_heartbeat, buffer=st.settings.edge_watch_buffer,
+        on_sent=metrics.SSE_EVENTS_SENT.inc if sse else None,
     )
     if lease is not None:
         lease.on_revoke.append(feed.close)
@@ -283,6 +307,7 @@ def agent_feed(tenant_name: str, agent: str, after: int, *, lease: Lease | None 
         st.bus(), st.live(), scope="agent", tenant=tenant_name, name=agent,
         filter_subject=subjects.run_events_of_agent(tenant_name, agent),
         after=after, heartbeat=st.settings.sse_heartbeat, buffer=st.settings.edge_watch_buffer,
+        on_sent=metrics.SSE_EVENTS_SENT.inc,
     )
     if lease is not None:
         lease.on_revoke.append(feed.close)
@@ -337,7 +362,7 @@ def sse_response(body: AsyncIterator[bytes], headers: dict[str, str] | None = No
     ``lease`` (edge.http.open_stream) is released when the stream ends."""
     if lease is not None:
         body = _releasing(body, lease)
-    response = Response(body, headers={**sse.HEADERS, **(headers or {})})
+    response = Response(metrics.counted_stream(body), headers={**sse.HEADERS, **(headers or {})})
     response.timeout = None
     return response
 

@@ -8,6 +8,8 @@ import os
 
 from agentstream import llmsse_env
 from agentstream.httpserve import listen, serve_app
+from agentstream.logs import announce
+from agentstream.probe import serve_probe
 from agentstream.settings import Settings
 from edge.app import create_app
 
@@ -15,9 +17,11 @@ log = logging.getLogger(__name__)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Serve the edge on EDGE_BIND until ``stop``; prints ``edge ready: <url>`` once listening.
+    """Serve the edge on EDGE_BIND until ``stop``; prints ``edge ready: <url>`` once listening,
+    and ``edge health: <url>`` for its probe server on METRICS_BIND (agentstream.probe:
+    ``/healthz`` and ``/metrics``, kept off EDGE_BIND, which tenants reach: edge.metrics).
 
-    Raises OSError if EDGE_BIND cannot be bound (the message names the address).
+    Raises OSError if EDGE_BIND or METRICS_BIND cannot be bound (the message names the address).
     """
     for message in llmsse_env.warnings(os.environ, settings, llmsse_env.EDGE_VARIABLES):
         log.warning("%s", message)
@@ -27,8 +31,16 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     except OSError as err:
         raise OSError(f"cannot listen on EDGE_BIND={settings.edge_bind}: {err.strerror or err}") from None
 
-    def ready(url: str) -> None:
-        print(f"edge ready: {url}", flush=True)
+    state = app.extensions["agentstream"]
+    probe_stop = asyncio.Event()
+    probe = asyncio.create_task(serve_probe("edge", settings.metrics_bind, lambda: state.healthy, probe_stop))
 
-    await serve_app(app, sock, stop, on_ready=ready, graceful_timeout=min(settings.shutdown_grace, 10.0),
-                    on_stop=app.extensions["agentstream"].begin_shutdown)
+    def ready(url: str) -> None:
+        announce(f"edge ready: {url}")
+
+    try:
+        await serve_app(app, sock, stop, on_ready=ready, graceful_timeout=min(settings.shutdown_grace, 10.0),
+                        on_stop=state.begin_shutdown)
+    finally:
+        probe_stop.set()
+        await probe

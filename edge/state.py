@@ -19,6 +19,7 @@ from agentstream.bus import connect, ensure_topology
 from agentstream.eventlog import EventLogError
 from agentstream.policies import publish_policies
 from agentstream.settings import Settings
+from edge import metrics
 from edge.auth import Authenticator
 from edge.errors import ApiError
 from edge.feed import LiveHub
@@ -99,6 +100,7 @@ class EdgeState:
             revoked = self.auth.reload()
             if revoked is None:
                 continue
+            metrics.known_tenants(self.auth.policies)
             if revoked and self.streams is not None:
                 ended = self.streams.revoke({d.hex()[:16] for d in revoked})
                 if ended:

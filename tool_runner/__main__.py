@@ -8,7 +8,7 @@ from tool_runner.service import serve
 def main() -> int:
     """Entry point; returns the exit code."""
     settings = config.load()
-    return run(lambda stop: serve(settings, stop), settings)
+    return run(lambda stop: serve(settings, stop), settings, component="tool-runner")
 
 
 if __name__ == "__main__":

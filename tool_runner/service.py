@@ -28,8 +28,10 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from pydantic import ValidationError
 
+from agentstream import logs, tracing
 from agentstream.agents import load_agents
 from agentstream.bus import ensure_topology
+from agentstream.logs import announce
 from agentstream.policies import PolicyWatcher
 from agentstream.settings import Settings
 from schemas import headers as H
@@ -39,6 +41,7 @@ from schemas.errors import ErrorKind
 from schemas.permissions import Role
 from schemas.tenants import TenantPolicy
 from schemas.tools import TOOL_RUNNER_TOOLS, ToolCallRequest, ToolCallResult
+from tool_runner import metrics
 from tool_runner.errors import ToolError
 from tool_runner.filepool import FilePool
 from tool_runner.mcp.tools import ENDPOINTS as MCP_ENDPOINTS
@@ -156,13 +159,21 @@ class ToolRunner:
         if tool_name not in self._tools and tool_name not in MCP_ENDPOINTS:
             await _respond_error(request, "404", f"unknown tool {tool_name!r}")
             return
-        idempotency_key = (request.headers or {}).get(H.TOOL_CALL_ID) or f"{call.run_id}:{call.tool_call_id}"
+        headers = request.headers or {}
+        idempotency_key = headers.get(H.TOOL_CALL_ID) or f"{call.run_id}:{call.tool_call_id}"
         key = f"{tenant}:{idempotency_key}"
         progress = None
-        if (request.headers or {}).get(H.TOOL_PROGRESS) == "1":
+        if headers.get(H.TOOL_PROGRESS) == "1":
             progress = asyncio.create_task(self._progress(request, call.progress_interval))
         try:
-            payload = await self._result_for(key, tool_name, call, tenant=tenant, idempotency_key=idempotency_key)
+            with logs.bound(run_id=call.run_id, tenant=tenant), tracing.span(
+                f"execute_tool {tool_name}", kind=tracing.SpanKind.SERVER, parent=headers,
+                attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": tool_name,
+                            "gen_ai.tool.call.id": call.tool_call_id, "agentstream.run_id": call.run_id,
+                            "agentstream.tenant": tenant, "agentstream.runner": self.id},
+            ):
+                log.debug("tool call %s: %s", call.tool_call_id, tool_name)
+                payload = await self._result_for(key, tool_name, call, tenant=tenant, idempotency_key=idempotency_key)
         finally:
             if progress is not None:
                 progress.cancel()
@@ -233,7 +244,7 @@ class ToolRunner:
                               message="the tool's results store is unreachable; not executed")
         except TimeoutError:
             error = ErrorInfo(type=ErrorKind.TIMEOUT, message=f"{tool_name} did not finish within {call.timeout:g} s")
-        return orjson.dumps(self._result(call, started, error=error).model_dump(mode="json"))
+        return orjson.dumps(self._result(tool_name, call, started, error=error).model_dump(mode="json"))
 
     def _remember(self, key: str, payload: bytes) -> None:
         self._done[key] = (time.monotonic() + RESULT_CACHE_SECONDS, payload)
@@ -264,32 +275,40 @@ class ToolRunner:
                 else:
                     args = TOOL_RUNNER_TOOLS[tool_name].args.model_validate(call.arguments)
                     output = await self._tools[tool_name](args, self.context_for(tenant))
-            return self._result(call, started, output=output)
+            return self._result(tool_name, call, started, output=output)
         except ValidationError as err:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in err.errors()
             )
-            return self._result(call, started, error=ErrorInfo(type=ErrorKind.INVALID_ARGUMENTS, message=problems))
+            return self._result(tool_name, call, started,
+                                error=ErrorInfo(type=ErrorKind.INVALID_ARGUMENTS, message=problems))
         except ToolError as err:
-            return self._result(call, started, error=ErrorInfo(type=err.kind, message=err.message))
+            return self._result(tool_name, call, started, error=ErrorInfo(type=err.kind, message=err.message))
         except TimeoutError:
             msg = f"{tool_name} did not finish within {call.timeout:g} s"
-            return self._result(call, started, error=ErrorInfo(type=ErrorKind.TIMEOUT, message=msg))
+            return self._result(tool_name, call, started, error=ErrorInfo(type=ErrorKind.TIMEOUT, message=msg))
         except Exception as err:  # a tool bug must not kill the runner
             log.exception("tool %s failed", tool_name)
             return self._result(
-                call, started, error=ErrorInfo(type=ErrorKind.INTERNAL_ERROR, message=f"{type(err).__name__}: {err}")
+                tool_name, call, started,
+                error=ErrorInfo(type=ErrorKind.INTERNAL_ERROR, message=f"{type(err).__name__}: {err}"),
             )
 
     def _result(
-        self, call: ToolCallRequest, started: float, *, output: Any = None, error: ErrorInfo | None = None
+        self, tool_name: str, call: ToolCallRequest, started: float, *, output: Any = None,
+        error: ErrorInfo | None = None,
     ) -> ToolCallResult:
+        """The result of executing ``tool_name`` here (counted in tool_runner.metrics)."""
+        seconds = time.perf_counter() - started
+        metrics.executed(tool_name, seconds, error.type if error is not None else None)
+        if error is not None:
+            tracing.mark_error(tracing.current(), error.type)
         return ToolCallResult(
             tool_call_id=call.tool_call_id,
             ok=error is None,
             output=output,
             error=error,
-            ms=round((time.perf_counter() - started) * 1000, 3),
+            ms=round(seconds * 1000, 3),
             runner=self.id,
         )
 
@@ -317,7 +336,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     probe = asyncio.create_task(serve_probe("tool-runner", settings.metrics_bind, lambda: nc.is_connected, probe_stop))
     runner = ToolRunner(settings, nc)
     await runner.start()
-    print(f"tool-runner ready: {runner.id}", flush=True)
+    announce(f"tool-runner ready: {runner.id}")
     await stop.wait()
     log.info("stopping")
     await runner.stop(settings.shutdown_grace)

@@ -8,7 +8,7 @@ from webhook_sender.service import serve
 def main() -> int:
     """Entry point; returns the exit code."""
     settings = Settings.from_env()
-    return run(lambda stop: serve(settings, stop), settings)
+    return run(lambda stop: serve(settings, stop), settings, component="webhook-sender")
 
 
 if __name__ == "__main__":

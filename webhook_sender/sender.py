@@ -41,7 +41,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook
 
-from agentstream import webhook_secrets
+from agentstream import logs, webhook_secrets
 from agentstream.kvmirror import KvMirror
 from agentstream.settings import Settings
 from schemas import subjects as S
@@ -171,7 +171,8 @@ class WebhookSender:
             return
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         try:
-            outcome = await self.deliver(tenant, run_id, job)
+            with logs.bound(run_id=run_id, tenant=tenant, agent=job.agent):  # its log lines name the run
+                outcome = await self.deliver(tenant, run_id, job)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await msg.nak()  # stopping: another sender takes it at once

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from agentstream.bus import close, connect, ensure_topology
+from agentstream.logs import announce
 from agentstream.probe import serve_probe
 from agentstream.settings import Settings
 from schemas import subjects as S
@@ -20,7 +21,7 @@ NEEDS = (S.WEBHOOK_JOBS_STREAM, f"KV_{S.WEBHOOK_DELIVERIES_BUCKET}", f"KV_{S.WEB
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run until ``stop`` is set, then stop gracefully (SHUTDOWN_GRACE). Prints
-    ``webhook-sender health: <url>`` (agentstream.probe, on METRICS_BIND) and
+    ``webhook-sender health: <url>`` (agentstream.probe, on METRICS_BIND: ``/healthz`` and ``/metrics``) and
     ``webhook-sender ready: <id>`` once pulling."""
     name = settings.runner_name
     nc = await connect(settings, f"webhook-sender {name}", role=Role.WEBHOOK_SENDER)
@@ -30,7 +31,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     await ensure_topology(nc, settings, names=NEEDS)
     sender = WebhookSender(settings, nc, name=name)
     await sender.start()
-    print(f"webhook-sender ready: {name}", flush=True)
+    announce(f"webhook-sender ready: {name}")
     await stop.wait()
     await sender.stop(settings.shutdown_grace)
     await close(nc)

@@ -1,9 +1,10 @@
 """The built-in model as a real OpenAI-compatible HTTP server (Quart on Hypercorn).
 
 Endpoints: ``POST /v1/chat/completions`` (streaming and not, tool calls, ``max_tokens``,
-``stream_options.include_usage``), ``GET /v1/models``, ``GET /healthz``, and for tests and
-curious users ``GET /debug/requests`` (the last requests it received, and how many streams are
-open now). What it answers is decided by :mod:`agentstream.builtin_model.policy`.
+``stream_options.include_usage``), ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (the
+process's own: CPU, memory), and for tests and curious users ``GET /debug/requests`` (the last
+requests it received, and how many streams are open now). What it answers is decided by
+:mod:`agentstream.builtin_model.policy`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from typing import Any
 
 from quart import Quart, Response, request
 
+from agentstream import metrics, sse, tracing
 from agentstream import openai_format as oai
-from agentstream import sse
 from agentstream.builtin_model.policy import Options, Reply, count_prompt_tokens, decide, tokens_of
+from agentstream.logs import announce
 from agentstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,10 @@ def create_app(settings: Settings) -> Quart:
     async def healthz() -> dict[str, Any]:
         return {"ok": True}
 
+    @app.get("/metrics")
+    async def metrics_page() -> Response:
+        return Response(metrics.render(), content_type=metrics.CONTENT_TYPE)
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {
@@ -64,6 +70,23 @@ def create_app(settings: Settings) -> Quart:
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response | dict[str, Any]:
+        # A server span continuing the caller's trace (``traceparent``), ended with the stream.
+        span = tracing.start_span("POST /v1/chat/completions", kind=tracing.SpanKind.SERVER, parent=request.headers,
+                                  attributes={"http.request.method": "POST", "http.route": "/v1/chat/completions"})
+        try:
+            answer = await answer_chat(span)
+        except BaseException:
+            tracing.end_span(span)
+            raise
+        if isinstance(answer, Response):
+            if span is not None:
+                span.set_attribute("http.response.status_code", answer.status_code)
+            if answer.mimetype == "text/event-stream":
+                return answer  # its stream ends the span
+        tracing.end_span(span)
+        return answer
+
+    async def answer_chat(span: tracing.Span | None) -> Response | dict[str, Any]:
         raw = await request.get_data()
         try:
             body = json.loads(raw)
@@ -72,6 +95,8 @@ def create_app(settings: Settings) -> Quart:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return error(400, "'messages' must be a list", param="messages")
         model = str(body.get("model") or MODEL_NAME)
+        if span is not None:
+            span.set_attribute("gen_ai.request.model", model)
         try:
             opts = Options.from_model(model)
         except ValueError as err:
@@ -151,6 +176,7 @@ def create_app(settings: Settings) -> Quart:
                 raise
             finally:
                 state["active"] -= 1
+                tracing.end_span(span)
 
         response = Response(stream(), headers=sse.HEADERS)
         response.timeout = None
@@ -226,6 +252,6 @@ async def serve(settings: Settings, stop: asyncio.Event, *, bind: str | None = N
     sock = listen(bind or settings.builtin_model_bind, fallback_to_free_port=fallback)
 
     def ready(url: str) -> None:
-        print(f"builtin-model ready: {url}/v1", flush=True)
+        announce(f"builtin-model ready: {url}/v1")
 
     await serve_app(create_app(settings), sock, stop, on_ready=ready, graceful_timeout=1.0)

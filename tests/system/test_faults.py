@@ -21,6 +21,7 @@ import httpx
 import nats
 import pytest
 from httpx_sse import aconnect_sse
+from prometheus_client.parser import text_string_to_metric_families
 
 from agentstream import eventlog
 from agentstream.bus import declare
@@ -385,6 +386,15 @@ async def test_a_run_that_keeps_killing_its_runner_is_given_up_with_a_dead_lette
     letter = record["dead_letter"]
     assert letter["reason"] == "gave up after 2 attempts" and letter["attempts"] == 2
     assert letter["request"]["run_id"] == run["run_id"] and letter["request"]["message"] == "poison"
+    # The runner that gave up counts the redelivery, the dead letter and the failed run.
+    async with httpx.AsyncClient(timeout=10) as client:
+        page = (await client.get(runner.metrics_url)).text
+    counted = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(page) for s in family.samples}
+    assert counted[("agentstream_run_redeliveries_total", (("agent", "long-story"),))] == 1
+    assert counted[("agentstream_dead_letters_total", (("agent", "long-story"),))] == 1
+    failed = (("agent", "long-story"), ("error_type", "gave_up"), ("outcome", "failed"), ("tenant", "_all"))
+    assert counted[("agentstream_runs_total", failed)] == 1
 
 
 async def test_cancel_before_any_runner_takes_the_run(fresh):

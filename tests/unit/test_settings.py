@@ -20,6 +20,8 @@ def test_defaults_work_on_a_fresh_machine():
     ("AGENTSTREAM_NATS_PORT", "http", "valid integer"),
     ("AGENTSTREAM_NATS_AUTH", "maybe", "valid boolean"),
     ("LOG_LEVEL", "LOUD", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
+    ("LOG_FORMAT", "xml", "'text' or 'json'"),
+    ("METRICS_MAX_TENANTS", "-1", "greater than or equal to 0"),
 ])
 def test_a_bad_value_is_refused_naming_its_variable(name, value, words):
     with pytest.raises(ValidationError) as caught:
