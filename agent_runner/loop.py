@@ -45,6 +45,17 @@ class MaxStepsExceeded(AgentstreamError):
         super().__init__(ErrorKind.MAX_STEPS, message)
 
 
+class AwaitingApproval(Exception):
+    """Calls of step ``step`` wait for a person's approval (their agent's ``approval`` rule matched
+    them and no decision is known yet). The step's other server-side calls have run and their
+    results are stored; the runner stores the wait and lets the run go (agent_runner.runner)."""
+
+    def __init__(self, step: int, calls: list[StepCall]):
+        super().__init__(f"{len(calls)} tool call(s) of step {step} wait for approval")
+        self.step = step
+        self.calls = calls
+
+
 @dataclass(frozen=True)
 class StepCall:
     """One tool call of a step as the loop handles it: unlike a streamed ToolCallAccum, it has an id
@@ -75,6 +86,8 @@ class RunContext:
     """Where the agent's MCP servers' tools are learnt (agent_runner.mcp_tools); None: no MCP."""
     mcp_tools: dict[str, McpTool] = field(default_factory=dict)
     """The MCP tools this run offers, by the model's name for them (filled when the run starts)."""
+    decisions: dict[str, E.ToolApprovalDecidedData] = field(default_factory=dict)
+    """Approval decisions known for this run's calls, by tool call id (from its events)."""
 
     @property
     def total_usage(self) -> Usage:
@@ -105,7 +118,7 @@ def initial_messages(agent: AgentDefinition, skills: list[Skill], request: RunRe
 
 def tool_definitions(agent: AgentDefinition, skills: list[Skill]) -> list[dict[str, Any]]:
     """OpenAI ``tools`` for the agent's actions, plus ``load_skill`` when it has skills."""
-    defs = [TOOL_RUNNER_TOOLS[name].function_definition() for name in agent.actions]
+    defs = [TOOL_RUNNER_TOOLS[name].function_definition() for name in agent.tool_names]
     if skills:
         params = json_schema_for_llm(LOAD_SKILL.args)
         params["properties"]["name"]["enum"] = [s.name for s in skills]
@@ -212,8 +225,15 @@ async def _finish_step(
     add the step to ``messages`` and return None to go on."""
     server_calls = [c for c in calls if c.name not in client_names]
     client_calls = [c for c in calls if c.name in client_names]
+    waiting = [c for c in server_calls if c.id not in known and c.id not in ctx.decisions and needs_approval(ctx, c)]
+    if waiting:
+        # The calls that need no approval run now (a resumed attempt reuses their stored results).
+        await asyncio.gather(*(_execute(ctx, step, c) for c in server_calls
+                               if c.id not in known and c not in waiting and c.id not in ctx.decisions))
+        raise AwaitingApproval(step, waiting)
     outcomes = await asyncio.gather(*(
-        _reuse(known[c.id]) if c.id in known else _execute(ctx, step, c) for c in server_calls
+        _reuse(known[c.id]) if c.id in known else _decided(ctx, step, c, ctx.decisions[c.id])
+        if c.id in ctx.decisions else _execute(ctx, step, c) for c in server_calls
     ))
     if client_calls:
         refs = [ToolCallRef(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in client_calls]
@@ -246,6 +266,49 @@ def step_messages(text: str, calls: list[StepCall], results: dict[str, Any]) -> 
 
 async def _reuse(result: E.ToolResultData) -> E.ToolResultData:
     return result
+
+
+def needs_approval(ctx: RunContext, call: StepCall) -> bool:
+    """Whether a server-side call waits for a person's approval: its action's (or MCP server's)
+    ``approval`` rule matches its arguments (schemas/approval_rules.py). Arguments that are not a
+    JSON object never wait: the call fails without running anyway."""
+    mcp = ctx.mcp_tools.get(call.name)
+    if mcp is not None:
+        server = next((s for s in ctx.agent.mcp_servers if s.name == mcp.server), None)
+        if server is None or server.approval == "never":
+            return False
+    elif ctx.agent.approval_of(call.name) == "never":
+        return False  # the common case: no parsing
+    try:
+        arguments = json.loads(call.arguments)
+    except ValueError:
+        return False
+    if not isinstance(arguments, dict):
+        return False
+    if mcp is not None:
+        return ctx.agent.call_needs_approval(call.name, arguments, mcp_server=mcp.server)
+    return ctx.agent.call_needs_approval(call.name, arguments)
+
+
+def rejection(decision: E.ToolApprovalDecidedData, timeout: float) -> ErrorInfo:
+    """The error a rejected call answers the model with (its ``tool.result``)."""
+    if decision.by == "timeout":
+        message = f"this call was not approved within the agent's approval_timeout ({timeout:g} s), so it did not run"
+    else:
+        message = "a person rejected this call, so it did not run"
+    if decision.reason:
+        message += f"; reason: {decision.reason}"
+    return ErrorInfo(type=ErrorKind.APPROVAL_REJECTED, message=message)
+
+
+async def _decided(ctx: RunContext, step: int, call: StepCall, decision: E.ToolApprovalDecidedData) -> ToolOutcome:
+    """A call that waited for approval: run it if approved, else write its rejection as its result."""
+    if decision.decision == "approved":
+        return await _execute(ctx, step, call)
+    outcome = ToolOutcome(ok=False, error=rejection(decision, ctx.agent.approval_timeout), attempts=0)
+    await ctx.writer.emit(E.TOOL_RESULT, E.ToolResultData(
+        step=step, tool_call_id=call.id, name=call.name, ok=False, error=outcome.error, ms=0.0, attempts=0))
+    return outcome
 
 
 def _step_call(call: E.ToolCallData) -> StepCall:
@@ -326,7 +389,7 @@ async def _outcome(ctx: RunContext, step: int, call: StepCall, started: float) -
     else:
         if call.name in BUILTIN_AGENT_TOOLS:
             outcome = _load_skill(ctx, arguments)
-        elif call.name in ctx.agent.actions:
+        elif call.name in ctx.agent.tool_names:
             outcome = await ctx.tools.call(
                 ctx.tenant,
                 call.name,
@@ -347,7 +410,7 @@ async def _outcome(ctx: RunContext, step: int, call: StepCall, started: float) -
                 budget=ctx.agent.tool_timeout,
             )
         else:
-            offered = [*ctx.agent.actions, *(["load_skill"] if ctx.skills else []), *ctx.mcp_tools]
+            offered = [*ctx.agent.tool_names, *(["load_skill"] if ctx.skills else []), *ctx.mcp_tools]
             available = ", ".join(offered) or "none"
             outcome = ToolOutcome(
                 ok=False,

@@ -11,7 +11,9 @@ model produced and the tool results already stored. A new attempt then:
 - if ``message.completed`` is stored, only writes the terminal event: the answer is stored once.
 
 It also counts the attempts that died: started, then neither finished nor handed back
-(``run.requeued``); the runner gives up on a run after ``max_attempts`` of those.
+(``run.requeued``) nor stopped to wait for approvals (``tool.approval_requested``); the runner
+gives up on a run after ``max_attempts`` of those. A run whose last step has calls waiting for
+approval (requested, not yet decided in its events) is :attr:`RunHistory.awaiting` them.
 """
 
 from __future__ import annotations
@@ -37,17 +39,30 @@ class StepRecord:
 @dataclass
 class RunHistory:
     """A run's stored events, folded. ``crashed_attempts``: attempts that started and stopped
-    without a terminal event or a hand-back."""
+    without a terminal event, a hand-back or a wait for approvals; ``started_attempts``: every
+    ``run.started`` (a new attempt's number is above it); ``ended``: a terminal event is stored."""
 
     steps: dict[int, StepRecord] = field(default_factory=dict)
     completed: E.MessageCompletedData | None = None
     crashed_attempts: int = 0
+    started_attempts: int = 0
+    ended: bool = False
     members_started: dict[str, E.MemberStartedData] = field(default_factory=dict)
     members_finished: dict[str, E.MemberFinishedData] = field(default_factory=dict)
+    approvals_requested: dict[str, E.ToolApprovalRequestedData] = field(default_factory=dict)
+    approvals_decided: dict[str, E.ToolApprovalDecidedData] = field(default_factory=dict)
 
     @property
     def last_step(self) -> int:
         return max(self.steps, default=0)
+
+    @property
+    def awaiting(self) -> list[E.ToolApprovalRequestedData]:
+        """The calls whose approval was requested and is not decided in the events yet (empty once
+        the run ended)."""
+        if self.ended:
+            return []
+        return [r for r in self.approvals_requested.values() if r.tool_call_id not in self.approvals_decided]
 
     def usage_before(self, step: int) -> Usage:
         """Usage of the LLM calls of steps before ``step`` (and of ``step`` itself if its call completed)."""
@@ -69,6 +84,7 @@ def fold(events: list[StoredEvent]) -> RunHistory:
             if open_attempt:
                 history.crashed_attempts += 1
             open_attempt = True
+            history.started_attempts += 1
         elif t == E.RUN_REQUEUED:
             open_attempt = False
         elif t == E.RUN_RETRYING:
@@ -94,10 +110,18 @@ def fold(events: list[StoredEvent]) -> RunHistory:
         elif t == E.TOOL_RESULT:
             result = E.ToolResultData.model_validate(data)
             history.steps.setdefault(result.step, StepRecord(result.step)).results[result.tool_call_id] = result
+        elif t == E.TOOL_APPROVAL_REQUESTED:
+            requested = E.ToolApprovalRequestedData.model_validate(data)
+            history.approvals_requested[requested.tool_call_id] = requested
+            open_attempt = False  # the attempt stopped to wait: not a crash
+        elif t == E.TOOL_APPROVAL_DECIDED:
+            decided = E.ToolApprovalDecidedData.model_validate(data)
+            history.approvals_decided[decided.tool_call_id] = decided
         elif t == E.MESSAGE_COMPLETED:
             history.completed = E.MessageCompletedData.model_validate(data)
         elif E.is_terminal(t):
             open_attempt = False
+            history.ended = True
     if open_attempt:
         history.crashed_attempts += 1
     return history

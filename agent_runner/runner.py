@@ -12,7 +12,12 @@ Guarantees, per run request:
   writes ``run.retrying`` and continues it (agent_runner.resume);
 - a stale attempt (its runner was presumed dead but was not) loses the run's subject to the new
   attempt (agent_runner.event_writer) and stops without acking;
-- on shutdown, runs still going after the grace period are handed back (nak) for another runner.
+- on shutdown, runs still going after the grace period are handed back (nak) for another runner;
+- a run whose tool calls wait for a person's approval is let go: the wait is stored in the
+  APPROVALS bucket, ``tool.approval_requested`` is written and the request acked, so the run holds
+  no slot, no model connection and no place of its tenant while it waits; it is resumed by a
+  request published again once it is ready (agent_runner.approval_keeper), and continued from its
+  events like any run taken over by another runner.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import nats.errors
@@ -41,16 +47,17 @@ from pydantic import BaseModel, ValidationError
 
 from agent_runner import conversation, metrics, resume
 from agent_runner.admission import AUTO_MAX_RUNS, Admission
+from agent_runner.approval_keeper import ApprovalKeeper
 from agent_runner.endpoint import llm_endpoint
 from agent_runner.ensemble import combined_message, question_of, run_members
 from agent_runner.event_writer import OwnershipLost, RunEventWriter
 from agent_runner.intake import Intake, Slots
 from agent_runner.llm import LLMClient, LLMEndpoint
-from agent_runner.loop import RunContext, run_agent
+from agent_runner.loop import AwaitingApproval, RunContext, StepCall, run_agent
 from agent_runner.mcp_tools import McpToolLister
 from agent_runner.tool_client import ToolClient
 from agent_runner.webhooks import WebhookOutbox
-from agentstream import eventlog, logs, runlog, tracing
+from agentstream import approvals, eventlog, logs, runlog, tracing
 from agentstream.agentstore import AgentRegistry
 from agentstream.bus import ensure_topology
 from agentstream.eventlog import StorageFull, StoredEvent
@@ -61,6 +68,7 @@ from schemas import events as E
 from schemas import headers as H
 from schemas import subjects
 from schemas.agents import AgentDefinition
+from schemas.approvals import PendingApproval, PendingCall
 from schemas.common import ErrorInfo, Usage
 from schemas.errors import AgentstreamError, ErrorKind
 from schemas.runs import DeadLetter, RunControl, RunRequest
@@ -91,6 +99,8 @@ class _Opened:
     attempt: int
     plan: resume.ResumePlan | None = None
     history: resume.RunHistory | None = None
+    cancel_reason: str | None = None
+    """The run was cancelled while it waited for approvals: it ends ``run.cancelled`` at once."""
 
 
 class _AlreadyEnded(Exception):
@@ -99,6 +109,10 @@ class _AlreadyEnded(Exception):
 
 class _NotFresh(Exception):
     """A first delivery for a run that already has events beyond ``run.queued``."""
+
+
+class _NotSuspended(Exception):
+    """The wait for approvals could not be stored: the request is handed back for later."""
 
 
 class _Cancelled(Exception):
@@ -141,6 +155,8 @@ class AgentRunner:
         self.policies: PolicyWatcher | None = None
         self.run_index: KeyValue | None = None
         self.conversations: KeyValue | None = None
+        self.approvals: KeyValue | None = None
+        self.keeper: ApprovalKeeper | None = None
         self._control_sub: JetStreamContext.PushSubscription | None = None
         self._chores: set[asyncio.Task[None]] = set()
         self._outboxes: dict[tuple[str, str], WebhookOutbox] = {}
@@ -162,6 +178,10 @@ class AgentRunner:
         await asyncio.wait_for(self._control_caught_up.wait(), 60)
         self.run_index = await self.js.key_value(subjects.RUN_INDEX_BUCKET)
         self.conversations = await self.js.key_value(subjects.CONVERSATIONS_BUCKET)
+        self.approvals = await self.js.key_value(subjects.APPROVALS_BUCKET)
+        self.keeper = ApprovalKeeper(self.js, self.approvals, self.id,
+                                     cancel_reason=lambda tenant, run_id: self._cancelled.get((tenant, run_id)))
+        await self.keeper.start()
         self.policies = PolicyWatcher(self.js, on_change=self._on_policy)
         self.admission.start()
         await self.intake.start()
@@ -184,6 +204,8 @@ class AgentRunner:
             await self.policies.stop()
         await self.intake.stop()
         await self.admission.stop()
+        if self.keeper is not None:
+            await self.keeper.stop()
         waiting = [task for task, admitted in self._handlers.items() if not admitted]
         for task in waiting:
             task.cancel()
@@ -207,6 +229,12 @@ class AgentRunner:
     def active_runs(self) -> int:
         """How many runs this runner holds now (working, or waiting for a slot)."""
         return len(self._handlers)
+
+    def load(self) -> dict[str, int]:
+        """What its ``/healthz`` shows of its work: ``active_runs`` (held now), ``slots_used`` of
+        ``slots``, and ``awaiting_approval`` (runs of all runners waiting for a person, held by none)."""
+        return {"active_runs": self.active_runs, "slots_used": self.slots.used, "slots": self.slots.capacity,
+                "awaiting_approval": self.keeper.waiting if self.keeper is not None else 0}
 
     # -- taking runs
 
@@ -326,6 +354,8 @@ class AgentRunner:
         if task is not None and not task.done():
             self._cancel_reasons[key] = control.reason
             task.cancel()
+        if self.keeper is not None and key in self.keeper.pending:
+            self.keeper.poke()  # it waits for approvals: resume it, so it ends cancelled
 
     async def _delete(self, tenant: str, run_id: str, reason: str) -> None:
         """Replace a finished run's events by one ``run.deleted`` tombstone (a subject rollup,
@@ -390,17 +420,17 @@ class AgentRunner:
             opened = self._open_fresh(msg, where.tenant, where.agent, request)
             if opened is not None:
                 try:
-                    await self._run(where.tenant, where.agent, request, opened)
+                    await self._run(where.tenant, where.agent, request, opened, msg)
                 except _AlreadyEnded:
                     opened = None  # nothing to do: ack
                 except _NotFresh:
                     opened = await self._open(msg, where.tenant, where.agent, request)
                     if opened.writer is not None:
-                        await self._run(where.tenant, where.agent, request, opened)
+                        await self._run(where.tenant, where.agent, request, opened, msg)
             else:
                 opened = await self._open(msg, where.tenant, where.agent, request)
                 if opened.writer is not None:
-                    await self._run(where.tenant, where.agent, request, opened)
+                    await self._run(where.tenant, where.agent, request, opened, msg)
             if not await self._webhooks_enqueued(where.tenant, where.agent, request):
                 await _nak(msg, delay=WEBHOOK_RETRY)
                 return
@@ -410,6 +440,10 @@ class AgentRunner:
         except StorageFull as err:
             log.warning("run %s not started: the event store is full (%s); handed back, retried in %g s",
                         request.run_id, err, STORAGE_FULL_RETRY)
+            await _nak(msg, delay=STORAGE_FULL_RETRY)
+        except _NotSuspended as err:
+            log.warning("run %s: its wait for approvals could not be read or stored (%s); handed back, retried in "
+                        "%g s", request.run_id, err, STORAGE_FULL_RETRY)
             await _nak(msg, delay=STORAGE_FULL_RETRY)
         except asyncio.CancelledError:
             # Shutdown: hand the run back. Say so in its events (it is not a failed attempt),
@@ -485,7 +519,8 @@ class AgentRunner:
         None when the fast path does not apply."""
         attempt = msg.metadata.num_delivered if msg.metadata else 1
         definition = self.catalog.get(tenant, agent)
-        if attempt != 1 or definition is None or definition.is_ensemble or (tenant, request.run_id) in self._cancelled:
+        if attempt != 1 or definition is None or definition.is_ensemble or (tenant, request.run_id) in self._cancelled \
+                or H.RESUME in (msg.headers or {}):
             return None
         subject = subjects.run_events(tenant, agent, request.run_id)
         writer = self._writer(subject, tenant, agent, request, attempt, 0)
@@ -581,21 +616,34 @@ class AgentRunner:
           the step it resumes from), ``run.started``; the returned plan continues the run.
         """
         subject = subjects.run_events(tenant, agent, request.run_id)
-        attempt = msg.metadata.num_delivered if msg.metadata else 1
-        last = await self._last_event_or_queued(subject, tenant, agent, request, first=attempt == 1)
+        delivered = msg.metadata.num_delivered if msg.metadata else 1
+        resuming = H.RESUME in (msg.headers or {})
+        last = await self._last_event_or_queued(subject, tenant, agent, request, first=delivered == 1 and not resuming)
         if E.is_terminal(last.type):
             log.info("run %s already ended (%s); acking its request", request.run_id, last.type)
-            return _Opened(None, attempt)
-        writer = self._writer(subject, tenant, agent, request, attempt, last.seq)
+            if resuming and self.approvals is not None:
+                await approvals.remove(self.approvals, tenant, request.run_id)
+            return _Opened(None, delivered)
         if last.type == E.RUN_QUEUED:
-            await writer.emit(E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt))
-            return _Opened(writer, attempt)
+            writer = self._writer(subject, tenant, agent, request, delivered, last.seq)
+            await writer.emit(E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=delivered))
+            return _Opened(writer, delivered)
 
         earlier = await self._history(subject, last.seq)
         history = resume.fold(earlier)
         outbox = self._outbox(tenant, agent, request)
         if outbox is not None:
             await outbox.replay(earlier)
+        # Each attempt's number is new (its events' message ids contain it), also when a run
+        # that waited for approvals comes back in a request delivered for the first time.
+        attempt = max(delivered, history.started_attempts + 1)
+        writer = self._writer(subject, tenant, agent, request, attempt, last.seq)
+        try:
+            waited = await self._approvals_of(msg, tenant, agent, request, writer, history)
+        except (approvals.ApprovalConflict, nats.errors.Error, nats.js.errors.Error, TimeoutError) as err:
+            raise _NotSuspended(f"{type(err).__name__}: {err}") from err
+        if waited is not None:
+            return waited
         if history.crashed_attempts >= self.settings.runner_max_attempts:
             await self._give_up(writer, tenant, agent, request, msg, history.crashed_attempts)
             return _Opened(None, attempt)
@@ -615,6 +663,92 @@ class AgentRunner:
         await writer.emit(E.RUN_RETRYING, E.RunRetryingData(attempt=attempt, reason=why, resume_step=superseded))
         await writer.emit(E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt))
         return _Opened(writer, attempt, continuation, history)
+
+    async def _approvals_of(self, msg: Msg, tenant: str, agent: str, request: RunRequest, writer: RunEventWriter,
+                            history: resume.RunHistory) -> _Opened | None:
+        """What this delivery does about the run's approvals (agent_runner.approval_keeper).
+
+        None: nothing (the run waits for none; the caller goes on as usual). Otherwise an
+        :class:`_Opened` to return: with no writer when the run still waits (this is a redelivery
+        of the request it stopped with, or a repeat: every waiting call's request is made sure to
+        be written, and the delivery is acked); with this writer when it is the delivery that
+        resumes the run: ``run.started``, the decisions as ``tool.approval_decided``, the wait
+        removed, and the plan to continue the step (approved calls run, rejected ones answer with
+        their rejection). Raises nats errors, ApprovalConflict."""
+        if self.approvals is None:
+            return None
+        stored = await approvals.load(self.approvals, tenant, request.run_id)
+        entry = stored.entry if stored is not None else None
+        if entry is not None and all(c.tool_call_id in history.approvals_decided for c in entry.calls):
+            await approvals.remove(self.approvals, tenant, request.run_id)  # left by a resumed attempt
+            entry = None
+        if entry is None:
+            if not history.awaiting:
+                return None
+            # The wait's entry is gone (expired with the bucket's age limit): store it again.
+            entry = (await approvals.wait_for(self.approvals, tenant, self._wait_of(
+                msg, tenant, agent, history.awaiting[0].step,
+                [StepCall(r.tool_call_id, r.name, r.arguments) for r in history.awaiting],
+                expires_at=min(r.expires_at for r in history.awaiting)))).entry
+        if (msg.headers or {}).get(H.RESUME) != entry.resume_id:
+            await self._request_approvals(writer, entry, set(history.approvals_requested))
+            log.info("run %s waits for approval of %s; request %s acked", request.run_id,
+                     ", ".join(c.tool_call_id for c in entry.calls if c.decision is None) or "nothing more",
+                     "redelivered" if (msg.metadata and msg.metadata.num_delivered > 1) else "repeated")
+            return _Opened(None, writer.envelope["attempt"])
+        attempt = int(writer.envelope["attempt"])
+        await writer.emit(E.RUN_STARTED, E.RunStartedData(runner=self.id, attempt=attempt))
+        for call in entry.calls:
+            if call.decision is None or call.tool_call_id in history.approvals_decided:
+                continue
+            decided = E.ToolApprovalDecidedData(
+                step=entry.step, tool_call_id=call.tool_call_id, name=call.name, decision=call.decision,
+                reason=call.reason, by=call.by or "request", decided_at=call.decided_at or datetime.now(UTC))
+            await writer.emit(E.TOOL_APPROVAL_DECIDED, decided)
+            history.approvals_decided[call.tool_call_id] = decided
+        await approvals.remove(self.approvals, tenant, request.run_id)
+        return _Opened(writer, attempt, resume.plan(history), history, cancel_reason=entry.cancel_reason)
+
+    def _wait_of(self, msg: Msg, tenant: str, agent: str, step: int, calls: list[StepCall], *,
+                 expires_at: datetime) -> PendingApproval:
+        """The APPROVALS entry of a run stopping at ``step`` to wait for ``calls``; its request is
+        the one this delivery carries (as submitted, without a conversation's history)."""
+        return PendingApproval(
+            run_id=RunRequest.model_validate_json(msg.data).run_id, agent=agent, step=step,
+            resume_id=uuid.uuid4().hex[:16], member=msg.subject.endswith(".member"),
+            requested_at=datetime.now(UTC), expires_at=expires_at,
+            calls=[PendingCall(tool_call_id=c.id, name=c.name, arguments=c.arguments) for c in calls],
+            request=RunRequest.model_validate_json(msg.data),
+        )
+
+    async def _request_approvals(self, writer: RunEventWriter, entry: PendingApproval, written: set[str]) -> None:
+        """Write ``tool.approval_requested`` for each waiting call of ``entry`` not in ``written``."""
+        awaiting = [c.tool_call_id for c in entry.calls]
+        for call in entry.calls:
+            if call.tool_call_id in written or call.decision is not None:
+                continue
+            await writer.emit(E.TOOL_APPROVAL_REQUESTED, E.ToolApprovalRequestedData(
+                step=entry.step, tool_call_id=call.tool_call_id, name=call.name, arguments=call.arguments,
+                awaiting=awaiting, expires_at=entry.expires_at))
+
+    async def _suspend(self, msg: Msg, writer: RunEventWriter, tenant: str, agent: str, answering: AgentDefinition,
+                       waiting: AwaitingApproval, written: set[str]) -> None:
+        """Let the run wait for approvals: store the wait (APPROVALS, created before the events,
+        so a decision never finds the run waiting without it), then ``tool.approval_requested``
+        per call. The caller acks the request. The wait ends ``approval_timeout`` seconds from now
+        (at most half of RUN_EVENTS_MAX_AGE, so the run's events outlive it). Raises
+        :class:`_NotSuspended` when the wait cannot be stored."""
+        assert self.approvals is not None
+        timeout = min(answering.approval_timeout, self.settings.run_events_max_age / 2)
+        entry = self._wait_of(msg, tenant, agent, waiting.step, waiting.calls,
+                              expires_at=datetime.now(UTC) + timedelta(seconds=timeout))
+        try:
+            stored = await approvals.wait_for(self.approvals, tenant, entry)
+        except (approvals.ApprovalConflict, nats.errors.Error, nats.js.errors.Error, TimeoutError) as err:
+            raise _NotSuspended(f"{type(err).__name__}: {err}") from err
+        await self._request_approvals(writer, stored.entry, written)
+        log.info("run %s waits for approval of %s (until %s); its request is acked", entry.run_id,
+                 ", ".join(f"{c.name} {c.id}" for c in waiting.calls), stored.entry.expires_at.isoformat())
 
     async def _history(self, subject: str, last_seq: int) -> list[StoredEvent]:
         """The run's events up to ``last_seq`` (its latest, as the leader said): re-read while a
@@ -646,7 +780,9 @@ class AgentRunner:
                             "attempts: its runner crashed or was killed); the request is kept as a dead letter"),
         ))
 
-    async def _run(self, tenant: str, agent_name: str, request: RunRequest, opened: _Opened) -> None:
+    async def _run(self, tenant: str, agent_name: str, request: RunRequest, opened: _Opened, msg: Msg) -> None:
+        """Run (or continue) the run, and write how it ended; return without an end when it stops
+        to wait for approvals (the request ``msg`` carries is kept to resume it)."""
         writer = opened.writer
         if writer is None:  # the run had already ended: nothing to run (callers check before)
             return
@@ -683,7 +819,10 @@ class AgentRunner:
         ctx = RunContext(
             tenant=tenant, agent=answering, request=request, writer=writer, llm=self.llm, endpoint=endpoint,
             tools=self.tools, skills=self.catalog.skills_of(answering), mcp=self.mcp,
+            decisions=dict(opened.history.approvals_decided) if opened.history is not None else {},
         )
+        if opened.cancel_reason is not None:  # cancelled while it waited for approvals
+            self._cancelled.setdefault(key, opened.cancel_reason)
         work = self._ensemble(ctx, agent, opened) if agent.is_ensemble else run_agent(ctx, opened.plan)
         loop_task = asyncio.create_task(work)
         self._runs[key] = loop_task
@@ -722,13 +861,17 @@ class AgentRunner:
             await writer.emit(E.RUN_CANCELLED, E.RunCancelledData(
                 reason=cancelled.reason, usage=ctx.total_usage, steps=ctx.steps, duration_ms=duration(),
             ))
+        except AwaitingApproval as waiting:
+            await writer.close()
+            written = set(opened.history.approvals_requested) if opened.history is not None else set()
+            await self._suspend(msg, writer, tenant, agent_name, answering, waiting, written)
         except AgentstreamError as err:  # the model call, max_steps, an ensemble's members...
             await writer.close()
             await writer.emit(E.RUN_FAILED, E.RunFailedData(
                 reason=err.reason, error=ErrorInfo(type=err.kind, message=err.message),
                 usage=ctx.total_usage, steps=ctx.steps, duration_ms=duration(),
             ))
-        except (OwnershipLost, asyncio.CancelledError, _AlreadyEnded, _NotFresh):
+        except (OwnershipLost, asyncio.CancelledError, _AlreadyEnded, _NotFresh, _NotSuspended):
             raise
         except StorageFull:
             await writer.close()

@@ -51,8 +51,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     nc = await connect(settings, f"agent-runner {settings.runner_name}", role=Role.AGENT_RUNNER)
     probe_stop = asyncio.Event()
     samplers: list[Sampler] = []
+    started: list[AgentRunner] = []  # the runner, once made: its load is part of /healthz
     probe = asyncio.create_task(serve_probe("agent-runner", settings.metrics_bind, lambda: nc.is_connected, probe_stop,
-                                            samplers))
+                                            samplers, details=lambda: started[0].load() if started else {}))
     # Every tenant's agents: the directory's and those created over the API (AGENTS bucket), followed
     # before any run is taken.
     registry = AgentRegistry(catalog, key_env_pattern=settings.llm_key_env_pattern,
@@ -60,6 +61,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     await ensure_topology(nc, settings)
     await registry.start(nc.jetstream())
     runner = AgentRunner(settings, nc, registry, llm_base_url=base_url)
+    started.append(runner)
     samplers.append(runner.sample_metrics)
     await runner.start()
     announce(f"agent-runner ready: {runner.id}")

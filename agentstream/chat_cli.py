@@ -86,6 +86,13 @@ def chat(url: str, agent: str, message: str, *, api_key: str | None = None, mess
                             print(_member_finished(data), file=out)
                         elif kind == E.TOOL_CALL:
                             print(f"→ {data.get('name')} {data.get('arguments')}", file=out)
+                        elif kind == E.TOOL_APPROVAL_REQUESTED:
+                            print(f"? {data.get('name')} waits for approval until {data.get('expires_at')}: POST "
+                                  f"/api/runs/{ev.get('run_id')}/approve (or /reject) with "
+                                  f"{{\"tool_call_id\": \"{data.get('tool_call_id')}\"}}", file=out)
+                        elif kind == E.TOOL_APPROVAL_DECIDED:
+                            by = " (timed out)" if data.get("by") == "timeout" else ""
+                            print(f"! {data.get('name')} {data.get('decision')}{by}", file=out)
                         elif kind == E.TOOL_RESULT:
                             if data.get("ok"):
                                 took = f"{data.get('ms', 0):.0f} ms"

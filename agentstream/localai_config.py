@@ -65,11 +65,17 @@ class LocalAIFieldError(ValueError):
         self.field = field
 
 
+def _own_action(action: Any) -> bool:
+    """True for agentstream's own action entry with an approval rule (``{name, approval}``:
+    schemas/agents.py), which is not LocalAI's ``{name, config}``."""
+    return isinstance(action, dict) and "approval" in action and set(action) <= {"name", "approval"}
+
+
 def is_localai(doc: dict[str, Any]) -> bool:
     """True when ``doc`` has a field only LocalAI's configuration has, or LocalAI's shape of actions."""
     actions = doc.get("actions")
     return bool(set(doc) & (UNSUPPORTED | {"api_url", "api_key"})) or (
-        isinstance(actions, list) and any(isinstance(a, dict) for a in actions)
+        isinstance(actions, list) and any(isinstance(a, dict) and not _own_action(a) for a in actions)
     )
 
 
@@ -127,8 +133,8 @@ def _actions(value: Any) -> Any:
         return value  # AgentDefinition says what is wrong
     names: list[Any] = []
     for i, action in enumerate(value):
-        if not isinstance(action, dict):
-            names.append(action)
+        if not isinstance(action, dict) or _own_action(action):
+            names.append(action)  # a name, or agentstream's own {name, approval}
             continue
         unknown = sorted(set(action) - {"name", "config"})
         if unknown:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import orjson
 from quart import Quart, Response
@@ -34,9 +35,11 @@ SAMPLE_TIMEOUT = 5.0
 """Seconds a scrape waits for the samplers before answering with what it has."""
 
 
-def create_probe(name: str, connected: Callable[[], bool], samplers: Sequence[Sampler] = ()) -> Quart:
+def create_probe(name: str, connected: Callable[[], bool], samplers: Sequence[Sampler] = (),
+                 details: Callable[[], dict[str, Any]] | None = None) -> Quart:
     """The probe app of component ``name``; ``connected()`` says whether its NATS connection is up;
-    ``samplers`` run before each ``/metrics`` answer (the list may grow after the app is made)."""
+    ``samplers`` run before each ``/metrics`` answer (the list may grow after the app is made);
+    ``details()``, if given, adds fields to ``/healthz`` (an agent runner's runs and slots)."""
     app = Quart(f"agentstream.probe.{name}")
 
     @app.get("/healthz")
@@ -44,7 +47,8 @@ def create_probe(name: str, connected: Callable[[], bool], samplers: Sequence[Sa
         problems = HEALTH.as_dict()
         if not connected():
             problems["nats"] = {"reason": "not connected to NATS", "since": None}
-        body = {"status": "unhealthy" if problems else "ok", "component": name, "problems": problems}
+        body = {"status": "unhealthy" if problems else "ok", "component": name, "problems": problems,
+                **(details() if details is not None else {})}
         return Response(orjson.dumps(body), status=503 if problems else 200, content_type="application/json")
 
     @app.get("/metrics")
@@ -61,8 +65,9 @@ def create_probe(name: str, connected: Callable[[], bool], samplers: Sequence[Sa
 
 
 async def serve_probe(name: str, bind: str, connected: Callable[[], bool], stop: asyncio.Event,
-                      samplers: Sequence[Sampler] = ()) -> None:
-    """Serve the probe on ``bind`` until ``stop``; prints ``<name> health: <url>/healthz``.
+                      samplers: Sequence[Sampler] = (), details: Callable[[], dict[str, Any]] | None = None) -> None:
+    """Serve the probe on ``bind`` until ``stop``; prints ``<name> health: <url>/healthz``
+    (``samplers``, ``details``: see :func:`create_probe`).
 
     Raises OSError (naming the address) when ``bind`` cannot be bound.
     """
@@ -71,4 +76,4 @@ async def serve_probe(name: str, bind: str, connected: Callable[[], bool], stop:
     except OSError as err:
         raise OSError(f"cannot listen on METRICS_BIND={bind}: {err.strerror or err}") from None
     announce(f"{name} health: {url_of(sock)}/healthz")
-    await serve_app(create_probe(name, connected, samplers), sock, stop, graceful_timeout=1.0)
+    await serve_app(create_probe(name, connected, samplers, details), sock, stop, graceful_timeout=1.0)

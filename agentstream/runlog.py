@@ -153,7 +153,7 @@ async def latest_events(nc: NATS, tenant: str, runs: list[tuple[str, str]]) -> d
 
 STATUS_OF_EVENT: dict[str, str] = {
     E.RUN_COMPLETED: "completed", E.RUN_FAILED: "failed", E.RUN_CANCELLED: "cancelled",
-    E.RUN_QUEUED: "queued", E.RUN_REQUEUED: "queued",
+    E.RUN_QUEUED: "queued", E.RUN_REQUEUED: "queued", E.TOOL_APPROVAL_REQUESTED: "awaiting_approval",
 }
 """A run's status from its latest event; any other (non-deleted) event type means ``running``."""
 

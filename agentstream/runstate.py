@@ -1,6 +1,9 @@
 """A run's state, computed from its stored events (the events are the only record of a run).
 
-``queued`` → ``running`` → ``completed`` | ``failed`` | ``cancelled``.
+``queued`` → ``running`` (↔ ``awaiting_approval``) → ``completed`` | ``failed`` | ``cancelled``.
+
+A run is ``awaiting_approval`` from its ``tool.approval_requested`` events until the attempt that
+resumes it starts (``run.started``).
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from typing import Any, Final, Literal
 from agentstream.eventlog import StoredEvent
 from schemas import events as E
 
-RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+RunStatus = Literal["queued", "running", "awaiting_approval", "completed", "failed", "cancelled"]
 QUEUED: Final = "queued"
 RUNNING: Final = "running"
+AWAITING_APPROVAL: Final = "awaiting_approval"
 COMPLETED: Final = "completed"
 FAILED: Final = "failed"
 CANCELLED: Final = "cancelled"
@@ -34,6 +38,22 @@ class ToolCallRecord:
     error: dict[str, Any] | None = None
     ms: float | None = None
     runner: str | None = None
+
+
+@dataclass
+class ApprovalRecord:
+    """A tool call that waited (or waits) for approval: ``status`` is ``pending``, ``approved``
+    or ``rejected``; ``by``: ``request`` or ``timeout``; times ISO 8601 UTC."""
+
+    tool_call_id: str
+    name: str
+    arguments: str
+    step: int
+    status: Literal["pending", "approved", "rejected"] = "pending"
+    expires_at: str | None = None
+    reason: str | None = None
+    by: str | None = None
+    decided_at: str | None = None
 
 
 @dataclass
@@ -59,6 +79,7 @@ class RunRecord:
     usage: dict[str, Any] | None = None
     steps: int = 0
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    approvals: list[ApprovalRecord] = field(default_factory=list)
     last_event_id: int = 0
     events: int = 0
     schedule: dict[str, Any] | None = None
@@ -78,6 +99,7 @@ def fold(events: Iterable[StoredEvent]) -> RunRecord | None:
     """The record of the run whose events are given in stream order; None if there are none."""
     record: RunRecord | None = None
     calls: dict[str, ToolCallRecord] = {}
+    waits: dict[str, ApprovalRecord] = {}
     for ev in events:
         body = ev.json()
         data = body.get("data") or {}
@@ -110,6 +132,20 @@ def fold(events: Iterable[StoredEvent]) -> RunRecord | None:
             if called is not None:
                 called.ok, called.output, called.error = data.get("ok"), data.get("output"), data.get("error")
                 called.ms, called.runner = data.get("ms"), data.get("runner")
+        elif t == E.TOOL_APPROVAL_REQUESTED:
+            if not record.finished:
+                record.status = AWAITING_APPROVAL
+            wait = waits.get(data["tool_call_id"])
+            if wait is None:
+                wait = waits[data["tool_call_id"]] = ApprovalRecord(
+                    data["tool_call_id"], data["name"], data.get("arguments", ""), data.get("step", 0))
+                record.approvals.append(wait)
+            wait.expires_at = data.get("expires_at")
+        elif t == E.TOOL_APPROVAL_DECIDED:
+            wait = waits.get(data["tool_call_id"])
+            if wait is not None:
+                wait.status = data.get("decision", "rejected")
+                wait.reason, wait.by, wait.decided_at = data.get("reason"), data.get("by"), data.get("decided_at")
         elif t == E.MESSAGE_COMPLETED:
             record.answer = data.get("text")
             record.finish_reason = data.get("finish_reason")

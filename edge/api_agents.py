@@ -78,7 +78,7 @@ async def list_agents() -> Response:
         "tenant": t.name,
         "agents": [a.name for a in agents],
         "agentCount": len(agents),
-        "actions": len({x for a in agents for x in a.actions}),
+        "actions": len({x for a in agents for x in a.tool_names}),
         "connectors": 0,
         "statuses": {a.name: st.agents.paused(t.name, a.name) is None for a in agents},
         "items": [_summary(t, catalog, a) for a in agents],
@@ -445,7 +445,7 @@ def _document(catalog: TenantCatalog, name: str) -> dict[str, Any]:
 def _summary(t: Tenant, catalog: TenantCatalog, agent: AgentDefinition) -> dict[str, Any]:
     return {
         "name": agent.name, "description": agent.description, "model": agent.model,
-        "actions": agent.actions, "skills": agent.skills, "max_steps": agent.max_steps,
+        "actions": agent.tool_names, "skills": agent.skills, "max_steps": agent.max_steps,
         "members": agent.members, "source": catalog.source(agent.name),
         "paused": state().agents.paused(t.name, agent.name) is not None, "revision": catalog.revision(agent.name),
     }

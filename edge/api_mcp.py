@@ -306,7 +306,7 @@ async def _run_agent(t: Tenant, name: str, arguments: dict[str, Any],
                 ended = True
                 return _error(f"the run was cancelled: {data.get('reason', '')}", run_id)
             else:
-                note = _progress_note(kind, data)
+                note = _progress_note(kind, data, run_id)
                 if note:
                     await progress(note)
         return _error("the server is restarting; call again", run_id)  # the feed ended first: edge stopping
@@ -317,8 +317,8 @@ async def _run_agent(t: Tenant, name: str, arguments: dict[str, Any],
             cancel_later(st, t.name, run_id, CANCELLED_BY_CLIENT)
 
 
-def _progress_note(kind: str | None, data: dict[str, Any]) -> str | None:
-    """What a progress notification says about one run event (None: nothing)."""
+def _progress_note(kind: str | None, data: dict[str, Any], run_id: str = "") -> str | None:
+    """What a progress notification says about one run event of run ``run_id`` (None: nothing)."""
     match kind:
         case E.RUN_STARTED:
             return "run started"
@@ -334,6 +334,11 @@ def _progress_note(kind: str | None, data: dict[str, Any]) -> str | None:
             error = data.get("error") or {}
             why = str(error.get("message"))[:PROGRESS_TEXT_CHARS]
             return f"tool result {data.get('name')}: {error.get('type')}: {why}"
+        case E.TOOL_APPROVAL_REQUESTED:
+            return (f"tool call {data.get('name')} awaits approval (tool_call_id {data.get('tool_call_id')}, until "
+                    f"{data.get('expires_at')}): POST /api/runs/{run_id}/approve or /reject")
+        case E.TOOL_APPROVAL_DECIDED:
+            return f"tool call {data.get('name')} {data.get('decision')}"
         case E.MEMBER_STARTED:
             return f"member {data.get('member')} started (run {data.get('run_id')})"
         case E.MEMBER_FINISHED:

@@ -17,6 +17,14 @@ also in the ``X-Run-Id`` header. Another tenant's response is a 404.
   A background response goes on when its client disconnects; any other is cancelled then.
 - A parameter this server does not support is refused (400, ``param`` naming it), as OpenAI
   refuses unknown parameters.
+- A tool call of the agent's that waits for a person's approval is an ``mcp_approval_request``
+  output item (edge.dialects.responses). A non-streaming request is answered as soon as the run
+  waits (``status: "in_progress"``; the run is not cancelled). The decision is ``POST
+  /api/runs/{run_id}/approve`` / ``reject``, or, as with OpenAI's MCP approvals, a request whose
+  ``input`` holds only ``mcp_approval_response`` items (``approval_request_id``, ``approve``,
+  ``reason``) with the waiting response as ``previous_response_id``: it is answered with that same
+  response (same id: one response is one run) as it goes on, streamed (its events after those
+  already sent) or whole (when it ends or waits again).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from quart import Blueprint, Response, request
 
 from agentstream import eventlog, sse
+from edge.api_approvals import decide_call
 from edge.api_openai import model_agent
 from edge.auth import Tenant
 from edge.clienttools import check_client_tools
@@ -42,6 +51,7 @@ from edge.dialects.responses import (
     response_id,
     run_id_of,
     split_last_user,
+    tool_call_id_of,
 )
 from edge.errors import ApiError, from_validation
 from edge.feed import HEARTBEAT
@@ -217,6 +227,9 @@ async def create_response() -> Response:
     t = tenant()
     body = await _body()
     agent = model_agent(t, body.model)
+    if isinstance(body.input, list) and body.input and all(
+            isinstance(i, dict) and i.get("type") == "mcp_approval_response" for i in body.input):
+        return await _approval_responses(t, body)
     tools = _client_tools(body, agent)
     parameters = _parameters(body, tools)
     own = input_messages(body.input)
@@ -267,7 +280,56 @@ async def create_response() -> Response:
     await submit_run(t, agent.name, request_)
     if body.background:
         return json_response(view.snapshot(), headers=headers)
-    await _follow(state(), t.name, agent.name, run_id, view, cancel_on_exit=True)
+    await _follow(state(), t.name, agent.name, run_id, view, cancel_on_exit=True, until_waiting=True)
+    if view.status == "failed":
+        raise _failed(view, run_id)
+    return json_response(view.snapshot(), headers=headers)
+
+
+class _ApprovalResponse(BaseModel):
+    """An ``mcp_approval_response`` input item (the OpenAI Responses API's shape)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["mcp_approval_response"]
+    approval_request_id: str = Field(min_length=1, max_length=250)
+    approve: bool
+    reason: str | None = Field(default=None, max_length=1000)
+    id: str | None = None
+
+
+async def _approval_responses(t: Tenant, body: ResponsesBody) -> Response:
+    """Decide the approval requests of the response ``previous_response_id`` names, and answer
+    with that response as it goes on (see the module docstring)."""
+    if not body.previous_response_id:
+        raise ApiError(400, "invalid_request", "mcp_approval_response items answer the response named by "
+                       "previous_response_id", "previous_response_id")
+    assert isinstance(body.input, list)
+    decisions = []
+    for i, item in enumerate(body.input):
+        try:
+            answer = _ApprovalResponse.model_validate(item)
+        except ValidationError as err:
+            raise from_validation(err, status=400, prefix=f"input.{i}") from None
+        call_id = tool_call_id_of(answer.approval_request_id)
+        if not call_id:
+            raise ApiError(400, "invalid_request", f"input.{i}.approval_request_id must be the id of an "
+                           "mcp_approval_request item (mcpr_...)", f"input.{i}.approval_request_id")
+        decisions.append((call_id, answer))
+    resp_id = body.previous_response_id
+    run_id, agent, bodies, echo = await _stored(t, resp_id, field="previous_response_id")
+    seen = _replayed(resp_id, bodies, echo)
+    for call_id, answer in decisions:
+        await decide_call(t, run_id, call_id, "approved" if answer.approve else "rejected", answer.reason)
+    decided = frozenset(call_id for call_id, _ in decisions)
+    headers = {"X-Run-Id": run_id}
+    view = ResponseView(resp_id, echo)
+    if body.stream:
+        lease = await open_stream(t)
+        feed = run_feed(t.name, run_id, subjects.run_events(t.name, agent, run_id), lease=lease)
+        frames = stream_run(state(), t.name, run_id, feed, _Frames(view, seen.seq), resumable=True,
+                            cancel_on_exit=False)
+        return sse_response(frames, headers, lease=lease)
+    await _follow(state(), t.name, agent, run_id, view, cancel_on_exit=False, until_waiting=True, answered=decided)
     if view.status == "failed":
         raise _failed(view, run_id)
     return json_response(view.snapshot(), headers=headers)
@@ -282,9 +344,11 @@ def _failed(view: ResponseView, run_id: str) -> ApiError:
 
 
 async def _follow(st: EdgeState, tenant_name: str, agent: str, run_id: str, view: ResponseView, *,
-                  cancel_on_exit: bool, within: float | None = None) -> None:
-    """Render the run's events into ``view`` until it ends (or ``within`` seconds pass); cancel the
-    run if the caller goes away first and ``cancel_on_exit``."""
+                  cancel_on_exit: bool, within: float | None = None, until_waiting: bool = False,
+                  answered: frozenset[str] = frozenset()) -> None:
+    """Render the run's events into ``view`` until it ends (or ``within`` seconds pass; or, with
+    ``until_waiting``, it waits for approvals other than the ``answered`` calls: it is left
+    waiting, not cancelled); cancel the run if the caller goes away first and ``cancel_on_exit``."""
     view.start()
     feed = run_feed(tenant_name, run_id, subjects.run_events(tenant_name, agent, run_id), sse=False)
     try:
@@ -293,6 +357,9 @@ async def _follow(st: EdgeState, tenant_name: str, agent: str, run_id: str, view
                 if item is not HEARTBEAT:
                     view.render(item.json())
                     if view.done:
+                        return
+                    if until_waiting and view.waiting and not view.awaiting <= answered:
+                        cancel_on_exit = False
                         return
     except TimeoutError:
         return
@@ -330,19 +397,20 @@ class _Frames:
         return b""  # the client resumes from another edge
 
 
-async def _stored(t: Tenant, resp_id: str) -> tuple[str, str, list[dict[str, Any]], dict[str, Any]]:
+async def _stored(t: Tenant, resp_id: str, *, field: str = "response_id",
+                  ) -> tuple[str, str, list[dict[str, Any]], dict[str, Any]]:
     """(run id, agent, stored event envelopes, echo) of one of ``t``'s responses; ApiError 404
-    naming ``response_id``."""
+    naming ``field``."""
     run_id = run_id_of(resp_id)
     if run_id is None or not subjects.is_token(run_id):
-        raise ApiError(404, "not_found", f"no response {resp_id[:80]!r}", "response_id")
+        raise ApiError(404, "not_found", f"no response {resp_id[:80]!r}", field)
     bodies = [e.json() for e in await eventlog.read_list(state().bus(), subjects.run_events_of_run(t.name, run_id))]
     if bodies:
         agent: str = bodies[0]["agent"]
         return run_id, agent, bodies, echo_of(bodies, None, agent)
     entry = await run_index_entry(t, run_id)  # no event yet: the run waits for a runner
     if entry is None:
-        raise ApiError(404, "not_found", f"no response {resp_id!r}", "response_id")
+        raise ApiError(404, "not_found", f"no response {resp_id!r}", field)
     return run_id, entry.agent, bodies, echo_of(bodies, entry.echo, entry.agent)
 
 

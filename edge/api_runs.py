@@ -35,10 +35,11 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("runs", __name__)
 
-STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+STATUSES = ("queued", "running", "awaiting_approval", "completed", "failed", "cancelled")
 SCAN_MAX = 5000
 """Most log entries one listing looks through for runs matching a filter the log is not ordered
-by (``queued``/``running`` status, ``conversation_id``): past it the page ends with a cursor."""
+by (``queued``/``running``/``awaiting_approval`` status, ``conversation_id``): past it the page
+ends with a cursor."""
 DELETE_WAIT = 10.0
 """Seconds DELETE /api/runs/{id} waits for an agent runner to replace the run's events."""
 

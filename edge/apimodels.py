@@ -16,14 +16,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from agentstream.runstate import RunRecord, ToolCallRecord
+from agentstream.runstate import RunRecord, RunStatus, ToolCallRecord
 from schemas.agents import AgentDefinition
 from schemas.common import Strict
+from schemas.events import Decision, DecisionSource
 from schemas.runs import DeadLetter
 from schemas.schedules import Schedule
 from schemas.webhooks import DeliveryRecord
-
-RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 
 
 class _Open(BaseModel):
@@ -337,6 +336,19 @@ class RunList(Strict):
 
     runs: list[RunListEntry]
     next_cursor: str | None
+
+
+class ApprovalDecided(Strict):
+    """``202`` to an approval or a rejection: the decision is stored (``duplicate``: it was already
+    so); ``waiting_for``: the run's calls still undecided; ``by``: who decided."""
+
+    run_id: str
+    tool_call_id: str
+    decision: Decision
+    by: DecisionSource | None
+    duplicate: bool
+    waiting_for: list[str]
+    events_url: str
 
 
 class CancelAccepted(Strict):

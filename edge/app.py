@@ -26,6 +26,7 @@ from agentstream.settings import Settings
 from edge import (
     api_agents,
     api_agui,
+    api_approvals,
     api_conversations,
     api_docs,
     api_llmsse,
@@ -86,6 +87,7 @@ def create_app(settings: Settings, *, auth: Authenticator | None = None, catalog
     app.register_blueprint(api_agents.bp)
     app.register_blueprint(api_native.bp)
     app.register_blueprint(api_runs.bp)
+    app.register_blueprint(api_approvals.bp)
     app.register_blueprint(api_conversations.bp)
     app.register_blueprint(api_openai.bp)
     app.register_blueprint(api_responses.bp)

@@ -20,7 +20,7 @@ def check_client_tools(tools: list[FunctionTool], agent: AgentDefinition, name_p
                        *, status: int = 400) -> None:
     """ApiError (``status``, naming ``name_param(i)``) when a tool's name is not a valid function
     name, is taken by the agent's own tools, or is given twice."""
-    taken = set(agent.actions) | set(BUILTIN_AGENT_TOOLS)
+    taken = set(agent.tool_names) | set(BUILTIN_AGENT_TOOLS)
     seen: set[str] = set()
     for i, tool in enumerate(tools):
         name = tool.function.get("name")

@@ -18,10 +18,12 @@ from mcp.shared.version import SUPPORTED_PROTOCOL_VERSIONS
 from mcp.types import JSONRPCMessage
 
 from edge import apimodels as M
+from edge.api_approvals import DecisionBody
 from edge.api_llmsse import ProcessBody
 from edge.api_native import CancelBody, ChatBody
 from edge.api_openai import ChatCompletionBody, CompletionBody
 from edge.api_responses import ResponsesBody
+from edge.api_runs import STATUSES
 from edge.http import MAX_EVENT_ID
 from edge.openapi import X_RUN_ID, Answer, Header, Operation, Param, Schema, sse_event
 from schemas.agents import AgentDefinition
@@ -119,6 +121,16 @@ NO_SCHEDULE = "No such schedule (or another tenant's)."
 
 NOT_RUNNABLE = "The tenant's agent cannot run (`agent_invalid`: its stored definition is not valid here)."
 NOT_NOW = "The agent is paused (`agent_paused`), or cannot run (`agent_invalid`)."
+
+DECIDED = {202: Answer("The decision is stored (the same decision again: `duplicate: true`); once every waiting "
+                       "call is decided the run goes on.", json=Schema(M.ApprovalDecided))}
+DECISION_ERRORS = {
+    400: "Not a valid run id.",
+    404: "No such run (field `run_id`), or the run does not wait for that call (field `tool_call_id`).",
+    409: "The call was decided the other way (`approval_already_decided`), or the run waits for no approval "
+         "(`run_not_awaiting_approval`, with `run_status`).",
+    422: "A field is invalid (the error names it).",
+}
 
 BAD_NAME = "An agent name that is not 1-64 of `A-Z a-z 0-9 _ -`, or a bad parameter."
 NO_AGENT = "No such agent for this key."
@@ -272,8 +284,7 @@ OPERATIONS: list[Operation] = [
         200: Answer("A page of runs; `next_cursor` gets the next.", json=Schema(M.RunList)),
     }, {400: "A parameter is malformed (the error names it).", 404: "`agent` names no agent of this key."},
         params=(Param("agent", "query", TOKEN, "Only this agent's runs."),
-                Param("status", "query", {"enum": ["queued", "running", "completed", "failed", "cancelled"]},
-                      "Only runs with this status."),
+                Param("status", "query", {"enum": list(STATUSES)}, "Only runs with this status."),
                 Param("conversation_id", "query", {"type": "string", "maxLength": 200}, "Only this conversation's."),
                 Param("since", "query", TIME, "Submitted (or, with an ended status, ended) at or after."),
                 Param("until", "query", TIME, "... before."), LIMIT_200,
@@ -296,6 +307,10 @@ OPERATIONS: list[Operation] = [
     }, {404: NO_RUN, 409: "The run has already ended (`run_status` says how).",
         422: "A field is invalid (the error names it)."},
         params=(RUN_ID,), request=Schema(CancelBody, "validation"), request_required=False),
+    _native("post", "/api/runs/{run_id}/approve", "approve_tool_call", "Approve a tool call the run waits for",
+            "runs", DECIDED, DECISION_ERRORS, params=(RUN_ID,), request=Schema(DecisionBody, "validation")),
+    _native("post", "/api/runs/{run_id}/reject", "reject_tool_call", "Reject a tool call the run waits for",
+            "runs", DECIDED, DECISION_ERRORS, params=(RUN_ID,), request=Schema(DecisionBody, "validation")),
     _native("get", "/api/usage", "usage", "Runs and tokens of the caller's tenant", "runs", {
         200: Answer("Counts of runs ended in the window, grouped.", json=Schema(M.UsageReport)),
     }, {400: "A parameter is malformed (the error names it)."},

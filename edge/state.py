@@ -49,6 +49,7 @@ class EdgeState:
     streams: StreamCaps | None = None
     run_index: KeyValue | None = None
     conversations: KeyValue | None = None
+    approvals: KeyValue | None = None
     tenants_kv: KeyValue | None = None
     schedules: KeyValue | None = None
     webhook_secrets: KeyValue | None = None
@@ -121,6 +122,7 @@ class EdgeState:
         self.tenants_kv = await js.key_value(subjects.TENANTS_BUCKET)
         self.run_index = await js.key_value(subjects.RUN_INDEX_BUCKET)
         self.conversations = await js.key_value(subjects.CONVERSATIONS_BUCKET)
+        self.approvals = await js.key_value(subjects.APPROVALS_BUCKET)
         self.schedules = await js.key_value(subjects.SCHEDULES_BUCKET)
         self.webhook_secrets = await js.key_value(subjects.WEBHOOK_SECRETS_BUCKET)
         self.limiter = RateLimiter(await js.key_value(subjects.RATE_LIMITS_BUCKET))

@@ -10,10 +10,22 @@ from __future__ import annotations
 
 from datetime import datetime
 from fnmatch import fnmatchcase
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
 
+from schemas.approval_rules import ApprovalPolicy, needs_approval, validate_policy
 from schemas.common import Strict, Token
 from schemas.mcp import McpServer
 from schemas.schedules import MAX_MESSAGE_CHARS, parse_every
@@ -54,12 +66,46 @@ def key_env_refusal(name: str, pattern: str) -> str:
             "put the key in a variable whose name matches it")
 
 
+class ToolAction(Strict):
+    """One entry of ``actions``: a tool, and when its calls wait for a person's approval
+    (schemas/approval_rules.py). A bare name in the file is ``{name: NAME}`` (never asks)."""
+
+    name: Token
+    approval: Annotated[ApprovalPolicy, WrapValidator(validate_policy)] = "never"
+
+
+_TOKEN: TypeAdapter[str] = TypeAdapter(Token)
+
+
+def _action(value: Any, handler: Any) -> ToolAction:
+    if isinstance(value, ToolAction):
+        return value
+    if isinstance(value, str):
+        return ToolAction(name=_TOKEN.validate_python(value))
+    return ToolAction.model_validate(value)
+
+
+def _action_out(action: ToolAction) -> str | dict[str, Any]:
+    """An action as the file would write it: a bare name when it never asks."""
+    return action.name if action.approval == "never" else action.model_dump(mode="json", exclude_none=True)
+
+
+if TYPE_CHECKING:
+    ActionEntry = ToolAction
+else:
+    ActionEntry = Annotated[Token | ToolAction, WrapValidator(_action), PlainSerializer(_action_out)]
+    """An ``actions`` entry: a tool's name, or ``{name, approval}``."""
+
+
 class AgentDefinition(Strict):
     """One agent.
 
     - ``name``: subject-safe name, unique in the directory.
     - ``model``: model name sent to the LLM server; default: the ``LLM_MODEL`` setting.
-    - ``actions``: tools this agent may call (``read_file``, ``list_dir``, ``http_request``).
+    - ``actions``: tools this agent may call (``read_file``, ``list_dir``, ``http_request``), each
+      a name or ``{name, approval}``: when its calls wait for a person's approval
+      (schemas/approval_rules.py).
+    - ``approval_timeout``: seconds a call may wait for approval; then it counts as rejected.
     - ``skills``: skill names; each is ``agents/skills/NAME.md``, offered through ``load_skill``.
     - ``max_steps``: most LLM calls in one run (the last one is offered no tools).
     - ``parameters``: passed through to the LLM request (``temperature``, ``max_tokens``, ...).
@@ -95,7 +141,7 @@ class AgentDefinition(Strict):
     model: str | None = Field(default=None, min_length=1, max_length=200)
     llm: LLMSettings | None = None
     system_prompt: str = ""
-    actions: list[Token] = Field(default_factory=list)
+    actions: list[ActionEntry] = Field(default_factory=list)
     skills: list[Token] = Field(default_factory=list)
     max_steps: int = Field(default=10, ge=1, le=100)
     parameters: dict[str, Any] = Field(default_factory=dict)
@@ -114,6 +160,40 @@ class AgentDefinition(Strict):
     periodic_runs: int | None = Field(default=None, description="seconds between periodic runs (or a duration: 10m)")
     permanent_goal: str | None = Field(default=None, min_length=1, max_length=MAX_MESSAGE_CHARS,
                                        validate_default=True)
+    approval_timeout: float = Field(default=86400.0, gt=0, le=7 * 86400)
+    _asking: dict[str, ApprovalPolicy] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Index the actions that may ask for approval (looked up for every tool call)."""
+        self._asking = {a.name: a.approval for a in self.actions if a.approval != "never"}
+
+    @property
+    def tool_names(self) -> list[str]:
+        """The names of the tools in ``actions``, in order."""
+        return [a.name for a in self.actions]
+
+    def approval_of(self, tool: str) -> ApprovalPolicy:
+        """The ``approval`` of the action named ``tool`` (``never`` when it is not one)."""
+        return self._asking.get(tool, "never")
+
+    def call_needs_approval(self, tool: str, arguments: dict[str, Any], *, mcp_server: str | None = None) -> bool:
+        """Whether a call of ``tool`` (an action; or, with ``mcp_server``, a tool of that MCP
+        server) with ``arguments`` waits for approval. A built-in tool's arguments get its
+        defaults first (``http_request`` without ``method`` is a GET); arguments the tool would
+        refuse are matched as given."""
+        if mcp_server is not None:
+            server = next((s for s in self.mcp_servers if s.name == mcp_server), None)
+            return server is not None and needs_approval(server.approval, arguments)
+        policy = self.approval_of(tool)
+        if policy == "never":
+            return False
+        spec = TOOL_RUNNER_TOOLS.get(tool)
+        if spec is not None:
+            try:
+                arguments = spec.args.model_validate(arguments).model_dump(mode="json")
+            except ValidationError:
+                pass
+        return needs_approval(policy, arguments)
 
     @property
     def is_ensemble(self) -> bool:
@@ -154,12 +234,13 @@ class AgentDefinition(Strict):
 
     @field_validator("actions")
     @classmethod
-    def _known_tools(cls, actions: list[str]) -> list[str]:
-        unknown = [a for a in actions if a not in TOOL_RUNNER_TOOLS]
+    def _known_tools(cls, actions: list[ToolAction]) -> list[ToolAction]:
+        names = [a.name for a in actions]
+        unknown = [a for a in names if a not in TOOL_RUNNER_TOOLS]
         if unknown:
             known = ", ".join(sorted(TOOL_RUNNER_TOOLS))
             raise ValueError(f"unknown tool(s) {', '.join(map(repr, unknown))}; known tools: {known}")
-        if len(set(actions)) != len(actions):
+        if len(set(names)) != len(names):
             raise ValueError("a tool is listed twice")
         return actions
 

@@ -63,6 +63,8 @@ class ErrorKind(StrEnum):
     """A tool call's arguments are not valid JSON or do not match the tool's schema."""
     MISSING_RESULT = "missing_result"
     """A resumed run found a tool call whose result was never recorded."""
+    APPROVAL_REJECTED = "approval_rejected"
+    """A tool call that waited for a person's approval was rejected (or not approved in time)."""
     # -- files (agentstream/beneath.py, tool_runner/tools/files.py)
     INVALID_PATH = "invalid_path"
     NOT_FOUND = "not_found"

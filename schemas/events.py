@@ -28,6 +28,8 @@ MEMBER_FINISHED: Final = "member.finished"
 MESSAGE_DELTA: Final = "message.delta"
 TOOL_CALL: Final = "tool.call"
 TOOL_RESULT: Final = "tool.result"
+TOOL_APPROVAL_REQUESTED: Final = "tool.approval_requested"
+TOOL_APPROVAL_DECIDED: Final = "tool.approval_decided"
 MESSAGE_COMPLETED: Final = "message.completed"
 RUN_COMPLETED: Final = "run.completed"
 RUN_FAILED: Final = "run.failed"
@@ -52,6 +54,10 @@ def webhook_event_types() -> tuple[str, ...]:
 
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+Decision = Literal["approved", "rejected"]
+"""What a person (or the approval timeout) decided about a tool call that waited for approval."""
+DecisionSource = Literal["request", "timeout"]
+"""Who decided: a request to ``/api/runs/{id}/approve`` or ``/reject``, or the agent's ``approval_timeout``."""
 
 
 def is_terminal(event_type: str) -> bool:
@@ -185,6 +191,40 @@ class ToolResultData(Strict):
     truncated: bool = False
 
 
+class ToolApprovalRequestedData(Strict):
+    """``tool.approval_requested``: a server-side tool call waits for a person's decision (its
+    agent's ``approval`` rule matched it). The run then waits, holding no runner: its status is
+    ``awaiting_approval`` until every call of the step is decided (``POST
+    /api/runs/{run_id}/approve`` or ``/reject`` with this ``tool_call_id``), or until
+    ``expires_at``, when the calls still undecided count as rejected.
+
+    ``arguments``: the JSON text as the model wrote it; ``awaiting``: the ids of every call of
+    this step that waits (this one included), in order, so a reader knows when it has seen them all.
+    """
+
+    step: int
+    tool_call_id: str
+    name: str
+    arguments: str
+    awaiting: list[str]
+    expires_at: datetime
+
+
+class ToolApprovalDecidedData(Strict):
+    """``tool.approval_decided``: how a call that waited for approval was decided, written when the
+    run goes on. ``approved``: the call runs (its ``tool.result`` follows); ``rejected``: it does
+    not, and the model reads ``{"error": {"type": "approval_rejected", "message"}}`` (with the
+    ``reason``) as its answer. ``by``: ``request`` (a person) or ``timeout``."""
+
+    step: int
+    tool_call_id: str
+    name: str
+    decision: Decision
+    reason: str | None = None
+    by: DecisionSource
+    decided_at: datetime
+
+
 class MessageCompletedData(Strict):
     """``message.completed``: the final answer.
 
@@ -293,6 +333,16 @@ class ToolResult(_Envelope):
     data: ToolResultData
 
 
+class ToolApprovalRequested(_Envelope):
+    type: Literal["tool.approval_requested"] = TOOL_APPROVAL_REQUESTED
+    data: ToolApprovalRequestedData
+
+
+class ToolApprovalDecided(_Envelope):
+    type: Literal["tool.approval_decided"] = TOOL_APPROVAL_DECIDED
+    data: ToolApprovalDecidedData
+
+
 class MessageCompleted(_Envelope):
     type: Literal["message.completed"] = MESSAGE_COMPLETED
     data: MessageCompletedData
@@ -328,6 +378,8 @@ RunEvent = Annotated[
     | MessageDelta
     | ToolCall
     | ToolResult
+    | ToolApprovalRequested
+    | ToolApprovalDecided
     | MessageCompleted
     | RunCompleted
     | RunFailed
@@ -349,6 +401,8 @@ EVENT_CLASSES: dict[str, type[_Envelope]] = {
     MESSAGE_DELTA: MessageDelta,
     TOOL_CALL: ToolCall,
     TOOL_RESULT: ToolResult,
+    TOOL_APPROVAL_REQUESTED: ToolApprovalRequested,
+    TOOL_APPROVAL_DECIDED: ToolApprovalDecided,
     MESSAGE_COMPLETED: MessageCompleted,
     RUN_COMPLETED: RunCompleted,
     RUN_FAILED: RunFailed,

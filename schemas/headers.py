@@ -37,3 +37,6 @@ TOOL_PROGRESS = "Agentstream-Progress"
 to the reply subject while it works, each with this header set, before the final result."""
 RUNNER = "Agentstream-Runner"
 """Which process answered (tool runner id), for tracing and load-spread checks."""
+RESUME = "Agentstream-Resume"
+"""On a run request an agent runner publishes again to continue a run that waited for tool
+approvals (value: the step it resumes). A runner then reads the run's events before anything else."""

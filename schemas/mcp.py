@@ -28,8 +28,9 @@ import hashlib
 import re
 from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, WrapValidator, model_validator
 
+from schemas.approval_rules import ApprovalPolicy, validate_policy
 from schemas.common import Strict, Token
 
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -55,6 +56,8 @@ class McpServer(Strict):
       addresses unless the operator's ``MCP_ALLOW_HOSTS`` lists its host (tool_runner/netguard.py).
     - ``tools``: the server's tools the agent may use (default: all); others are never offered
       and a call to one is refused.
+    - ``approval``: when a call of one of its tools waits for a person's approval, as for an
+      action (schemas/approval_rules.py; a rule is matched against the tool's arguments).
 
     Exactly one of ``command`` and ``url``.
     """
@@ -65,6 +68,7 @@ class McpServer(Strict):
     env: dict[EnvVarName, Annotated[str, StringConstraints(max_length=8192)]] = Field(default_factory=dict)
     url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s/@]+(/\S*)?$", max_length=2048)] | None = None
     tools: list[McpToolName] | None = None
+    approval: Annotated[ApprovalPolicy, WrapValidator(validate_policy)] = "never"
 
     @model_validator(mode="after")
     def _one_transport(self) -> McpServer:

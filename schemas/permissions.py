@@ -10,13 +10,16 @@ identity       may
 =============  ================================================================================
 admin          everything (declares streams, consumers and buckets; nothing else uses it)
 edge           submit runs of any tenant, send cancels, read events (stored and live), keep its
-               buckets (tenant policies, rate limits, open streams, run index, schedules,
-               webhook secrets, agents and paused agents, the last two also watched), read
-               webhook deliveries; never write ``runs.>`` (it cannot forge a run's events)
+               buckets (tenant policies, rate limits, open streams, run index, approval
+               decisions, schedules, webhook secrets, agents and paused agents, the last two
+               also watched), read webhook deliveries; never write ``runs.>`` (it cannot forge a
+               run's events)
 agent-runner   pull run requests through its consumers, write ``runs.>`` and dead letters,
                start ensemble members, call tools and ask which are served, read cancels,
                read tenant policies, keep conversations, read and watch (never write) agents
-               and paused agents, enqueue webhook deliveries (``webhooks.*.*``)
+               and paused agents, enqueue webhook deliveries (``webhooks.*.*``), keep and
+               watch runs waiting for approvals and publish their run requests again to
+               resume them
 webhook-sender pull webhook deliveries through its consumer, keep their records
                (WEBHOOK_DELIVERIES), read (and create) tenants' signing secrets; nothing of
                runs, tools or tenants' policies
@@ -154,6 +157,7 @@ _EDGE = Permissions(
         *_bucket(S.STREAM_COUNTS_BUCKET),
         *_bucket(S.RUN_INDEX_BUCKET),
         *_bucket(S.CONVERSATIONS_BUCKET),
+        *_bucket(S.APPROVALS_BUCKET),
         *_bucket(S.SCHEDULES_BUCKET, watch=True),  # edges fire schedules (edge/scheduler.py)
         *_bucket(S.WEBHOOK_SECRETS_BUCKET),  # GET /api/webhooks/secret, and its rotation
         *_bucket_read(S.WEBHOOK_DELIVERIES_BUCKET),  # GET /api/runs/{id} shows the deliveries
@@ -167,6 +171,7 @@ _AGENT_RUNNER = Permissions(
     publish=(
         S.RUN_EVENTS_ALL,
         S.MEMBER_REQUESTS_ALL,
+        S.RUN_REQUESTS_ALL,  # a run that waited for approvals is queued again (agent_runner.approval_keeper)
         S.CONTROL_ALL,
         S.DEAD_LETTERS_ALL,
         S.RUN_LOG_ALL,
@@ -189,6 +194,7 @@ _AGENT_RUNNER = Permissions(
         *_bucket(S.TENANTS_BUCKET, watch=True),
         *_bucket(S.RUN_INDEX_BUCKET),
         *_bucket(S.CONVERSATIONS_BUCKET),
+        *_bucket(S.APPROVALS_BUCKET, watch=True),
         S.WEBHOOK_JOBS_ALL,  # a subscribed event's delivery jobs (agent_runner/webhooks.py)
         *_bucket_read(S.AGENTS_BUCKET),
         *_bucket_read(S.AGENT_PAUSES_BUCKET),

@@ -160,6 +160,8 @@ def kv_configs(*, run_index_max_age: float = 7 * 86400.0, replicas: int = 1) -> 
       than any run may take, so a retry always finds it);
     - CONVERSATIONS: one entry per conversation (its turns), kept as long as run events are;
     - RUN_INDEX: one entry per run, kept as long as run events are;
+    - APPROVALS: one entry per run waiting for tool approvals, removed when the run goes on (kept
+      at most as long as run events are);
     - SCHEDULES: one entry per schedule, kept until deleted;
     - WEBHOOK_SECRETS: one signing secret per tenant, kept until replaced;
     - WEBHOOK_DELIVERIES: one entry per webhook delivery (its attempts), kept as long as run events are.
@@ -180,6 +182,8 @@ def kv_configs(*, run_index_max_age: float = 7 * 86400.0, replicas: int = 1) -> 
                        ttl=run_index_max_age, storage=StorageType.FILE, replicas=replicas, direct=True),
         KeyValueConfig(bucket=subjects.RUN_INDEX_BUCKET, description="agentstream runs by id", history=1,
                        ttl=run_index_max_age, storage=StorageType.FILE, replicas=replicas, direct=True),
+        KeyValueConfig(bucket=subjects.APPROVALS_BUCKET, description="agentstream runs waiting for tool approvals",
+                       history=1, ttl=run_index_max_age, storage=StorageType.FILE, replicas=replicas, direct=True),
         KeyValueConfig(bucket=subjects.SCHEDULES_BUCKET, description="agentstream schedules", history=1,
                        storage=StorageType.FILE, replicas=replicas, direct=True),
         KeyValueConfig(bucket=subjects.WEBHOOK_SECRETS_BUCKET, description="agentstream webhook signing secrets",

@@ -66,6 +66,9 @@ CONVERSATIONS_BUCKET = "CONVERSATIONS"
 """One entry per conversation (``{tenant}.{sha256 of its id}``): its turns, the runs in order."""
 RUN_INDEX_BUCKET = "RUN_INDEX"
 """One entry per run (``{tenant}.{run_id}``): agent, message id, status; written at submit."""
+APPROVALS_BUCKET = "APPROVALS"
+"""One entry per run waiting for tool approvals (``{tenant}.{run_id}``): the calls, the decisions
+made so far, the deadline, and the run request to resume it with (schemas/approvals.py)."""
 SCHEDULES_BUCKET = "SCHEDULES"
 """One entry per schedule (``{tenant}.{schedule_id}``): its definition and the last tick fired,
 changed only by compare-and-set (edges fire the ticks: edge/scheduler.py)."""
@@ -205,6 +208,19 @@ def conversation_key(tenant: str, conversation_id: str) -> str:
 def run_index_key(tenant: str, run_id: str) -> str:
     """Key of a run's entry in the RUN_INDEX bucket: ``{tenant}.{run_id}``."""
     return f"{token(tenant, 'tenant')}.{token(run_id, 'run_id')}"
+
+
+def approval_key(tenant: str, run_id: str) -> str:
+    """Key of a run's entry in the APPROVALS bucket: ``{tenant}.{run_id}``."""
+    return f"{token(tenant, 'tenant')}.{token(run_id, 'run_id')}"
+
+
+def parse_approval_key(key: str) -> tuple[str, str]:
+    """Split an APPROVALS key into ``(tenant, run_id)``; SubjectTokenError on any other shape."""
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise SubjectTokenError("key", key)
+    return token(parts[0], "tenant"), token(parts[1], "run_id")
 
 
 def schedule_key(tenant: str, schedule_id: str) -> str:

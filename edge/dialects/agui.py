@@ -10,6 +10,13 @@ and, for the agent's own tools, their results (``TOOL_CALL_RESULT``), then ``STE
 last ``RUN_FINISHED`` (with the run's token usage; a cancelled run's outcome is ``cancelled``)
 or ``RUN_ERROR``. A call of a frontend tool (``tools`` in the input) ends the run after its
 ``TOOL_CALL_END``: the application runs the tool and starts the next run with its result.
+
+A call of the agent's own tools that waits for a person's approval ends the AG-UI run with
+AG-UI's interrupt outcome (``RUN_FINISHED``, ``outcome: {type: "interrupt", interrupts: [...]}``,
+one interrupt per waiting call: ``id`` :func:`interrupt_id`, ``reason: "tool_approval"``,
+``toolCallId``, ``expiresAt``, a ``responseSchema`` for ``{approved, reason}``). agentstream's
+run itself goes on waiting; the application resumes it with a new AG-UI run whose ``resume``
+entries answer the interrupts (edge/api_agui.py), and that run shows the rest of it.
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ from ag_ui.core import (
     BaseEvent,
     Context,
     DeveloperMessage,
+    Interrupt,
     RunAgentInput,
     RunErrorEvent,
     RunFinishedCancelledOutcome,
     RunFinishedEvent,
+    RunFinishedInterruptOutcome,
     RunStartedEvent,
     StepFinishedEvent,
     StepStartedEvent,
@@ -50,6 +59,28 @@ from schemas.common import ChatMessage, FunctionTool
 
 RESTART_DIVERGED = ("the agent's run was interrupted and restarted, and its new answer differs from what was "
                     "already sent; retry")
+
+INTERRUPT_PREFIX = "approval:"
+APPROVAL_REASON = "tool_approval"
+APPROVAL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"approved": {"type": "boolean"}, "reason": {"type": "string", "maxLength": 1000}},
+    "required": ["approved"],
+}
+"""What a ``resume`` entry's ``payload`` answers an approval interrupt with."""
+
+
+def interrupt_id(run_id: str, tool_call_id: str) -> str:
+    """The id of the interrupt of a tool call waiting for approval: ``approval:{run_id}:{tool_call_id}``."""
+    return f"{INTERRUPT_PREFIX}{run_id}:{tool_call_id}"
+
+
+def parse_interrupt_id(value: str) -> tuple[str, str] | None:
+    """``(run id, tool call id)`` of an :func:`interrupt_id`, or None."""
+    if not value.startswith(INTERRUPT_PREFIX):
+        return None
+    run_id, sep, tool_call_id = value[len(INTERRUPT_PREFIX):].partition(":")
+    return (run_id, tool_call_id) if sep and run_id and tool_call_id else None
 
 
 def _content(content: Any, param: str) -> str | list[dict[str, Any]]:
@@ -140,6 +171,7 @@ class AguiStream:
         self.run_id = run_id
         self.run = run
         self.done = False
+        self._waits: dict[str, dict[str, Any]] = {}  # tool.approval_requested data by call, this wait
         self._step = 0  # the highest step started
         self._step_open = False
         self._message: str | None = None  # the open text message
@@ -178,6 +210,23 @@ class AguiStream:
             if data.get("arguments"):
                 out.append(ToolCallArgsEvent(tool_call_id=call_id, delta=data["arguments"], timestamp=ts))
             out.append(ToolCallEndEvent(tool_call_id=call_id, timestamp=ts))
+            return out
+        elif t == E.TOOL_APPROVAL_REQUESTED:
+            self._waits[data["tool_call_id"]] = data
+            awaiting = data.get("awaiting") or [data["tool_call_id"]]
+            if not all(a in self._waits for a in awaiting):
+                return []
+            waits = [self._waits[a] for a in awaiting]
+            self._waits = {}
+            out = self._end_step(ts)
+            interrupts = [Interrupt(
+                id=interrupt_id(str(body.get("run_id")), w["tool_call_id"]), reason=APPROVAL_REASON,
+                message=f"approve the call of {w['name']} with {w.get('arguments') or '{}'}",
+                tool_call_id=w["tool_call_id"], response_schema=APPROVAL_SCHEMA, expires_at=w.get("expires_at"),
+            ) for w in waits]
+            out.append(RunFinishedEvent(thread_id=self.thread_id, run_id=self.run_id, timestamp=ts,
+                                        outcome=RunFinishedInterruptOutcome(interrupts=interrupts)))
+            self.done = True
             return out
         elif t == E.TOOL_RESULT:
             return [ToolCallResultEvent(message_id=f"{self.run}-{data['tool_call_id']}",

@@ -64,6 +64,12 @@ class ProcessStream:
             if self.finished_members == self.members and self.answered_members >= self.min_success:
                 frames.append(self._frame(status=f"Combining via {self.source}", source=self.source))
             return frames
+        if t == E.TOOL_APPROVAL_REQUESTED:  # the stream waits (with its heartbeats) for the decision
+            return [self._frame(status=f"Awaiting approval of {data.get('name')}", source=self.source,
+                                message=f"POST /api/runs/{body.get('run_id')}/approve or /reject with tool_call_id "
+                                        f"{data.get('tool_call_id')}")]
+        if t == E.TOOL_APPROVAL_DECIDED:
+            return [self._frame(status=f"{data.get('name')} {data.get('decision')}", source=self.source)]
         if t == E.RUN_RETRYING:
             self._replay.restart(int(data.get("resume_step", 1)))
             return []

@@ -59,6 +59,15 @@ def render(body: dict[str, Any]) -> list[tuple[str, dict[str, Any] | str]]:
             ("stream_event", {"type": "tool_result", "tool_name": data.get("name"), "tool_result": shown, **common}),
             ("status", status),
         ]
+    if t == E.TOOL_APPROVAL_REQUESTED:
+        status = f"Awaiting approval: {data.get('name')}<br>Parameters: {_short(data.get('arguments', ''))}"
+        return [
+            ("json_message_status", {"status": "awaiting_approval", "tool_name": data.get("name"),
+                                     "tool_call_id": data.get("tool_call_id"), **common}),
+            ("status", status.replace("\n", "<br>")),
+        ]
+    if t == E.TOOL_APPROVAL_DECIDED:
+        return [("status", f"Approval: {data.get('name')} {data.get('decision')}")]
     if t == E.MESSAGE_COMPLETED:
         return [
             ("stream_event", {"type": "done", **common}),

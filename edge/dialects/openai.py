@@ -9,7 +9,9 @@ delta ("Chunks"), the usage chunk with ``choices: []`` if asked for ("Usage"), `
 comments ("Keep-alives"), written by the caller.
 
 The server-side work of the agent (its own tool calls, retries) stays out of this view: it is in
-the run's native event stream, whose id the response names in ``X-Run-Id``.
+the run's native event stream, whose id the response names in ``X-Run-Id``. A tool call waiting
+for a person's approval is one comment line (``: awaiting approval of tool call …``); the stream
+then stays open, with its ``: ping`` comments, until the call is decided and the answer comes.
 """
 
 from __future__ import annotations
@@ -88,6 +90,14 @@ RESTART_DIVERGED = oai.error_body(
     "server_error", None, "run_restarted")
 
 
+def approval_comment(body: dict[str, Any]) -> str:
+    """The SSE comment a ``tool.approval_requested`` event becomes in a completion stream."""
+    data = body.get("data") or {}
+    text = (f"awaiting approval of tool call {data.get('tool_call_id')} ({data.get('name')}) until "
+            f"{data.get('expires_at')}: POST /api/runs/{body.get('run_id')}/approve or /reject")
+    return " ".join(text.split())  # one line, whatever the model named its call
+
+
 class _CompletionStream:
     """What the chat and the text completion streams share: which run events become frames, and
     when the stream ends. Subclasses say how a frame looks.
@@ -135,6 +145,10 @@ class _CompletionStream:
             return [self._text(text)] if text else []
         if t == E.TOOL_CALL and data.get("client") and not self.finished:
             return self._client_tool_call(data)
+        if t == E.TOOL_APPROVAL_REQUESTED and not self.finished:
+            # Only a comment (docs/streaming.md, "Keep-alives"): the stream waits, kept alive by
+            # ``: ping`` comments, and the answer follows once the call is decided.
+            return [sse.comment(approval_comment(body))]
         if t == E.MESSAGE_COMPLETED and not self.finished:
             self.finished = True
             reason = data.get("finish_reason")

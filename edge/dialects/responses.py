@@ -13,7 +13,12 @@ per client-side tool call one ``function_call`` item (``added``, ``function_call
 ``response.completed``, ``response.incomplete`` (the model hit ``max_output_tokens``) or
 ``response.failed`` (the run failed; or was cancelled: then ``response.status`` is
 ``cancelled``). The agent's own (server-side) tool calls stay out of this view, as in the chat
-view: they are in the run's native events (``X-Run-Id``).
+view: they are in the run's native events (``X-Run-Id``), except one that waits for a person's
+approval: it is an ``mcp_approval_request`` output item (``output_item.added`` and ``.done``; id
+``mcpr_{tool_call_id}``, ``server_label`` ``agentstream``), mirroring OpenAI's MCP approvals.
+The response stays ``in_progress`` meanwhile (the run waits, it has not ended) and goes on in the
+same response once the call is decided (``POST /api/runs/{run_id}/approve`` or ``/reject``, or an
+``mcp_approval_response`` input item: edge/api_responses.py).
 
 Every event carries ``sequence_number``, counted from 0 by :class:`ResponseView` over the run's
 stored events alone, so replaying the same events gives the same numbers: that is what lets a
@@ -35,6 +40,9 @@ from schemas.common import ChatMessage
 
 PREFIX = "resp_"
 ECHO_API = "responses"
+APPROVAL_PREFIX = "mcpr_"
+APPROVAL_SERVER_LABEL = "agentstream"
+"""``server_label`` of the approval requests (the agent's own tools have no MCP server of the caller's)."""
 
 RESTART_DIVERGED = ("the agent's run was interrupted and restarted, and its new answer differs from what was "
                     "already sent; retry")
@@ -48,6 +56,16 @@ def response_id(run_id: str) -> str:
 def run_id_of(resp_id: str) -> str | None:
     """The run id inside a response id, or None if ``resp_id`` is not one."""
     return resp_id[len(PREFIX):] if resp_id.startswith(PREFIX) and len(resp_id) > len(PREFIX) else None
+
+
+def approval_request_id(tool_call_id: str) -> str:
+    """The id of the ``mcp_approval_request`` item of a call waiting for approval."""
+    return f"{APPROVAL_PREFIX}{tool_call_id}"
+
+
+def tool_call_id_of(approval_id: str) -> str | None:
+    """The tool call id inside an approval request id, or None if ``approval_id`` is not one."""
+    return approval_id[len(APPROVAL_PREFIX):] if approval_id.startswith(APPROVAL_PREFIX) else None
 
 
 def usage(data: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +123,19 @@ class ResponseView:
         self._message: int | None = None  # output index of the open message item
         self._message_step = 0
         self._replay = Replay()
+        self._approvals: set[str] = set()  # calls whose approval request was shown
+        self._awaiting: set[str] = set()  # calls the run waits for now
+
+    @property
+    def waiting(self) -> bool:
+        """The run waits for a person's decision on every call it asked about (nothing more will
+        come until one is made)."""
+        return bool(self._awaiting) and self._awaiting <= self._approvals and not self.done
+
+    @property
+    def awaiting(self) -> frozenset[str]:
+        """The tool call ids the run waits (or last waited) for."""
+        return frozenset(self._awaiting)
 
     # -- the response object
 
@@ -136,6 +167,13 @@ class ResponseView:
         t, data = body.get("type"), body.get("data") or {}
         if t == E.RUN_STARTED:
             self.started = True
+            self._awaiting = set()
+        elif t == E.TOOL_APPROVAL_REQUESTED and not self._finished:
+            self._awaiting = set(data.get("awaiting") or [data["tool_call_id"]])
+            if data["tool_call_id"] in self._approvals:
+                return []
+            self._approvals.add(data["tool_call_id"])
+            return [*self._close_message(), *self._approval_request(data)]
         elif t == E.RUN_RETRYING:
             self.started = True
             self._replay.restart(int(data.get("resume_step", 1)))
@@ -223,6 +261,14 @@ class ResponseView:
                         part=copy.deepcopy(part)),
             self._event("response.output_item.done", output_index=index, item=copy.deepcopy(item)),
         ]
+
+    def _approval_request(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        index = len(self.output)
+        item = {"id": approval_request_id(data["tool_call_id"]), "type": "mcp_approval_request",
+                "server_label": APPROVAL_SERVER_LABEL, "name": data["name"], "arguments": data.get("arguments") or ""}
+        self.output.append(item)
+        return [self._event("response.output_item.added", output_index=index, item=copy.deepcopy(item)),
+                self._event("response.output_item.done", output_index=index, item=copy.deepcopy(item))]
 
     def _function_call(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         index = len(self.output)
@@ -325,6 +371,10 @@ def input_messages(items: str | list[Any]) -> list[ChatMessage]:
             if not isinstance(text, str):
                 raise ApiError(400, "unsupported", f"{param}.output: only text output is supported", f"{param}.output")
             out.append(ChatMessage(role="tool", tool_call_id=item["call_id"], content=text))
+        elif kind == "mcp_approval_response":
+            raise ApiError(400, "invalid_request", f"{param}: an mcp_approval_response answers a response that waits "
+                           "for approval: send only such items, with that response as previous_response_id",
+                           f"{param}.type")
         else:
             raise ApiError(400, "unsupported", f"{param}: input items of type {kind!r} are not supported (use "
                            "message, function_call and function_call_output)", f"{param}.type")

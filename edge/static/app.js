@@ -27,6 +27,8 @@ const timeline = new Timeline(
   {
     followRun: (runId, handlers) => new RunStream(api, runId, handlers).start(),
     openRun: (runId, agent) => openRun(runId, agent, { resume: false }),
+    decide: (runId, toolCallId, decision, reason) => api.post(
+      `/api/runs/${encodeURIComponent(runId)}/${decision}`, { tool_call_id: toolCallId, ...(reason ? { reason } : {}) }),
   },
 );
 
@@ -76,7 +78,8 @@ class RunSession {
       onEvents: (batch) => {
         this.#show(batch);
         this.writer.add(batch);
-        if (batch.some((e) => e.type === "run.queued" || TERMINAL_TYPES.has(e.type))) loadRuns();
+        if (batch.some((e) => e.type === "run.queued" || e.type === "tool.approval_requested"
+          || TERMINAL_TYPES.has(e.type))) loadRuns();
       },
       onEnd: (reason, failure) => {
         if (reason !== "error") return;

@@ -45,6 +45,11 @@ export class ChatView {
           this.steps.delete(number);
         }
       }
+    } else if (type === "tool.approval_requested") {
+      this.status.textContent = `waiting for approval of ${data.name} (Approve or Reject it in the timeline)`;
+      this.status.className = "chat-status muted";
+    } else if (type === "run.started") {
+      this.status.textContent = "";
     } else if (type === "message.completed" && data.finish_reason !== "tool_calls") {
       const step = this.#step(data.steps);
       if (step.sink.text !== data.text) step.sink.set(data.text ?? ""); // the stored answer wins

@@ -17,7 +17,7 @@ export function renderRuns(list, runs, { activeRunId, onOpen }) {
         title: `run ${run.run_id}`,
         onclick: () => onOpen(run),
       },
-      el("span", { class: `badge ${run.status}`, text: run.status }),
+      el("span", { class: `badge ${run.status.replace("_", "-")}`, text: run.status.replace("_", " ") }),
       el("span", { class: "run-msg", text: excerpt(run.message, 70) || "(no message)" }),
       el("span", { class: "muted run-meta", text: [took, clock(run.created_at)].filter(Boolean).join(" · ") })));
   });

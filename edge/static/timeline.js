@@ -1,7 +1,8 @@
 // The run's timeline: one row per thing that happened (queued, started, each step with its text
 // and tool calls, retries, ensemble members, the end), built as events arrive. Rows are appended
 // or updated in place, never rebuilt; text and counters change once per frame (scheduler.js).
-// Event types and fields: README, "Run events".
+// A tool call waiting for a person's approval gets Approve and Reject buttons (and a reason) until
+// it is decided (README, "Approval of tool calls"). Event types and fields: README, "Run events".
 
 import { el, fold } from "./dom.js";
 import { duration, excerpt, outputText, prettyArguments, tsMs, usageText } from "./format.js";
@@ -92,7 +93,8 @@ export class Timeline {
   /**
    * `parts`: the list (`ol`), the status badge, run id, elapsed, count and usage elements and the
    * cancel button. `hooks.followRun(runId, {onEvents})` follows another run (an ensemble member)
-   * and returns something with `stop()`; `hooks.openRun(runId, agent)` shows that run instead.
+   * and returns something with `stop()`; `hooks.openRun(runId, agent)` shows that run instead;
+   * `hooks.decide(runId, toolCallId, "approve"|"reject", reason)` posts a decision (a promise).
    */
   constructor(parts, hooks) {
     this.parts = parts;
@@ -186,6 +188,13 @@ export class Timeline {
         break;
       case "tool.result":
         this.#toolResult(ev, data, ts);
+        break;
+      case "tool.approval_requested":
+        this.status = "awaiting approval";
+        this.#approvalRequested(ev, data, ts);
+        break;
+      case "tool.approval_decided":
+        this.#approvalDecided(ev, data, ts);
         break;
       case "message.completed": {
         const step = this.#step(env, data.steps);
@@ -283,6 +292,73 @@ export class Timeline {
     const body = ok ? outputText(data.output)
       : `${data.error?.type ?? "error"}: ${data.error?.message ?? ""}`;
     tool.li.append(fold(ok ? "result" : "error", body, { className: ok ? "result" : "result error" }));
+    this.#touch(tool.step, ts);
+  }
+
+  #approvalRequested(ev, data, ts) {
+    let tool = this.tools.get(data.tool_call_id);
+    if (!tool) {
+      this.#toolCall(ev, data, ts);
+      tool = this.tools.get(data.tool_call_id);
+    }
+    if (tool.approval) return; // asked again by a later attempt: the buttons are there
+    tool.li.dataset.approval = "pending";
+    tool.status.className = "badge awaiting-approval";
+    tool.status.textContent = "awaiting approval";
+    const until = new Date(data.expires_at);
+    const note = el("span", { class: "muted", text: Number.isNaN(until.getTime()) ? "waits for approval"
+      : `waits for approval until ${until.toLocaleString()}` });
+    const reason = el("input", { type: "text", class: "approval-reason", maxlength: "1000",
+      placeholder: "reason (optional)", "aria-label": `reason for the decision on ${data.name}` });
+    const outcome = el("span", { class: "approval-outcome muted", "aria-live": "polite" });
+    const decide = async (decision) => {
+      for (const button of buttons) button.disabled = true;
+      outcome.className = "approval-outcome muted";
+      outcome.textContent = decision === "approve" ? "approving…" : "rejecting…";
+      try {
+        await this.hooks.decide(this.runId, data.tool_call_id, decision, reason.value.trim() || null);
+        // The run's tool.approval_decided may have come first: it says how, and stays.
+        if (tool.li.dataset.approval === "pending") {
+          outcome.textContent = `${decision === "approve" ? "approved" : "rejected"}; the run goes on`;
+        }
+      } catch (failure) {
+        if (tool.li.dataset.approval !== "pending") return;
+        outcome.className = "approval-outcome error";
+        outcome.textContent = failure.describe ? failure.describe() : String(failure);
+        if (failure.status !== 409) for (const button of buttons) button.disabled = false;
+      }
+    };
+    const buttons = [
+      el("button", { type: "button", class: "small approve", text: "Approve", onclick: () => decide("approve") }),
+      el("button", { type: "button", class: "small danger reject", text: "Reject", onclick: () => decide("reject") }),
+    ];
+    const box = el("div", { class: "approval", dataset: { toolCallId: data.tool_call_id } },
+      note, el("div", { class: "approval-actions" }, reason, ...buttons), outcome);
+    tool.li.append(box);
+    tool.approval = { box, note, buttons, reason, outcome };
+    this.#touch(tool.step, ts);
+  }
+
+  #approvalDecided(ev, data, ts) {
+    const tool = this.tools.get(data.tool_call_id);
+    if (!tool) return;
+    tool.li.dataset.approval = data.decision;
+    const approved = data.decision === "approved";
+    if (tool.li.dataset.ok === undefined) {
+      tool.status.className = `badge ${approved ? "running" : "failed"}`;
+      tool.status.textContent = approved ? "running" : "rejected";
+    }
+    const by = data.by === "timeout" ? "by the approval timeout" : "";
+    const text = [data.decision, by, data.reason ? `— ${data.reason}` : ""].filter(Boolean).join(" ");
+    if (tool.approval) {
+      for (const button of tool.approval.buttons) button.remove();
+      tool.approval.reason.remove();
+      tool.approval.note.remove();
+      tool.approval.outcome.className = `approval-outcome ${approved ? "muted" : "error"}`;
+      tool.approval.outcome.textContent = text;
+    } else {
+      tool.li.append(el("div", { class: "approval" }, el("span", { class: "approval-outcome", text })));
+    }
     this.#touch(tool.step, ts);
   }
 

@@ -62,7 +62,7 @@ def test_each_bad_file_is_reported_and_the_good_one_loads(agents_dir):
     catalog = load_agents(agents_dir)
     assert list(catalog.agents) == ["good"]
     good = catalog.agents["good"]
-    assert good.actions == ["read_file"] and good.parameters == {"temperature": 0.5}
+    assert good.tool_names == ["read_file"] and good.parameters == {"temperature": 0.5}
     assert good.llm.api_key_env == "AGENTSTREAM_KEY_OLLAMA"
     assert catalog.skills["helpful"].description == "Be helpful"
     by_file = {e.file: e for e in catalog.errors}
@@ -78,7 +78,7 @@ def test_shipped_agents_are_valid():
     assert catalog.errors == []
     assert {"programmer-helper", "web-reader"} <= set(catalog.agents)
     helper = catalog.agents["programmer-helper"]
-    assert "read_file" in helper.actions and "http_request" in helper.actions
+    assert "read_file" in helper.tool_names and "http_request" in helper.tool_names
     assert [s.name for s in catalog.skills_of(helper)] == helper.skills
 
 

@@ -182,6 +182,15 @@ async def test_another_tenants_credentials_reach_nothing_of_alice(bus: System, a
     await bob_bus.refused("$kv.tenants.alice", lambda: js.publish("$KV.TENANTS.alice", b"{}"))
     await bob_bus.refused("$JS.API.DIRECT.GET.KV_RATE_LIMITS", lambda: js.get_msg(
         "KV_RATE_LIMITS", seq=1, subject="$KV.RATE_LIMITS.>", next=True, direct=True))
+    # Runs waiting for approvals (their calls, decisions, requests): not even bob's own entries.
+    await bob_bus.refused(f"$JS.API.DIRECT.GET.KV_APPROVALS.$KV.APPROVALS.alice.{run_id}", lambda: js.get_msg(
+        "KV_APPROVALS", subject=f"$KV.APPROVALS.alice.{run_id}", direct=True))
+    await bob_bus.refused("$JS.API.DIRECT.GET.KV_APPROVALS.$KV.APPROVALS.bob.x", lambda: js.get_msg(
+        "KV_APPROVALS", subject="$KV.APPROVALS.bob.x", direct=True))
+    await bob_bus.refused(f"$kv.approvals.alice.{run_id}", lambda: js.publish(
+        f"$KV.APPROVALS.alice.{run_id}", b"{}"))
+    await bob_bus.refused("$JS.API.CONSUMER.CREATE.KV_APPROVALS", lambda: js.subscribe(
+        "$KV.APPROVALS.>", stream="KV_APPROVALS", ordered_consumer=True))
 
     # Write as alice: submit her runs (past her allow-list or not), forge events, cancel, purge.
     request = json.dumps({"run_id": uuid.uuid4().hex, "message_id": "forged", "message": "hi"}).encode()
@@ -328,8 +337,11 @@ async def test_each_component_identity_is_held_to_its_role(bus: System) -> None:
             subjects.RUN_EVENTS_STREAM, "runs.alice.programmer-helper.x"))
         await runner.refused("$JS.API.STREAM.DELETE.AGENT_RUNS",
                              lambda: runner.nc.jetstream().delete_stream(subjects.AGENT_RUNS_STREAM))
-        await runner.refused("agents.alice.programmer-helper.run", lambda: runner.nc.jetstream().publish(
-            "agents.alice.programmer-helper.run", b"{}"))
+        # (An agent runner may publish run requests: it queues a run that waited for approvals again.)
+        await runner.refused("$KV.RATE_LIMITS.alice", lambda: runner.nc.jetstream().publish(
+            "$KV.RATE_LIMITS.alice", b"{}"))
+        await tools.refused("$KV.APPROVALS.alice.x", lambda: tools.nc.jetstream().publish(
+            "$KV.APPROVALS.alice.x", b"{}"))
         await tools.refused("agents.alice.programmer-helper.run",
                             lambda: tools.nc.publish("agents.alice.programmer-helper.run", b"{}"))
         await tools.refused("live.runs.>", lambda: _sub_and_flush(tools.nc, "live.runs.>"))

@@ -363,3 +363,38 @@ async def test_a_delivery_waiting_for_its_retry_survives_its_webhook_sender_bein
     assert len(ours) == 1
     attempts = (await run_view(alice, run_id))["webhooks"][0]["attempts"]
     assert [a["status"] for a in attempts][-1] == 204 and set(a["status"] for a in attempts[:-1]) == {500}
+
+
+async def test_a_run_waiting_for_approval_tells_its_webhook_which_is_decided_from_it(
+    hooks: System, receiver: Receiver, alice: httpx.AsyncClient
+) -> None:
+    url = receiver.url("/ok")
+    accepted = await submit(alice, "gatekeeper", 'use the tool read_file with {"path": "pyproject.toml"}',
+                            webhook={"url": url, "events": ["tool.approval_requested", "run.completed"]})
+    run_id = accepted["run_id"]
+
+    def told() -> dict[str, Any] | None:
+        return next((json.loads(r["body"]) for r in receiver.accepted_of("/ok")
+                     if json.loads(r["body"])["data"]["run_id"] == run_id
+                     and json.loads(r["body"])["type"] == "tool.approval_requested"), None)
+
+    async def was_told() -> bool:
+        """the webhook was told the run waits for approval"""
+        return told() is not None
+
+    await eventually(was_told, within=30)
+    waiting = told()
+    assert waiting is not None and waiting["data"]["data"]["name"] == "read_file"
+    assert (await run_view(alice, run_id))["status"] == "awaiting_approval"
+    decided = await alice.post(f"/api/runs/{run_id}/reject", json={
+        "tool_call_id": waiting["data"]["data"]["tool_call_id"], "reason": "told by the webhook"})
+    assert decided.status_code == 202, decided.text
+    events = await asyncio.wait_for(read_events(alice, run_id), 60)
+    assert events[-1]["event"] == "run.completed"
+
+    async def end_delivered() -> bool:
+        """the run's end was delivered too"""
+        return any(json.loads(r["body"])["data"]["run_id"] == run_id and json.loads(r["body"])["type"] ==
+                   "run.completed" for r in receiver.accepted_of("/ok"))
+
+    await eventually(end_delivered, within=30)

@@ -625,6 +625,51 @@ def test_stream_parsing_and_retry_rendering(tab):
     assert result["usage"] == "1 prompt + 2 completion = 3 tokens"
 
 
+def test_a_call_waiting_for_approval_is_approved_or_rejected_from_the_page(tab, ui_system):
+    lines = (REPO / "pyproject.toml").read_text().splitlines()
+    read_toml = 'use the tool read_file with {"path": "pyproject.toml"}'
+    tab.login()
+    approved_run = run_id = tab.send("gatekeeper", read_toml)
+    box = tab.page.locator(".row.tool[data-name=read_file] .approval")
+    expect(box.locator("button.approve")).to_be_enabled(timeout=20_000)
+    expect(tab.page.locator("#run-status")).to_have_text("awaiting approval")
+    expect(tab.page.locator(".row.tool[data-name=read_file] .badge")).to_have_text("awaiting approval")
+    expect(box).to_contain_text("waits for approval until")
+    expect(tab.page.locator("#exchange .chat-status")).to_contain_text("waiting for approval of read_file")
+    tab.shot("approval-waiting.png")
+
+    # A reload while it waits shows the buttons again; the decision goes through the API.
+    tab.page.reload()
+    expect(box.locator("button.approve")).to_be_enabled(timeout=20_000)
+    box.locator("input.approval-reason").fill("fine, read it")
+    box.locator("button.approve").click()
+    assert tab.wait_finished() == "completed"
+    expect(tab.page.locator(".row.tool[data-name=read_file]")).to_have_attribute("data-approval", "approved")
+    expect(tab.page.locator(".row.tool[data-name=read_file]")).to_have_attribute("data-ok", "true")
+    expect(box.locator("button")).to_have_count(0)
+    expect(box).to_contain_text("approved — fine, read it")
+    assert f"has {len(lines)} lines" in tab.answer()
+    decided = next(e["data"]["data"] for e in server_events(ui_system, run_id) if e["event"] == "tool.approval_decided")
+    assert decided["decision"] == "approved" and decided["reason"] == "fine, read it"
+    tab.shot("approval-approved.png")
+
+    run_id = tab.send("gatekeeper", read_toml)
+    expect(box.locator("button.reject")).to_be_enabled(timeout=20_000)
+    box.locator("input.approval-reason").fill("not today")
+    box.locator("button.reject").click()
+    assert tab.wait_finished() == "completed"
+    expect(tab.page.locator(".row.tool[data-name=read_file]")).to_have_attribute("data-approval", "rejected")
+    expect(tab.page.locator(".row.tool[data-name=read_file] .badge")).to_have_text("failed")
+    assert "approval_rejected" in tab.answer() and "not today" in tab.answer()
+    # A past run replayed from its start shows how it was decided, with no buttons.
+    tab.page.click("#runs-refresh")
+    tab.page.locator(f".run-item[data-run-id='{approved_run}']").click()
+    expect(tab.page.locator("#run-id")).to_have_text(approved_run)
+    assert tab.wait_finished() == "completed"
+    expect(box).to_contain_text("approved — fine, read it")
+    expect(box.locator("button")).to_have_count(0)
+
+
 # -- last: kills a runner of the module's system
 
 def test_a_retry_supersedes_the_text_it_rewrites(tab, ui_system):

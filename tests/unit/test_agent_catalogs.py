@@ -134,7 +134,7 @@ def test_localai_fields_map_where_they_mean_the_same():
                         "parallel_jobs": 0, "cancel_previous_on_new_message": None, "api_key": ""})
     assert doc == {"name": "a", "description": "d", "system_prompt": "p", "llm": {"base_url": "http://h/v1"},
                    "actions": ["read_file", "list_dir"]}
-    assert AgentDefinition.model_validate(doc).actions == ["read_file", "list_dir"]
+    assert AgentDefinition.model_validate(doc).tool_names == ["read_file", "list_dir"]
 
 
 def test_a_body_without_localai_fields_is_left_alone():
