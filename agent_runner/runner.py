@@ -29,7 +29,6 @@ import logging
 import os
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from pydantic import BaseModel, ValidationError
 from agent_runner import conversation, metrics, resume
 from agent_runner.admission import AUTO_MAX_RUNS, Admission
 from agent_runner.approval_keeper import ApprovalKeeper
+from agent_runner.cancels import CancelRegistry
 from agent_runner.endpoint import llm_endpoint
 from agent_runner.ensemble import combined_message, question_of, run_members
 from agent_runner.event_writer import OwnershipLost, RunEventWriter
@@ -86,8 +86,6 @@ WEBHOOK_RETRY = 5.0
 STORAGE_FULL_RETRY = 5.0
 """Seconds before a run that could not start (the event store was full) is offered again."""
 
-CANCELLED_MEMORY = 200_000
-"""How many cancelled runs a runner remembers (RUN_CONTROL keeps them a day anyway)."""
 
 
 @dataclass
@@ -144,9 +142,7 @@ class AgentRunner:
                                 restart_grace=settings.tool_restart_grace)
         self.mcp = McpToolLister(self.tools, ttl=settings.mcp_tools_cache, timeout=settings.mcp_list_timeout)
         self._handlers: dict[asyncio.Task[None], bool] = {}  # handler task -> has a slot
-        self._runs: dict[tuple[str, str], asyncio.Task[E.MessageCompletedData]] = {}
-        self._cancel_reasons: dict[tuple[str, str], str] = {}
-        self._cancelled: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self.cancels = CancelRegistry()
         self._stopping = asyncio.Event()
         self.slots = Slots(settings.runner_concurrency or AUTO_MAX_RUNS)
         self.admission = Admission(self.slots, max_runs=settings.runner_concurrency,
@@ -180,7 +176,7 @@ class AgentRunner:
         self.conversations = await self.js.key_value(subjects.CONVERSATIONS_BUCKET)
         self.approvals = await self.js.key_value(subjects.APPROVALS_BUCKET)
         self.keeper = ApprovalKeeper(self.js, self.approvals, self.id,
-                                     cancel_reason=lambda tenant, run_id: self._cancelled.get((tenant, run_id)))
+                                     cancel_reason=lambda tenant, run_id: self.cancels.reason((tenant, run_id)))
         await self.keeper.start()
         self.policies = PolicyWatcher(self.js, on_change=self._on_policy)
         self.admission.start()
@@ -325,7 +321,7 @@ class AgentRunner:
         admitted.set()
         log.info("run request on %s held: agent %s of %s is paused", msg.subject, where.agent, where.tenant)
         run = (where.tenant, (msg.headers or {}).get(H.MSG_ID, ""))
-        while self.catalog.paused(where.tenant, where.agent) is not None and run not in self._cancelled:
+        while self.catalog.paused(where.tenant, where.agent) is not None and run not in self.cancels:
             with contextlib.suppress(TimeoutError):  # cancels are not catalog changes: look again each second
                 await asyncio.wait_for(self.catalog.changed(), 1.0)
 
@@ -347,13 +343,7 @@ class AgentRunner:
             self._background(self._delete(tenant, run_id, control.reason))
             return
         key = (tenant, run_id)
-        self._cancelled[key] = control.reason
-        while len(self._cancelled) > CANCELLED_MEMORY:
-            self._cancelled.popitem(last=False)
-        task = self._runs.get(key)
-        if task is not None and not task.done():
-            self._cancel_reasons[key] = control.reason
-            task.cancel()
+        self.cancels.request(key, control.reason)
         if self.keeper is not None and key in self.keeper.pending:
             self.keeper.poke()  # it waits for approvals: resume it, so it ends cancelled
 
@@ -519,7 +509,7 @@ class AgentRunner:
         None when the fast path does not apply."""
         attempt = msg.metadata.num_delivered if msg.metadata else 1
         definition = self.catalog.get(tenant, agent)
-        if attempt != 1 or definition is None or definition.is_ensemble or (tenant, request.run_id) in self._cancelled \
+        if attempt != 1 or definition is None or definition.is_ensemble or (tenant, request.run_id) in self.cancels \
                 or H.RESUME in (msg.headers or {}):
             return None
         subject = subjects.run_events(tenant, agent, request.run_id)
@@ -822,15 +812,11 @@ class AgentRunner:
             decisions=dict(opened.history.approvals_decided) if opened.history is not None else {},
         )
         if opened.cancel_reason is not None:  # cancelled while it waited for approvals
-            self._cancelled.setdefault(key, opened.cancel_reason)
+            self.cancels.remember(key, opened.cancel_reason)
         work = self._ensemble(ctx, agent, opened) if agent.is_ensemble else run_agent(ctx, opened.plan)
         loop_task = asyncio.create_task(work)
-        self._runs[key] = loop_task
         try:
-            stored = self._cancelled.get(key)
-            if stored is not None:
-                self._cancel_reasons[key] = stored
-                loop_task.cancel()
+            self.cancels.running(key, loop_task)
             try:
                 await asyncio.wait_for(loop_task, timeout=agent.timeout)
             except TimeoutError:
@@ -850,8 +836,9 @@ class AgentRunner:
                 )
                 return
             except asyncio.CancelledError:
-                if key in self._cancel_reasons and loop_task.cancelled():
-                    raise _Cancelled(self._cancel_reasons[key]) from None
+                asked = self.cancels.cancelled_by_request(key, loop_task)
+                if asked is not None:
+                    raise _Cancelled(asked) from None
                 raise
             await writer.emit(E.RUN_COMPLETED, E.RunCompletedData(
                 usage=ctx.total_usage, steps=ctx.steps, duration_ms=duration(),
@@ -895,8 +882,7 @@ class AgentRunner:
                 usage=ctx.total_usage, steps=ctx.steps, duration_ms=duration(),
             ))
         finally:
-            self._runs.pop(key, None)
-            self._cancel_reasons.pop(key, None)
+            self.cancels.finished(key)
 
     async def _ensemble(self, ctx: RunContext, ensemble: AgentDefinition, opened: _Opened) -> E.MessageCompletedData:
         """An ensemble run: its members as child runs, then the combiner in this run."""
