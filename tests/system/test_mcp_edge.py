@@ -102,9 +102,12 @@ async def test_a_bad_key_is_refused(system):
             resp = await client.post("/mcp", json=INITIALIZE, headers={**MCP_HEADERS, **headers})
             assert resp.status_code == 401, resp.text
             assert resp.json()["error"]["type"] == "unauthorized"
-    with pytest.raises(BaseException):  # noqa: B017 - the SDK raises an exception group of the HTTP error
+    # The SDK's client sees the 401 too: it raises it (inside its task group's exception group).
+    with pytest.raises(ExceptionGroup) as caught:
         async with mcp_session(system.edge_url, "wrong-key"):
             pass
+    statuses = [e.response.status_code for e in caught.value.exceptions if isinstance(e, httpx.HTTPStatusError)]
+    assert statuses == [401], caught.value.exceptions
 
 
 async def test_the_door_rules_hold_for_mcp(system):
