@@ -42,6 +42,7 @@ from pydantic import ValidationError
 from agentstream import eventlog, ticks
 from agentstream.kvmirror import KvMirror
 from agentstream.runs import SubmitError, read_index, submit
+from agentstream.tasks import finish_within, stop_loop
 from edge.auth import Tenant
 from edge.errors import ApiError
 from edge.http import check_queue, take_turn
@@ -115,16 +116,8 @@ class Scheduler:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop firing; let ticks being submitted finish for ``grace`` seconds (one cut short stays
         claimed: another edge takes it over after SCHEDULE_CLAIM_TIMEOUT)."""
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1)
+        await stop_loop(self._loop)
+        await finish_within(self._tasks, grace, after_cancel=1)
         await self.mirror.stop()
 
     async def _run(self) -> None:

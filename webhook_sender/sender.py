@@ -44,6 +44,7 @@ from standardwebhooks.webhooks import Webhook
 from agentstream import logs, webhook_secrets
 from agentstream.kvmirror import KvMirror
 from agentstream.settings import Settings
+from agentstream.tasks import finish_within, stop_loop
 from schemas import subjects as S
 from schemas.webhooks import (
     MAX_ATTEMPTS_KEPT,
@@ -113,16 +114,8 @@ class WebhookSender:
     async def stop(self, grace: float) -> None:
         """Stop pulling; let POSTs under way finish for ``grace`` seconds; hand the rest back."""
         self._stopping.set()
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=5)
+        await stop_loop(self._loop)
+        await finish_within(self._tasks, grace, after_cancel=5)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
