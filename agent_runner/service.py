@@ -11,7 +11,7 @@ from agentstream import llmsse_env
 from agentstream.agents import load_agents
 from agentstream.agentstore import AgentRegistry
 from agentstream.bus import close, connect, ensure_topology
-from agentstream.logs import announce
+from agentstream.logs import report_ready
 from agentstream.origins import ModelServers
 from agentstream.probe import Sampler, serve_probe
 from agentstream.settings import Settings
@@ -64,7 +64,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     started.append(runner)
     samplers.append(runner.sample_metrics)
     await runner.start()
-    announce(f"agent-runner ready: {runner.id}")
+    report_ready(f"agent-runner ready: {runner.id}")
     await stop.wait()
     log.info("stopping: %d run(s) in flight", runner.active_runs)
     await runner.stop(settings.shutdown_grace)

@@ -6,12 +6,21 @@ supervisor (agentstream/supervisor.py) starts the same modules with the same rea
 Every listening port is chosen by the process that listens (port 0, or nats-server's ``-p -1``)
 and read back from what it reports (``<name> ready: <url>``, nats-server's ports file), so no
 port can be taken between being chosen and being bound.
+
+Readiness is pushed by the child, not polled: the launcher opens a pipe, passes its write end to
+the child (``pass_fds``) and names it in ``AGENTSTREAM_READY_FD``; the child writes its ready line
+there once it serves (agentstream.logs.report_ready) and closes it. The launcher blocks on the read
+end with a deadline (:class:`ReadyPipe`; the supervisor reads it with asyncio). End of file before
+the ready line means the child died: the error gives its exit code and the tail of its log. The
+edge writes a second line, ``edge connected: <url>``, once it has reached NATS (``/healthz`` 200);
+:meth:`System.start_edge` waits for that too. nats-server, not ours, has no such pipe: it writes a
+ports file once its listeners are up (agentstream.natsserver).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -21,9 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from agentstream.logs import announced
+from agentstream.logs import READY_FD_ENV, announced
 from agentstream.natsauth import AuthStore, connect_options
 from agentstream.natsserver import EmbeddedNats, NatsCluster
 from agentstream.settings import REPO_ROOT
@@ -32,6 +39,10 @@ from schemas.permissions import Role, inbox_prefix
 READY = {"edge": "edge ready: ", "agent_runner": "agent-runner ready: ", "tool_runner": "tool-runner ready: ",
          "webhook_sender": "webhook-sender ready: ", "agentstream.builtin_model": "builtin-model ready: "}
 """The line each component module prints once it serves (``python -m <module>``), before its URL or id."""
+
+CONNECTED = {"edge": "edge connected: "}
+"""The line a component pushes after its ready line once it can do its work, for the components
+that serve before that (the edge answers 503 until it has reached NATS)."""
 
 
 def command(module: str) -> list[str]:
@@ -42,6 +53,73 @@ def command(module: str) -> list[str]:
 def ready_value(line: str) -> str:
     """What follows ``ready: `` on a ready line (a URL or a runner id)."""
     return line.split("ready: ", 1)[1].strip()
+
+
+def pushed_line(raw: bytes) -> str:
+    """A line read from a ready pipe (UTF-8, its line feed removed), as the child wrote it."""
+    return raw.decode("utf-8", "replace").rstrip("\r\n")
+
+
+def ready_pipe() -> tuple[int, int]:
+    """A new ready pipe: ``(read end, write end)`` descriptors. Pass the write end to the child
+    with :func:`child_env` and ``pass_fds=(write_end,)``, then close it here, so that the read end
+    sees end of file when the child exits."""
+    return os.pipe()
+
+
+def child_env(env: dict[str, str], write_end: int) -> dict[str, str]:
+    """``env`` plus ``AGENTSTREAM_READY_FD`` naming ``write_end`` (agentstream.logs.report_ready)."""
+    return {**env, READY_FD_ENV: str(write_end)}
+
+
+class ChildExited(RuntimeError):
+    """The child closed its ready pipe (it exited) before the line waited for."""
+
+
+class ReadyPipe:
+    """The read end of a child's ready pipe, read line by line with a deadline (``poll(2)``: the
+    caller blocks until the child writes, exits or the time is up; no sleeping, no log reading)."""
+
+    def __init__(self, fd: int):
+        self.fd: int | None = fd
+        self._buffer = b""
+
+    def read_line(self, timeout: float) -> str | None:
+        """The next line the child pushed, or None at end of file (the child exited, or closed the
+        pipe after its last line). Raises TimeoutError after ``timeout`` seconds without one."""
+        if self.fd is None:
+            return None
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no line within {timeout:g} s")
+            if not poller.poll(left * 1000):
+                continue
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                self.close()
+                return None
+            self._buffer += chunk
+        raw, _, self._buffer = self._buffer.partition(b"\n")
+        return pushed_line(raw)
+
+    def wait_for(self, prefix: str, timeout: float) -> str | None:
+        """The first pushed line starting with ``prefix`` (others are skipped), or None if the pipe
+        ends first. Raises TimeoutError after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.read_line(max(deadline - time.monotonic(), 0.0))
+            if line is None or line.startswith(prefix):
+                return line
+
+    def close(self) -> None:
+        """Close the read end (a later write by the child fails quietly)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class Proc:
@@ -55,29 +133,52 @@ class Proc:
         self.ready_prefix = ready_prefix
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready_line: str | None = None
+        self.pipe: ReadyPipe | None = None
 
     def start(self, timeout: float = 30.0) -> Proc:
-        log = open(self.log_path, "ab")
-        offset = log.tell()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
-            with open(self.log_path, "rb") as fh:
-                fh.seek(offset)
-                for line in fh.read().decode("utf-8", "replace").splitlines():
-                    line = announced(line)  # plain, or a JSON log line (LOG_FORMAT=json)
-                    if line.startswith(self.ready_prefix):
-                        self.ready_line = line
-                        return self
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"{self.name} not ready within {timeout:g} s:\n{self.tail()}")
+        """Start the process and block until it pushes its ready line (``ready_prefix``) on its
+        ready pipe. Raises :class:`ChildExited` (exit code and log tail) if it exits first, or
+        RuntimeError after ``timeout`` seconds (the process is killed)."""
+        if self.pipe is not None:
+            self.pipe.close()
+        read_end, write_end = ready_pipe()
+        try:
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    command(self.module), env=child_env(self.env, write_end), stdout=log, stderr=subprocess.STDOUT,
+                    cwd=REPO_ROOT, start_new_session=True, pass_fds=(write_end,),
+                )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        self.pipe = ReadyPipe(read_end)
+        self.ready_line = self.wait_for(self.ready_prefix, timeout)
+        if self.module not in CONNECTED:
+            self._release()  # nothing more will come
+        return self
+
+    def wait_for(self, prefix: str, timeout: float = 30.0) -> str:
+        """The next line starting with ``prefix`` that the process pushes on its ready pipe (its
+        ready line, then the edge's ``edge connected:``). Raises :class:`ChildExited` with the exit
+        code and the log's tail if the pipe ends first, RuntimeError (after killing the process)
+        if ``timeout`` seconds pass."""
+        assert self.proc is not None and self.pipe is not None, "not started"
+        try:
+            line = self.pipe.wait_for(prefix, timeout)
+        except TimeoutError:
+            self.kill()
+            said = prefix.strip()
+            raise RuntimeError(f"{self.name} did not say {said!r} within {timeout:g} s:\n{self.tail()}") from None
+        if line is None:
+            try:
+                code: int | None = self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                code = None
+            what = f"exited with {code}" if code is not None else "closed its ready pipe"
+            raise ChildExited(f"{self.name} {what} before saying {prefix.strip()!r}:\n{self.tail()}")
+        return line
 
     @property
     def health_url(self) -> str:
@@ -100,12 +201,19 @@ class Proc:
         return self.ready_line.split("ready: ", 1)[1].strip()
 
     def alive(self) -> bool:
+        """The process is running."""
         return self.proc is not None and self.proc.poll() is None
+
+    def _release(self) -> None:
+        if self.pipe is not None:
+            self.pipe.close()
+            self.pipe = None
 
     def terminate(self, timeout: float = 20.0) -> int | None:
         """SIGTERM and wait; SIGKILL if it does not exit. Returns the exit code."""
         if self.proc is None:
             return None
+        self._release()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -117,6 +225,7 @@ class Proc:
 
     def kill(self) -> None:
         """SIGKILL: a crash."""
+        self._release()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -175,16 +284,11 @@ class System:
         return proc
 
     def start_edge(self, **env: str) -> Proc:
-        proc = self._proc("edge", "edge", "edge ready: ", **{"EDGE_BIND": "127.0.0.1:0", **env})
+        """Start an edge (EDGE_BIND on a free port) and wait until it has reached NATS (its pushed
+        ``edge connected:`` line: ``/healthz`` says 200). Raises as :meth:`Proc.wait_for`."""
+        proc = self._proc("edge", "edge", READY["edge"], **{"EDGE_BIND": "127.0.0.1:0", **env})
         url = proc.ready_value
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):  # not listening yet
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.05)
-        else:
-            raise RuntimeError(f"edge not healthy:\n{proc.tail()}")
+        proc.wait_for(CONNECTED["edge"], 20)
         if not self.edge_url:
             self.edge_url = url
         return proc

@@ -13,12 +13,20 @@ known, and ``exception`` (the formatted traceback) for a record logged with one.
 component prints at start-up for its supervisor (``edge ready: URL``, ``agent-runner health:
 URL``) are written the same way (:func:`announce`); :func:`announced` reads either form back.
 
+A component's ready line (``edge ready: URL``) is also pushed to its parent (:func:`report_ready`):
+a launcher (agentstream/launch.py, the ``agentstream up`` supervisor) gives the child the write end
+of a pipe and names its descriptor in ``AGENTSTREAM_READY_FD``; the child writes its ready line
+there as plain text, one line, then closes it, so the parent waits on that pipe rather than on the
+log. Without the variable (``python -m edge`` run by hand) the line only goes to stdout.
+
 What is never logged: API keys, ``Authorization`` headers, nkey seeds (docs/security.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -39,6 +47,26 @@ NOISY_LOGGERS = ("httpx", "httpcore", "hypercorn.access")
 """Libraries whose INFO records say nothing an operator needs (one line per HTTP request)."""
 
 _json_output = False
+
+READY_FD_ENV = "AGENTSTREAM_READY_FD"
+"""The environment variable naming the descriptor of the ready pipe's write end (a decimal number)."""
+
+
+def _take_ready_fd() -> int | None:
+    """The ready pipe's descriptor, taken out of the environment (so processes this one starts do
+    not inherit a number that means nothing to them) and made non-inheritable; None without one."""
+    value = os.environ.pop(READY_FD_ENV, None)
+    if value is None or not value.strip().isdigit():
+        return None
+    fd = int(value)
+    try:
+        os.set_inheritable(fd, False)
+    except OSError:  # not open here: a variable copied from elsewhere
+        return None
+    return fd
+
+
+_ready_fd = _take_ready_fd()
 
 
 def bind(*, run_id: str | None = None, tenant: str | None = None, agent: str | None = None) -> None:
@@ -115,6 +143,27 @@ def announce(text: str) -> None:
     else:
         line = text
     print(line, flush=True)
+
+
+def report_ready(text: str, *, more: bool = False) -> None:
+    """Announce a ready line (``edge ready: URL``, :func:`announce`) and push it to the parent's
+    ready pipe (``AGENTSTREAM_READY_FD``) as ``text`` plus a line feed, UTF-8; then close the pipe,
+    unless ``more`` lines follow (the edge's ``edge connected: URL`` once it reaches NATS). Without
+    a pipe, or when the parent no longer reads it, the line goes to stdout only."""
+    global _ready_fd
+    announce(text)
+    if _ready_fd is None:
+        return
+    data = (text + "\n").encode()
+    try:
+        while data:  # one line is shorter than PIPE_BUF: a single write in practice
+            data = data[os.write(_ready_fd, data):]
+    except OSError:  # the parent closed its end (it has what it waited for) or died
+        more = False
+    if not more:
+        with contextlib.suppress(OSError):
+            os.close(_ready_fd)
+        _ready_fd = None
 
 
 def announced(line: str) -> str:

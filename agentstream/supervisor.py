@@ -9,6 +9,11 @@
 
 each with its output prefixed by its name. A component that exits on its own is restarted (with a
 growing pause). Ctrl-C (or SIGTERM) stops the components gracefully, then the server.
+
+The components are started as agentstream/launch.py starts them (its ``command`` and ``READY``
+table) and say they are ready the same way: on a ready pipe (``AGENTSTREAM_READY_FD``), read here
+with asyncio; their stdout is only shown. The edge counts as ready once it has also pushed
+``edge connected:`` (it has reached NATS), so "agentstream is up" means its API answers.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from dataclasses import dataclass, field
 
 from agentstream import launch, llmsse_env
 from agentstream.bus import setup
-from agentstream.logs import announced
 from agentstream.natsauth import AuthStore
 from agentstream.natsserver import EmbeddedNats, NatsCluster
 from agentstream.settings import Settings
@@ -41,7 +45,9 @@ def _prefix(name: str) -> str:
 
 @dataclass
 class Component:
-    """A child process: its name, module, extra environment; the running process and its ready URL."""
+    """A child process: its name, module, extra environment; the running process and its ready URL
+    (``ready`` is set once it has pushed its ready line, and for the edge its ``edge connected:``
+    line, on its ready pipe)."""
 
     name: str
     module: str
@@ -146,24 +152,53 @@ class Supervisor:
         if comp not in self.components:
             self.components.append(comp)
         comp.ready.clear()
-        comp.proc = await asyncio.create_subprocess_exec(
-            *launch.command(comp.module),
-            env={**env, **comp.env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-        pump = asyncio.create_task(self._pump(comp, comp.proc, env))
-        self._pumps.add(pump)
-        pump.add_done_callback(self._pumps.discard)
+        read_end, write_end = launch.ready_pipe()
+        try:
+            comp.proc = await asyncio.create_subprocess_exec(
+                *launch.command(comp.module),
+                env=launch.child_env({**env, **comp.env}, write_end), stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True, pass_fds=(write_end,),
+            )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)  # the child holds it now: end of file here once it exits
+        for job in (self._watch_ready(comp, read_end), self._pump(comp, comp.proc, env)):
+            task = asyncio.create_task(job)
+            self._pumps.add(task)
+            task.add_done_callback(self._pumps.discard)
+
+    async def _watch_ready(self, comp: Component, read_end: int) -> None:
+        """Set ``comp.ready`` once the child has pushed its ``READY`` line (then, for the edge, its
+        ``CONNECTED`` line) on its ready pipe. End of file first: the child died, and :meth:`_pump`
+        restarts it with a new pipe."""
+        reader = asyncio.StreamReader()
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_end, "rb", buffering=0))
+        try:
+            wanted = [launch.READY[comp.module]]
+            if comp.module in launch.CONNECTED:
+                wanted.append(launch.CONNECTED[comp.module])
+            for prefix in wanted:
+                while True:
+                    raw = await reader.readline()
+                    if not raw:
+                        return
+                    line = launch.pushed_line(raw)
+                    if line.startswith(prefix):
+                        break
+                if prefix == launch.READY[comp.module]:
+                    comp.ready_line = line
+            comp.ready.set()
+        finally:
+            transport.close()
 
     async def _pump(self, comp: Component, proc: asyncio.subprocess.Process, env: dict[str, str]) -> None:
         assert proc.stdout is not None
         prefix = _prefix(comp.name)
         async for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\n")
-            said = announced(line)  # LOG_FORMAT=json: the ready line is a JSON log line
-            if not comp.ready.is_set() and said.startswith(launch.READY[comp.module]):
-                comp.ready_line = said
-                comp.ready.set()
             sys.stdout.write(prefix + line + "\n")
             sys.stdout.flush()
         code = await proc.wait()

@@ -8,7 +8,7 @@ import os
 
 from agentstream import llmsse_env
 from agentstream.httpserve import listen, serve_app
-from agentstream.logs import announce
+from agentstream.logs import report_ready
 from agentstream.probe import serve_probe
 from agentstream.settings import Settings
 from edge.app import create_app
@@ -18,8 +18,10 @@ log = logging.getLogger(__name__)
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Serve the edge on EDGE_BIND until ``stop``; prints ``edge ready: <url>`` once listening,
-    and ``edge health: <url>`` for its probe server on METRICS_BIND (agentstream.probe:
-    ``/healthz`` and ``/metrics``, kept off EDGE_BIND, which tenants reach: edge.metrics).
+    ``edge connected: <url>`` once connected to NATS (``/healthz`` says 200 from then on; both
+    lines go to the ready pipe, agentstream.logs.report_ready), and ``edge health: <url>`` for its
+    probe server on METRICS_BIND (agentstream.probe: ``/healthz`` and ``/metrics``, kept off
+    EDGE_BIND, which tenants reach: edge.metrics).
 
     Raises OSError if EDGE_BIND or METRICS_BIND cannot be bound (the message names the address).
     """
@@ -35,12 +37,21 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     probe_stop = asyncio.Event()
     probe = asyncio.create_task(serve_probe("edge", settings.metrics_bind, lambda: state.healthy, probe_stop))
 
+    waiting: list[asyncio.Task[None]] = []
+
+    async def connected(url: str) -> None:
+        await state.ready.wait()
+        report_ready(f"edge connected: {url}")
+
     def ready(url: str) -> None:
-        announce(f"edge ready: {url}")
+        report_ready(f"edge ready: {url}", more=True)  # serving; NATS may come later (503 until then)
+        waiting.append(asyncio.create_task(connected(url)))
 
     try:
         await serve_app(app, sock, stop, on_ready=ready, graceful_timeout=min(settings.shutdown_grace, 10.0),
                         on_stop=state.begin_shutdown)
     finally:
+        for task in waiting:
+            task.cancel()
         probe_stop.set()
         await probe

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from agentstream import logs, tracing
 from agentstream.agents import load_agents
 from agentstream.bus import ensure_topology
-from agentstream.logs import announce
+from agentstream.logs import report_ready
 from agentstream.policies import PolicyWatcher
 from agentstream.settings import Settings
 from schemas import headers as H
@@ -336,7 +336,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     probe = asyncio.create_task(serve_probe("tool-runner", settings.metrics_bind, lambda: nc.is_connected, probe_stop))
     runner = ToolRunner(settings, nc)
     await runner.start()
-    announce(f"tool-runner ready: {runner.id}")
+    report_ready(f"tool-runner ready: {runner.id}")
     await stop.wait()
     log.info("stopping")
     await runner.stop(settings.shutdown_grace)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from agentstream.bus import close, connect, ensure_topology
-from agentstream.logs import announce
+from agentstream.logs import report_ready
 from agentstream.probe import serve_probe
 from agentstream.settings import Settings
 from schemas import subjects as S
@@ -31,7 +31,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     await ensure_topology(nc, settings, names=NEEDS)
     sender = WebhookSender(settings, nc, name=name)
     await sender.start()
-    announce(f"webhook-sender ready: {name}")
+    report_ready(f"webhook-sender ready: {name}")
     await stop.wait()
     await sender.stop(settings.shutdown_grace)
     await close(nc)

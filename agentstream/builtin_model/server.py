@@ -24,7 +24,7 @@ from quart import Quart, Response, request
 from agentstream import metrics, sse, tracing
 from agentstream import openai_format as oai
 from agentstream.builtin_model.policy import Options, Reply, count_prompt_tokens, decide, tokens_of
-from agentstream.logs import announce
+from agentstream.logs import report_ready
 from agentstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -252,6 +252,6 @@ async def serve(settings: Settings, stop: asyncio.Event, *, bind: str | None = N
     sock = listen(bind or settings.builtin_model_bind, fallback_to_free_port=fallback)
 
     def ready(url: str) -> None:
-        announce(f"builtin-model ready: {url}/v1")
+        report_ready(f"builtin-model ready: {url}/v1")
 
     await serve_app(create_app(settings), sock, stop, on_ready=ready, graceful_timeout=1.0)
