@@ -108,7 +108,8 @@ class EmbeddedNats:
         return f"nats://{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> str:
-        """Start the server and wait until it accepts connections; returns its URL."""
+        """Start the server and wait until it accepts connections (its ports file says so); returns its
+        URL. Raises NatsServerError if it exits first or is not listening within ``timeout`` seconds."""
         any_port = self.port == 0
         if not any_port and not port_is_free(self.host, self.port):
             if not self.fallback:
@@ -116,40 +117,31 @@ class EmbeddedNats:
             any_port = True
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        # With any port, the server picks one itself (``-p -1``) and writes it to a ports file
-        # (``--ports_file_dir``): no window in which another process takes a port chosen for it.
+        # The server writes a ports file (``--ports_file_dir``, JSON) once all its listeners are up
+        # (nats-server's server.go: logPorts waits for PortsInfo). With any port it picks the port
+        # itself (``-p -1``) and the file names it: no window in which another process takes a
+        # port chosen for it. nats-server has no way to push readiness to its parent, so waiting
+        # for that file is a bounded poll of nats-server's own mechanism, not of a log.
         ports_dir = self.store_dir.parent / "nats-ports"
+        ports_dir.mkdir(parents=True, exist_ok=True)
         args = [find_binary(), "-a", self.host, "-p", "-1" if any_port else str(self.port), "-js",
-                "-sd", str(self.store_dir), "-P", str(self.pid_file)]
-        if any_port:
-            ports_dir.mkdir(parents=True, exist_ok=True)
-            args += ["--ports_file_dir", str(ports_dir)]
+                "-sd", str(self.store_dir), "-P", str(self.pid_file), "--ports_file_dir", str(ports_dir)]
         config = self._config_file()
         if config is not None:
             args += ["-c", str(config)]
         if self.name is not None:
             args += ["-n", self.name]
-        self.proc = subprocess.Popen(
-            args,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise NatsServerError(f"nats-server exited with {self.proc.returncode}; see {self.log_path}")
-            if any_port:
-                port = _reported_port(ports_dir, self.proc.pid)
-                if port is None:
-                    time.sleep(0.05)
-                    continue
-                self.port, any_port = port, False
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return self.url
-            except OSError:
-                time.sleep(0.05)
+            port = _reported_port(ports_dir, self.proc.pid)
+            if port is not None:
+                self.port = port
+                return self.url
+            time.sleep(0.02)
         self.kill()
         raise NatsServerError(f"nats-server did not listen on {self.host}:{self.port} within {timeout:g} s")
 
