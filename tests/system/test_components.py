@@ -15,6 +15,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
+from agentstream import launch
 from agentstream.natsserver import EmbeddedNats, free_port
 from tests.conftest import read_events, submit
 from tests.harness import new_system
@@ -58,10 +59,9 @@ async def test_edge_started_before_nats_reports_503_then_works(tmp_path, fresh):
             sysm.start_model()
             sysm.start_tool_runner()
             sysm.start_agent_runner()
-            deadline = time.monotonic() + 20
-            while (await client.get("/healthz")).status_code != 200:
-                assert time.monotonic() < deadline, edge.tail()
-                await asyncio.sleep(0.1)
+            # The edge pushes this on its ready pipe once it has reached the late server.
+            await asyncio.to_thread(edge.wait_for, launch.CONNECTED["edge"], 20)
+            assert (await client.get("/healthz")).status_code == 200
             accepted = await submit(client, "programmer-helper", "What is in pyproject.toml?")
             events = await asyncio.wait_for(read_events(client, accepted["run_id"]), 30)
             assert events[-1]["event"] == "run.completed"

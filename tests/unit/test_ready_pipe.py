@@ -74,7 +74,8 @@ def test_a_pushed_line_is_decoded_without_its_line_end():
 
 
 def test_a_child_that_exits_before_its_ready_line_is_reported_with_its_exit_code_and_log(tmp_path):
-    env = module(tmp_path, "dies_early", "print('cannot listen on EDGE_BIND=nowhere', flush=True)\nraise SystemExit(3)\n")
+    env = module(tmp_path, "dies_early",
+                 "print('cannot listen on EDGE_BIND=nowhere', flush=True)\nraise SystemExit(3)\n")
     proc = Proc("edge-1", "dies_early", env, tmp_path, launch.READY["edge"])
     with pytest.raises(ChildExited) as caught:
         proc.start(timeout=10)
