@@ -198,7 +198,7 @@ class Proc:
     def ready_value(self) -> str:
         """What follows ``ready: `` on the ready line (a URL or a runner id)."""
         assert self.ready_line is not None
-        return self.ready_line.split("ready: ", 1)[1].strip()
+        return ready_value(self.ready_line)
 
     def alive(self) -> bool:
         """The process is running."""
@@ -289,6 +289,7 @@ class System:
         proc = self._proc("edge", "edge", READY["edge"], **{"EDGE_BIND": "127.0.0.1:0", **env})
         url = proc.ready_value
         proc.wait_for(CONNECTED["edge"], 20)
+        proc._release()  # its last line
         if not self.edge_url:
             self.edge_url = url
         return proc
