@@ -3,6 +3,8 @@ is written (agent_runner/failures.py): pure decisions, no processes."""
 
 from __future__ import annotations
 
+import ast
+
 import orjson
 import pytest
 
@@ -14,6 +16,7 @@ from agent_runner.loop import MaxStepsExceeded
 from agentstream.eventlog import StorageFull, StoredEvent
 from schemas.common import Usage
 from schemas.errors import AgentstreamError, ErrorKind
+from tests.harness import REPO
 
 STARTED = ("run.started", {"runner": "r", "attempt": 1})
 
@@ -160,3 +163,19 @@ def test_the_run_failed_data_carries_the_kind_and_what_the_run_used():
         "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}, "steps": 2, "duration_ms": 5001.5}
     bare = failures.failed_data(AgentstreamError(ErrorKind.FORBIDDEN_AGENT, "no", reason="agent not allowed"))
     assert (bare.usage, bare.steps, bare.duration_ms) == (Usage(), 0, 0.0)
+
+
+def test_run_failed_is_written_in_one_place():
+    """Every exit that fails a run goes through agent_runner.failures: no other module of the runner
+    builds ``RunFailedData`` or emits ``run.failed`` itself."""
+    offenders = []
+    for path in (REPO / "agent_runner").rglob("*.py"):
+        if path.name == "failures.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                first = node.args[0] if node.args else None
+                if name == "RunFailedData" or (name == "emit" and getattr(first, "attr", None) == "RUN_FAILED"):
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert offenders == []
