@@ -7,7 +7,7 @@ rejected, ``by: timeout``), or when it was cancelled. The runner that claims it 
 of the entry from ``waiting`` to ``resuming``: only one claim can win, however many runners try)
 publishes the run request again (``Nats-Msg-Id`` ``{run_id}:resume:{resume_id}``, so a repeat is
 stored once), then marks the entry ``resumed``. The request waits in its tenant's queue like any
-other, and whichever runner takes it continues the run from its events (agent_runner.runner).
+other, and whichever runner takes it continues the run from its events (agent_runner.opening).
 
 Why a bucket with deadlines and a claim rather than JetStream's delayed redelivery (a ``nak``
 with a delay as long as the approval timeout): a request held unacknowledged counts against its

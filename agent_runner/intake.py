@@ -222,3 +222,25 @@ class Intake:
             if psub is not None:
                 with contextlib.suppress(Exception):
                     await psub.unsubscribe()
+
+
+async def keep_alive(msg: Msg, ack_wait: float) -> None:
+    """Tell the server the request is being worked on (``in_progress``) every third of its
+    consumer's ``ack_wait`` (seconds; at least every 0.2 s), so it is not redelivered, until
+    cancelled (NATS JetStream "Acknowledgement Models": ``+WPI`` resets the ack wait)."""
+    interval = max(ack_wait / 3, 0.2)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await msg.in_progress()
+        except Exception as err:  # reconnecting; the next one may pass
+            log.debug("in_progress failed: %s", err)
+
+
+async def nak(msg: Msg, delay: float | None = None) -> None:
+    """Hand the request back for redelivery (after ``delay`` seconds, or at once); a nak that
+    cannot be sent is logged, as the ack wait hands the request back anyway."""
+    try:
+        await msg.nak(delay=delay)
+    except Exception as err:  # the connection is gone: the ack wait hands it back anyway
+        log.debug("nak failed: %s", err)

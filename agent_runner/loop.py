@@ -3,7 +3,7 @@
 Every step is written as events through the run's :class:`RunEventWriter`: text deltas while the
 model streams, ``tool.call`` once a step's calls are complete, ``tool.result`` as each finishes,
 ``message.completed`` with the final answer. The last allowed step is offered no server-side
-tools, so the model has to answer. The terminal event is the caller's job (agent_runner.runner).
+tools, so the model has to answer. The terminal event is the caller's job (agent_runner.execution).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class MaxStepsExceeded(AgentstreamError):
 class AwaitingApproval(Exception):
     """Calls of step ``step`` wait for a person's approval (their agent's ``approval`` rule matched
     them and no decision is known yet). The step's other server-side calls have run and their
-    results are stored; the runner stores the wait and lets the run go (agent_runner.runner)."""
+    results are stored; the runner stores the wait and lets the run go (agent_runner.suspension)."""
 
     def __init__(self, step: int, calls: list[StepCall]):
         super().__init__(f"{len(calls)} tool call(s) of step {step} wait for approval")

@@ -109,7 +109,7 @@ async def decide_call(t: Tenant, run_id: str, tool_call_id: str, decision: Decis
         if known.status == decision:
             return {**done, "by": known.by, "duplicate": True, "waiting_for": []}
         raise _already(run_id, tool_call_id, known.status, known.by)
-    if record.status == "awaiting_approval":  # its wait is being stored again (agent_runner.runner)
+    if record.status == "awaiting_approval":  # its wait is being stored again (agent_runner.suspension)
         raise ApiError(503, "unavailable", f"run {run_id}'s wait for approval is being restored; retry", retry_after=1)
     raise ApiError(409, "run_not_awaiting_approval", f"run {run_id} is {record.status}: it waits for no approval"
                    f"{' of ' + repr(tool_call_id[:80]) if known is None else ''}", "run_id", run_status=record.status)
