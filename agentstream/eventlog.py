@@ -73,7 +73,7 @@ def parse_event(seq: int, event_type: str, data: bytes) -> E.RunEvent | None:
       it has no view of; the native stream (``/api/runs/{id}/events``) passes the raw event on.
 
     An envelope that does not validate otherwise (a field missing or of the wrong type) gives
-    None too, logged once per parse. A ``message.delta`` costs about 2 µs (pydantic's
+    None too, logged once per parse. A ``message.delta`` costs a few µs (pydantic's
     ``validate_json`` on the raw bytes).
     """
     if event_type not in E.EVENT_CLASSES:
