@@ -110,7 +110,8 @@ class StoredEvent:
     def event(self) -> E.RunEvent | None:
         """The typed envelope (:func:`parse_event`), parsed on first use and then kept: one live
         event is one record shared by every feed watching its run, so it is parsed once however
-        many clients watch. None when this version cannot read it (an unknown type)."""
+        many clients watch. None when this version cannot read it (an unknown type, or an envelope
+        that does not validate)."""
         parsed = self._parsed
         if parsed is _UNPARSED:
             parsed = parse_event(self.seq, self.type, self.data)

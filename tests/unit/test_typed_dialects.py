@@ -293,3 +293,23 @@ def test_llmsse_frames_of_a_plain_run_that_fails():
         {"message_id": "m1", "status": "Sending to helper", "source": "helper"},
         {"message_id": "m1", "status": "error", "source": "helper", "message": "down", "final": True},
     ], "a second attempt does not announce the agent again"
+
+
+# -- a run's state (GET /api/runs/{id}, LocalAI's status history)
+
+
+def test_a_run_record_folds_typed_events_and_counts_an_unknown_one():
+    from agentstream.runstate import fold
+    from edge.dialects.localai import status_history
+
+    result = E.ToolResult(**ENVELOPE, data=E.ToolResultData(step=1, tool_call_id="s1", name="read_file", ok=True,
+                                                            output={"lines": 3}, ms=2.0))
+    unknown = StoredEvent(seq=4, subject="s", type="run.teleported", data=b'{"type": "run.teleported"}')
+    events = [stored(started(), 1), stored(tool_call("s1", "read_file", '{"path": "x"}'), 2), stored(result, 3),
+              unknown, stored(completed_message("3 lines"), 5), stored(completed(), 6)]
+    record = fold(events)
+    assert record is not None and record.status == "completed" and record.answer == "3 lines"
+    assert record.events == 6 and record.last_event_id == 6 and record.started_at == TS_TEXT
+    assert record.usage == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+    assert status_history([record]) == [
+        'Reasoning: run r1, step 1\nAction taken: read_file\nParameters: {"path": "x"}\nResult: {"lines": 3}']
