@@ -28,6 +28,7 @@ from agentstream import eventlog
 from agentstream.runs import submit
 from agentstream.runstate import fold as fold_record
 from schemas import events as E
+from schemas import headers as H
 from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.common import ErrorInfo, Usage
@@ -80,8 +81,10 @@ async def wait_for_end(
     nc: NATS, subject: str, timeout: float  # noqa: ASYNC109 - at the deadline it returns None, it does not raise
 ) -> eventlog.StoredEvent | None:
     """The terminal event of the run on ``subject``, or None if it does not come within ``timeout``
-    seconds. Listens to the live re-publication and re-checks the stream every second; a read
-    that fails (a server died with it in flight, a leader election) counts as "not yet"."""
+    seconds. Listens to the live re-publication: the stream is read once at the start, when a
+    live event is a terminal one (its ``Agentstream-Event`` header), and once a second whatever
+    arrives (a live event can be missed: core NATS delivers at most once). A read that fails (a
+    server died with it in flight, a leader election) counts as "not yet"."""
     sub = await nc.subscribe(subjects.live_of(subject))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -94,18 +97,29 @@ async def wait_for_end(
                 last = None
             if last is not None and E.is_terminal(last.type):
                 return last
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return None
-            try:
-                await sub.next_msg(timeout=min(1.0, remaining))
-            except TimeoutError:
-                pass
+            read_again = min(loop.time() + 1.0, deadline)
+            while (remaining := read_again - loop.time()) > 0:
+                try:
+                    msg = await sub.next_msg(timeout=remaining)
+                except TimeoutError:
+                    break
+                if E.is_terminal((msg.headers or {}).get(H.EVENT_TYPE, "")):
+                    break
+            if loop.time() >= deadline:
+                last = await _last_or_none(nc, subject)
+                return last if last is not None and E.is_terminal(last.type) else None
     finally:
         try:
             await sub.unsubscribe()
         except Exception:
             pass
+
+
+async def _last_or_none(nc: NATS, subject: str) -> eventlog.StoredEvent | None:
+    try:
+        return await eventlog.last_event(nc, subject)
+    except eventlog.EventLogError:
+        return None
 
 
 async def run_members(
@@ -132,13 +146,16 @@ async def run_members(
     child_ids = {m: member_run_id(request.run_id, m) for m in ensemble.members}
     started_at = {m: time.perf_counter() for m in ensemble.members}
     try:
-        for member in ensemble.members:
-            child = RunRequest(
+        # Submitted together (a repeat, from a retried parent, is recognised, not re-run), then
+        # recorded in member order.
+        await asyncio.gather(*(
+            submit(nc, tenant, member, RunRequest(
                 run_id=child_ids[member], message_id=f"{request.message_id[:150]}:{member}", message=question,
                 history=request.history, conversation_id=request.conversation_id, parent_run_id=request.run_id,
-            )
-            # A repeat (a retried parent) is recognised, not re-run.
-            await submit(nc, tenant, member, child, index=index, member=True, log=True)
+            ), index=index, member=True, log=True)
+            for member in ensemble.members
+        ))
+        for member in ensemble.members:
             if member not in started_before:
                 await writer.emit(E.MEMBER_STARTED, E.MemberStartedData(member=member, run_id=child_ids[member]))
         async def finish(member: str) -> None:

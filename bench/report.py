@@ -103,6 +103,9 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                      mr["added_ttft_ms_p99"] <= 50))
         rows.append(("the same: agent runner memory per run in flight", "reported", f"{_f(mr['rss_kib_per_run'])} KiB",
                      None))
+        if "runs_per_runner_core" in mr:
+            rows.append(("the same: runs at this pace one core of the agent runner carries (from its CPU per model "
+                         "chunk)", "reported", f"{_f(mr['runs_per_runner_core'], 0)}", None))
     i = r.get("idle_streams")
     if i:
         rows.append(("idle streams: memory per stream", "near 60 KiB", f"{_f(i['kib_per_stream'])} KiB", None))
@@ -312,6 +315,9 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
                   f"| {x['fifty_clients_s']['n']} | {_f(x['fifty_clients_s']['p50'], 2)} | "
                   f"{_f(x['fifty_clients_s']['p99'], 2)} | {_f(x['slowest_ratio'], 2)}× | {_f(x['p50_ratio'], 2)}× |",
                   ""]
+        if "cpu_ms_per_client" in x:
+            lines += ["CPU used per client of the 50 (ms, by process): " + ", ".join(
+                f"{role} {_f(ms, 1)}" for role, ms in x["cpu_ms_per_client"].items()) + ".", ""]
     if "many_runs" in r:
         x = r["many_runs"]
         t = x["steady_ttft_ms"]
@@ -326,6 +332,16 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
                   f"{_f(x['added_ttft_ms_p50'])} / {_f(x['added_ttft_ms_p99'])} | "
                   f"{_f(x['runner_rss_mib_before'], 0)} / "
                   f"{_f(x['runner_rss_mib_peak'], 0)} | {_f(x['rss_kib_per_run'])} KiB |", ""]
+        if "cpu_us_per_model_chunk" in x:
+            cpu = x["cpu_us_per_model_chunk"]
+            lines += ["CPU used per model chunk (µs, user + system, by process), which unlike times does not depend "
+                      "on what else the machine was doing:", "",
+                      "| " + " | ".join(cpu) + " | all |", "|" + "---|" * (len(cpu) + 1),
+                      "| " + " | ".join(_f(v) for v in cpu.values()) + f" | {_f(sum(cpu.values()))} |", "",
+                      f"So one core of the agent runner carries about {_f(x['runs_per_runner_core'], 0)} runs at this "
+                      f"pace, and {x['target_in_flight']:,} runs in flight need about "
+                      f"{_f(x['cores_needed_at_target'], 1)} cores for all these processes together; this machine "
+                      f"has {x['cores']}.", ""]
     if (BENCH / "analysis.md").exists():
         lines += ["## Analysis", "",
                   "What these figures mean, what was changed to reach them and why some targets are missed is "

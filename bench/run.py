@@ -29,6 +29,7 @@ import httpx
 import nats
 
 from agentstream.launch import System, new_system
+from agentstream.natsserver import NatsCluster
 from bench.loadclient import LoadClients, RawHTTP
 from schemas import subjects
 
@@ -54,6 +55,39 @@ def dist(values: list[float]) -> dict[str, float]:
         "mean": statistics.fmean(values) if values else float("nan"),
         "n": len(values),
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, seconds) process ``pid`` has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by the system's processes between ``start()`` and ``stop()``, by role
+    (``agent_runner``, ``model``, ``nats``, ``edge``, ``tool_runner``): figures that, unlike
+    times, do not depend on what else the machine was doing."""
+
+    def __init__(self, system: System):
+        self.pids: dict[str, list[int]] = {}
+        for proc in system.procs:
+            if proc.proc is not None and proc.proc.poll() is None:
+                role = {"agentstream.builtin_model": "model"}.get(proc.module, proc.module)
+                self.pids.setdefault(role, []).append(proc.proc.pid)
+        for server in system.nats.nodes if isinstance(system.nats, NatsCluster) else [system.nats]:
+            if server.proc is not None:
+                self.pids.setdefault("nats", []).append(server.proc.pid)
+        self.before: dict[int, float] = {}
+        self.used: dict[str, float] = {}
+
+    def start(self) -> None:
+        """Take the starting readings."""
+        self.before = {pid: cpu_seconds(pid) for pids in self.pids.values() for pid in pids}
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds by role since ``start()``."""
+        self.used = {role: sum(cpu_seconds(pid) - self.before[pid] for pid in pids) for role, pids in self.pids.items()}
+        return self.used
 
 
 def rss_mib(pid: int) -> float:
@@ -478,11 +512,16 @@ class Bench:
 
             await one()  # warm
             single = [await one() for _ in range(3 if QUICK else 5)]
+            meter = CpuMeter(self.system)
+            meter.start()
             many = await asyncio.gather(*(one() for _ in range(50)))
+            used = meter.stop()
         base = pct(single, 50)
         self.results["process_concurrency"] = {
             "one_client_s": dist(single), "fifty_clients_s": dist(list(many)),
             "p50_ratio": pct(list(many), 50) / base, "slowest_ratio": max(many) / base,
+            # per client: one ensemble, three runs
+            "cpu_ms_per_client": {role: seconds * 1000 / 50 for role, seconds in used.items()},
         }
 
     async def many_runs(self) -> None:
@@ -532,6 +571,8 @@ class Bench:
                 await asyncio.sleep(0.5)
 
         sampler = asyncio.create_task(sample())
+        meter = CpuMeter(self.system)
+        meter.start()
         started = time.perf_counter()
         gap = duration / in_flight
         pending = set()
@@ -547,12 +588,17 @@ class Bench:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), 600)
         elapsed = time.perf_counter() - started
+        used = meter.stop()
         done.set()
         await sampler
         await sub.unsubscribe()
         await nc.close()
         steady = [(first[r] - t) * 1000 for r, t in submitted.items() if r in first and t - started >= duration]
         direct_ms = pct([d * 1000 for d in direct], 50)
+        # A run streams 200 tokens, each its own chunk, plus the role, finish and [DONE] chunks.
+        chunks = len(ended) * (200 + 3)
+        cpu_us = {role: seconds * 1e6 / max(chunks, 1) for role, seconds in used.items()}
+        rate = 200 / duration  # chunks per second of one run
         self.results["many_runs"] = {
             "target_in_flight": in_flight, "runs": n, "most_in_flight": concurrent,
             "completed": sum(1 for k in ended.values() if k == "run.completed"), "ended": len(ended),
@@ -560,6 +606,12 @@ class Bench:
             "added_ttft_ms_p50": pct(steady, 50) - direct_ms, "added_ttft_ms_p99": pct(steady, 99) - direct_ms,
             "runner_rss_mib_before": rss_before, "runner_rss_mib_peak": peak,
             "rss_kib_per_run": (peak - rss_before) * 1024 / max(concurrent, 1),
+            "cpu_us_per_model_chunk": cpu_us,
+            # What one core of the runner carries at this pace, and the cores the whole scenario
+            # needs at its target (every process, including the stand-in model), from CPU used.
+            "runs_per_runner_core": 1e6 / (cpu_us.get("agent_runner", 0) * rate or 1),
+            "cores_needed_at_target": sum(cpu_us.values()) * in_flight * rate / 1e6,
+            "cores": os.cpu_count(),
         }
         await self._drain()
 

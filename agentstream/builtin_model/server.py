@@ -201,6 +201,31 @@ def _complete(reply: Reply, max_tokens: int | None) -> tuple[str | None, list[di
     return "".join(tokens), None, finish, len(tokens)
 
 
+class Pace:
+    """A steady token pace: the ``k``-th call of :meth:`next` returns ``k * delay`` seconds after
+    the pace was made, whatever the time spent between calls. A model streams at its own rate: a
+    busy reader (or a busy machine delaying this server's timers) does not slow it down, it
+    finds several tokens waiting when it reads again. ``delay`` 0: no waiting at all."""
+
+    def __init__(self, delay: float, now: float | None = None):
+        self.delay = delay
+        self.due = time.monotonic() if now is None else now
+
+    def wait(self, now: float) -> float:
+        """Seconds from ``now`` (``time.monotonic()``) until the next token is due, 0 if it is
+        overdue; counts the token."""
+        self.due += self.delay
+        return max(0.0, self.due - now)
+
+    async def next(self) -> None:
+        """Wait until the next token is due (at once if it is overdue)."""
+        if not self.delay:
+            return
+        wait = self.wait(time.monotonic())
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
 async def _stream(
     reply: Reply, completion_id: str, created: int, model: str, delay: float, max_tokens: int | None,
     prompt_tokens: int, include_usage: bool, fail_after: int | None,
@@ -208,6 +233,7 @@ async def _stream(
     def chunk(**kw: Any) -> bytes:
         return sse.frame(oai.dumps(oai.chat_chunk(completion_id, created, model, with_usage_field=include_usage, **kw)))
 
+    pace = Pace(delay)
     yield chunk(delta={"role": "assistant", "content": ""})
     completion_tokens = 0
     if reply.tool_calls:
@@ -218,8 +244,7 @@ async def _stream(
             first = oai.tool_call_delta_first(index, oai.new_tool_call_id(), call.name, "")
             yield chunk(delta={"tool_calls": [first]})
             for piece in pieces:
-                if delay:
-                    await asyncio.sleep(delay)
+                await pace.next()
                 yield chunk(delta={"tool_calls": [oai.tool_call_delta_more(index, piece)]})
             completion_tokens += len(tokens_of(args))
     else:
@@ -232,8 +257,7 @@ async def _stream(
                 yield sse.frame(oai.dumps(oai.error_body("built-in model told to fail mid-stream", "server_error")))
                 yield sse.DONE
                 return
-            if delay:
-                await asyncio.sleep(delay)
+            await pace.next()
             yield chunk(delta={"content": tok})
             completion_tokens += 1
     yield chunk(finish_reason=finish)

@@ -469,11 +469,11 @@ async def test_rolling_restart_of_all_runners_under_load_loses_no_run(fresh):
     async with httpx.AsyncClient(base_url=sysm.edge_url, timeout=90) as client:
         runs = [await submit(client, "long-story", f"story {i}") for i in range(12)]
         watches = [Watch(client, r["run_id"]) for r in runs]
-        await asyncio.sleep(1.0)
+        for w in watches:  # every run is streaming text before the first runner goes
+            await w.until(lambda evs: "message.delta" in types(evs))
         for i, old in enumerate(runners):  # replace each runner in turn while runs are going
             assert await asyncio.to_thread(old.terminate, 20) == 0
             runners[i] = sysm.start_agent_runner(f"runner-{i + 1}b")
-            await asyncio.sleep(0.5)
         results = [await w.finished(120) for w in watches]
     handed_back = 0
     for events in results:
