@@ -20,10 +20,11 @@ a server dies times out: :func:`retrying` retries reads for a while instead of f
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Final, Literal, TypeVar
 from weakref import WeakKeyDictionary
 
 import nats.errors
@@ -32,11 +33,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError
+from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from agentstream.bus import jetstream
 from agentstream.health import HEALTH, STORAGE
 from agentstream.retry import first_then_retry
+from schemas import events as E
 from schemas import headers as H
 from schemas import subjects
 
@@ -49,6 +52,42 @@ APPEND_RETRY_SECONDS = 300.0
 
 class EventLogError(Exception):
     """The stream could not be read (no responders, timeout, an error status)."""
+
+
+class _Unparsed(enum.Enum):
+    UNPARSED = "unparsed"
+
+
+_UNPARSED: Final = _Unparsed.UNPARSED
+_unknown_types_logged: set[str] = set()
+
+
+def parse_event(seq: int, event_type: str, data: bytes) -> E.RunEvent | None:
+    """The typed envelope (schemas/events.py :data:`~schemas.events.RunEvent`) of one stored event's
+    JSON ``data``, or None when this version cannot read it. Events a newer version wrote:
+
+    - fields this version does not know (in the envelope or its ``data``) are ignored: the
+      models forbid unknown fields when events are written, not when they are read;
+    - a type this version does not know gives None, logged once per type and process. Readers of
+      typed events (the edge's dialects) leave it out, as each dialect always left out the types
+      it has no view of; the native stream (``/api/runs/{id}/events``) passes the raw event on.
+
+    An envelope that does not validate otherwise (a field missing or of the wrong type) gives
+    None too, logged once per parse. A ``message.delta`` costs a few µs (pydantic's
+    ``validate_json`` on the raw bytes).
+    """
+    if event_type not in E.EVENT_CLASSES:
+        if event_type not in _unknown_types_logged:
+            _unknown_types_logged.add(event_type)
+            log.warning("events of type %r are unknown to this version: left out of typed views (first: seq %d)",
+                        event_type[:100], seq)
+        return None
+    try:
+        return E.run_event_adapter.validate_json(data, extra="ignore")
+    except ValidationError as err:
+        log.warning("event seq %d (%s) does not validate, left out of typed views: %s", seq, event_type,
+                    "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:3]))
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +103,20 @@ class StoredEvent:
     frames: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
     """Frames built from this event, by dialect (``"native"``): built once, shared by every client
     watching the run. The record is frozen; only this cache fills in."""
+    _parsed: E.RunEvent | Literal[_Unparsed.UNPARSED] | None = field(
+        default=_UNPARSED, init=False, compare=False, repr=False)
+
+    @property
+    def event(self) -> E.RunEvent | None:
+        """The typed envelope (:func:`parse_event`), parsed on first use and then kept: one live
+        event is one record shared by every feed watching its run, so it is parsed once however
+        many clients watch. None when this version cannot read it (an unknown type, or an envelope
+        that does not validate)."""
+        parsed = self._parsed
+        if parsed is _UNPARSED:
+            parsed = parse_event(self.seq, self.type, self.data)
+            object.__setattr__(self, "_parsed", parsed)
+        return parsed
 
     def json(self) -> dict[str, Any]:
         """The event envelope as a dict."""
@@ -89,6 +142,12 @@ class StoredEvent:
             last_seq=int(last) if last is not None and last.isdigit() else None,
             msg_id=hdrs.get(H.MSG_ID),
         )
+
+
+def typed(events: Iterable[StoredEvent]) -> list[E.RunEvent]:
+    """The typed envelopes of ``events``, in order, leaving out those this version cannot read
+    (:func:`parse_event`)."""
+    return [ev.event for ev in events if ev.event is not None]
 
 
 async def read_batch(

@@ -96,64 +96,69 @@ class RunRecord:
 
 
 def fold(events: Iterable[StoredEvent]) -> RunRecord | None:
-    """The record of the run whose events are given in stream order; None if there are none."""
+    """The record of the run whose events are given in stream order; None if there are none (or
+    none this version can read: agentstream.eventlog.parse_event). Every event counts in
+    ``events`` and ``last_event_id``; those of a type this version does not know change nothing else."""
     record: RunRecord | None = None
     calls: dict[str, ToolCallRecord] = {}
     waits: dict[str, ApprovalRecord] = {}
+    count = last_seq = 0
     for ev in events:
-        body = ev.json()
-        data = body.get("data") or {}
+        count, last_seq = count + 1, ev.seq
+        event = ev.event
+        if event is None:
+            continue
+        ts = E.stored_time(event.ts)
         if record is None:
-            record = RunRecord(
-                run_id=body["run_id"], tenant=body["tenant"], agent=body["agent"], message_id=body["message_id"],
-                created_at=body.get("ts"),
-            )
-        record.events += 1
-        record.last_event_id = ev.seq
-        t = ev.type
-        if t == E.RUN_QUEUED:
-            record.message = data.get("message")
-            record.conversation_id = data.get("conversation_id")
-            record.created_at = body.get("ts")
-            record.schedule = data.get("schedule")
-        elif t == E.RUN_REQUEUED:
-            if not record.finished:
-                record.status = QUEUED
-        elif t in (E.RUN_STARTED, E.RUN_RETRYING):
-            record.status = RUNNING if not record.finished else record.status
-            record.attempts = max(record.attempts, int(data.get("attempt") or body.get("attempt") or 0))
-            record.started_at = record.started_at or body.get("ts")
-        elif t == E.TOOL_CALL:
-            call = ToolCallRecord(data["tool_call_id"], data["name"], data.get("arguments", ""), data.get("step", 0))
-            calls[f"{call.step}:{call.tool_call_id}"] = call
-            record.tool_calls.append(call)
-        elif t == E.TOOL_RESULT:
-            called = calls.get(f"{data.get('step', 0)}:{data['tool_call_id']}")
-            if called is not None:
-                called.ok, called.output, called.error = data.get("ok"), data.get("output"), data.get("error")
-                called.ms, called.runner = data.get("ms"), data.get("runner")
-        elif t == E.TOOL_APPROVAL_REQUESTED:
-            if not record.finished:
-                record.status = AWAITING_APPROVAL
-            wait = waits.get(data["tool_call_id"])
-            if wait is None:
-                wait = waits[data["tool_call_id"]] = ApprovalRecord(
-                    data["tool_call_id"], data["name"], data.get("arguments", ""), data.get("step", 0))
-                record.approvals.append(wait)
-            wait.expires_at = data.get("expires_at")
-        elif t == E.TOOL_APPROVAL_DECIDED:
-            wait = waits.get(data["tool_call_id"])
-            if wait is not None:
-                wait.status = data.get("decision", "rejected")
-                wait.reason, wait.by, wait.decided_at = data.get("reason"), data.get("by"), data.get("decided_at")
-        elif t == E.MESSAGE_COMPLETED:
-            record.answer = data.get("text")
-            record.finish_reason = data.get("finish_reason")
-        elif t in _TERMINAL_STATUS:
-            record.status = _TERMINAL_STATUS[t]
-            record.finished_at = body.get("ts")
-            record.reason = data.get("reason")
-            record.error = data.get("error")
-            record.usage = data.get("usage")
-            record.steps = data.get("steps", 0)
+            record = RunRecord(run_id=event.run_id, tenant=event.tenant, agent=event.agent,
+                               message_id=event.message_id, created_at=ts)
+        match event:
+            case E.RunQueued(data=data):
+                record.message = data.message
+                record.conversation_id = data.conversation_id
+                record.created_at = ts
+                record.schedule = data.schedule.model_dump(mode="json") if data.schedule else None
+            case E.RunRequeued():
+                if not record.finished:
+                    record.status = QUEUED
+            case E.RunStarted(data=data) | E.RunRetrying(data=data):
+                record.status = RUNNING if not record.finished else record.status
+                record.attempts = max(record.attempts, data.attempt or event.attempt)
+                record.started_at = record.started_at or ts
+            case E.ToolCall(data=data):
+                call = ToolCallRecord(data.tool_call_id, data.name, data.arguments, data.step)
+                calls[f"{call.step}:{call.tool_call_id}"] = call
+                record.tool_calls.append(call)
+            case E.ToolResult(data=data):
+                called = calls.get(f"{data.step}:{data.tool_call_id}")
+                if called is not None:
+                    called.ok, called.output = data.ok, data.output
+                    called.error = data.error.model_dump() if data.error else None
+                    called.ms, called.runner = data.ms, data.runner
+            case E.ToolApprovalRequested(data=data):
+                if not record.finished:
+                    record.status = AWAITING_APPROVAL
+                wait = waits.get(data.tool_call_id)
+                if wait is None:
+                    wait = waits[data.tool_call_id] = ApprovalRecord(
+                        data.tool_call_id, data.name, data.arguments, data.step)
+                    record.approvals.append(wait)
+                wait.expires_at = E.stored_time(data.expires_at)
+            case E.ToolApprovalDecided(data=data):
+                wait = waits.get(data.tool_call_id)
+                if wait is not None:
+                    wait.status = data.decision
+                    wait.reason, wait.by, wait.decided_at = data.reason, data.by, E.stored_time(data.decided_at)
+            case E.MessageCompleted(data=data):
+                record.answer = data.text
+                record.finish_reason = data.finish_reason
+            case E.RunCompleted(data=data) | E.RunFailed(data=data) | E.RunCancelled(data=data):
+                record.status = _TERMINAL_STATUS[event.type]
+                record.finished_at = ts
+                record.reason = data.reason
+                record.error = data.error.model_dump() if isinstance(data, E.RunFailedData) else None
+                record.usage = data.usage.model_dump()
+                record.steps = data.steps
+    if record is not None:
+        record.events, record.last_event_id = count, last_seq
     return record

@@ -52,7 +52,7 @@ from edge.http import (
 from edge.streaming import stream_run
 from schemas import subjects
 from schemas.agents import AgentDefinition
-from schemas.events import Decision
+from schemas.events import Decision, RunEvent
 from schemas.runs import RunRequest, run_id_for
 
 log = logging.getLogger(__name__)
@@ -196,8 +196,8 @@ class _Frames:
     def start(self) -> bytes:
         return self._encode(self.view.start())
 
-    def render(self, envelope: dict[str, Any]) -> bytes:
-        return self._encode(self.view.render(envelope))
+    def render(self, event: RunEvent) -> bytes:
+        return self._encode(self.view.render(event))
 
     def interrupted(self) -> bytes:
         return self._encode(self.view.error("the server is restarting; run again", "server_restarting"))

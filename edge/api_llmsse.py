@@ -23,6 +23,7 @@ from edge.streaming import stream_run
 from edge.webhooks import check_target, parse_target
 from schemas import subjects
 from schemas.common import MessageId
+from schemas.events import RunEvent
 from schemas.runs import PENDING_RUN_ID, RunRequest
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,8 @@ class _Frames:
     def start(self) -> bytes:
         return b""
 
-    def render(self, envelope: dict[str, Any]) -> bytes:
-        return b"".join(self.renderer.render(envelope))
+    def render(self, event: RunEvent) -> bytes:
+        return b"".join(self.renderer.render(event))
 
     def interrupted(self) -> bytes:
         return b""

@@ -289,26 +289,25 @@ async def _run_agent(t: Tenant, name: str, arguments: dict[str, Any],
         async for item in feed:
             if item is HEARTBEAT:
                 continue
-            event = item.json()
-            data = event.get("data") or {}
-            kind = event.get("type")
-            if kind == E.MESSAGE_COMPLETED:
-                answer = str(data.get("text") or "")
-            elif kind == E.RUN_COMPLETED:
-                ended = True
-                return mt.CallToolResult(content=[mt.TextContent(type="text", text=answer)], isError=False,
-                                         _meta={RUN_ID_META: run_id})
-            elif kind == E.RUN_FAILED:
-                ended = True
-                error = data.get("error") or {}
-                return _error(f"the run failed ({error.get('type', 'error')}): {error.get('message', '')}", run_id)
-            elif kind == E.RUN_CANCELLED:
-                ended = True
-                return _error(f"the run was cancelled: {data.get('reason', '')}", run_id)
-            else:
-                note = _progress_note(kind, data, run_id)
-                if note:
-                    await progress(note)
+            match item.event:
+                case E.MessageCompleted(data=data):
+                    answer = data.text
+                case E.RunCompleted():
+                    ended = True
+                    return mt.CallToolResult(content=[mt.TextContent(type="text", text=answer)], isError=False,
+                                             _meta={RUN_ID_META: run_id})
+                case E.RunFailed(data=data):
+                    ended = True
+                    return _error(f"the run failed ({data.error.type}): {data.error.message}", run_id)
+                case E.RunCancelled(data=data):
+                    ended = True
+                    return _error(f"the run was cancelled: {data.reason}", run_id)
+                case None:
+                    pass  # a type this version does not know (agentstream.eventlog.parse_event)
+                case event:
+                    note = _progress_note(event, run_id)
+                    if note:
+                        await progress(note)
         return _error("the server is restarting; call again", run_id)  # the feed ended first: edge stopping
     finally:
         if lease is not None:
@@ -317,32 +316,32 @@ async def _run_agent(t: Tenant, name: str, arguments: dict[str, Any],
             cancel_later(st, t.name, run_id, CANCELLED_BY_CLIENT)
 
 
-def _progress_note(kind: str | None, data: dict[str, Any], run_id: str = "") -> str | None:
+def _progress_note(event: E.RunEvent, run_id: str = "") -> str | None:
     """What a progress notification says about one run event of run ``run_id`` (None: nothing)."""
-    match kind:
-        case E.RUN_STARTED:
+    match event:
+        case E.RunStarted():
             return "run started"
-        case E.RUN_RETRYING:
-            return f"run retrying (attempt {data.get('attempt')}): {data.get('reason', '')}"
-        case E.MESSAGE_DELTA:
-            return str(data.get("text") or "") or None
-        case E.TOOL_CALL:
-            return f"tool call {data.get('name')} {str(data.get('arguments') or '')[:PROGRESS_TEXT_CHARS]}"
-        case E.TOOL_RESULT:
-            if data.get("ok"):
-                return f"tool result {data.get('name')}: ok"
-            error = data.get("error") or {}
-            why = str(error.get("message"))[:PROGRESS_TEXT_CHARS]
-            return f"tool result {data.get('name')}: {error.get('type')}: {why}"
-        case E.TOOL_APPROVAL_REQUESTED:
-            return (f"tool call {data.get('name')} awaits approval (tool_call_id {data.get('tool_call_id')}, until "
-                    f"{data.get('expires_at')}): POST /api/runs/{run_id}/approve or /reject")
-        case E.TOOL_APPROVAL_DECIDED:
-            return f"tool call {data.get('name')} {data.get('decision')}"
-        case E.MEMBER_STARTED:
-            return f"member {data.get('member')} started (run {data.get('run_id')})"
-        case E.MEMBER_FINISHED:
-            return f"member {data.get('member')} {data.get('status')}"
+        case E.RunRetrying(data=data):
+            return f"run retrying (attempt {data.attempt}): {data.reason}"
+        case E.MessageDelta(data=data):
+            return data.text or None
+        case E.ToolCall(data=data):
+            return f"tool call {data.name} {data.arguments[:PROGRESS_TEXT_CHARS]}"
+        case E.ToolResult(data=data):
+            if data.ok:
+                return f"tool result {data.name}: ok"
+            error = data.error
+            why = str(error.message if error else None)[:PROGRESS_TEXT_CHARS]
+            return f"tool result {data.name}: {error.type if error else None}: {why}"
+        case E.ToolApprovalRequested(data=data):
+            return (f"tool call {data.name} awaits approval (tool_call_id {data.tool_call_id}, until "
+                    f"{E.stored_time(data.expires_at)}): POST /api/runs/{run_id}/approve or /reject")
+        case E.ToolApprovalDecided(data=data):
+            return f"tool call {data.name} {data.decision}"
+        case E.MemberStarted(data=data):
+            return f"member {data.member} started (run {data.run_id})"
+        case E.MemberFinished(data=data):
+            return f"member {data.member} {data.status}"
     return None
 
 

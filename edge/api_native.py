@@ -159,7 +159,9 @@ async def agent_sse(name: str) -> Response:
             if item is HEARTBEAT:
                 yield sse.PING
                 continue
-            frames = localai.render(item.json())
+            if item.event is None:
+                continue  # a type this version does not know (agentstream.eventlog.parse_event)
+            frames = localai.render(item.event)
             for i, (event, payload) in enumerate(frames):
                 data = payload if isinstance(payload, str) else orjson.dumps(payload)
                 yield sse.frame(data, event=event, id=item.seq if i == len(frames) - 1 else None)

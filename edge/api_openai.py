@@ -238,20 +238,21 @@ async def _start_run(t: Tenant, agent: AgentDefinition, request: RunRequest, *, 
 async def _collect_run(tenant_name: str, agent: str, run_id: str) -> Collected:
     """Wait for a run's end and fold its events; cancel the run if the caller goes away."""
     st = state()
-    bodies: list[dict[str, Any]] = []
+    events: list[E.RunEvent] = []
     ended = False
     try:
         async for item in run_feed(tenant_name, run_id, subjects.run_events(tenant_name, agent, run_id), sse=False):
             if item is HEARTBEAT:
                 continue
-            bodies.append(item.json())
+            if item.event is not None:
+                events.append(item.event)
             if E.is_terminal(item.type):
                 ended = True
                 break
     finally:
         if not ended:
             cancel_later(st, tenant_name, run_id, CLIENT_DISCONNECTED)
-    return collect(bodies)
+    return collect(events)
 
 
 def _failed(run: Collected, failure: dict[str, Any], run_id: str) -> ApiError:
@@ -292,8 +293,8 @@ class _Frames:
     def start(self) -> bytes:
         return self.first
 
-    def render(self, envelope: dict[str, Any]) -> bytes:
-        return b"".join(self.renderer.render(envelope))
+    def render(self, event: E.RunEvent) -> bytes:
+        return b"".join(self.renderer.render(event))
 
     def interrupted(self) -> bytes:
         return sse.frame(oai.dumps(oai.error_body(

@@ -75,6 +75,7 @@ from schemas import subjects
 from schemas.agents import AgentDefinition
 from schemas.common import ChatMessage, FunctionTool
 from schemas.errors import ErrorKind
+from schemas.events import RunEvent
 from schemas.runs import RunRequest, new_run_id
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ async def _conversation(t: Tenant, previous: str) -> tuple[list[ChatMessage], st
                                "previous_response_id")
             raise ApiError(404, "not_found", f"no response {rid!r}", "previous_response_id",
                            code="previous_response_not_found")
-        turn = fold_turn([e.json() for e in events])
+        turn = fold_turn(eventlog.typed(events))
         if not turn.ended:
             raise ApiError(400, "invalid_request", f"response {rid!r} has not finished yet", "previous_response_id")
         if not turn.stored:
@@ -316,8 +317,8 @@ async def _approval_responses(t: Tenant, body: ResponsesBody) -> Response:
                            "mcp_approval_request item (mcpr_...)", f"input.{i}.approval_request_id")
         decisions.append((call_id, answer))
     resp_id = body.previous_response_id
-    run_id, agent, bodies, echo = await _stored(t, resp_id, field="previous_response_id")
-    seen = _replayed(resp_id, bodies, echo)
+    run_id, agent, events, echo = await _stored(t, resp_id, field="previous_response_id")
+    seen = _replayed(resp_id, events, echo)
     for call_id, answer in decisions:
         await decide_call(t, run_id, call_id, "approved" if answer.approve else "rejected", answer.reason)
     decided = frozenset(call_id for call_id, _ in decisions)
@@ -354,8 +355,8 @@ async def _follow(st: EdgeState, tenant_name: str, agent: str, run_id: str, view
     try:
         async with asyncio.timeout(within):
             async for item in feed:
-                if item is not HEARTBEAT:
-                    view.render(item.json())
+                if item is not HEARTBEAT and item.event is not None:
+                    view.render(item.event)
                     if view.done:
                         return
                     if until_waiting and view.waiting and not view.awaiting <= answered:
@@ -390,35 +391,36 @@ class _Frames:
     def start(self) -> bytes:
         return self._frames(self.view.start())
 
-    def render(self, envelope: dict[str, Any]) -> bytes:
-        return self._frames(self.view.render(envelope))
+    def render(self, event: RunEvent) -> bytes:
+        return self._frames(self.view.render(event))
 
     def interrupted(self) -> bytes:
         return b""  # the client resumes from another edge
 
 
 async def _stored(t: Tenant, resp_id: str, *, field: str = "response_id",
-                  ) -> tuple[str, str, list[dict[str, Any]], dict[str, Any]]:
-    """(run id, agent, stored event envelopes, echo) of one of ``t``'s responses; ApiError 404
+                  ) -> tuple[str, str, list[RunEvent], dict[str, Any]]:
+    """(run id, agent, stored events (typed), echo) of one of ``t``'s responses; ApiError 404
     naming ``field``."""
     run_id = run_id_of(resp_id)
     if run_id is None or not subjects.is_token(run_id):
         raise ApiError(404, "not_found", f"no response {resp_id[:80]!r}", field)
-    bodies = [e.json() for e in await eventlog.read_list(state().bus(), subjects.run_events_of_run(t.name, run_id))]
-    if bodies:
-        agent: str = bodies[0]["agent"]
-        return run_id, agent, bodies, echo_of(bodies, None, agent)
+    stored = await eventlog.read_list(state().bus(), subjects.run_events_of_run(t.name, run_id))
+    events = eventlog.typed(stored)
+    if events:
+        agent = events[0].agent
+        return run_id, agent, events, echo_of(events, None, agent)
     entry = await run_index_entry(t, run_id)  # no event yet: the run waits for a runner
     if entry is None:
         raise ApiError(404, "not_found", f"no response {resp_id!r}", field)
-    return run_id, entry.agent, bodies, echo_of(bodies, entry.echo, entry.agent)
+    return run_id, entry.agent, events, echo_of(events, entry.echo, entry.agent)
 
 
-def _replayed(resp_id: str, bodies: list[dict[str, Any]], echo: dict[str, Any]) -> ResponseView:
+def _replayed(resp_id: str, events: list[RunEvent], echo: dict[str, Any]) -> ResponseView:
     view = ResponseView(resp_id, echo)
     view.start()
-    for body in bodies:
-        view.render(body)
+    for event in events:
+        view.render(event)
     if not view.done:
         view.status = "in_progress" if view.started else "queued"
     return view
@@ -429,10 +431,10 @@ async def get_response(resp_id: str) -> Response:
     """``GET /v1/responses/{id}``: the response object; with ``?stream=true`` its events as SSE,
     after ``starting_after`` (a sequence number) if given."""
     t = tenant()
-    run_id, agent, bodies, echo = await _stored(t, resp_id)
+    run_id, agent, events, echo = await _stored(t, resp_id)
     headers = {"X-Run-Id": run_id}
     if request.args.get("stream", "").lower() != "true":
-        return json_response(_replayed(resp_id, bodies, echo).snapshot(), headers=headers)
+        return json_response(_replayed(resp_id, events, echo).snapshot(), headers=headers)
     after = int_arg("starting_after", -1, 0, 2**31)
     lease = await open_stream(t)
     feed = run_feed(t.name, run_id, subjects.run_events(t.name, agent, run_id), lease=lease)
@@ -447,8 +449,8 @@ async def cancel_response(resp_id: str) -> Response:
     ended (``status: "cancelled"``), or as it stands after ``CANCEL_WAIT`` seconds. A response
     that already ended otherwise: 409."""
     t = tenant()
-    run_id, agent, bodies, echo = await _stored(t, resp_id)
-    view = _replayed(resp_id, bodies, echo)
+    run_id, agent, events, echo = await _stored(t, resp_id)
+    view = _replayed(resp_id, events, echo)
     headers = {"X-Run-Id": run_id}
     if view.done:
         if view.status == "cancelled":

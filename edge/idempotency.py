@@ -101,6 +101,5 @@ async def claim(
 async def _left_by_its_client(st: EdgeState, tenant: str, run_id: str) -> bool:
     """True when the run ended cancelled because its client disconnected."""
     last = await eventlog.last_event(st.bus(), subjects.run_events_of_run(tenant, run_id))
-    if last is None or last.type != E.RUN_CANCELLED:
-        return False
-    return bool(last.json().get("data", {}).get("reason") == CLIENT_DISCONNECTED)
+    event = last.event if last is not None else None
+    return isinstance(event, E.RunCancelled) and event.data.reason == CLIENT_DISCONNECTED

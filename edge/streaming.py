@@ -12,12 +12,13 @@ answer (docs/streaming.md, "Disconnects").
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Protocol
 
 from agentstream import sse
 from edge.feed import HEARTBEAT, EventFeed
 from edge.http import cancel_later
 from edge.state import EdgeState
+from schemas.events import RunEvent
 from schemas.runs import CLIENT_DISCONNECTED
 
 
@@ -31,8 +32,8 @@ class RunRenderer(Protocol):
     def start(self) -> bytes:
         """Frames sent before any event (``b""`` for none)."""
 
-    def render(self, envelope: dict[str, Any]) -> bytes:
-        """The frames of one stored event (its envelope, schemas/events.py), ``b""`` for none."""
+    def render(self, event: RunEvent) -> bytes:
+        """The frames of one stored event (its typed envelope, schemas/events.py), ``b""`` for none."""
 
     def interrupted(self) -> bytes:
         """Frames sent when the feed ends before the run does: this edge is stopping."""
@@ -58,7 +59,10 @@ async def stream_run(
                 continue
             frames: list[bytes] = []
             for item in batch:  # events that arrived together go out in one write
-                frames.append(renderer.render(item.json()))
+                event = item.event  # parsed once per stored event, however many streams show it
+                if event is None:
+                    continue  # a type this version does not know (agentstream.eventlog.parse_event)
+                frames.append(renderer.render(event))
                 if renderer.done:
                     break
             out = b"".join(frames)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, TypeAdapter
+from pydantic_core import to_jsonable_python
 
 from schemas.common import ChatMessage, ErrorInfo, MessageId, ScheduleRef, Strict, Token, ToolCallRef, Usage
 
@@ -68,6 +69,13 @@ def is_terminal(event_type: str) -> bool:
 def is_deleted(event_type: str) -> bool:
     """True for the tombstone a deleted run's events were replaced by."""
     return event_type == RUN_DELETED
+
+
+def stored_time(value: datetime) -> str:
+    """A time as the stored JSON has it (pydantic's ISO 8601 form, ``Z`` for UTC): an envelope's
+    ``ts`` or a payload's time read back into a model gives the text it was written with."""
+    text: str = to_jsonable_python(value)
+    return text
 
 
 # ----------------------------------------------------------------------------------------------

@@ -145,20 +145,16 @@ def frontend_tools(inp: RunAgentInput) -> list[FunctionTool]:
             for t in inp.tools or []]
 
 
-def tool_content(data: dict[str, Any]) -> str:
+def tool_content(data: E.ToolResultData) -> str:
     """A ``tool.result`` as the text the model read (agent_runner.loop.tool_message_content)."""
-    if data.get("ok"):
-        return json.dumps(data.get("output"), ensure_ascii=False)
-    return json.dumps({"error": data.get("error") or {"type": "error", "message": "failed"}})
+    if data.ok:
+        return json.dumps(data.output, ensure_ascii=False)
+    return json.dumps({"error": data.error.model_dump() if data.error else {"type": "error", "message": "failed"}})
 
 
-def _ms(ts: object) -> int | None:
-    if not isinstance(ts, str):
-        return None
-    try:
-        return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
-        return None
+def _ms(ts: datetime) -> int:
+    """An envelope's ``ts`` as AG-UI's ``timestamp``: Unix milliseconds."""
+    return int(ts.timestamp() * 1000)
 
 
 class AguiStream:
@@ -171,7 +167,7 @@ class AguiStream:
         self.run_id = run_id
         self.run = run
         self.done = False
-        self._waits: dict[str, dict[str, Any]] = {}  # tool.approval_requested data by call, this wait
+        self._waits: dict[str, E.ToolApprovalRequestedData] = {}  # the calls waiting, this wait
         self._step = 0  # the highest step started
         self._step_open = False
         self._message: str | None = None  # the open text message
@@ -181,74 +177,72 @@ class AguiStream:
         """RUN_STARTED."""
         return [RunStartedEvent(thread_id=self.thread_id, run_id=self.run_id)]
 
-    def render(self, body: dict[str, Any]) -> list[BaseEvent]:
-        """The events for one run event (an envelope); empty for those this view does not show."""
+    def render(self, event: E.RunEvent) -> list[BaseEvent]:
+        """The events for one run event; empty for those this view does not show."""
         if self.done:
             return []
-        t, data, ts = body.get("type"), body.get("data") or {}, _ms(body.get("ts"))
-        if t == E.RUN_RETRYING:
-            self._replay.restart(int(data.get("resume_step", 1)))
-        elif t == E.MESSAGE_DELTA:
-            step = int(data.get("step", 1))
-            text = self._replay.text(step, data.get("text", ""))
-            if text is None:
-                return self._error(RESTART_DIVERGED, "run_restarted", ts)
-            if not text:
-                return []
-            out = self._enter(step, ts)
-            if self._message is None:
-                self._message = f"{self.run}-{step}"
-                out.append(TextMessageStartEvent(message_id=self._message, role="assistant", timestamp=ts))
-            out.append(TextMessageContentEvent(message_id=self._message, delta=text, timestamp=ts))
-            return out
-        elif t == E.TOOL_CALL:
-            step = int(data.get("step", 1))
-            out = [*self._enter(step, ts), *self._end_message(ts)]
-            call_id = data["tool_call_id"]
-            out.append(ToolCallStartEvent(tool_call_id=call_id, tool_call_name=data["name"],
-                                          parent_message_id=f"{self.run}-{step}", timestamp=ts))
-            if data.get("arguments"):
-                out.append(ToolCallArgsEvent(tool_call_id=call_id, delta=data["arguments"], timestamp=ts))
-            out.append(ToolCallEndEvent(tool_call_id=call_id, timestamp=ts))
-            return out
-        elif t == E.TOOL_APPROVAL_REQUESTED:
-            self._waits[data["tool_call_id"]] = data
-            awaiting = data.get("awaiting") or [data["tool_call_id"]]
-            if not all(a in self._waits for a in awaiting):
-                return []
-            waits = [self._waits[a] for a in awaiting]
-            self._waits = {}
-            out = self._end_step(ts)
-            interrupts = [Interrupt(
-                id=interrupt_id(str(body.get("run_id")), w["tool_call_id"]), reason=APPROVAL_REASON,
-                message=f"approve the call of {w['name']} with {w.get('arguments') or '{}'}",
-                tool_call_id=w["tool_call_id"], response_schema=APPROVAL_SCHEMA, expires_at=w.get("expires_at"),
-            ) for w in waits]
-            out.append(RunFinishedEvent(thread_id=self.thread_id, run_id=self.run_id, timestamp=ts,
-                                        outcome=RunFinishedInterruptOutcome(interrupts=interrupts)))
-            self.done = True
-            return out
-        elif t == E.TOOL_RESULT:
-            return [ToolCallResultEvent(message_id=f"{self.run}-{data['tool_call_id']}",
-                                        tool_call_id=data["tool_call_id"], content=tool_content(data), role="tool",
-                                        timestamp=ts)]
-        elif t == E.MESSAGE_COMPLETED:
-            return self._end_step(ts)
-        elif t in (E.RUN_COMPLETED, E.RUN_CANCELLED):
-            out = self._end_step(ts)
-            u = data.get("usage") or {}
-            usage = [TokenUsage(input_tokens=int(u.get("prompt_tokens", 0)),
-                                output_tokens=int(u.get("completion_tokens", 0)),
-                                total_tokens=int(u.get("prompt_tokens", 0)) + int(u.get("completion_tokens", 0)))]
-            outcome = RunFinishedCancelledOutcome() if t == E.RUN_CANCELLED else None
-            out.append(RunFinishedEvent(thread_id=self.thread_id, run_id=self.run_id, outcome=outcome, usage=usage,
-                                        timestamp=ts))
-            self.done = True
-            return out
-        elif t == E.RUN_FAILED:
-            error = data.get("error") or {}
-            return self._error(error.get("message") or data.get("reason") or "the run failed",
-                               error.get("type") or "run_failed", ts)
+        ts = _ms(event.ts)
+        match event:
+            case E.RunRetrying(data=data):
+                self._replay.restart(data.resume_step)
+            case E.MessageDelta(data=data):
+                text = self._replay.text(data.step, data.text)
+                if text is None:
+                    return self._error(RESTART_DIVERGED, "run_restarted", ts)
+                if not text:
+                    return []
+                out = self._enter(data.step, ts)
+                if self._message is None:
+                    self._message = f"{self.run}-{data.step}"
+                    out.append(TextMessageStartEvent(message_id=self._message, role="assistant", timestamp=ts))
+                out.append(TextMessageContentEvent(message_id=self._message, delta=text, timestamp=ts))
+                return out
+            case E.ToolCall(data=data):
+                out = [*self._enter(data.step, ts), *self._end_message(ts)]
+                call_id = data.tool_call_id
+                out.append(ToolCallStartEvent(tool_call_id=call_id, tool_call_name=data.name,
+                                              parent_message_id=f"{self.run}-{data.step}", timestamp=ts))
+                if data.arguments:
+                    out.append(ToolCallArgsEvent(tool_call_id=call_id, delta=data.arguments, timestamp=ts))
+                out.append(ToolCallEndEvent(tool_call_id=call_id, timestamp=ts))
+                return out
+            case E.ToolApprovalRequested(data=data):
+                self._waits[data.tool_call_id] = data
+                awaiting = data.awaiting or [data.tool_call_id]
+                if not all(a in self._waits for a in awaiting):
+                    return []
+                waits = [self._waits[a] for a in awaiting]
+                self._waits = {}
+                out = self._end_step(ts)
+                interrupts = [Interrupt(
+                    id=interrupt_id(event.run_id, w.tool_call_id), reason=APPROVAL_REASON,
+                    message=f"approve the call of {w.name} with {w.arguments or '{}'}",
+                    tool_call_id=w.tool_call_id, response_schema=APPROVAL_SCHEMA,
+                    expires_at=E.stored_time(w.expires_at),
+                ) for w in waits]
+                out.append(RunFinishedEvent(thread_id=self.thread_id, run_id=self.run_id, timestamp=ts,
+                                            outcome=RunFinishedInterruptOutcome(interrupts=interrupts)))
+                self.done = True
+                return out
+            case E.ToolResult(data=data):
+                return [ToolCallResultEvent(message_id=f"{self.run}-{data.tool_call_id}",
+                                            tool_call_id=data.tool_call_id, content=tool_content(data), role="tool",
+                                            timestamp=ts)]
+            case E.MessageCompleted():
+                return self._end_step(ts)
+            case E.RunCompleted(data=data) | E.RunCancelled(data=data):
+                out = self._end_step(ts)
+                u = data.usage
+                usage = [TokenUsage(input_tokens=u.prompt_tokens, output_tokens=u.completion_tokens,
+                                    total_tokens=u.prompt_tokens + u.completion_tokens)]
+                outcome = RunFinishedCancelledOutcome() if isinstance(event, E.RunCancelled) else None
+                out.append(RunFinishedEvent(thread_id=self.thread_id, run_id=self.run_id, outcome=outcome,
+                                            usage=usage, timestamp=ts))
+                self.done = True
+                return out
+            case E.RunFailed(data=data):
+                return self._error(data.error.message or data.reason or "the run failed",
+                                   data.error.type or "run_failed", ts)
         return []
 
     def error(self, message: str, code: str) -> list[BaseEvent]:

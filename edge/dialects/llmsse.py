@@ -46,48 +46,48 @@ class ProcessStream:
     def _frame(self, **fields: Any) -> bytes:
         return sse.frame(orjson.dumps({**self.base, **{k: v for k, v in fields.items() if v is not None}}))
 
-    def render(self, body: dict[str, Any]) -> list[bytes]:
+    def render(self, event: E.RunEvent) -> list[bytes]:
         """Frames for one run event."""
         if self.done:
             return []
-        t, data = body.get("type"), body.get("data") or {}
-        if t == E.RUN_STARTED and not self.members and data.get("attempt") == 1:
-            return [self._frame(status=f"Sending to {self.agent}", source=self.agent)]
-        if t == E.MEMBER_STARTED:
-            return [self._frame(status=f"Sending to {data['member']}", source=data["member"])]
-        if t == E.MEMBER_FINISHED:
-            self.finished_members += 1
-            self.answered_members += data.get("status") == "completed"
-            error = (data.get("error") or {}).get("message")
-            frames = [self._frame(status=f"{data['member']} {_ENDED.get(data['status'], data['status'])}",
-                                  source=data["member"], message=error)]
-            if self.finished_members == self.members and self.answered_members >= self.min_success:
-                frames.append(self._frame(status=f"Combining via {self.source}", source=self.source))
-            return frames
-        if t == E.TOOL_APPROVAL_REQUESTED:  # the stream waits (with its heartbeats) for the decision
-            return [self._frame(status=f"Awaiting approval of {data.get('name')}", source=self.source,
-                                message=f"POST /api/runs/{body.get('run_id')}/approve or /reject with tool_call_id "
-                                        f"{data.get('tool_call_id')}")]
-        if t == E.TOOL_APPROVAL_DECIDED:
-            return [self._frame(status=f"{data.get('name')} {data.get('decision')}", source=self.source)]
-        if t == E.RUN_RETRYING:
-            self._replay.restart(int(data.get("resume_step", 1)))
-            return []
-        if t == E.MESSAGE_DELTA:
-            text = self._replay.text(int(data.get("step", 1)), data.get("text", ""))
-            if text is None:
+        match event:
+            case E.RunStarted(data=data) if not self.members and data.attempt == 1:
+                return [self._frame(status=f"Sending to {self.agent}", source=self.agent)]
+            case E.MemberStarted(data=data):
+                return [self._frame(status=f"Sending to {data.member}", source=data.member)]
+            case E.MemberFinished(data=data):
+                self.finished_members += 1
+                self.answered_members += data.status == "completed"
+                error = data.error.message if data.error else None
+                frames = [self._frame(status=f"{data.member} {_ENDED.get(data.status, data.status)}",
+                                      source=data.member, message=error)]
+                if self.finished_members == self.members and self.answered_members >= self.min_success:
+                    frames.append(self._frame(status=f"Combining via {self.source}", source=self.source))
+                return frames
+            case E.ToolApprovalRequested(data=data):  # the stream waits (with its heartbeats) for the decision
+                return [self._frame(status=f"Awaiting approval of {data.name}", source=self.source,
+                                    message=f"POST /api/runs/{event.run_id}/approve or /reject with tool_call_id "
+                                            f"{data.tool_call_id}")]
+            case E.ToolApprovalDecided(data=data):
+                return [self._frame(status=f"{data.name} {data.decision}", source=self.source)]
+            case E.RunRetrying(data=data):
+                self._replay.restart(data.resume_step)
+            case E.MessageDelta(data=data):
+                text = self._replay.text(data.step, data.text)
+                if text is None:
+                    self.done = True
+                    return [self._frame(status="error", source=self.source, final=True,
+                                        message="the run was interrupted and restarted with a different answer; retry")]
+                return [self._frame(status="Streaming", source=self.source, message=text)] if text else []
+            case E.RunCompleted():
                 self.done = True
-                return [self._frame(status="error", source=self.source, final=True,
-                                    message="the run was interrupted and restarted with a different answer; retry")]
-            return [self._frame(status="Streaming", source=self.source, message=text)] if text else []
-        if t == E.RUN_COMPLETED:
-            self.done = True
-            return [self._frame(status="Completed", source=self.source, final=True)]
-        if t in (E.RUN_FAILED, E.RUN_CANCELLED):
-            self.done = True
-            error = data.get("error") or {}
-            message = error.get("message") or data.get("reason") or "the run failed"
-            if t == E.RUN_CANCELLED:
-                message = f"the run was cancelled: {data.get('reason', '')}".rstrip(": ")
-            return [self._frame(status="error", source=self.source, message=message, final=True)]
+                return [self._frame(status="Completed", source=self.source, final=True)]
+            case E.RunFailed(data=data):
+                self.done = True
+                message = data.error.message or data.reason or "the run failed"
+                return [self._frame(status="error", source=self.source, message=message, final=True)]
+            case E.RunCancelled(data=data):
+                self.done = True
+                message = f"the run was cancelled: {data.reason}".rstrip(": ")
+                return [self._frame(status="error", source=self.source, message=message, final=True)]
         return []

@@ -17,75 +17,67 @@ from typing import Any
 from schemas import events as E
 
 
-def _ts(body: dict[str, Any]) -> str:
-    return body.get("ts") or ""
-
-
 def _short(value: Any, limit: int = 2000) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def render(body: dict[str, Any]) -> list[tuple[str, dict[str, Any] | str]]:
-    """The LocalAI events for one run event envelope: ``[(event name, payload), ...]``."""
-    t = body.get("type")
-    data = body.get("data") or {}
-    mid = body.get("message_id")
-    common = {"message_id": mid, "run_id": body.get("run_id"), "timestamp": _ts(body)}
-    if t == E.RUN_QUEUED:
-        return [
-            ("json_message", {"id": f"{mid}-user", "sender": "user", "content": data.get("message") or "", **common})
-        ]
-    if t == E.RUN_STARTED:
-        return [("json_message_status", {"status": "processing", **common})]
-    if t == E.RUN_RETRYING:
-        return [("json_message_status", {"status": "processing", "attempt": data.get("attempt"), **common})]
-    if t == E.RUN_REQUEUED:
-        return [("json_message_status", {"status": "queued", "reason": data.get("reason"), **common})]
-    if t == E.MESSAGE_DELTA:
-        return [("stream_event", {"type": "content", "content": data.get("text", ""), **common})]
-    if t == E.TOOL_CALL:
-        return [
-            (
-                "stream_event",
-                {"type": "tool_call", "tool_name": data.get("name"), "tool_args": data.get("arguments", ""), **common},
-            ),
-        ]
-    if t == E.TOOL_RESULT:
-        result = data.get("output") if data.get("ok") else {"error": data.get("error")}
-        shown = _short(result)
-        status = f"Action taken: {data.get('name')}<br>Result: {shown}".replace("\n", "<br>")
-        return [
-            ("stream_event", {"type": "tool_result", "tool_name": data.get("name"), "tool_result": shown, **common}),
-            ("status", status),
-        ]
-    if t == E.TOOL_APPROVAL_REQUESTED:
-        status = f"Awaiting approval: {data.get('name')}<br>Parameters: {_short(data.get('arguments', ''))}"
-        return [
-            ("json_message_status", {"status": "awaiting_approval", "tool_name": data.get("name"),
-                                     "tool_call_id": data.get("tool_call_id"), **common}),
-            ("status", status.replace("\n", "<br>")),
-        ]
-    if t == E.TOOL_APPROVAL_DECIDED:
-        return [("status", f"Approval: {data.get('name')} {data.get('decision')}")]
-    if t == E.MESSAGE_COMPLETED:
-        return [
-            ("stream_event", {"type": "done", **common}),
-            ("json_message", {"id": f"{mid}-agent", "sender": "agent", "content": data.get("text", ""), **common}),
-        ]
-    if t == E.RUN_COMPLETED:
-        return [("json_message_status", {"status": "completed", **common})]
-    if t == E.RUN_FAILED:
-        error = data.get("error") or {}
-        return [
-            ("json_error", {"error": error.get("message") or data.get("reason") or "agent request failed", **common}),
-            ("json_message_status", {"status": "completed", **common}),
-        ]
-    if t == E.RUN_CANCELLED:
-        return [
-            ("json_error", {"error": f"agent request was cancelled: {data.get('reason', '')}".rstrip(": "), **common}),
-            ("json_message_status", {"status": "completed", **common}),
-        ]
+def _result(data: E.ToolResultData) -> Any:
+    """What a tool call returned as LocalAI shows it: the output, or ``{"error": {type, message}}``."""
+    return data.output if data.ok else {"error": data.error.model_dump() if data.error else None}
+
+
+def render(event: E.RunEvent) -> list[tuple[str, dict[str, Any] | str]]:
+    """The LocalAI events for one run event: ``[(event name, payload), ...]``."""
+    mid = event.message_id
+    common = {"message_id": mid, "run_id": event.run_id, "timestamp": E.stored_time(event.ts)}
+    match event:
+        case E.RunQueued(data=data):
+            return [("json_message", {"id": f"{mid}-user", "sender": "user", "content": data.message or "", **common})]
+        case E.RunStarted():
+            return [("json_message_status", {"status": "processing", **common})]
+        case E.RunRetrying(data=data):
+            return [("json_message_status", {"status": "processing", "attempt": data.attempt, **common})]
+        case E.RunRequeued(data=data):
+            return [("json_message_status", {"status": "queued", "reason": data.reason, **common})]
+        case E.MessageDelta(data=data):
+            return [("stream_event", {"type": "content", "content": data.text, **common})]
+        case E.ToolCall(data=data):
+            return [("stream_event", {"type": "tool_call", "tool_name": data.name, "tool_args": data.arguments,
+                                      **common})]
+        case E.ToolResult(data=data):
+            shown = _short(_result(data))
+            status = f"Action taken: {data.name}<br>Result: {shown}".replace("\n", "<br>")
+            return [
+                ("stream_event", {"type": "tool_result", "tool_name": data.name, "tool_result": shown, **common}),
+                ("status", status),
+            ]
+        case E.ToolApprovalRequested(data=data):
+            status = f"Awaiting approval: {data.name}<br>Parameters: {_short(data.arguments)}"
+            return [
+                ("json_message_status", {"status": "awaiting_approval", "tool_name": data.name,
+                                         "tool_call_id": data.tool_call_id, **common}),
+                ("status", status.replace("\n", "<br>")),
+            ]
+        case E.ToolApprovalDecided(data=data):
+            return [("status", f"Approval: {data.name} {data.decision}")]
+        case E.MessageCompleted(data=data):
+            return [
+                ("stream_event", {"type": "done", **common}),
+                ("json_message", {"id": f"{mid}-agent", "sender": "agent", "content": data.text, **common}),
+            ]
+        case E.RunCompleted():
+            return [("json_message_status", {"status": "completed", **common})]
+        case E.RunFailed(data=data):
+            return [
+                ("json_error", {"error": data.error.message or data.reason or "agent request failed", **common}),
+                ("json_message_status", {"status": "completed", **common}),
+            ]
+        case E.RunCancelled(data=data):
+            return [
+                ("json_error", {"error": f"agent request was cancelled: {data.reason}".rstrip(": "), **common}),
+                ("json_message_status", {"status": "completed", **common}),
+            ]
     return []
 
 

@@ -16,6 +16,7 @@ then stays open, with its ``: ping`` comments, until the call is decided and the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,21 +24,21 @@ from agentstream import openai_format as oai
 from agentstream import sse
 from edge.dialects.replay import Replay
 from schemas import events as E
+from schemas.common import Usage
 
 _FINISH = {"stop", "length", "tool_calls", "content_filter"}
 _TEXT_FINISH = {"stop", "length", "content_filter"}
 
 
-def error_for_run(body: dict[str, Any]) -> dict[str, Any]:
+def error_for_run(event: E.RunFailed | E.RunCancelled) -> dict[str, Any]:
     """The OpenAI error object for a ``run.failed`` / ``run.cancelled`` event."""
-    data = body.get("data") or {}
-    if body.get("type") == E.RUN_CANCELLED:
+    if isinstance(event, E.RunCancelled):
         return oai.error_body(
-            f"the run was cancelled: {data.get('reason', '')}".rstrip(": "), "cancelled", None, "run_cancelled"
+            f"the run was cancelled: {event.data.reason}".rstrip(": "), "cancelled", None, "run_cancelled"
         )
-    error = data.get("error") or {}
-    return oai.error_body(error.get("message") or data.get("reason") or "the run failed", "server_error", None,
-                          error.get("type") or "run_failed")
+    error = event.data.error
+    return oai.error_body(error.message or event.data.reason or "the run failed", "server_error", None,
+                          error.type or "run_failed")
 
 
 @dataclass
@@ -52,37 +53,35 @@ class Collected:
     error_type: str | None = None
 
 
-def collect(bodies: list[dict[str, Any]]) -> Collected:
-    """Fold a run's events (envelopes, in order) into text, client tool calls, finish, usage."""
+def collect(events: Iterable[E.RunEvent]) -> Collected:
+    """Fold a run's events (typed envelopes, in stream order) into text, client tool calls, finish, usage."""
     out = Collected()
     by_step: dict[int, str] = {}
-    for body in bodies:
-        t, data = body.get("type"), body.get("data") or {}
-        if t == E.RUN_RETRYING:
-            resume = int(data.get("resume_step", 1))
-            by_step = {step: text for step, text in by_step.items() if step < resume}
-        elif t == E.MESSAGE_DELTA:
-            step = int(data.get("step", 1))
-            by_step[step] = by_step.get(step, "") + data.get("text", "")
-        elif t == E.TOOL_CALL and data.get("client"):
-            out.tool_calls.append({"id": data["tool_call_id"], "type": "function",
-                                   "function": {"name": data["name"], "arguments": data.get("arguments", "")}})
-        elif t == E.MESSAGE_COMPLETED:
-            reason = data.get("finish_reason")
-            out.finish_reason = reason if reason in _FINISH else "stop"
-        elif t == E.RUN_COMPLETED:
-            out.usage = _usage(data)
-        elif t in (E.RUN_FAILED, E.RUN_CANCELLED):
-            out.error = error_for_run(body)
-            out.error_type = (data.get("error") or {}).get("type") if t == E.RUN_FAILED else "run_cancelled"
-            out.usage = _usage(data)
+    for event in events:
+        match event:
+            case E.RunRetrying(data=data):
+                by_step = {step: text for step, text in by_step.items() if step < data.resume_step}
+            case E.MessageDelta(data=data):
+                by_step[data.step] = by_step.get(data.step, "") + data.text
+            case E.ToolCall(data=data) if data.client:
+                out.tool_calls.append({"id": data.tool_call_id, "type": "function",
+                                       "function": {"name": data.name, "arguments": data.arguments}})
+            case E.MessageCompleted(data=data):
+                out.finish_reason = data.finish_reason if data.finish_reason in _FINISH else "stop"
+            case E.RunCompleted(data=data):
+                out.usage = _usage(data.usage)
+            case E.RunFailed(data=data):
+                out.error, out.error_type, out.usage = error_for_run(event), data.error.type, _usage(data.usage)
+            case E.RunCancelled(data=data):
+                out.error, out.error_type, out.usage = error_for_run(event), "run_cancelled", _usage(data.usage)
     out.text = "".join(by_step[step] for step in sorted(by_step))
     return out
 
 
-def _usage(data: dict[str, Any]) -> dict[str, int]:
-    u = data.get("usage") or {}
-    return oai.usage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0)))
+def _usage(usage: Usage | None) -> dict[str, int]:
+    """A run's token usage as OpenAI's ``usage`` object (zeros when none was reported)."""
+    u = usage or Usage()
+    return oai.usage(u.prompt_tokens, u.completion_tokens)
 
 
 RESTART_DIVERGED = oai.error_body(
@@ -90,11 +89,11 @@ RESTART_DIVERGED = oai.error_body(
     "server_error", None, "run_restarted")
 
 
-def approval_comment(body: dict[str, Any]) -> str:
+def approval_comment(event: E.ToolApprovalRequested) -> str:
     """The SSE comment a ``tool.approval_requested`` event becomes in a completion stream."""
-    data = body.get("data") or {}
-    text = (f"awaiting approval of tool call {data.get('tool_call_id')} ({data.get('name')}) until "
-            f"{data.get('expires_at')}: POST /api/runs/{body.get('run_id')}/approve or /reject")
+    data = event.data
+    text = (f"awaiting approval of tool call {data.tool_call_id} ({data.name}) until "
+            f"{E.stored_time(data.expires_at)}: POST /api/runs/{event.run_id}/approve or /reject")
     return " ".join(text.split())  # one line, whatever the model named its call
 
 
@@ -126,46 +125,45 @@ class _CompletionStream:
     def _usage_chunk(self, usage: dict[str, int]) -> bytes:
         raise NotImplementedError
 
-    def _client_tool_call(self, data: dict[str, Any]) -> list[bytes]:
+    def _client_tool_call(self, data: E.ToolCallData) -> list[bytes]:
         return []
 
-    def render(self, body: dict[str, Any]) -> list[bytes]:
-        """Frames for one run event (an envelope); empty for events this view does not show."""
+    def render(self, event: E.RunEvent) -> list[bytes]:
+        """Frames for one run event; empty for events this view does not show."""
         if self.done:
             return []
-        t, data = body.get("type"), body.get("data") or {}
-        if t == E.RUN_RETRYING:
-            self._replay.restart(int(data.get("resume_step", 1)))
-            return []
-        if t == E.MESSAGE_DELTA and not self.finished:
-            text = self._replay.text(int(data.get("step", 1)), data.get("text", ""))
-            if text is None:
-                self.done = True
-                return [sse.frame(oai.dumps(RESTART_DIVERGED)), sse.DONE]
-            return [self._text(text)] if text else []
-        if t == E.TOOL_CALL and data.get("client") and not self.finished:
-            return self._client_tool_call(data)
-        if t == E.TOOL_APPROVAL_REQUESTED and not self.finished:
-            # Only a comment (docs/streaming.md, "Keep-alives"): the stream waits, kept alive by
-            # ``: ping`` comments, and the answer follows once the call is decided.
-            return [sse.comment(approval_comment(body))]
-        if t == E.MESSAGE_COMPLETED and not self.finished:
-            self.finished = True
-            reason = data.get("finish_reason")
-            return [self._finish(reason if reason in self.finish_reasons else "stop")]
-        if t == E.RUN_COMPLETED:
-            frames = []
-            # A run that ended without an answer event: still one finish chunk (docs/streaming.md, "Chunks").
-            if not self.finished:
+        match event:
+            case E.RunRetrying(data=data):
+                self._replay.restart(data.resume_step)
+            case E.MessageDelta(data=data) if not self.finished:
+                text = self._replay.text(data.step, data.text)
+                if text is None:
+                    self.done = True
+                    return [sse.frame(oai.dumps(RESTART_DIVERGED)), sse.DONE]
+                return [self._text(text)] if text else []
+            case E.ToolCall(data=data) if data.client and not self.finished:
+                return self._client_tool_call(data)
+            case E.ToolApprovalRequested() if not self.finished:
+                # Only a comment (docs/streaming.md, "Keep-alives"): the stream waits, kept alive by
+                # ``: ping`` comments, and the answer follows once the call is decided.
+                return [sse.comment(approval_comment(event))]
+            case E.MessageCompleted(data=data) if not self.finished:
                 self.finished = True
-                frames.append(self._finish("stop"))
-            if self.include_usage:
-                frames.append(self._usage_chunk(_usage(data)))
-            self.done = True
-            return [*frames, sse.DONE]
-        if t in (E.RUN_FAILED, E.RUN_CANCELLED):
-            self.done = True
-            return [sse.frame(oai.dumps(error_for_run(body))), sse.DONE]
+                reason = data.finish_reason
+                return [self._finish(reason if reason in self.finish_reasons else "stop")]
+            case E.RunCompleted(data=data):
+                frames = []
+                # A run that ended without an answer event: still one finish chunk (docs/streaming.md, "Chunks").
+                if not self.finished:
+                    self.finished = True
+                    frames.append(self._finish("stop"))
+                if self.include_usage:
+                    frames.append(self._usage_chunk(_usage(data.usage)))
+                self.done = True
+                return [*frames, sse.DONE]
+            case E.RunFailed() | E.RunCancelled():
+                self.done = True
+                return [sse.frame(oai.dumps(error_for_run(event))), sse.DONE]
         return []
 
 
@@ -195,13 +193,13 @@ class ChatStream(_CompletionStream):
     def _usage_chunk(self, usage: dict[str, int]) -> bytes:
         return sse.frame(oai.dumps(oai.chat_usage_chunk(self.id, self.created, self.model, usage)))
 
-    def _client_tool_call(self, data: dict[str, Any]) -> list[bytes]:
+    def _client_tool_call(self, data: E.ToolCallData) -> list[bytes]:
         index = self._tool_index
         self._tool_index += 1
-        first = oai.tool_call_delta_first(index, data["tool_call_id"], data["name"], "")
+        first = oai.tool_call_delta_first(index, data.tool_call_id, data.name, "")
         frames = [self._chunk(delta={"tool_calls": [first]})]
-        if data.get("arguments"):
-            frames.append(self._chunk(delta={"tool_calls": [oai.tool_call_delta_more(index, data["arguments"])]}))
+        if data.arguments:
+            frames.append(self._chunk(delta={"tool_calls": [oai.tool_call_delta_more(index, data.arguments)]}))
         return frames
 
 

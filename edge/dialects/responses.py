@@ -30,13 +30,12 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from edge.dialects.replay import Replay
 from edge.errors import ApiError
 from schemas import events as E
-from schemas.common import ChatMessage
+from schemas.common import ChatMessage, Usage
 
 PREFIX = "resp_"
 ECHO_API = "responses"
@@ -68,10 +67,10 @@ def tool_call_id_of(approval_id: str) -> str | None:
     return approval_id[len(APPROVAL_PREFIX):] if approval_id.startswith(APPROVAL_PREFIX) else None
 
 
-def usage(data: dict[str, Any]) -> dict[str, Any]:
-    """A run's usage (``{prompt_tokens, completion_tokens}``) as the Responses API's ``usage``."""
-    u = data.get("usage") or {}
-    prompt, completion = int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0))
+def usage(u: Usage | None) -> dict[str, Any]:
+    """A run's usage (zeros when none was reported) as the Responses API's ``usage``."""
+    u = u or Usage()
+    prompt, completion = u.prompt_tokens, u.completion_tokens
     return {
         "input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
@@ -95,7 +94,7 @@ def base_object(resp_id: str, echo: dict[str, Any]) -> dict[str, Any]:
 
 
 class ResponseView:
-    """One response, built from its run's events (envelopes, in stream order).
+    """One response, built from its run's events (typed envelopes, in stream order).
 
     :meth:`start` gives the two opening events, :meth:`render` the events for one run event;
     both return event dicts with their ``sequence_number``. :meth:`snapshot` is the response
@@ -160,53 +159,52 @@ class ResponseView:
         self.status = "in_progress"
         return [created, self._event("response.in_progress", response=self.snapshot())]
 
-    def render(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        """The events one run event (an envelope) makes; empty for those this view does not show."""
+    def render(self, event: E.RunEvent) -> list[dict[str, Any]]:
+        """The events one run event makes; empty for those this view does not show."""
         if self.done:
             return []
-        t, data = body.get("type"), body.get("data") or {}
-        if t == E.RUN_STARTED:
-            self.started = True
-            self._awaiting = set()
-        elif t == E.TOOL_APPROVAL_REQUESTED and not self._finished:
-            self._awaiting = set(data.get("awaiting") or [data["tool_call_id"]])
-            if data["tool_call_id"] in self._approvals:
-                return []
-            self._approvals.add(data["tool_call_id"])
-            return [*self._close_message(), *self._approval_request(data)]
-        elif t == E.RUN_RETRYING:
-            self.started = True
-            self._replay.restart(int(data.get("resume_step", 1)))
-        elif t == E.MESSAGE_DELTA and not self._finished:
-            return self._delta(int(data.get("step", 1)), data.get("text", ""))
-        elif t == E.TOOL_CALL and data.get("client") and not self._finished:
-            return [*self._close_message(), *self._function_call(data)]
-        elif t == E.MESSAGE_COMPLETED and not self._finished:
-            self._finished = True
-            self._finish_reason = data.get("finish_reason") or "stop"
-            return self._close_message()
-        elif t == E.RUN_COMPLETED:
-            out = self._close_message()
-            self.usage = usage(data)
-            self.completed_at = _seconds(body.get("ts"))
-            if self._finish_reason == "length":
-                self.status, self.incomplete = "incomplete", {"reason": "max_output_tokens"}
-                return self._end([*out], "response.incomplete")
-            self.status = "completed"
-            return self._end(out, "response.completed")
-        elif t == E.RUN_FAILED:
-            error = data.get("error") or {}
-            self.error_type = error.get("type") or "run_failed"
-            return self._fail(error.get("message") or data.get("reason") or "the run failed", data)
-        elif t == E.RUN_CANCELLED:
-            out = self._close_message()
-            self.status, self.usage, self.error_type = "cancelled", usage(data), "run_cancelled"
-            return self._end(out, "response.failed")
+        match event:
+            case E.RunStarted():
+                self.started = True
+                self._awaiting = set()
+            case E.ToolApprovalRequested(data=data) if not self._finished:
+                self._awaiting = set(data.awaiting or [data.tool_call_id])
+                if data.tool_call_id in self._approvals:
+                    return []
+                self._approvals.add(data.tool_call_id)
+                return [*self._close_message(), *self._approval_request(data)]
+            case E.RunRetrying(data=data):
+                self.started = True
+                self._replay.restart(data.resume_step)
+            case E.MessageDelta(data=data) if not self._finished:
+                return self._delta(data.step, data.text)
+            case E.ToolCall(data=data) if data.client and not self._finished:
+                return [*self._close_message(), *self._function_call(data)]
+            case E.MessageCompleted(data=data) if not self._finished:
+                self._finished = True
+                self._finish_reason = data.finish_reason or "stop"
+                return self._close_message()
+            case E.RunCompleted(data=data):
+                out = self._close_message()
+                self.usage = usage(data.usage)
+                self.completed_at = int(event.ts.timestamp())
+                if self._finish_reason == "length":
+                    self.status, self.incomplete = "incomplete", {"reason": "max_output_tokens"}
+                    return self._end([*out], "response.incomplete")
+                self.status = "completed"
+                return self._end(out, "response.completed")
+            case E.RunFailed(data=data):
+                self.error_type = data.error.type or "run_failed"
+                return self._fail(data.error.message or data.reason or "the run failed", data.usage)
+            case E.RunCancelled(data=data):
+                out = self._close_message()
+                self.status, self.usage, self.error_type = "cancelled", usage(data.usage), "run_cancelled"
+                return self._end(out, "response.failed")
         return []
 
-    def _fail(self, message: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+    def _fail(self, message: str, run_usage: Usage | None) -> list[dict[str, Any]]:
         out = self._close_message()
-        self.status, self.usage = "failed", usage(data)
+        self.status, self.usage = "failed", usage(run_usage)
         self.error = {"code": "server_error", "message": message}
         return self._end(out, "response.failed")
 
@@ -218,7 +216,7 @@ class ResponseView:
         new = self._replay.text(step, text)
         if new is None:
             self.error_type = "run_restarted"
-            return self._fail(RESTART_DIVERGED, {})
+            return self._fail(RESTART_DIVERGED, None)
         if not new:
             return []
         out: list[dict[str, Any]] = []
@@ -262,19 +260,19 @@ class ResponseView:
             self._event("response.output_item.done", output_index=index, item=copy.deepcopy(item)),
         ]
 
-    def _approval_request(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+    def _approval_request(self, data: E.ToolApprovalRequestedData) -> list[dict[str, Any]]:
         index = len(self.output)
-        item = {"id": approval_request_id(data["tool_call_id"]), "type": "mcp_approval_request",
-                "server_label": APPROVAL_SERVER_LABEL, "name": data["name"], "arguments": data.get("arguments") or ""}
+        item = {"id": approval_request_id(data.tool_call_id), "type": "mcp_approval_request",
+                "server_label": APPROVAL_SERVER_LABEL, "name": data.name, "arguments": data.arguments}
         self.output.append(item)
         return [self._event("response.output_item.added", output_index=index, item=copy.deepcopy(item)),
                 self._event("response.output_item.done", output_index=index, item=copy.deepcopy(item))]
 
-    def _function_call(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+    def _function_call(self, data: E.ToolCallData) -> list[dict[str, Any]]:
         index = len(self.output)
-        arguments = data.get("arguments") or ""
+        arguments = data.arguments
         item: dict[str, Any] = {"id": f"fc_{self.run_id}_{index}", "type": "function_call",
-                                "call_id": data["tool_call_id"], "name": data["name"], "arguments": "",
+                                "call_id": data.tool_call_id, "name": data.name, "arguments": "",
                                 "status": "in_progress"}
         self.output.append(item)
         out = [self._event("response.output_item.added", output_index=index, item=copy.deepcopy(item))]
@@ -288,25 +286,14 @@ class ResponseView:
         return out
 
 
-def _seconds(ts: object) -> int | None:
-    """An envelope's ISO 8601 ``ts`` as Unix seconds."""
-    if not isinstance(ts, str):
-        return None
-    try:
-        return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp())
-    except ValueError:
-        return None
-
-
-def echo_of(bodies: list[dict[str, Any]], index_echo: dict[str, Any] | None, agent: str) -> dict[str, Any]:
+def echo_of(events: list[E.RunEvent], index_echo: dict[str, Any] | None, agent: str) -> dict[str, Any]:
     """The request fields a response shows: the Responses request's ``echo`` (from ``run.queued``,
     else the run's index entry); for a run started through another API, its agent as the model."""
-    for body in bodies:
-        if body.get("type") == E.RUN_QUEUED:
-            echo = (body.get("data") or {}).get("echo")
-            if isinstance(echo, dict):
-                return echo
-            return {"model": agent, "created_at": _seconds(body.get("ts")) or 0}
+    for event in events:
+        if isinstance(event, E.RunQueued):
+            if event.data.echo is not None:
+                return event.data.echo
+            return {"model": agent, "created_at": int(event.ts.timestamp())}
     return index_echo if index_echo is not None else {"model": agent}
 
 
@@ -425,59 +412,63 @@ class Turn:
         return out + self.outputs
 
 
-def tool_content(result: dict[str, Any]) -> str:
+def tool_content(result: E.ToolResultData) -> str:
     """What the model read as a tool's answer (agent_runner.loop.tool_message_content)."""
-    if result.get("ok"):
-        return json.dumps(result.get("output"), ensure_ascii=False)
-    return json.dumps({"error": result.get("error") or {"type": "error", "message": "failed"}})
+    if result.ok:
+        return json.dumps(result.output, ensure_ascii=False)
+    return json.dumps({"error": result.error.model_dump() if result.error else {"type": "error", "message": "failed"}})
 
 
-def fold_turn(bodies: list[dict[str, Any]]) -> Turn:
-    """A run's :class:`Turn` from its event envelopes (all attempts, in stream order)."""
+@dataclass
+class _Step:
+    """One LLM step of a stored run: its text, its tool calls, their results by tool call id."""
+
+    text: str = ""
+    calls: list[E.ToolCallData] = field(default_factory=list)
+    results: dict[str, E.ToolResultData] = field(default_factory=dict)
+
+
+def fold_turn(events: list[E.RunEvent]) -> Turn:
+    """A run's :class:`Turn` from its typed events (all attempts, in stream order)."""
     turn = Turn()
-    steps: dict[int, dict[str, Any]] = {}
-    for body in bodies:
-        t, data = body.get("type"), body.get("data") or {}
-        if t == E.RUN_QUEUED:
-            history = data.get("history")
-            turn.kept = [ChatMessage.model_validate(m).model_dump(mode="json", exclude_none=True)
-                         for m in history] if isinstance(history, list) else None
-            turn.history_length = int(data.get("history_length") or 0)
-            turn.message = data.get("message")
-            turn.conversation_id = data.get("conversation_id")
-            echo = data.get("echo") or {}
-            turn.previous_response_id = echo.get("previous_response_id")
-            turn.echo_store = echo.get("store", True) is not False
-        elif t == E.RUN_RETRYING:
-            resume = int(data.get("resume_step", 1))
-            for number, step in steps.items():
-                if number >= resume and not step["calls"]:
-                    step["text"] = ""  # an interrupted model call: what it wrote is superseded
-        elif t == E.MESSAGE_DELTA:
-            step = steps.setdefault(int(data.get("step", 1)), {"text": "", "calls": [], "results": {}})
-            step["text"] += data.get("text", "")
-        elif t == E.TOOL_CALL:
-            step = steps.setdefault(int(data.get("step", 1)), {"text": "", "calls": [], "results": {}})
-            step["calls"].append(data)
-        elif t == E.TOOL_RESULT:
-            step = steps.setdefault(int(data.get("step", 1)), {"text": "", "calls": [], "results": {}})
-            step["results"][data.get("tool_call_id")] = data
-        elif E.is_terminal(str(t)):
-            turn.ended = True
+    steps: dict[int, _Step] = {}
+    for event in events:
+        match event:
+            case E.RunQueued(data=data):
+                turn.kept = ([m.model_dump(mode="json", exclude_none=True) for m in data.history]
+                             if data.history is not None else None)
+                turn.history_length = data.history_length
+                turn.message = data.message
+                turn.conversation_id = data.conversation_id
+                echo = data.echo or {}
+                turn.previous_response_id = echo.get("previous_response_id")
+                turn.echo_store = echo.get("store", True) is not False
+            case E.RunRetrying(data=data):
+                for number, step in steps.items():
+                    if number >= data.resume_step and not step.calls:
+                        step.text = ""  # an interrupted model call: what it wrote is superseded
+            case E.MessageDelta(data=data):
+                steps.setdefault(data.step, _Step()).text += data.text
+            case E.ToolCall(data=data):
+                steps.setdefault(data.step, _Step()).calls.append(data)
+            case E.ToolResult(data=data):
+                steps.setdefault(data.step, _Step()).results[data.tool_call_id] = data
+            case E.RunCompleted() | E.RunFailed() | E.RunCancelled():
+                turn.ended = True
     for number in sorted(steps):
         step = steps[number]
-        if not step["calls"]:
-            if step["text"]:
-                turn.outputs.append({"role": "assistant", "content": step["text"]})
+        if not step.calls:
+            if step.text:
+                turn.outputs.append({"role": "assistant", "content": step.text})
             continue
-        turn.outputs.append({"role": "assistant", "content": step["text"] or None, "tool_calls": [
-            {"id": c["tool_call_id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
-            for c in step["calls"]]})
-        for call in step["calls"]:
-            result = step["results"].get(call["tool_call_id"])
-            if result is None and call.get("client"):
+        turn.outputs.append({"role": "assistant", "content": step.text or None, "tool_calls": [
+            {"id": c.tool_call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in step.calls]})
+        for call in step.calls:
+            result = step.results.get(call.tool_call_id)
+            if result is None and call.client:
                 continue  # the client answers it: a function_call_output item of the next request
             content = tool_content(result) if result is not None else json.dumps(
                 {"error": {"type": "missing_result", "message": "no result was recorded for this call"}})
-            turn.outputs.append({"role": "tool", "tool_call_id": call["tool_call_id"], "content": content})
+            turn.outputs.append({"role": "tool", "tool_call_id": call.tool_call_id, "content": content})
     return turn

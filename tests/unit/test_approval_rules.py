@@ -150,12 +150,14 @@ def test_the_deadline_rejects_what_is_undecided_and_keeps_what_is():
     assert _pending(datetime(2030, 1, 1, tzinfo=UTC), "rejected", "approved").ready(deadline)
 
 
-def _envelope(type_: str, data: dict[str, Any]) -> dict[str, Any]:
-    return {"type": type_, "run_id": "run1", "tenant": "t", "agent": "a", "message_id": "m", "attempt": 1,
-            "ts": "2026-12-01T10:00:00Z", "data": data}
+def _envelope(type_: str, data: dict[str, Any]) -> E.RunEvent:
+    """A typed run event of type ``type_`` (its class in schemas/events.py validates ``data``)."""
+    return E.run_event_adapter.validate_python({
+        "type": type_, "run_id": "run1", "tenant": "t", "agent": "a", "message_id": "m", "attempt": 1,
+        "ts": "2026-12-01T10:00:00Z", "data": data})
 
 
-def _requested(call_id: str, awaiting: list[str]) -> dict[str, Any]:
+def _requested(call_id: str, awaiting: list[str]) -> E.RunEvent:
     return _envelope(E.TOOL_APPROVAL_REQUESTED, {
         "step": 1, "tool_call_id": call_id, "name": "read_file", "arguments": '{"path": "x"}',
         "awaiting": awaiting, "expires_at": "2026-12-01T11:00:00Z"})

@@ -16,6 +16,7 @@ from pydantic import TypeAdapter
 from edge.dialects.agui import AguiStream
 from edge.dialects.responses import ResponseView, fold_turn, input_messages, split_last_user
 from edge.errors import ApiError
+from schemas import events as E
 
 RESPONSE_EVENT: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
 AGUI_EVENT: TypeAdapter[Event] = TypeAdapter(Event)
@@ -23,12 +24,13 @@ TS = "2030-01-02T03:04:05.000000Z"
 USAGE = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
 
 
-def ev(type_: str, **data) -> dict:
-    return {"type": type_, "run_id": "r1", "tenant": "t", "agent": "a", "message_id": "r1", "attempt": 1, "ts": TS,
-            "data": data}
+def ev(type_: str, **data) -> E.RunEvent:
+    """A typed run event of type ``type_``: its class (schemas/events.py) validates ``data``."""
+    return E.run_event_adapter.validate_python({"type": type_, "run_id": "r1", "tenant": "t", "agent": "a",
+                                                "message_id": "r1", "attempt": 1, "ts": TS, "data": data})
 
 
-def two_steps(final: dict | None = None) -> list[dict]:
+def two_steps(final: E.RunEvent | None = None) -> list[E.RunEvent]:
     """A run: step 1 says something and calls read_file (server) and get_weather (client)..."""
     return [
         ev("run.queued", message="hi", history_length=1, history=[{"role": "system", "content": "be brief"}],
@@ -44,7 +46,7 @@ def two_steps(final: dict | None = None) -> list[dict]:
     ]
 
 
-def render_responses(events: list[dict], echo: dict | None = None) -> tuple[ResponseView, list[dict]]:
+def render_responses(events: list[E.RunEvent], echo: dict | None = None) -> tuple[ResponseView, list[dict]]:
     view = ResponseView("resp_r1", echo or {"model": "a", "created_at": 1})
     out = view.start()
     for body in events:
@@ -146,7 +148,7 @@ def test_input_items_become_chat_messages():
         assert err.value.status == 400 and err.value.field == param
 
 
-def render_agui(events: list[dict]) -> list:
+def render_agui(events: list[E.RunEvent]) -> list:
     view = AguiStream("thread-1", "client-run-1", "r1")
     out = [*view.start()]
     for body in events:
