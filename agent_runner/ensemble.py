@@ -78,16 +78,26 @@ def combined_message(ensemble: AgentDefinition, question: str, outcomes: list[tu
 
 
 async def wait_for_end(
-    nc: NATS, subject: str, timeout: float  # noqa: ASYNC109 - at the deadline it returns None, it does not raise
-) -> eventlog.StoredEvent | None:
-    """The terminal event of the run on ``subject``, or None if it does not come within ``timeout``
-    seconds. Listens to the live re-publication: the stream is read once at the start, when a
-    live event is a terminal one (its ``Agentstream-Event`` header), and once a second whatever
-    arrives (a live event can be missed: core NATS delivers at most once). A read that fails (a
-    server died with it in flight, a leader election) counts as "not yet"."""
+    nc: NATS, subject: str,
+    timeout: float,  # noqa: ASYNC109 - at the deadline it returns None, it does not raise
+    *, listening: asyncio.Event | None = None,
+) -> list[eventlog.StoredEvent] | None:
+    """The end of the run on ``subject``: the events its outcome is folded from, ending with its
+    terminal event; None if that does not come within ``timeout`` seconds.
+
+    Listens to the live re-publication. When the terminal event arrives live, a ``run.failed`` or
+    ``run.cancelled`` is all that is needed, and a ``run.completed`` with the ``message.completed``
+    seen live just before it on the subject (the terminal event's ``Nats-Last-Sequence`` is that
+    event's sequence) gives the answer too: nothing is read back. Otherwise (an end that came
+    before the subscription, a live event missed: core NATS delivers at most once) the run's
+    events are read from the stream: at the start, once a live terminal event is seen without its
+    answer, and once a second whatever arrives. A read that fails (a server died with it in
+    flight, a leader election) counts as "not yet". ``listening``: set once it listens and has
+    read the stream the first time (an event stored after that is seen live)."""
     sub = await nc.subscribe(subjects.live_of(subject))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    answered: eventlog.StoredEvent | None = None
     try:
         while True:
             try:
@@ -96,30 +106,32 @@ async def wait_for_end(
                 log.warning("waiting for %s: %s; reading again", subject, err)
                 last = None
             if last is not None and E.is_terminal(last.type):
-                return last
+                return await _read_ended(nc, subject)
+            if listening is not None:
+                listening.set()
             read_again = min(loop.time() + 1.0, deadline)
             while (remaining := read_again - loop.time()) > 0:
                 try:
                     msg = await sub.next_msg(timeout=remaining)
                 except TimeoutError:
                     break
-                if E.is_terminal((msg.headers or {}).get(H.EVENT_TYPE, "")):
+                event_type = (msg.headers or {}).get(H.EVENT_TYPE, "")
+                if event_type == E.MESSAGE_COMPLETED:
+                    answered = eventlog.StoredEvent.from_message(subject, msg.headers, msg.data)
+                elif E.is_terminal(event_type):
+                    terminal = eventlog.StoredEvent.from_message(subject, msg.headers, msg.data)
+                    if terminal.type != E.RUN_COMPLETED:
+                        return [terminal]
+                    if answered is not None and terminal.last_seq == answered.seq:
+                        return [answered, terminal]
                     break
             if loop.time() >= deadline:
-                last = await _last_or_none(nc, subject)
-                return last if last is not None and E.is_terminal(last.type) else None
+                return None
     finally:
         try:
             await sub.unsubscribe()
         except Exception:
             pass
-
-
-async def _last_or_none(nc: NATS, subject: str) -> eventlog.StoredEvent | None:
-    try:
-        return await eventlog.last_event(nc, subject)
-    except eventlog.EventLogError:
-        return None
 
 
 async def run_members(
@@ -201,15 +213,15 @@ async def _member_outcome(
     started: float, finished_before: E.MemberFinishedData | None,
 ) -> MemberOutcome:
     subject = subjects.run_events(tenant, member, run_id)
-    end = await wait_for_end(nc, subject, timeout)
+    ended = await wait_for_end(nc, subject, timeout)
     duration = round((time.perf_counter() - started) * 1000, 3)
-    if end is None:
+    if ended is None:
         await _cancel_child(nc, tenant, run_id, f"the member did not answer within {timeout:g} s")
         finished = E.MemberFinishedData(member=member, run_id=run_id, status="timeout", duration_ms=duration,
                                         error=ErrorInfo(type=ErrorKind.TIMEOUT,
                                                         message=f"no answer within {timeout:g} s"))
         return MemberOutcome(finished_before or finished)
-    record = fold_record(await _read_ended(nc, subject))
+    record = fold_record(ended)
     if record is None:  # its terminal event was just read: only a failed read leaves nothing
         raise eventlog.EventLogError(f"{subject}: no events to read")
     status = record.status if record.status in ("completed", "failed", "cancelled") else "failed"
