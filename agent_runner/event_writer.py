@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -183,13 +184,16 @@ class RunEventWriter:
     def _encode(self, event_type: str, data: BaseModel) -> bytes:
         cls = E.EVENT_CLASSES[event_type]
         # The envelope was validated once (RunRequest, subject tokens) and ``data`` is a model
-        # already: construct without validating again (a hot path: every event).
-        event = cls.model_construct(**self.envelope, data=data)
+        # already: construct without validating again (a hot path: every event). ``ts`` is given
+        # rather than left to its default factory, which model_construct inspects on every call
+        # (half the cost of the construction).
+        ts = datetime.now(UTC)
+        event = cls.model_construct(**self.envelope, ts=ts, data=data)
         payload = event.model_dump_json().encode()
         if len(payload) > self.event_max_bytes and isinstance(data, E.ToolResultData):
             shown = orjson.dumps(data.output)[: self.event_max_bytes // 2].decode("utf-8", "ignore")
             data = data.model_copy(update={"output": shown, "truncated": True})
-            payload = cls.model_construct(**self.envelope, data=data).model_dump_json().encode()
+            payload = cls.model_construct(**self.envelope, ts=ts, data=data).model_dump_json().encode()
         return payload
 
     async def _publish(self, event_type: str, data: BaseModel, *, patient: bool = False) -> int:
