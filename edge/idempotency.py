@@ -68,17 +68,19 @@ async def claim(
         raise ApiError(503, "unavailable", "the edge is not connected to NATS yet; retry shortly", retry_after=1)
     key = message_key(tenant, agent, message_id, fingerprint if on_reuse == "new_run" else "")
     try:
+        label = message_id if on_reuse == "conflict" else f"{message_id}\0{fingerprint}"
         for _ in range(MAX_TRIES):
+            # A new key is the common case: claimed in one round trip, read only when it exists.
+            run_id = run_id_for(tenant, agent, label)
+            try:
+                await kv.create(key, orjson.dumps({"run_id": run_id, "fingerprint": fingerprint}))
+                return run_id, False
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass  # claimed before (or by another edge at the same moment): which run does it name?
             try:
                 entry = await kv.get(key)
             except nats.js.errors.KeyNotFoundError:
-                label = message_id if on_reuse == "conflict" else f"{message_id}\0{fingerprint}"
-                run_id = run_id_for(tenant, agent, label)
-                try:
-                    await kv.create(key, orjson.dumps({"run_id": run_id, "fingerprint": fingerprint}))
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    continue  # another edge claimed it at the same moment: look again
-                return run_id, False
+                continue  # removed since: claim it again
             known = orjson.loads(entry.value or b"{}")
             if known.get("fingerprint") != fingerprint:
                 raise ApiError(409, "idempotency_key_reused", f"{field} {message_id[:80]!r} was already used for a "
