@@ -498,7 +498,13 @@ class Bench:
 
     async def process_concurrency(self) -> None:
         """``POST /api/process`` with an ensemble (two members, then the combiner) on the paced
-        stand-in model: the time to the final frame for one client, then for 50 at once."""
+        stand-in model: the time to the final frame for one client, then for 50 at once. One agent
+        runner with the default settings (an earlier scenario may have left others, e.g. capped at
+        64 runs: 50 ensembles are 150 runs)."""
+        for proc in self.runners:
+            proc.terminate(20)
+        self.runners.clear()
+        self.runners.append(await asyncio.to_thread(self.system.start_agent_runner, "runner-process"))
         async with httpx.AsyncClient(base_url=self.edge_url, timeout=300) as client:
 
             async def one() -> float:
