@@ -29,9 +29,6 @@ from __future__ import annotations
 
 from typing import Any
 
-MAPPED = frozenset({"name", "description", "model", "system_prompt", "actions"})
-"""LocalAI fields with the same name and meaning in an agent document."""
-
 UNSUPPORTED = frozenset({
     "connectors", "dynamic_prompts", "mcp_servers", "mcp_stdio_servers", "mcp_prepare_script", "filters",
     "multimodal_model", "transcription_model", "transcription_language", "tts_model", "local_rag_url",

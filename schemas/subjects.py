@@ -294,11 +294,6 @@ def run_events_of_agent(tenant: str, agent: str) -> str:
     return f"{_RUN_EVENTS_PREFIX}.{token(tenant, 'tenant')}.{token(agent, 'agent')}.*"
 
 
-def run_events_of_tenant(tenant: str) -> str:
-    """Filter for every run of one tenant: ``runs.{tenant}.*.*``."""
-    return f"{_RUN_EVENTS_PREFIX}.{token(tenant, 'tenant')}.*.*"
-
-
 def run_events_tree_of_tenant(tenant: str) -> str:
     """Everything under one tenant's run events, at any depth: ``runs.{tenant}.>`` (for permissions)."""
     return f"{_RUN_EVENTS_PREFIX}.{token(tenant, 'tenant')}.>"
@@ -348,11 +343,6 @@ def run_log_filter(tenant: str, agent: str | None, kind: str) -> str:
     if kind not in RUN_LOG_KINDS:
         raise SubjectTokenError("kind", kind)
     return f"{_RUN_LOG_PREFIX}.{token(tenant, 'tenant')}.{token(agent, 'agent') if agent else '*'}.{kind}"
-
-
-def run_log_of_tenant(tenant: str) -> str:
-    """Every run log entry of one tenant: ``runlog.{tenant}.>``."""
-    return f"{_RUN_LOG_PREFIX}.{token(tenant, 'tenant')}.>"
 
 
 def dead_letter_of_run(tenant: str, run_id: str) -> str:
