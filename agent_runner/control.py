@@ -100,8 +100,10 @@ class ControlFollower:
             if last is None or not E.is_terminal(last.type):
                 return
             where = subjects.parse_run_events(last.subject)
-            tombstone = E.RunDeleted(run_id=run_id, tenant=tenant, agent=where.agent, message_id=last.json().get(
-                "message_id", run_id), attempt=0, data=E.RunDeletedData(reason=reason))
+            ended = last.event
+            tombstone = E.RunDeleted(run_id=run_id, tenant=tenant, agent=where.agent,
+                                     message_id=ended.message_id if ended is not None else run_id, attempt=0,
+                                     data=E.RunDeletedData(reason=reason))
             await self.js.publish(last.subject, tombstone.model_dump_json().encode(), timeout=5.0, headers={
                 H.MSG_ID: f"{run_id}:deleted", H.ROLLUP: H.ROLLUP_SUBJECT, H.EVENT_TYPE: E.RUN_DELETED})
             log.info("run %s of tenant %s deleted (%s)", run_id, tenant, reason)

@@ -81,10 +81,10 @@ async def _turn_messages(nc: NATS, tenant: str, turn: Turn) -> list[dict[str, An
     if not events or events[-1].type != E.RUN_COMPLETED:
         return []
     history = fold(events)
-    queued = next((ev.json().get("data") or {} for ev in events if ev.type == E.RUN_QUEUED), {})
+    queued = next((ev.event for ev in events if isinstance(ev.event, E.RunQueued)), None)
     messages: list[dict[str, Any]] = []
-    if queued.get("message"):
-        messages.append({"role": "user", "content": queued["message"]})
+    if queued is not None and queued.data.message:
+        messages.append({"role": "user", "content": queued.data.message})
     for number in sorted(history.steps):
         record = history.steps[number]
         if record.calls and all(c.tool_call_id in record.results for c in record.calls):

@@ -74,54 +74,53 @@ class RunHistory:
 
 
 def fold(events: list[StoredEvent]) -> RunHistory:
-    """Fold a run's events (stream order, all attempts)."""
+    """Fold a run's events (stream order, all attempts). Attempts are counted from the event types
+    (their stored headers); what a step produced is read from the typed events
+    (:attr:`StoredEvent.event`), so an event this version cannot read changes nothing else."""
     history = RunHistory()
     open_attempt = False
     for ev in events:
-        body = ev.json()
-        t, data = ev.type, body.get("data") or {}
+        t = ev.type
         if t == E.RUN_STARTED:
             if open_attempt:
                 history.crashed_attempts += 1
             open_attempt = True
             history.started_attempts += 1
-        elif t == E.RUN_REQUEUED:
+            continue
+        if t == E.RUN_REQUEUED:
             open_attempt = False
-        elif t == E.RUN_RETRYING:
-            resume = int(data.get("resume_step", 1))
-            for number, record in history.steps.items():
-                if number >= resume and not record.calls:
-                    record.text = ""  # an interrupted model call: what it wrote is superseded
-        elif t == E.MEMBER_STARTED:
-            started = E.MemberStartedData.model_validate(data)
-            history.members_started[started.member] = started
-        elif t == E.MEMBER_FINISHED:
-            finished = E.MemberFinishedData.model_validate(data)
-            history.members_finished[finished.member] = finished
-        elif t == E.MESSAGE_DELTA:
-            step = int(data["step"])
-            history.steps.setdefault(step, StepRecord(step)).text += data.get("text", "")
-        elif t == E.TOOL_CALL:
-            call = E.ToolCallData.model_validate(data)
-            record = history.steps.setdefault(call.step, StepRecord(call.step))
-            record.calls.append(call)
-            if call.usage is not None:
-                record.usage = call.usage
-        elif t == E.TOOL_RESULT:
-            result = E.ToolResultData.model_validate(data)
-            history.steps.setdefault(result.step, StepRecord(result.step)).results[result.tool_call_id] = result
-        elif t == E.TOOL_APPROVAL_REQUESTED:
-            requested = E.ToolApprovalRequestedData.model_validate(data)
-            history.approvals_requested[requested.tool_call_id] = requested
-            open_attempt = False  # the attempt stopped to wait: not a crash
-        elif t == E.TOOL_APPROVAL_DECIDED:
-            decided = E.ToolApprovalDecidedData.model_validate(data)
-            history.approvals_decided[decided.tool_call_id] = decided
-        elif t == E.MESSAGE_COMPLETED:
-            history.completed = E.MessageCompletedData.model_validate(data)
-        elif E.is_terminal(t):
+            continue
+        if E.is_terminal(t):
             open_attempt = False
             history.ended = True
+            continue
+        match ev.event:
+            case E.RunRetrying(data=retrying):
+                for number, record in history.steps.items():
+                    if number >= retrying.resume_step and not record.calls:
+                        record.text = ""  # an interrupted model call: what it wrote is superseded
+            case E.MemberStarted(data=started):
+                history.members_started[started.member] = started
+            case E.MemberFinished(data=finished):
+                history.members_finished[finished.member] = finished
+            case E.MessageDelta(data=delta):
+                history.steps.setdefault(delta.step, StepRecord(delta.step)).text += delta.text
+            case E.ToolCall(data=call):
+                record = history.steps.setdefault(call.step, StepRecord(call.step))
+                record.calls.append(call)
+                if call.usage is not None:
+                    record.usage = call.usage
+            case E.ToolResult(data=result):
+                history.steps.setdefault(result.step, StepRecord(result.step)).results[result.tool_call_id] = result
+            case E.ToolApprovalRequested(data=requested):
+                history.approvals_requested[requested.tool_call_id] = requested
+                open_attempt = False  # the attempt stopped to wait: not a crash
+            case E.ToolApprovalDecided(data=decided):
+                history.approvals_decided[decided.tool_call_id] = decided
+            case E.MessageCompleted(data=completed):
+                history.completed = completed
+            case _:
+                pass
     if open_attempt:
         history.crashed_attempts += 1
     return history

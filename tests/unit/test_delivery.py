@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 
-import orjson
 import pytest
 
 from agent_runner import delivery, failures, resume
@@ -13,17 +12,17 @@ from agent_runner.delivery import Verdict, Wait
 from agent_runner.ensemble import MembersFailed
 from agent_runner.llm import LLMError
 from agent_runner.loop import MaxStepsExceeded
-from agentstream.eventlog import StorageFull, StoredEvent
+from agentstream.eventlog import StorageFull
 from schemas.common import Usage
 from schemas.errors import AgentstreamError, ErrorKind
 from tests.harness import REPO
+from tests.unit.stored import stored_events
 
 STARTED = ("run.started", {"runner": "r", "attempt": 1})
 
 
 def fold(*items: tuple[str, dict]) -> resume.RunHistory:
-    return resume.fold([StoredEvent(seq=i + 1, subject="runs.t.a.r", type=t, data=orjson.dumps({"type": t, "data": d}))
-                        for i, (t, d) in enumerate([("run.queued", {}), *items])])
+    return resume.fold(stored_events(("run.queued", {}), *items))
 
 
 def classify(*items: tuple[str, dict], wait: Wait = Wait.NONE, max_attempts: int = 3) -> Verdict:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import orjson
-
 from agent_runner import resume
 from agentstream.eventlog import StoredEvent
+from tests.unit.stored import stored_events
 
 
 def events(*items: tuple[str, dict]) -> list[StoredEvent]:
-    return [StoredEvent(seq=i + 1, subject="runs.t.a.r", type=t, data=orjson.dumps({"type": t, "data": d}))
-            for i, (t, d) in enumerate(items)]
+    return stored_events(*items)
 
 
 def call(step: int, call_id: str, name: str = "read_file") -> tuple[str, dict]:
@@ -59,3 +57,17 @@ def test_a_handed_back_attempt_is_not_a_crash():
         ("run.started", {"runner": "r2", "attempt": 1}),
     ))
     assert history.crashed_attempts == 1  # only the open attempt at the end counts
+
+
+def test_events_this_version_cannot_read_change_nothing_but_attempts_still_count():
+    """A newer version's event type, or an envelope that does not validate, is skipped; attempts
+    are still counted from the stored types."""
+    history = resume.fold(events(
+        ("run.started", {"runner": "r", "attempt": 1}),
+        ("message.delta", {"step": 1, "text": "kept"}),
+        ("message.reasoning", {"step": 1, "text": "from a newer version"}),
+        ("message.delta", {"step": 1}),  # no text: does not validate
+        ("run.started", {"runner": "r", "attempt": 2}),
+    ))
+    assert history.steps[1].text == "kept"
+    assert (history.started_attempts, history.crashed_attempts) == (2, 2)
