@@ -31,14 +31,13 @@ from datetime import UTC, datetime, timedelta
 
 import nats.errors
 import nats.js.errors
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from agentstream import approvals
 from agentstream.approvals import ApprovalConflict, Stored
+from agentstream.kvwatch import BucketEntry, BucketWatcher
 from schemas import headers as H
 from schemas import subjects
 from schemas.approvals import PendingApproval
@@ -75,31 +74,19 @@ class ApprovalKeeper:
         self.cancel_reason = cancel_reason
         self.pending: dict[tuple[str, str], Stored] = {}
         self._retry_at: dict[tuple[str, str], datetime] = {}
-        self.ready = asyncio.Event()
         self._wake = asyncio.Event()
-        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._watcher = BucketWatcher(js, subjects.APPROVALS_BUCKET, self._on_entry)
+        self.ready = self._watcher.ready
         self._tasks: list[asyncio.Task[None]] = []
-        self._sub: JetStreamContext.PushSubscription | None = None
 
     async def start(self, within: float = 30.0) -> None:
         """Read every waiting run, then follow the changes; returns once they are read."""
-        stream = f"KV_{subjects.APPROVALS_BUCKET}"
-        info = await self.js.stream_info(stream)
-        if info.state.messages == 0:
-            self.ready.set()
-        self._tasks = [asyncio.create_task(self._apply_all(), name="approvals watch"),
-                       asyncio.create_task(self._timer(), name="approvals timer")]
-        self._sub = await self.js.subscribe(
-            f"$KV.{subjects.APPROVALS_BUCKET}.>", stream=stream, cb=self._queue.put, ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
-        )
-        await asyncio.wait_for(self.ready.wait(), within)
+        self._tasks = [asyncio.create_task(self._timer(), name="approvals timer")]
+        await self._watcher.start(within)
 
     async def stop(self) -> None:
         """Stop watching (a claim in progress is finished by another runner after the lease)."""
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+        await self._watcher.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -117,36 +104,26 @@ class ApprovalKeeper:
 
     # -- the watch
 
-    async def _apply_all(self) -> None:
-        prefix = f"$KV.{subjects.APPROVALS_BUCKET}."
-        while True:
-            msg = await self._queue.get()
-            try:
-                self._apply(msg.subject.removeprefix(prefix), msg)
-            except Exception:
-                log.exception("applying the approval entry %s failed", msg.subject)
-            with contextlib.suppress(Exception):
-                if msg.metadata.num_pending == 0:
-                    self.ready.set()
-            self._wake.set()
+    async def _on_entry(self, entry: BucketEntry) -> None:
+        self._apply(entry)
+        self._wake.set()
 
-    def _apply(self, key: str, msg: Msg) -> None:
+    def _apply(self, stored: BucketEntry) -> None:
         try:
-            where = subjects.parse_approval_key(key)
+            where = subjects.parse_approval_key(stored.key)
         except subjects.SubjectTokenError:
-            log.warning("ignoring approval entry with key %r", key)
+            log.warning("ignoring approval entry with key %r", stored.key)
             return
-        operation = (msg.headers or {}).get("KV-Operation")
-        if operation in ("DEL", "PURGE") or not msg.data or (msg.headers or {}).get("Nats-Marker-Reason"):
+        if stored.value is None or not stored.value:  # deleted, purged, or emptied
             self.pending.pop(where, None)
             self._retry_at.pop(where, None)
             return
         try:
-            entry = PendingApproval.model_validate_json(msg.data)
+            entry = PendingApproval.model_validate_json(stored.value)
         except ValidationError as err:
-            log.error("approval entry %s unreadable, ignored: %s", key, err)
+            log.error("approval entry %s unreadable, ignored: %s", stored.key, err)
             return
-        self._remember(where, Stored(entry, msg.metadata.sequence.stream))
+        self._remember(where, Stored(entry, stored.revision))
 
     # -- deadlines and claims
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from agentstream.kvwatch import follow
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +44,7 @@ class KvMirror:
     async def start(self, within: float = 30.0) -> None:
         """Start mirroring; returns once the entries present now are in (TimeoutError after
         ``within`` seconds)."""
-        stream = f"KV_{self.bucket}"
-        info = await self.js.stream_info(stream)
-        if info.state.messages == 0:
-            self.ready.set()
-        self._sub = await self.js.subscribe(
-            f"{self._prefix}>", stream=stream, cb=self._on_msg, ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
-        )
+        self._sub = await follow(self.js, self.bucket, self._on_msg, self.ready)
         await asyncio.wait_for(self.ready.wait(), within)
 
     async def stop(self) -> None:

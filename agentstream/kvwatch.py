@@ -6,7 +6,9 @@ with ``DeliverPolicy.LAST_PER_SUBJECT``: the server first delivers the newest me
 client after a gap or a reconnection from the last sequence it saw, so nothing is missed. Entries
 are handed to ``on_entry`` one at a time, in stream order, from one task.
 
-Used for tenant policies (agentstream.policies), agents and paused agents (agentstream.agentstore).
+Used for tenant policies (agentstream.policies), agents and paused agents (agentstream.agentstore),
+and the runs waiting for approvals (agent_runner.approval_keeper); agentstream.kvmirror follows
+buckets the same way (:func:`follow`).
 """
 
 from __future__ import annotations
@@ -62,6 +64,23 @@ def entry_of(prefix: str, msg: Msg) -> BucketEntry:
     return BucketEntry(msg.subject.removeprefix(prefix), None if deleted else msg.data, revision, when)
 
 
+async def follow(
+    js: JetStreamContext, bucket: str, cb: Callable[[Msg], Awaitable[None]], ready: asyncio.Event,
+) -> JetStreamContext.PushSubscription:
+    """Subscribe ``cb`` to bucket ``bucket``'s stream through an ordered consumer delivering the
+    newest message of every key, then every new one (see the module docstring); ``ready`` is set
+    at once when the bucket holds nothing (the caller sets it once the last entry present was
+    handled: ``msg.metadata.num_pending == 0``). Raises nats errors when the stream cannot be read."""
+    stream = f"KV_{bucket}"
+    info = await js.stream_info(stream)
+    if info.state.messages == 0:
+        ready.set()
+    return await js.subscribe(
+        f"$KV.{bucket}.>", stream=stream, cb=cb, ordered_consumer=True,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
+    )
+
+
 class BucketWatcher:
     """The entries of KV bucket ``bucket`` as they are now, then every change, handed to
     ``on_entry`` (see the module docstring). ``ready`` is set once the entries present at
@@ -83,15 +102,8 @@ class BucketWatcher:
     async def start(self, within: float = 30.0) -> None:
         """Start watching; returns once the entries present now were handed over (TimeoutError
         after ``within`` seconds; nats errors when the bucket's stream cannot be read)."""
-        stream = f"KV_{self.bucket}"
-        info = await self.js.stream_info(stream)
-        if info.state.messages == 0:
-            self.ready.set()
         self._task = asyncio.create_task(self._apply_all(), name=f"watch {self.bucket}")
-        self._sub = await self.js.subscribe(
-            f"{self.prefix}>", stream=stream, cb=self._queue.put, ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
-        )
+        self._sub = await follow(self.js, self.bucket, self._queue.put, self.ready)
         await asyncio.wait_for(self.ready.wait(), within)
 
     async def stop(self) -> None:

@@ -127,7 +127,8 @@ def test_runs_followed_through_the_documents_links(fuzz_system):
                                         phases=[Phase.generate], deadline=None, derandomize=True,
                                         suppress_health_check=list(HealthCheck)))
     except FlakyStrategyDefinition:
-        pass
+        # The exploration ended early (see above); what it explored is checked below.
+        assert followed, "the exploration ended before any call was made"
     by_run = {call for call, status in followed if call.startswith(("GET /api/runs/{run_id}", "DELETE /api/runs/",
                                                                     "POST /api/runs/{run_id}/cancel")) and status < 300}
     assert by_run, f"no run was followed by its id: {sorted(set(followed))}"
