@@ -307,9 +307,17 @@ class System:
         return self._proc("webhook-sender", "webhook_sender", "webhook-sender ready: ", RUNNER_ID=rid, **env)
 
     def stop(self) -> None:
+        """Stop every process, the last started first, then nats-server."""
         for proc in reversed(self.procs):
             proc.terminate(timeout=10)
         self.nats.stop()
+
+    def __enter__(self) -> System:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop everything (:meth:`stop`), also when starting a process failed."""
+        self.stop()
 
     def logs(self) -> str:
         return "\n\n".join(f"== {p.name}\n{p.tail()}" for p in self.procs)

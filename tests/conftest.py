@@ -35,25 +35,26 @@ def system(tmp_path_factory) -> System:
     """The shared system. Tests must not kill its processes (fault tests build their own)."""
     base = tmp_path_factory.mktemp("system")
     sysm = new_system(base, LLM_MAX_ATTEMPTS="2", TOOL_HTTP_ALLOW_PRIVATE="true")
-    try:
+    with sysm:
         sysm.start_model()
         sysm.start_tool_runner("tools-a")
         sysm.start_tool_runner("tools-b")
         sysm.start_agent_runner("runner-1")
         sysm.start_edge(KEYS_FILE=str(write_keys_file(base / "keys.yaml")))
-    except Exception:
-        sysm.stop()
-        raise
-    yield sysm
-    sysm.stop()
+        yield sysm
+
+
+def edge_client(url: str, key: str = ALICE_KEY) -> httpx.AsyncClient:
+    """An HTTP client for the edge at ``url`` as the tenant whose API key is ``key``, with the
+    suite's timeouts (10 s; 60 s to read a response)."""
+    return httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                             timeout=httpx.Timeout(10, read=60))
 
 
 @pytest.fixture
 async def api(system):
     """An HTTP client for the shared edge, as tenant alice."""
-    async with httpx.AsyncClient(
-        base_url=system.edge_url, headers={"Authorization": f"Bearer {ALICE_KEY}"}, timeout=httpx.Timeout(10, read=60)
-    ) as client:
+    async with edge_client(system.edge_url, ALICE_KEY) as client:
         yield client
 
 

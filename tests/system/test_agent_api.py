@@ -24,7 +24,7 @@ from agentstream.runs import submit as bus_submit
 from schemas import subjects
 from schemas.permissions import Role, tenant_inbox_prefix
 from schemas.runs import RunRequest, new_run_id
-from tests.conftest import ALICE_KEY, BOB_KEY, eventually, read_events
+from tests.conftest import ALICE_KEY, BOB_KEY, edge_client, eventually, read_events
 from tests.harness import REPO, System, new_system
 from tests.system.test_isolation import Probe, creds, seed_of
 from tests.system.test_mcp_edge import mcp_session
@@ -50,7 +50,7 @@ def agents_system(tmp_path_factory: pytest.TempPathFactory) -> Any:
     # 127.0.0.1:9 (discard: nothing answers) is the one model server besides LLM_BASE_URL's that agents
     # created over the API may name.
     sysm = new_system(base, LLM_MAX_ATTEMPTS="2", AGENTS_LLM_ORIGINS="http://127.0.0.1:9")
-    try:
+    with sysm:
         _keys(base / "keys.yaml")
         sysm.start_model()
         sysm.start_tool_runner("tools-agents")
@@ -58,40 +58,31 @@ def agents_system(tmp_path_factory: pytest.TempPathFactory) -> Any:
         sysm.start_edge(KEYS_FILE=str(base / "keys.yaml"))
         second = sysm.start_edge(KEYS_FILE=str(base / "keys.yaml"))
         sysm.second_edge_url = second.ready_value  # type: ignore[attr-defined]
-    except Exception:
-        sysm.stop()
-        raise
-    yield sysm
-    sysm.stop()
-
-
-def _client(url: str, key: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"},
-                             timeout=httpx.Timeout(10, read=60))
+        yield sysm
 
 
 @pytest.fixture
 async def alice(agents_system: System):
-    async with _client(agents_system.edge_url, ALICE_KEY) as client:
+    async with edge_client(agents_system.edge_url, ALICE_KEY) as client:
         yield client
 
 
 @pytest.fixture
 async def alice2(agents_system: System):
     """Alice on the second edge."""
-    async with _client(agents_system.second_edge_url, ALICE_KEY) as client:  # type: ignore[attr-defined]
+    async with edge_client(agents_system.second_edge_url, ALICE_KEY) as client:  # type: ignore[attr-defined]
         yield client
 
 
 @pytest.fixture
 async def carol(agents_system: System):
-    async with _client(agents_system.edge_url, CAROL_KEY) as client:
+    async with edge_client(agents_system.edge_url, CAROL_KEY) as client:
         yield client
 
 
 @pytest.fixture
 async def bob(agents_system: System):
-    async with _client(agents_system.edge_url, BOB_KEY) as client:
+    async with edge_client(agents_system.edge_url, BOB_KEY) as client:
         yield client
 
 
@@ -342,7 +333,7 @@ async def test_another_tenant_sees_nothing_and_cannot_edit(alice, carol, agents_
     error_of(await carol.post(f"/api/agents/{name}/chat", json={"message": "hi"}), 404, "name")
     # Alice's revision number names nothing of carol's.
     error_of(await carol.put(f"/api/agents/{name}?revision={made['revision']}"), 404, "revision")
-    async with _client(agents_system.edge_url, CAROL_KEY) as c:
+    async with edge_client(agents_system.edge_url, CAROL_KEY) as c:
         resp = await c.post("/v1/chat/completions", json={"model": name, "messages": [{"role": "user",
                                                                                            "content": "hi"}]})
         assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
@@ -404,7 +395,7 @@ async def test_a_paused_agent_refuses_submits_on_every_api(alice, alice2, agents
     # The pause is stored: an edge started after it refuses from its first request.
     late = agents_system.start_edge(KEYS_FILE=str(agents_system.base / "keys.yaml"))
     try:
-        async with _client(late.ready_value, ALICE_KEY) as fresh:
+        async with edge_client(late.ready_value, ALICE_KEY) as fresh:
             body = error_of(await fresh.post(f"/api/agents/{name}/chat", json={"message": "hi"}), 409, "name")
             assert body["type"] == "agent_paused"
             assert (await fresh.get(f"/api/agents/{name}")).json()["paused"] is True

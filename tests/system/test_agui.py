@@ -20,7 +20,7 @@ import pytest
 from ag_ui.core import Event, EventType, RunAgentInput
 from pydantic import TypeAdapter
 
-from tests.conftest import ALICE_KEY, BOB_KEY, eventually
+from tests.conftest import ALICE_KEY, BOB_KEY, edge_client, eventually
 
 EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 WEATHER = {"name": "get_weather", "description": "Weather for a city",
@@ -42,8 +42,7 @@ def user(text: str) -> dict:
 
 @pytest.fixture
 async def api(system):
-    async with httpx.AsyncClient(base_url=system.edge_url, headers={"Authorization": f"Bearer {ALICE_KEY}"},
-                                 timeout=httpx.Timeout(10, read=60)) as c:
+    async with edge_client(system.edge_url, ALICE_KEY) as c:
         yield c
 
 

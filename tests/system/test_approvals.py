@@ -26,7 +26,7 @@ from httpx_sse import aconnect_sse
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from tests.conftest import ALICE_KEY, BOB_KEY, eventually, read_events, submit, write_keys_file
+from tests.conftest import ALICE_KEY, BOB_KEY, edge_client, eventually, read_events, submit, write_keys_file
 from tests.harness import REPO, System, new_system
 
 pytestmark = pytest.mark.timeout(240)
@@ -42,23 +42,18 @@ def gate(tmp_path_factory) -> Iterator[System]:
     alice and bob and half-second heartbeats."""
     base = tmp_path_factory.mktemp("approvals")
     sysm = new_system(base, TOOL_HTTP_ALLOW_PRIVATE="true")
-    try:
+    with sysm:
         sysm.start_model()
         sysm.start_tool_runner("tools-g")
         sysm.start_agent_runner("runner-g1")
         sysm.start_agent_runner("runner-g2")
         sysm.start_edge(KEYS_FILE=str(write_keys_file(base / "keys.yaml")), SSE_HEARTBEAT="0.5")
-    except Exception:
-        sysm.stop()
-        raise
-    yield sysm
-    sysm.stop()
+        yield sysm
 
 
 @pytest.fixture
 async def alice(gate) -> Any:
-    async with httpx.AsyncClient(base_url=gate.edge_url, headers={"Authorization": f"Bearer {ALICE_KEY}"},
-                                 timeout=httpx.Timeout(10, read=60)) as client:
+    async with edge_client(gate.edge_url, ALICE_KEY) as client:
         yield client
 
 

@@ -29,7 +29,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from schemas import subjects
 from schemas.permissions import Role, tenant_inbox_prefix
-from tests.conftest import ALICE_KEY, BOB_KEY, read_events, submit, write_keys_file
+from tests.conftest import ALICE_KEY, BOB_KEY, edge_client, read_events, submit, write_keys_file
 from tests.harness import System, new_system
 
 pytestmark = pytest.mark.timeout(180)
@@ -102,7 +102,7 @@ def seed_of(done: subprocess.CompletedProcess[str]) -> Path:
 def bus(tmp_path_factory: pytest.TempPathFactory) -> Any:
     base = tmp_path_factory.mktemp("isolation")
     sysm = new_system(base, TOOL_HTTP_ALLOW_PRIVATE="true")
-    try:
+    with sysm:
         keys = write_keys_file(base / "keys.yaml")
         bob_root = base / "bob-files"  # bob's own tool root; alice's is the shared TOOL_ROOT
         bob_root.mkdir()
@@ -112,17 +112,12 @@ def bus(tmp_path_factory: pytest.TempPathFactory) -> Any:
         sysm.start_tool_runner("tools-iso")
         sysm.start_agent_runner("runner-iso")
         sysm.start_edge(KEYS_FILE=str(base / "keys.yaml"))
-    except Exception:
-        sysm.stop()
-        raise
-    yield sysm
-    sysm.stop()
+        yield sysm
 
 
 @pytest.fixture
 async def alice(bus: System) -> Any:
-    async with httpx.AsyncClient(base_url=bus.edge_url, headers={"Authorization": f"Bearer {ALICE_KEY}"},
-                                 timeout=httpx.Timeout(10, read=60)) as client:
+    async with edge_client(bus.edge_url, ALICE_KEY) as client:
         yield client
 
 
@@ -303,8 +298,7 @@ async def test_a_tenant_service_submits_reads_and_cancels_its_own_runs(bus: Syst
 
 
 async def test_a_tenant_with_its_own_tool_root_reads_only_there(bus: System, alice: httpx.AsyncClient) -> None:
-    async with httpx.AsyncClient(base_url=bus.edge_url, headers={"Authorization": f"Bearer {BOB_KEY}"},
-                                 timeout=httpx.Timeout(10, read=60)) as bob:
+    async with edge_client(bus.edge_url, BOB_KEY) as bob:
 
         async def read(client: httpx.AsyncClient, path: str) -> dict[str, Any]:
             run = await submit(client, "programmer-helper", f"What is the first line of {path}?")

@@ -51,18 +51,14 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Any:
     keys = base / "keys.yaml"
     keys.write_text(KEYS)
     sysm = new_system(base, KEYS_FILE_POLL="0.2")
-    try:
+    with sysm:
         sysm.start_model()
         sysm.start_agent_runner("runner-limits", AGENT_RUNNER_CONCURRENCY="2")
         # Hypercorn sees an idle stream's client leave only when it next writes: heartbeats often.
         sysm.start_edge(KEYS_FILE=str(keys), SSE_HEARTBEAT="0.5")
         second = sysm.start_edge(KEYS_FILE=str(keys), EDGE_AUTH_FAILURES_PER_MINUTE="3", SSE_HEARTBEAT="0.5")
         sysm.env["SECOND_EDGE"] = second.ready_value
-    except Exception:
-        sysm.stop()
-        raise
-    yield sysm
-    sysm.stop()
+        yield sysm
 
 
 def client(url: str, key: str | None = None, *, source: str | None = None) -> httpx.AsyncClient:

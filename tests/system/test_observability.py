@@ -124,16 +124,12 @@ def observed(tmp_path_factory, otlp) -> Iterator[System]:
     """A system of its own, every process exporting spans to ``otlp`` and logging JSON."""
     base = tmp_path_factory.mktemp("observed")
     sysm = new_system(base, **observed_env(otlp))
-    try:
+    with sysm:
         sysm.start_model()
         sysm.start_tool_runner("tools-o")
         sysm.start_agent_runner("runner-o")
         sysm.start_edge(KEYS_FILE=str(write_keys_file(base / "keys.yaml")))
-    except Exception:
-        sysm.stop()
-        raise
-    yield sysm
-    sysm.stop()
+        yield sysm
 
 
 def alice(sysm: System, **headers: str) -> httpx.AsyncClient:

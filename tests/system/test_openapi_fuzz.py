@@ -60,7 +60,7 @@ def fuzz_system(tmp_path_factory) -> Iterator[System]:
     # Invalid requests include wrong keys (negative cases of the Authorization header); the default
     # throttle of wrong keys per client address would soon answer everything with 429.
     sysm = new_system(base, extra_agents=extra, EDGE_AUTH_FAILURES_PER_MINUTE="1000000")
-    try:
+    with sysm:
         sysm.start_model()
         sysm.start_tool_runner("tools-fuzz")
         sysm.start_agent_runner("runner-fuzz")
@@ -68,11 +68,7 @@ def fuzz_system(tmp_path_factory) -> Iterator[System]:
         keys.write_text(f"tenants:\n  alice:\n    keys: [{ALICE_KEY}]\n    requests_per_minute: 1000000\n"
                         "    burst: 100000\n    max_queued_runs: 100000\n    max_streams: 10000\n")
         sysm.start_edge(KEYS_FILE=str(keys))
-    except Exception:
-        sysm.stop()
-        raise
-    yield sysm
-    sysm.stop()
+        yield sysm
 
 
 # The document the edge serves is built by this function (tests/test_openapi.py checks that the

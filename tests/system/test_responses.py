@@ -16,7 +16,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from tests.conftest import ALICE_KEY, BOB_KEY, eventually
+from tests.conftest import ALICE_KEY, BOB_KEY, edge_client, eventually
 
 EVENTS: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
 TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather for a city", "strict": True,
@@ -35,8 +35,7 @@ async def client(system):
 
 @pytest.fixture
 async def raw(system):
-    async with httpx.AsyncClient(base_url=system.edge_url, headers={"Authorization": f"Bearer {ALICE_KEY}"},
-                                 timeout=httpx.Timeout(10, read=60)) as c:
+    async with edge_client(system.edge_url, ALICE_KEY) as c:
         yield c
 
 

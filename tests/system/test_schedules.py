@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from schemas.schedules import scheduled_run_id
-from tests.conftest import ALICE_KEY, BOB_KEY, eventually, read_events, write_keys_file
+from tests.conftest import ALICE_KEY, BOB_KEY, edge_client, eventually, read_events, write_keys_file
 from tests.harness import System, new_system
 
 pytestmark = pytest.mark.timeout(150)
@@ -37,22 +37,17 @@ def clock(tmp_path_factory: pytest.TempPathFactory) -> Any:
         "permanent_goal: look around\n"
     )
     keys = write_keys_file(base / "keys.yaml")
-    try:
+    with sysm:
         sysm.start_model()
         for n in range(3):
             sysm.start_agent_runner(f"runner-{n}")
         for _ in range(3):
             sysm.start_edge(KEYS_FILE=str(keys))
-    except Exception:
-        sysm.stop()
-        raise
-    yield sysm
-    sysm.stop()
+        yield sysm
 
 
 def client(system: System, key: str, url: str | None = None) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=url or system.edge_url, headers={"Authorization": f"Bearer {key}"},
-                             timeout=httpx.Timeout(10, read=60))
+    return edge_client(url or system.edge_url, key)
 
 
 async def create(api: httpx.AsyncClient, **body: Any) -> dict[str, Any]:

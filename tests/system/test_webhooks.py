@@ -21,7 +21,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from schemas import subjects
-from tests.conftest import ALICE_KEY, BOB_KEY, eventually, read_events, submit, write_keys_file
+from tests.conftest import ALICE_KEY, BOB_KEY, edge_client, eventually, read_events, submit, write_keys_file
 from tests.harness import System, new_system
 
 pytestmark = pytest.mark.timeout(120)
@@ -101,29 +101,23 @@ def hooks(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Any:
         "    events: [run.started, run.completed]\n"
         "  - url: http://10.11.12.13/hook\n"
     )
-    try:
+    with sysm:
         sysm.start_model()
         sysm.start_agent_runner("runner-hooks")
         sysm.start_webhook_sender("sender-a")
         sysm.start_edge(KEYS_FILE=str(write_keys_file(base / "keys.yaml")))
-    except Exception:
-        sysm.stop()
-        raise
-    yield sysm
-    sysm.stop()
+        yield sysm
 
 
 @pytest.fixture
 async def alice(hooks: System) -> Any:
-    async with httpx.AsyncClient(base_url=hooks.edge_url, headers={"Authorization": f"Bearer {ALICE_KEY}"},
-                                 timeout=httpx.Timeout(10, read=60)) as client:
+    async with edge_client(hooks.edge_url, ALICE_KEY) as client:
         yield client
 
 
 @pytest.fixture
 async def bob(hooks: System) -> Any:
-    async with httpx.AsyncClient(base_url=hooks.edge_url, headers={"Authorization": f"Bearer {BOB_KEY}"},
-                                 timeout=httpx.Timeout(10, read=60)) as client:
+    async with edge_client(hooks.edge_url, BOB_KEY) as client:
         yield client
 
 

@@ -51,16 +51,12 @@ def ui_system(tmp_path_factory) -> Iterator[System]:
     a killed runner's run is retried soon (the last test)."""
     base = tmp_path_factory.mktemp("webui")
     sysm = new_system(base, DELTA_FLUSH_BYTES="1", AGENT_RUNNER_ACK_WAIT="1.5")
-    try:
+    with sysm:
         sysm.start_model()
         sysm.start_tool_runner("tools-ui")
         sysm.start_agent_runner("runner-ui")
         sysm.start_edge(KEYS_FILE=str(write_keys_file(base / "keys.yaml")))
-    except Exception:
-        sysm.stop()
-        raise
-    yield sysm
-    sysm.stop()
+        yield sysm
 
 
 @pytest.fixture(scope="module")
